@@ -1,0 +1,62 @@
+"""Joint BPE: fixed special ids, exact round trip, unknown characters, on-disk cache."""
+
+import pytest
+
+from tx_suite.data.bpe import BPETokenizer, cache_key
+from tx_suite.data.multi30k import read_pair
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    de, en = read_pair("train", "de", "en")
+    return de[:2000] + en[:2000]
+
+
+@pytest.fixture(scope="module")
+def tok(corpus):
+    return BPETokenizer.train(corpus, vocab_size=1500)
+
+
+def test_special_ids_and_size(tok):
+    assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id) == (0, 1, 2, 3)
+    assert tok.tokens([0, 1, 2, 3, 4, 259]) == ["<pad>", "<s>", "</s>", "<unk>", "<0x00>", "<0xFF>"]
+    assert tok.vocab_size == 1500
+
+
+def test_round_trip_on_held_out_sentences(tok):
+    de, en = read_pair("val", "de", "en")
+    fr, cs = read_pair("val", "fr", "cs")  # languages the model never saw: many unseen characters
+    for s in de + en + fr[:200] + cs[:200]:
+        assert tok.decode(tok.encode(s)) == s
+    # Subwords, not characters: a German sentence costs far fewer tokens than characters.
+    assert sum(len(tok.encode(s)) for s in de) < 0.4 * sum(len(s) for s in de)
+
+
+@pytest.mark.parametrize("text", ["", " ", "  two  spaces ", "tab\there", "Emoji 🤖 中文 Ωmega ÿ",
+                                  "<s> </s> <unk> <0x41>", "1999 Menschen, 3.5 m!"])
+def test_unusual_text_round_trips_without_unk(tok, text):
+    ids = tok.encode(text)
+    assert tok.unk_id not in ids
+    assert tok.decode(ids) == text
+
+
+def test_decode_stops_at_eos_and_skips_pad_bos(tok):
+    ids = tok.encode("Ein Hund läuft.")
+    assert tok.decode([tok.bos_id] + ids + [tok.eos_id] + tok.encode("Müll") + [tok.pad_id]) == "Ein Hund läuft."
+
+
+def test_cache_is_keyed_by_settings(corpus, tmp_path):
+    a = BPETokenizer.load_or_train(corpus, tmp_path, vocab_size=600)
+    files = list((tmp_path / "bpe").glob("*.json"))
+    assert len(files) == 1
+    b = BPETokenizer.load_or_train(corpus, tmp_path, vocab_size=600)  # read back, not retrained
+    assert b.to_str() == a.to_str()
+    BPETokenizer.load_or_train(corpus, tmp_path, vocab_size=700)
+    assert len(list((tmp_path / "bpe").glob("*.json"))) == 2
+    assert cache_key(corpus, 600, 2) != cache_key(corpus[:-1], 600, 2)  # text is part of the key
+    BPETokenizer.from_str(a.to_str())  # checkpoint form loads
+
+
+def test_too_small_vocab_is_rejected(corpus):
+    with pytest.raises(ValueError, match="vocab_size must be > 260"):
+        BPETokenizer.train(corpus, vocab_size=200)

@@ -1,0 +1,121 @@
+"""Multi30k files, checksums, offline behaviour, bucketing and the datamodule on real data."""
+
+import shutil
+import time
+import urllib.error
+
+import pytest
+import torch
+
+from tx_suite.data import multi30k
+from tx_suite.data.bucketing import TokenBudgetBatchSampler
+from tx_suite.data.checksums import ChecksumError
+from tx_suite.data.multi30k import Multi30kError, read_pair, split_path
+from tx_suite.data.multi30k_datamodule import Multi30kDataModule
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any network access fails at once, as on a machine without a connection."""
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable (simulated)")
+    monkeypatch.setattr(multi30k.urllib.request, "urlopen", refuse)
+
+
+def test_bundled_pairs_are_aligned_real_sentences():
+    de, en = read_pair("val", "de", "en")
+    assert len(de) == len(en) == 1014
+    assert de[0] == "Eine Gruppe von Männern lädt Baumwolle auf einen Lastwagen"
+    assert en[0] == "A group of men are loading cotton onto a truck"
+    fr, cs = read_pair("test_2016_flickr", "fr", "cs")
+    assert len(fr) == len(cs) == 1000
+
+
+def test_corrupt_file_is_named(tmp_path):
+    rel = "multi30k/task1/raw/val.de.gz"
+    (tmp_path / rel).parent.mkdir(parents=True)
+    shutil.copy(multi30k.default_data_dir() / rel, tmp_path / rel)
+    assert split_path("val", "de", data_dir=tmp_path) == tmp_path / rel  # intact copy passes
+    with open(tmp_path / rel, "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    with pytest.raises(ChecksumError, match="val.de.gz"):
+        read_pair("val", "de", "en", data_dir=tmp_path)
+
+
+def test_unbundled_split_offline_fails_clearly(tmp_path, offline):
+    t0 = time.monotonic()
+    with pytest.raises(Multi30kError, match=r"test_2018_flickr\.de is not bundled.*offline"):
+        split_path("test_2018_flickr", "de", cache_dir=tmp_path)
+    assert time.monotonic() - t0 < 2
+    with pytest.raises(Multi30kError, match="download=False"):
+        split_path("test_2017_mscoco", "en", cache_dir=tmp_path, download=False)
+
+
+def test_hanging_network_times_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(multi30k.urllib.request, "urlopen", lambda *a, **k: time.sleep(30))
+    t0 = time.monotonic()
+    with pytest.raises(Multi30kError, match="timed out"):
+        split_path("test_2018_flickr", "fr", cache_dir=tmp_path, timeout=0.3)
+    assert time.monotonic() - t0 < 2
+
+
+def test_bad_names_list_the_choices():
+    with pytest.raises(ValueError, match="official splits: train, val"):
+        split_path("tset_2016", "de")
+    with pytest.raises(ValueError, match="en, de, fr, cs"):
+        split_path("val", "es")
+    with pytest.raises(ValueError, match="tgt_lang are both"):
+        Multi30kDataModule(src_lang="de", tgt_lang="de")
+    with pytest.raises(ValueError, match="unknown Multi30k split"):
+        Multi30kDataModule(test_split="test2016")  # fails at construction, before any training
+
+
+def test_token_budget_batches_cover_every_index_once():
+    sizes = torch.randint(1, 40, (500,)).tolist() + [100]  # one pair longer than the budget
+    s = TokenBudgetBatchSampler(sizes, max_tokens=64, shuffle=True, seed=1)
+    epochs = []
+    for epoch in range(2):
+        s.set_epoch(epoch)
+        batches = list(s)
+        assert len(batches) == len(s)
+        assert sorted(i for b in batches for i in b) == list(range(len(sizes)))
+        for b in batches:
+            assert len(b) == 1 or len(b) * max(sizes[i] for i in b) <= 64
+        epochs.append(batches)
+    assert epochs[0] != epochs[1]  # reshuffled between epochs
+    # Bucketing keeps padding low compared with random batches of the same count.
+    waste = sum(len(b) * max(sizes[i] for i in b) - sum(sizes[i] for i in b) for b in epochs[0])
+    assert waste < 0.1 * sum(sizes)
+
+
+@pytest.fixture(scope="module")
+def dm(tmp_path_factory):
+    dm = Multi30kDataModule(train_limit=3000, vocab_size=1200, max_tokens=512, max_len=64,
+                            cache_dir=str(tmp_path_factory.mktemp("cache")))
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_datamodule_batches(dm):
+    assert (dm.pad_id, dm.bos_id, dm.eos_id, dm.unk_id) == (0, 1, 2, 3)
+    assert dm.vocab_size == 1200
+    seen = 0
+    for batch in dm.train_dataloader():
+        src, tgt_in, tgt_out = batch["src"], batch["tgt_in"], batch["tgt_out"]
+        assert src.numel() <= 512 and tgt_in.numel() <= 512
+        assert torch.equal(batch["src_key_padding_mask"], src == dm.pad_id)
+        assert torch.equal(batch["tgt_key_padding_mask"], tgt_in == dm.pad_id)
+        assert (tgt_in[:, 0] == dm.bos_id).all()
+        n_tgt = (~batch["tgt_key_padding_mask"]).sum(1)
+        n_src = (~batch["src_key_padding_mask"]).sum(1)
+        assert (tgt_out.gather(1, (n_tgt - 1)[:, None]) == dm.eos_id).all()
+        assert (src.gather(1, (n_src - 1)[:, None]) == dm.eos_id).all()
+        keep = ~batch["tgt_key_padding_mask"][:, 1:]
+        assert torch.equal(tgt_in[:, 1:][keep], tgt_out[:, :-1][keep])  # shifted by one
+        assert dm.tokenizer.decode(tgt_out[0]) == batch["tgt_text"][0]
+        seen += len(src)
+    assert seen == len(dm.dataset("train")) > 2900
+    val = next(iter(dm.val_dataloader()))
+    assert dm.tokenizer.decode(val["src"][0]) == val["src_text"][0]

@@ -1,0 +1,144 @@
+"""LightningDataModule for Multi30k task 1 translation with a joint BPE and token-budget batches."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, UNK_ID, BPETokenizer
+from tx_suite.data.bucketing import TokenBudgetBatchSampler
+from tx_suite.data.multi30k import check_names, default_data_dir, read_pair, split_path
+from tx_suite.data.translation_dataset import TranslationDataset, collate_translation
+
+log = logging.getLogger(__name__)
+
+
+class Multi30kDataModule(pl.LightningDataModule):
+    """Multi30k task 1 (Elliott et al. 2016) for one language pair, e.g. de->en.
+
+    The joint BPE model is learned on the source and target sides of ``train_split`` only and
+    cached in ``cache_dir/bpe`` keyed by its settings and text. Batches are bucketed by length with
+    ``max_tokens`` padded tokens each (see :class:`TokenBudgetBatchSampler`); the batch format is
+    documented in :mod:`tx_suite.data.translation_dataset`.
+
+    Args:
+        src_lang, tgt_lang: two of ``en``, ``de``, ``fr``, ``cs``.
+        train_split, val_split, test_split: split names; ``test_split`` may be any official split
+            (non-bundled ones are fetched when ``download`` and online). ``predict`` uses
+            ``test_split`` too.
+        data_dir: data root holding ``multi30k/task1/raw`` (default: the repository's ``data/``).
+        cache_dir: BPE models and fetched splits (default ``data_dir/cache``).
+        vocab_size: joint BPE vocabulary size (special and byte tokens included).
+        min_frequency: minimum count of a BPE merge.
+        max_tokens: padded tokens per training batch.
+        eval_max_tokens: padded tokens per validation/test batch (default ``max_tokens``).
+        max_len: training pairs longer than this many tokens are dropped (evaluation keeps all).
+        train_limit: use only the first ``train_limit`` training pairs (quick experiments, tests);
+            the BPE is then learned on that slice.
+        download: allow fetching non-bundled splits from the canonical location.
+        num_workers: DataLoader workers (0: batches are built in the main process; they are cheap).
+        seed: seed of the batch shuffling.
+
+    Raises:
+        ValueError: bad language/split names or sizes (at construction, before any work).
+    """
+
+    def __init__(self, src_lang: str = "de", tgt_lang: str = "en", train_split: str = "train",
+                 val_split: str = "val", test_split: str = "test_2016_flickr", data_dir: str | None = None,
+                 cache_dir: str | None = None, vocab_size: int = 8000, min_frequency: int = 2,
+                 max_tokens: int = 4096, eval_max_tokens: int | None = None, max_len: int = 128,
+                 train_limit: int | None = None, download: bool = True, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        if src_lang == tgt_lang:
+            raise ValueError(f"src_lang and tgt_lang are both {src_lang!r}")
+        if max_tokens < max_len:
+            raise ValueError(f"max_tokens ({max_tokens}) must be >= max_len ({max_len}) so a longest pair fits")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir) if data_dir else default_data_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir else self.data_dir / "cache"
+        self._tokenizer: BPETokenizer | None = None
+        self.datasets: dict[str, TranslationDataset] = {}
+        # Names are checked now so that a typo fails at startup, not after training.
+        for split in {train_split, val_split, test_split}:
+            for lang in (src_lang, tgt_lang):
+                check_names(split, lang)
+
+    # ------------------------------------------------------------------ ids and tokenizer
+    pad_id, bos_id, eos_id, unk_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID
+
+    def _read(self, split: str) -> tuple[list[str], list[str]]:
+        h = self.hparams
+        return read_pair(split, h.src_lang, h.tgt_lang, data_dir=self.data_dir, cache_dir=self.cache_dir,
+                         download=h.download)
+
+    def _train_text(self) -> tuple[list[str], list[str]]:
+        src, tgt = self._read(self.hparams.train_split)
+        n = self.hparams.train_limit
+        return (src[:n], tgt[:n]) if n is not None else (src, tgt)
+
+    @property
+    def tokenizer(self) -> BPETokenizer:
+        """The joint BPE model (trained on first use, then read from the cache)."""
+        if self._tokenizer is None:
+            src, tgt = self._train_text()
+            self._tokenizer = BPETokenizer.load_or_train(src + tgt, self.cache_dir, self.hparams.vocab_size,
+                                                         self.hparams.min_frequency)
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        # Verify (or fetch) every file this run needs and build the BPE cache once, before setup().
+        h = self.hparams
+        for split in (h.train_split, h.val_split, h.test_split):
+            for lang in (h.src_lang, h.tgt_lang):
+                split_path(split, lang, self.data_dir, self.cache_dir, download=h.download)
+        _ = self.tokenizer
+
+    def dataset(self, split: str) -> TranslationDataset:
+        """Tokenized pairs of ``split`` (cached per split; training pairs above ``max_len`` dropped)."""
+        if split not in self.datasets:
+            if split == self.hparams.train_split:
+                src, tgt = self._train_text()
+                ds = TranslationDataset(src, tgt, self.tokenizer, max_len=self.hparams.max_len)
+                if ds.n_dropped:
+                    log.info("dropped %d training pairs longer than %d tokens", ds.n_dropped, self.hparams.max_len)
+            else:
+                src, tgt = self._read(split)
+                ds = TranslationDataset(src, tgt, self.tokenizer)
+            self.datasets[split] = ds
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        h = self.hparams
+        if stage in (None, "fit"):
+            self.dataset(h.train_split)
+        if stage in (None, "fit", "validate"):
+            self.dataset(h.val_split)
+        if stage in (None, "test", "predict"):
+            self.dataset(h.test_split)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = self.dataset(split)
+        budget = self.hparams.max_tokens if train else (self.hparams.eval_max_tokens or self.hparams.max_tokens)
+        sampler = TokenBudgetBatchSampler(ds.sizes(), budget, shuffle=train, seed=self.hparams.seed)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_translation,
+                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.train_split, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.val_split, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.test_split, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.test_split, train=False)
