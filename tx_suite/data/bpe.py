@@ -179,6 +179,10 @@ class BPETokenizer:
     def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
         return [self.decode(ids) for ids in batch]
 
+    def same_as(self, other: BPETokenizer) -> bool:
+        """True if both map every token to the same id (the same model for encoding purposes)."""
+        return self._tok.get_vocab() == other._tok.get_vocab()
+
     def id_to_token(self, i: int) -> str:
         return self._tok.id_to_token(int(i))
 

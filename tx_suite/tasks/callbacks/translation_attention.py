@@ -1,0 +1,154 @@
+"""Attention heat maps per head for fixed sentences, after each validation.
+
+For each sentence the model's own greedy translation is fed back with teacher forcing inside
+:func:`tx_suite.core.record_attention`, and for the chosen layers two figures are drawn, one panel
+per head: encoder self-attention (source x source) and decoder cross-attention (target x source).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import WandbLogger
+from torch import Tensor
+
+from tx_suite.core import record_attention
+from tx_suite.data.bpe import BOS_ID
+from tx_suite.data.translation_dataset import encode_source, pad_batch
+from tx_suite.tasks.callbacks.translation_samples import run_dir
+
+
+def plot_heads(weights: Tensor, row_labels: Sequence[str], col_labels: Sequence[str], title: str):
+    """A matplotlib figure with one heat map per head.
+
+    Args:
+        weights: ``(H, Tq, Tk)`` attention probabilities.
+        row_labels: ``Tq`` query token strings; col_labels: ``Tk`` key token strings.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h, tq, tk = weights.shape
+    cols = min(h, 4)
+    rows = (h + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * (0.22 * tk + 1.5), rows * (0.22 * tq + 1.5)), squeeze=False)
+    vmax = float(weights.max()) or 1.0  # one colour scale for all heads of the figure
+    for i, ax in enumerate(axes.flat):
+        if i >= h:
+            ax.axis("off")
+            continue
+        ax.imshow(weights[i].float().cpu().numpy(), cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto")
+        ax.set_title(f"head {i}", fontsize=8)
+        ax.set_xticks(range(tk), col_labels, rotation=90, fontsize=6)
+        ax.set_yticks(range(tq), row_labels, fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _to_image(fig):
+    from PIL import Image
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+class TranslationAttentionMaps(pl.Callback):
+    """Draw per-head attention maps for fixed sentences after every ``every_n_epochs`` validations.
+
+    With a :class:`WandbLogger` the images are logged under ``val/attention/...``; otherwise they
+    are saved as ``<run dir>/attention/epoch{E}_{kind}_layer{L}_s{i}.png``.
+
+    Args:
+        sentences: source sentences to show (default: the first ``n_sentences`` of the
+            validation split).
+        n_sentences: how many validation sentences when ``sentences`` is not given.
+        layers: layer indices to draw (default: the last layer; negative counts from the end).
+        every_n_epochs: draw every n-th validation.
+        max_tokens: sentences are truncated to this many source tokens, to keep figures legible.
+    """
+
+    def __init__(self, sentences: list[str] | None = None, n_sentences: int = 2, layers: list[int] | None = None,
+                 every_n_epochs: int = 1, max_tokens: int = 30):
+        self.sentences = sentences
+        self.n_sentences = n_sentences
+        self.layers = layers if layers is not None else [-1]
+        self.every_n_epochs = every_n_epochs
+        self.max_tokens = max_tokens
+        self.saved: list[str] = []
+
+    def _sources(self, trainer: pl.Trainer) -> list[str]:
+        if self.sentences:
+            return list(self.sentences)
+        dm = trainer.datamodule
+        ds = dm.dataset(dm.hparams.val_split)
+        return list(ds.src_text[: self.n_sentences])
+
+    @torch.no_grad()
+    def attention_maps(self, pl_module: pl.LightningModule, sources: list[str]) -> list[dict]:
+        """For each sentence: source/target token strings and ``{module name: (H, Tq, Tk)}`` maps."""
+        tok = pl_module.tokenizer
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        device = pl_module.device
+        out = []
+        try:
+            for text in sources:
+                src = encode_source(tok, [text], self.max_tokens)[0]
+                src_ids, src_mask = pad_batch([src])
+                src_ids, src_mask = src_ids.to(device), src_mask.to(device)
+                hyp = pl_module.generate(src_ids, src_mask, beam_size=1)[0]
+                hyp = hyp[hyp != tok.pad_id]
+                tgt_in = torch.cat([torch.tensor([BOS_ID], device=device), hyp[:-1]])[None]
+                with record_attention(model) as maps:
+                    model(src_ids, tgt_in, src_mask)
+                # Row i of the decoder maps is the query that predicted output token i: label rows by output.
+                out.append({"src": tok.tokens(src.tolist()), "tgt": tok.tokens(hyp.tolist()),
+                            "maps": {k: v[0] for k, v in maps.items()}})
+        finally:
+            model.train(was_training)
+        return out
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        results = self.attention_maps(pl_module, self._sources(trainer))
+        n_enc = len(pl_module.model.transformer.encoder.layers)
+        n_dec = len(pl_module.model.transformer.decoder.layers)
+        wandb = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        epoch = trainer.current_epoch
+        for layer in self.layers:
+            for kind, n, name, rows_key in (("encoder_self", n_enc, "transformer.encoder.layers.{}.self_attn", "src"),
+                                            ("cross", n_dec, "transformer.decoder.layers.{}.cross_attn", "tgt")):
+                li = layer % n
+                images, captions = [], []
+                for i, r in enumerate(results):
+                    title = f"{kind} attention, layer {li}, epoch {epoch}"
+                    fig = plot_heads(r["maps"][name.format(li)], r[rows_key], r["src"], title)
+                    if wandb:
+                        images.append(_to_image(fig))
+                        captions.append("".join(r["src"]).replace("▁", " ").strip())
+                    else:
+                        folder = run_dir(trainer) / "attention"
+                        folder.mkdir(parents=True, exist_ok=True)
+                        path = folder / f"epoch{epoch:03d}_{kind}_layer{li}_s{i}.png"
+                        fig.savefig(path, dpi=100)
+                        import matplotlib.pyplot as plt
+
+                        plt.close(fig)
+                        self.saved.append(str(path))
+                for lg in wandb:
+                    lg.log_image(f"val/attention/{kind}_layer{li}", images, step=trainer.global_step,
+                                 caption=captions)

@@ -1,0 +1,144 @@
+"""Checkpoint averaging: the mean of the weights of the last N checkpoints.
+
+Vaswani et al. 2017, §6.1: "For the base models, we used a single model obtained by averaging the
+last 5 checkpoints". Implemented like fairseq's ``scripts/average_checkpoints.py``: every floating
+point tensor of the state dict is averaged (in float64 for accuracy), other tensors (integer
+buffers) are taken from the last checkpoint.
+
+Two ways to use it:
+
+* :func:`average_checkpoints` on checkpoint files, or from the shell
+  ``python -m tx_suite.tasks.callbacks.translation_averaging OUT.ckpt IN1.ckpt IN2.ckpt ...``;
+* :class:`CheckpointAveraging`, a callback that keeps the weights of the last ``last_n`` epochs
+  in memory and writes ``averaged.ckpt`` next to ``last.ckpt`` when training ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+
+def average_state_dicts(state_dicts: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Element-wise mean of floating-point tensors; other entries come from the last state dict.
+
+    Raises:
+        ValueError: empty input, or the state dicts have different keys or shapes.
+    """
+    if not state_dicts:
+        raise ValueError("nothing to average")
+    keys = list(state_dicts[-1].keys())
+    for i, sd in enumerate(state_dicts):
+        if list(sd.keys()) != keys:
+            raise ValueError(f"state dict {i} has different keys from the last one")
+    out: dict[str, Tensor] = {}
+    for k in keys:
+        last = state_dicts[-1][k]
+        if not torch.is_floating_point(last):
+            out[k] = last.clone()
+            continue
+        if any(sd[k].shape != last.shape for sd in state_dicts):
+            raise ValueError(f"tensor {k!r} has different shapes across checkpoints")
+        acc = torch.zeros(last.shape, dtype=torch.float64)
+        for sd in state_dicts:
+            acc += sd[k].detach().to("cpu", torch.float64)
+        out[k] = (acc / len(state_dicts)).to(last.dtype)
+    return out
+
+
+def average_checkpoints(paths: Sequence[str | Path], output: str | Path | None = None) -> dict:
+    """Average the ``state_dict`` of Lightning checkpoint files.
+
+    The result is the last checkpoint with its ``state_dict`` replaced by the average and its
+    optimizer/scheduler state removed (averaged weights do not match any optimizer state), so it
+    loads anywhere the last one does (``tx-suite test --ckpt_path``, ``tx-suite translate``).
+
+    Args:
+        paths: checkpoint files, loaded with ``torch.load(..., weights_only=True)``.
+        output: where to write the averaged checkpoint (optional).
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: a file is not a Lightning checkpoint, or the weights do not match.
+    """
+    ckpts = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {p}")
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+            raise ValueError(f"{p} is not a Lightning checkpoint (no state_dict)")
+        ckpts.append(ckpt)
+    out = dict(ckpts[-1])
+    out["state_dict"] = average_state_dicts([c["state_dict"] for c in ckpts])
+    for key in ("optimizer_states", "lr_schedulers"):
+        out.pop(key, None)
+    out["averaged_from"] = [str(p) for p in paths]
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(out, output)
+    return out
+
+
+class CheckpointAveraging(pl.Callback):
+    """Keep the weights at the end of the last ``last_n`` training epochs; write their average.
+
+    At the end of ``fit`` the averaged weights are saved as ``averaged.ckpt`` in the
+    ModelCheckpoint directory (or ``<default_root_dir>/checkpoints``); the model in memory keeps
+    its last weights. Snapshots live on the CPU (``last_n`` copies of the weights).
+
+    Args:
+        last_n: number of epoch-end snapshots to average.
+        filename: name of the averaged checkpoint.
+    """
+
+    def __init__(self, last_n: int = 5, filename: str = "averaged.ckpt"):
+        if last_n < 1:
+            raise ValueError(f"last_n must be >= 1, got {last_n}")
+        self.last_n = last_n
+        self.filename = filename
+        self.snapshots: deque[dict[str, Tensor]] = deque(maxlen=last_n)
+        self.path: Path | None = None
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.snapshots.append({k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()})
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.snapshots:
+            return
+        ckpt_cb = trainer.checkpoint_callback
+        folder = Path(ckpt_cb.dirpath) if ckpt_cb is not None and getattr(ckpt_cb, "dirpath", None) else (
+            Path(trainer.default_root_dir) / "checkpoints")
+        current = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        pl_module.load_state_dict(average_state_dicts(list(self.snapshots)))
+        self.path = folder / self.filename
+        trainer.save_checkpoint(self.path, weights_only=True)
+        pl_module.load_state_dict(current)
+        if trainer.is_global_zero:
+            print(f"averaged the last {len(self.snapshots)} epoch weights into {self.path}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tx_suite.tasks.callbacks.translation_averaging",
+                                 description="Average the weights of Lightning checkpoints.")
+    ap.add_argument("output", help="averaged checkpoint to write")
+    ap.add_argument("inputs", nargs="+", help="checkpoints to average (e.g. the last 5 epochs)")
+    args = ap.parse_args(argv)
+    try:
+        average_checkpoints(args.inputs, args.output)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output} (average of {len(args.inputs)} checkpoints)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

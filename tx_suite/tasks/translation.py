@@ -1,0 +1,247 @@
+"""Lightning task for sequence-to-sequence translation (Vaswani et al. 2017 recipe)."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer
+from tx_suite.decoding.beam_search import beam_search
+from tx_suite.decoding.greedy import greedy_search
+from tx_suite.models.seq2seq import Seq2SeqTransformer
+from tx_suite.tasks.translation_metrics import signatures, translation_scores
+from tx_suite.tasks.translation_schedules import build_scheduler
+
+
+def label_smoothed_nll_loss(logits: Tensor, target: Tensor, epsilon: float,
+                            ignore_index: int = PAD_ID) -> tuple[Tensor, Tensor, int]:
+    """Summed label-smoothed cross-entropy and summed NLL over non-ignored target tokens.
+
+    Label smoothing (Szegedy et al. 2016, §7; Vaswani et al. 2017, §5.4, eps_ls = 0.1) trains
+    against ``(1 - eps) * one_hot(y) + eps / V``, i.e.
+    ``loss = (1 - eps) * (-log p_y) + eps * mean_v(-log p_v)`` (as fairseq's
+    ``label_smoothed_cross_entropy`` and ``F.cross_entropy(label_smoothing=eps)``).
+
+    Args:
+        logits: ``(B, T, V)``; target: ``(B, T)`` long.
+
+    Returns:
+        ``(loss_sum, nll_sum, n_tokens)``; the NLL gives the perplexity ``exp(nll_sum / n_tokens)``.
+    """
+    lprobs = F.log_softmax(logits.float(), dim=-1)
+    keep = target != ignore_index
+    lprobs, target = lprobs[keep], target[keep]  # (N, V), (N,)
+    nll = -lprobs.gather(1, target[:, None]).squeeze(1)
+    smooth = -lprobs.mean(-1)
+    loss = (1.0 - epsilon) * nll + epsilon * smooth
+    return loss.sum(), nll.sum(), int(keep.sum())
+
+
+class TranslationTask(pl.LightningModule):
+    """Train and evaluate a :class:`Seq2SeqTransformer` on a translation datamodule.
+
+    The datamodule must expose ``tokenizer`` (:class:`tx_suite.data.bpe.BPETokenizer`) and yield
+    the batches of :mod:`tx_suite.data.translation_dataset`. The tokenizer is stored in every
+    checkpoint, so a checkpoint alone is enough to translate (``tx-suite translate``).
+
+    Logged metrics: ``train/loss`` (label-smoothed, per token), ``train/nll``, ``train/tokens_per_s``;
+    ``{val,test}/loss``, ``/nll``, ``/ppl``, ``/bleu`` (case-sensitive sacreBLEU), ``/bleu_lc``,
+    ``/chrf``, ``/sent_per_s`` (decoding speed). Test hypotheses are written to
+    ``<run dir>/test_hypotheses.txt`` in corpus order.
+
+    Args:
+        vocab_size ... tie_output: the model (see :class:`Seq2SeqTransformer`).
+        label_smoothing: epsilon of :func:`label_smoothed_nll_loss`.
+        lr: peak learning rate of Adam (Kingma & Ba 2015); ``beta1``, ``beta2`` (0.98 as §5.3),
+            ``adam_eps``; ``weight_decay`` > 0 switches to AdamW (Loshchilov & Hutter 2019).
+        lr_schedule, warmup_steps, min_lr_ratio: see
+            :func:`tx_suite.tasks.translation_schedules.build_scheduler`.
+        val_beam_size: beam used for validation BLEU (1 = greedy, fast).
+        beam_size, length_penalty: test/predict decoding (see
+            :func:`tx_suite.decoding.beam_search.beam_search`).
+        max_len_a, max_len_b: output budget ``a * source_length + b`` tokens.
+        bleu_every_n_epochs: decode the validation set every n epochs (loss every epoch).
+        n_samples: sample translations kept for the sample callback.
+
+    Raises:
+        ValueError: the datamodule's vocabulary does not fit ``vocab_size``, or its BPE model
+            differs from the checkpoint's.
+    """
+
+    def __init__(self, vocab_size: int = 8000, d_model: int = 256, n_heads: int = 4, d_ff: int = 1024,
+                 n_encoder_layers: int = 3, n_decoder_layers: int = 3, dropout: float = 0.1,
+                 attn_dropout: float = 0.0, activation: str = "relu", norm_first: bool = False,
+                 share_embeddings: bool = True, tie_output: bool = True, label_smoothing: float = 0.1,
+                 lr: float = 5e-4, beta1: float = 0.9, beta2: float = 0.98, adam_eps: float = 1e-8,
+                 weight_decay: float = 0.0, lr_schedule: str = "inverse_sqrt", warmup_steps: int = 4000,
+                 min_lr_ratio: float = 0.0, val_beam_size: int = 1, beam_size: int = 5,
+                 length_penalty: float = 1.0, max_len_a: float = 1.2, max_len_b: int = 10,
+                 bleu_every_n_epochs: int = 1, n_samples: int = 8):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = Seq2SeqTransformer(
+            vocab_size, d_model=d_model, n_heads=n_heads, d_ff=d_ff, n_encoder_layers=n_encoder_layers,
+            n_decoder_layers=n_decoder_layers, dropout=dropout, attn_dropout=attn_dropout,
+            activation=activation, norm_first=norm_first, pad_id=PAD_ID,
+            share_embeddings=share_embeddings, tie_output=tie_output)
+        self.tokenizer: BPETokenizer | None = None
+        self.val_samples: list[dict] = []
+        self._eval: dict = {}
+        self._t_batch: float | None = None
+        self._n_prev = 0
+        self._last_rows: list[dict] = []
+
+    # ------------------------------------------------------------------ tokenizer plumbing
+    def _adopt_tokenizer(self, tok: BPETokenizer, source: str) -> None:
+        if self.tokenizer is not None and not self.tokenizer.same_as(tok):
+            raise ValueError(f"the BPE model of the {source} differs from the checkpoint's; use the data "
+                             "settings (vocab_size, min_frequency, train split, languages) of the training run")
+        if tok.vocab_size > self.hparams.vocab_size:
+            raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but model.vocab_size is "
+                             f"{self.hparams.vocab_size}; set model.vocab_size >= data.vocab_size")
+        self.tokenizer = tok
+
+    def setup(self, stage: str) -> None:
+        tok = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
+        if tok is not None:
+            self._adopt_tokenizer(tok, "datamodule")
+        if self.tokenizer is None:
+            raise ValueError("TranslationTask needs a datamodule with a `tokenizer` (e.g. Multi30kDataModule)")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.tokenizer is not None:
+            checkpoint["tokenizer"] = self.tokenizer.to_str()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "tokenizer" in checkpoint:
+            self._adopt_tokenizer(BPETokenizer.from_str(checkpoint["tokenizer"]), "datamodule")
+
+    # ------------------------------------------------------------------ training
+    def forward(self, src: Tensor, tgt_in: Tensor, src_key_padding_mask: Tensor) -> Tensor:
+        return self.model(src, tgt_in, src_key_padding_mask)
+
+    def _loss(self, batch: dict) -> tuple[Tensor, Tensor, int]:
+        logits = self(batch["src"], batch["tgt_in"], batch["src_key_padding_mask"])
+        return label_smoothed_nll_loss(logits, batch["tgt_out"], self.hparams.label_smoothing)
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._t_batch is not None and self._n_prev:
+            self.log("train/tokens_per_s", self._n_prev / (now - self._t_batch), batch_size=1)
+        self._t_batch = now
+        # Source + target tokens, padding excluded: what the model actually reads.
+        self._n_prev = int((~batch["src_key_padding_mask"]).sum() + (~batch["tgt_key_padding_mask"]).sum())
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss_sum, nll_sum, n = self._loss(batch)
+        loss = loss_sum / n
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/nll", nll_sum / n, batch_size=n)
+        return loss
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt_cls = torch.optim.AdamW if h.weight_decay > 0 else torch.optim.Adam
+        opt = opt_cls(self.parameters(), lr=h.lr, betas=(h.beta1, h.beta2), eps=h.adam_eps,
+                      weight_decay=h.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        sched = build_scheduler(opt, h.lr_schedule, h.warmup_steps, total, h.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def generate(self, src: Tensor, src_key_padding_mask: Tensor, beam_size: int | None = None,
+                 length_penalty: float | None = None, use_cache: bool = True) -> Tensor:
+        """Output ids ``(B, T)`` (ending with EOS, right-padded) for a source batch ``(B, S)``."""
+        h = self.hparams
+        beam = h.beam_size if beam_size is None else beam_size
+        kw = dict(bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, max_len_a=h.max_len_a, max_len_b=h.max_len_b,
+                  use_cache=use_cache)
+        if beam == 1:
+            return greedy_search(self.model, src, src_key_padding_mask, **kw)
+        lp = h.length_penalty if length_penalty is None else length_penalty
+        return beam_search(self.model, src, src_key_padding_mask, beam_size=beam, length_penalty=lp, **kw)
+
+    def translate(self, batch: dict, beam_size: int | None = None) -> list[str]:
+        """Detokenized hypotheses for a batch."""
+        return self.tokenizer.decode_batch(self.generate(batch["src"], batch["src_key_padding_mask"], beam_size))
+
+    # ------------------------------------------------------------------ evaluation
+    def _decode_now(self, stage: str) -> bool:
+        if stage == "test":
+            return True
+        if self.trainer.sanity_checking:
+            return False
+        return (self.current_epoch + 1) % max(1, self.hparams.bleu_every_n_epochs) == 0 or (
+            self.trainer.max_epochs is not None and self.current_epoch + 1 >= self.trainer.max_epochs)
+
+    def _eval_start(self) -> None:
+        self._eval = {"loss": 0.0, "nll": 0.0, "n": 0, "rows": [], "decode_s": 0.0}
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        loss_sum, nll_sum, n = self._loss(batch)
+        self._eval["loss"] += float(loss_sum)
+        self._eval["nll"] += float(nll_sum)
+        self._eval["n"] += n
+        if self._decode_now(stage):
+            beam = self.hparams.beam_size if stage == "test" else self.hparams.val_beam_size
+            t0 = time.perf_counter()
+            hyps = self.translate(batch, beam)
+            self._eval["decode_s"] += time.perf_counter() - t0
+            self._eval["rows"] += [
+                {"index": int(i), "source": s, "reference": r, "hypothesis": h}
+                for i, s, r, h in zip(batch["index"].tolist(), batch["src_text"], batch["tgt_text"], hyps)]
+
+    def _eval_end(self, stage: str) -> dict[str, float]:
+        e = self._eval
+        if not e or e["n"] == 0:
+            return {}
+        out = {"loss": e["loss"] / e["n"], "nll": e["nll"] / e["n"]}
+        out["ppl"] = math.exp(min(out["nll"], 50.0))
+        rows = sorted(e["rows"], key=lambda r: r["index"])
+        if rows:
+            out.update(translation_scores([r["hypothesis"] for r in rows], [r["reference"] for r in rows]))
+            out["sent_per_s"] = len(rows) / max(e["decode_s"], 1e-9)
+            self.val_samples = rows[: self.hparams.n_samples]
+        for k, v in out.items():
+            self.log(f"{stage}/{k}", v, prog_bar=k in ("loss", "bleu"), batch_size=1)
+        self._last_rows = rows
+        return out
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        out = self._eval_end("test")
+        if not out:
+            return
+        run_dir = Path(self.trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "test_hypotheses.txt").write_text("".join(r["hypothesis"] + "\n" for r in self._last_rows),
+                                                     encoding="utf-8")
+        sig = signatures()
+        print(f"test: BLEU {out['bleu']:.2f} ({sig['bleu']}), lowercased BLEU {out['bleu_lc']:.2f}, "
+              f"chrF {out['chrf']:.2f}, beam {self.hparams.beam_size}, {out['sent_per_s']:.1f} sent/s; "
+              f"hypotheses in {run_dir / 'test_hypotheses.txt'}", file=sys.stderr)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
+        return self.translate(batch)
