@@ -1,0 +1,184 @@
+"""Seq2seq model, loss, schedules, decoding and metrics, on a small model trained on real Multi30k."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID
+from tx_suite.data.multi30k_datamodule import Multi30kDataModule
+from tx_suite.decoding.beam_search import beam_search
+from tx_suite.decoding.greedy import greedy_search
+from tx_suite.models.seq2seq import Seq2SeqTransformer
+from tx_suite.tasks.translation import label_smoothed_nll_loss
+from tx_suite.tasks.translation_metrics import translation_scores
+from tx_suite.tasks.translation_schedules import build_scheduler, inverse_sqrt_factor
+
+SPECIAL = dict(bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID)
+
+
+@pytest.fixture(scope="module")
+def dm(tmp_path_factory):
+    dm = Multi30kDataModule(train_limit=2000, vocab_size=1000, max_tokens=1500, max_len=64,
+                            cache_dir=str(tmp_path_factory.mktemp("cache")))
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture(scope="module")
+def trained(dm):
+    """A small model after a few Adam steps on real sentences, and its loss curve."""
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(dm.vocab_size, d_model=64, n_heads=4, d_ff=128, n_encoder_layers=2,
+                               n_decoder_layers=2, dropout=0.0)
+    batches = [b for _, b in zip(range(6), dm.train_dataloader())]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98))
+
+    def loss_on(bs):
+        with torch.no_grad():
+            tot = [label_smoothed_nll_loss(model(b["src"], b["tgt_in"], b["src_key_padding_mask"]),
+                                           b["tgt_out"], 0.1)[1:] for b in bs]
+        return sum(float(n) for n, _ in tot) / sum(c for _, c in tot)
+
+    held_out = [b for _, b in zip(range(2), dm.val_dataloader())]
+    before = loss_on(held_out)
+    for step in range(40):
+        b = batches[step % len(batches)]
+        loss, _, n = label_smoothed_nll_loss(model(b["src"], b["tgt_in"], b["src_key_padding_mask"]), b["tgt_out"], 0.1)
+        opt.zero_grad()
+        (loss / n).backward()
+        opt.step()
+    model.eval()
+    return model, before, loss_on(held_out)
+
+
+def test_training_lowers_held_out_loss(trained):
+    _, before, after = trained
+    assert before > math.log(1000) - 1.0  # starts near uniform over the vocabulary
+    assert after < before - 1.5
+
+
+def test_label_smoothed_loss_matches_torch():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11)
+    target = torch.randint(4, 11, (3, 5))
+    target[0, 3:] = PAD_ID
+    loss, nll, n = label_smoothed_nll_loss(logits, target, 0.1)
+    ref = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=PAD_ID, label_smoothing=0.1, reduction="sum")
+    ref_nll = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=PAD_ID, reduction="sum")
+    assert n == 13
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(nll, ref_nll)
+
+
+def test_shared_and_tied_embeddings():
+    m = Seq2SeqTransformer(100, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1)
+    assert m.src_embed is m.tgt_embed and m.lm_head.weight is m.tgt_embed.weight
+    m = Seq2SeqTransformer(100, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1,
+                           share_embeddings=False, tie_output=False)
+    assert m.src_embed.weight is not m.tgt_embed.weight and m.lm_head.weight is not m.tgt_embed.weight
+
+
+def test_inverse_sqrt_schedule():
+    # Vaswani et al. Eq. 3 relative to its peak: linear to 1 at warm-up, then sqrt(warmup / step).
+    w = 400
+    assert inverse_sqrt_factor(w // 4 - 1, w) == pytest.approx(0.25)
+    assert inverse_sqrt_factor(w - 1, w) == pytest.approx(1.0)
+    assert inverse_sqrt_factor(4 * w - 1, w) == pytest.approx(0.5)
+    d_model = 512
+    for step in (10, 4000, 20000):  # the paper's formula, up to the constant peak rate
+        paper = d_model**-0.5 * min(step**-0.5, step * 4000**-1.5)
+        assert inverse_sqrt_factor(step - 1, 4000) * d_model**-0.5 * 4000**-0.5 == pytest.approx(paper)
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=1.0)
+    sched = build_scheduler(opt, "cosine", warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(110):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0) and lrs[-1] < 0.12
+    with pytest.raises(ValueError, match="inverse_sqrt"):
+        build_scheduler(opt, "linear", 10, 100)
+
+
+def _val_batch(dm, n=48):
+    b = next(iter(dm.val_dataloader()))
+    return b["src"][:n], b["src_key_padding_mask"][:n]
+
+
+def test_beam_one_equals_greedy(trained, dm):
+    model = trained[0]
+    src, mask = _val_batch(dm)
+    greedy = greedy_search(model, src, mask, **SPECIAL)
+    assert torch.equal(beam_search(model, src, mask, beam_size=1, **SPECIAL), greedy)
+    ends = (greedy == EOS_ID).float().argmax(1)
+    assert ends.unique().numel() > 1  # sentences finish at different steps: the batch shrinks
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_cached_decoding_equals_uncached(trained, dm, beam_size):
+    model = trained[0]
+    src, mask = _val_batch(dm, 24)
+    cached = beam_search(model, src, mask, beam_size=beam_size, **SPECIAL)
+    uncached = beam_search(model, src, mask, beam_size=beam_size, use_cache=False, **SPECIAL)
+    assert torch.equal(cached, uncached)
+    if beam_size == 1:
+        assert torch.equal(greedy_search(model, src, mask, use_cache=False, **SPECIAL), cached)
+
+
+def _sequence_logprob(model, src, mask, hyp):
+    """log P(hyp | src) by teacher forcing; ``hyp`` ``(N, T)`` ends with EOS, right-padded."""
+    tgt_in = torch.cat([torch.full((len(hyp), 1), BOS_ID), hyp[:, :-1]], 1)
+    tgt_in = tgt_in.masked_fill(tgt_in == EOS_ID, PAD_ID)
+    with torch.no_grad():
+        logits = model(src.expand(len(hyp), -1), tgt_in, mask.expand(len(hyp), -1))
+        logits[..., [PAD_ID, BOS_ID]] = float("-inf")  # the decoders never produce these
+        lp = torch.log_softmax(logits, -1).gather(2, hyp[:, :, None]).squeeze(2)
+    return lp.masked_fill(hyp == PAD_ID, 0.0).sum(1)
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_wide_beam_finds_the_exact_best_output(length_penalty):
+    """With a beam wider than the search space, beam search must return the argmax over all outputs."""
+    torch.manual_seed(3)
+    vocab, max_len = 8, 3  # outputs: EOS, or 1-2 of the 5 ordinary tokens (ids 3..7) then EOS
+    model = Seq2SeqTransformer(vocab, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1,
+                               n_decoder_layers=1, dropout=0.0).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)  # a peaked, non-uniform distribution
+    src = torch.tensor([[5, 6, 7, EOS_ID]])
+    mask = torch.zeros_like(src, dtype=torch.bool)
+    words = [3, 4, 5, 6, 7]
+    outputs = [[EOS_ID]] + [[a, EOS_ID] for a in words] + [[a, b, EOS_ID] for a in words for b in words]
+    hyps = torch.tensor([o + [PAD_ID] * (max_len - len(o)) for o in outputs])
+    lengths = torch.tensor([len(o) for o in outputs], dtype=torch.float)
+    scores = _sequence_logprob(model, src, mask, hyps) / lengths**length_penalty
+    best = hyps[scores.argmax()]
+    found = beam_search(model, src, mask, beam_size=64, length_penalty=length_penalty,
+                        max_len_a=0.0, max_len_b=max_len, **SPECIAL)[0]
+    assert found.tolist() == best[: len(found)].tolist() and (best[len(found):] == PAD_ID).all()
+
+
+def test_outputs_respect_length_budget_and_end_with_eos(trained, dm):
+    model = trained[0]
+    src, mask = _val_batch(dm, 16)
+    for out in (greedy_search(model, src, mask, max_len_a=0.0, max_len_b=3, **SPECIAL),
+                beam_search(model, src, mask, beam_size=3, max_len_a=0.0, max_len_b=3, **SPECIAL)):
+        assert out.size(1) <= 3
+        lengths = (out != PAD_ID).sum(1)
+        assert (out.gather(1, (lengths - 1)[:, None]) == EOS_ID).all()
+        assert not (out == BOS_ID).any()
+
+
+def test_bleu_known_values():
+    refs = ["A dog runs on the grass.", "Two men are playing football in a park."]
+    assert translation_scores(refs, refs) == pytest.approx({"bleu": 100.0, "bleu_lc": 100.0, "chrf": 100.0})
+    lower = [r.lower() for r in refs]
+    s = translation_scores(lower, refs)
+    assert s["bleu_lc"] == pytest.approx(100.0) and s["bleu"] < 90  # case-sensitive by default
+    assert translation_scores(["cat"] * 2, refs)["bleu"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        translation_scores(refs, refs[:1])

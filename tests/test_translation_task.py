@@ -1,0 +1,128 @@
+"""TranslationTask end to end with Lightning on a Multi30k slice: fit, callbacks, averaging, test,
+checkpoint contents, and the translate command on awkward input."""
+
+import os
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from tx_suite.cli.translate import load_translator, main as translate_main, translate_lines
+from tx_suite.data.multi30k_datamodule import Multi30kDataModule
+from tx_suite.tasks.callbacks.translation_attention import TranslationAttentionMaps
+from tx_suite.tasks.callbacks.translation_averaging import (CheckpointAveraging, average_checkpoints,
+                                                           average_state_dicts)
+from tx_suite.tasks.callbacks.translation_samples import TranslationSamples
+from tx_suite.tasks.translation import TranslationTask
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+TINY = dict(vocab_size=800, d_model=32, n_heads=2, d_ff=64, n_encoder_layers=1, n_decoder_layers=1,
+            lr=3e-3, warmup_steps=4, beam_size=3)
+
+
+def _dm(cache):
+    return Multi30kDataModule(train_limit=600, vocab_size=800, max_tokens=1024, max_len=64, cache_dir=str(cache))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    cache = tmp_path_factory.mktemp("cache")
+    pl.seed_everything(0)
+    task = TranslationTask(**TINY)
+    callbacks = [TranslationSamples(n=3), TranslationAttentionMaps(n_sentences=1), CheckpointAveraging(last_n=2),
+                 pl.callbacks.ModelCheckpoint(dirpath=root / "checkpoints", save_top_k=-1, filename="e{epoch}")]
+    trainer = pl.Trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=2, num_sanity_val_steps=0,
+                         default_root_dir=root, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=callbacks)
+    trainer.fit(task, _dm(cache))
+    test = pl.Trainer(default_root_dir=root / "test", logger=False, enable_progress_bar=False, limit_test_batches=2,
+                      enable_model_summary=False)
+    metrics = test.test(task, _dm(cache), ckpt_path=str(callbacks[2].path), weights_only=True)[0]
+    return {"root": root, "task": task, "trainer": trainer, "metrics": metrics, "cache": cache,
+            "averaged": callbacks[2].path, "attention": callbacks[1].saved}
+
+
+def test_fit_logs_metrics_and_artifacts(run):
+    m = run["trainer"].callback_metrics
+    for key in ("train/loss", "train/tokens_per_s", "val/loss", "val/ppl", "val/bleu", "val/chrf", "val/bleu_lc"):
+        assert key in m, key
+    assert float(m["val/ppl"]) == pytest.approx(float(torch.exp(m["val/nll"])), rel=1e-4)
+    lines = (run["root"] / "val_samples.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["epoch", "step", "source", "reference", "hypothesis"]
+    assert len(lines) == 1 + 3 * 3 and all(len(line.split("\t")) == 5 for line in lines)
+    assert len(run["attention"]) == 3 * 2  # each epoch: encoder self + cross for one sentence
+    assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in run["attention"])
+
+
+def test_test_scores_and_hypotheses(run):
+    m = run["metrics"]
+    assert {"test/bleu", "test/bleu_lc", "test/chrf", "test/loss", "test/ppl", "test/sent_per_s"} <= set(m)
+    hyps = (run["root"] / "test" / "test_hypotheses.txt").read_text().splitlines()
+    assert len(hyps) > 10 and any(h.strip() for h in hyps)
+
+
+def test_checkpoint_holds_tokenizer_and_loads_weights_only(run):
+    ckpt = torch.load(run["averaged"], map_location="cpu", weights_only=True)
+    assert "tokenizer" in ckpt and ckpt["hyper_parameters"]["d_model"] == 32
+    restored = TranslationTask.load_from_checkpoint(run["averaged"], weights_only=True)
+    assert restored.tokenizer.same_as(run["task"].tokenizer)
+
+
+def test_averaging_averages(run, tmp_path):
+    a = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(7)}
+    out = average_state_dicts([a, b])
+    assert torch.equal(out["w"], torch.tensor([2.0, 4.0])) and int(out["n"]) == 7  # ints from the last
+    epochs = sorted((run["root"] / "checkpoints").glob("e*.ckpt"))
+    assert len(epochs) == 3
+    avg = average_checkpoints(epochs[-2:], tmp_path / "avg.ckpt")
+    sds = [torch.load(p, weights_only=True)["state_dict"] for p in epochs[-2:]]
+    key = "model.transformer.encoder.layers.0.ffn.fc1.weight" if "model.transformer.encoder.layers.0.ffn.fc1.weight" in sds[0] else next(
+        k for k, v in sds[0].items() if v.is_floating_point() and v.dim() == 2)
+    assert not torch.equal(sds[0][key], sds[1][key])
+    torch.testing.assert_close(avg["state_dict"][key], (sds[0][key] + sds[1][key]) / 2)
+    assert "optimizer_states" not in avg
+    # The callback's in-memory average of the last 2 epochs equals averaging those epoch files.
+    cb = torch.load(run["averaged"], weights_only=True)["state_dict"]
+    torch.testing.assert_close(cb[key], avg["state_dict"][key])
+    with pytest.raises(ValueError, match="different keys"):
+        average_state_dicts([a, {"w": a["w"]}])
+
+
+def test_translate_keeps_line_count_on_bad_input(run, tmp_path, capsys):
+    model, tok, _ = load_translator(run["averaged"])
+    lines = ["Ein Hund rennt über die Wiese.", "", "   ", "Unbekannt: 🤖 中文 ∮ \x07", "Haus " * 400]
+    warnings = []
+    out = translate_lines(model, tok, lines, beam_size=2, max_src_tokens=50, warn=warnings.append)
+    assert len(out) == len(lines) and out[1] == out[2] == "" and out[0] != ""
+    assert all("\n" not in o for o in out)
+    assert warnings and warnings[0].startswith("line 5:")
+    inp = tmp_path / "in.txt"
+    inp.write_bytes("\n".join(lines).encode() + b"\n\xff\xfe broken bytes\n")
+    assert translate_main(["--ckpt_path", str(run["averaged"]), "-i", str(inp), "-o", str(tmp_path / "out.txt"),
+                           "--beam_size", "1", "--max_src_tokens", "50"]) == 0
+    assert len((tmp_path / "out.txt").read_text().split("\n")) - 1 == len(lines) + 1
+    assert translate_main(["--ckpt_path", str(run["averaged"]), "Ein Mann."]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_translate_errors_are_one_line(run, tmp_path, capsys):
+    assert translate_main(["--ckpt_path", str(tmp_path / "missing.ckpt"), "x"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    assert translate_main(["--ckpt_path", str(bad), "x"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read checkpoint" in err and len(err.strip().splitlines()) == 1
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    assert translate_main(["--ckpt_path", str(tmp_path / "other.ckpt"), "x"]) == 2
+    assert "not a translation checkpoint" in capsys.readouterr().err
+
+
+def test_mismatched_datamodule_is_refused(run, tmp_path):
+    dm = Multi30kDataModule(train_limit=500, vocab_size=700, cache_dir=str(run["cache"]))
+    task = TranslationTask.load_from_checkpoint(run["averaged"], weights_only=True)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="BPE model of the datamodule differs"):
+        trainer.test(task, dm, ckpt_path=str(run["averaged"]), weights_only=True)

@@ -1,0 +1,188 @@
+"""``tx-suite translate``: translate sentences with a trained translation checkpoint.
+
+Sentences come from the command line, a file (``--input FILE``) or standard input, one per
+line; translations are written one per line in the same order, so the output has exactly as many
+lines as the input. Empty (or blank) lines give empty lines; sources longer than
+``--max_src_tokens`` are truncated with a warning on stderr; characters never seen in training
+are encoded as bytes and never fail. Undecodable input bytes are replaced (U+FFFD).
+
+Examples::
+
+    tx-suite translate --ckpt_path runs/multi30k_de_en/<run>/checkpoints/last.ckpt "Ein Hund rennt."
+    tx-suite translate --ckpt_path last --experiment multi30k_de_en_quickstart < de.txt > en.txt
+    tx-suite translate --ckpt_path model.ckpt -i de.txt -o en.txt --beam_size 5 --length_penalty 1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer
+from tx_suite.data.translation_dataset import encode_source, pad_batch
+from tx_suite.decoding.beam_search import beam_search
+from tx_suite.decoding.greedy import greedy_search
+from tx_suite.models.seq2seq import Seq2SeqTransformer
+
+PROG = "tx-suite translate"
+
+
+class TranslateError(ValueError):
+    """Bad checkpoint or arguments; the message is shown as one line."""
+
+
+def load_translator(path: str | Path, device: str = "cpu") -> tuple[Seq2SeqTransformer, BPETokenizer, dict]:
+    """Model (eval mode), tokenizer and hyper-parameters from a TranslationTask checkpoint.
+
+    The checkpoint is read with ``torch.load(..., weights_only=True)``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        TranslateError: the file is not a checkpoint of a translation model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors: a damaged or foreign file
+        raise TranslateError(f"cannot read checkpoint {path}: {' '.join(str(e).split())[:200]}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "tokenizer" not in ckpt:
+        raise TranslateError(f"{path} is not a translation checkpoint (needs state_dict and tokenizer)")
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    names = set(inspect.signature(Seq2SeqTransformer).parameters)
+    model = Seq2SeqTransformer(**{k: v for k, v in hparams.items() if k in names})
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise TranslateError(f"{path}: weights do not match the stored hyper-parameters ({str(e)[:200]})") from None
+    return model.to(device).eval(), BPETokenizer.from_str(ckpt["tokenizer"]), hparams
+
+
+def read_lines(data: bytes) -> list[str]:
+    """Lines of ``data`` (UTF-8, bad bytes replaced), split on ``\\n`` only; a final newline ends the last line."""
+    text = data.decode("utf-8", errors="replace")
+    if text.endswith("\n"):
+        text = text[:-1]
+    return [line.removesuffix("\r") for line in text.split("\n")] if text or data else []
+
+
+@torch.no_grad()
+def translate_lines(model: Seq2SeqTransformer, tok: BPETokenizer, lines: Sequence[str], beam_size: int = 5,
+                    length_penalty: float = 1.0, max_len_a: float = 1.2, max_len_b: int = 10,
+                    batch_size: int = 64, max_src_tokens: int = 256, warn=None) -> list[str]:
+    """One translation per input line (same order, same count).
+
+    Blank lines give ``""`` without running the model. Sentences are batched by length; sources
+    above ``max_src_tokens`` tokens are truncated and reported through ``warn(message)``.
+    """
+    device = next(model.parameters()).device
+    out = [""] * len(lines)
+    todo = [i for i, s in enumerate(lines) if s.strip()]
+    srcs = dict(zip(todo, encode_source(tok, [lines[i] for i in todo])))
+    for i, ids in srcs.items():
+        if len(ids) > max_src_tokens:
+            if warn:
+                warn(f"line {i + 1}: {len(ids)} tokens, truncated to {max_src_tokens}")
+            srcs[i] = torch.cat([ids[: max_src_tokens - 1], torch.tensor([EOS_ID])])
+    order = sorted(todo, key=lambda i: len(srcs[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size]
+        src, mask = pad_batch([srcs[i] for i in idx])
+        src, mask = src.to(device), mask.to(device)
+        kw = dict(bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, max_len_a=max_len_a, max_len_b=max_len_b)
+        if beam_size == 1:
+            hyp = greedy_search(model, src, mask, **kw)
+        else:
+            hyp = beam_search(model, src, mask, beam_size=beam_size, length_penalty=length_penalty, **kw)
+        for i, h in zip(idx, tok.decode_batch(hyp)):
+            # A newline inside a translation would break the one-line-per-input contract.
+            out[i] = h.replace("\r", " ").replace("\n", " ")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=PROG, description="Translate sentences with a trained translation checkpoint.",
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("sentences", nargs="*", help="sentences to translate (default: read --input or stdin)")
+    ap.add_argument("--ckpt_path", required=True,
+                    help="checkpoint file, or last/best of the newest run of --experiment")
+    ap.add_argument("--experiment", default=None, help="experiment whose newest run --ckpt_path last|best means")
+    ap.add_argument("--runs_dir", default="runs", help="root of the run directories")
+    ap.add_argument("-i", "--input", default=None, help="input file, one sentence per line ('-' = stdin)")
+    ap.add_argument("-o", "--output", default=None, help="output file (default: stdout)")
+    ap.add_argument("--batch_size", type=int, default=64, help="sentences per batch")
+    ap.add_argument("--beam_size", type=int, default=None, help="beam size (1 = greedy; default: the checkpoint's)")
+    ap.add_argument("--length_penalty", type=float, default=None, help="beam length penalty (default: the checkpoint's)")
+    ap.add_argument("--max_len_a", type=float, default=None, help="output budget a * source length + b")
+    ap.add_argument("--max_len_b", type=int, default=None, help="output budget a * source length + b")
+    ap.add_argument("--max_src_tokens", type=int, default=256, help="longer sources are truncated (with a warning)")
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    return ap
+
+
+def _resolve_checkpoint(ckpt: str, experiment: str | None, runs_dir: str) -> str:
+    if ckpt not in ("last", "best"):
+        return ckpt
+    if not experiment:
+        raise TranslateError(f"--ckpt_path {ckpt} needs --experiment (e.g. multi30k_de_en_quickstart)")
+    try:
+        from tx_suite.utils.runs import find_checkpoint
+    except ImportError:  # the run-directory helpers are not installed: look for the newest run ourselves
+        runs = sorted((Path(runs_dir) / experiment).glob(f"*/checkpoints/{ckpt}.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise FileNotFoundError(f"no {ckpt}.ckpt under {Path(runs_dir) / experiment}") from None
+        return str(runs[-1])
+    return str(find_checkpoint(runs_dir, experiment, ckpt))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1 or (args.beam_size is not None and args.beam_size < 1) or args.max_src_tokens < 2:
+        print(f"{PROG}: error: --batch_size and --beam_size must be >= 1, --max_src_tokens >= 2", file=sys.stderr)
+        return 2
+    try:
+        ckpt = _resolve_checkpoint(args.ckpt_path, args.experiment, args.runs_dir)
+        model, tok, hp = load_translator(ckpt, args.device)
+    except (FileNotFoundError, TranslateError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    if args.sentences and args.input:
+        print(f"{PROG}: error: give sentences or --input, not both", file=sys.stderr)
+        return 2
+    if args.sentences:
+        lines = list(args.sentences)
+    elif args.input and args.input != "-":
+        try:
+            lines = read_lines(Path(args.input).read_bytes())
+        except OSError as e:
+            print(f"{PROG}: error: cannot read {args.input}: {e.strerror}", file=sys.stderr)
+            return 2
+    else:
+        lines = read_lines(sys.stdin.buffer.read())
+
+    def pick(name: str, default):
+        value = getattr(args, name)
+        return value if value is not None else hp.get(name, default)
+
+    hyps = translate_lines(
+        model, tok, lines, beam_size=pick("beam_size", 5), length_penalty=pick("length_penalty", 1.0),
+        max_len_a=pick("max_len_a", 1.2), max_len_b=pick("max_len_b", 10), batch_size=args.batch_size,
+        max_src_tokens=args.max_src_tokens, warn=lambda m: print(f"{PROG}: warning: {m}", file=sys.stderr))
+    text = "".join(h + "\n" for h in hyps)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
