@@ -1,0 +1,152 @@
+"""Train a translation experiment config and score it: BLEU / chrF on the test split with greedy
+and beam search, for the last and the checkpoint-averaged weights, with wall times.
+
+Uses the same YAML files as ``tx-suite fit`` (``_base_`` merged) but drives Lightning directly,
+so it also runs where the CLI is not installed. Prints JSON and a short table.
+
+    flock /tmp/tx-cpu.lock python benchmarks/translation_train.py \
+        --config experiments/translation/multi30k_de_en.yaml --out runs/bench/multi30k_de_en
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def load_config(path: Path) -> dict:
+    """The config with its ``_base_`` files merged (tx_suite.utils.config when available)."""
+    try:
+        from tx_suite.utils.config import load_config as lc
+        return lc(path)
+    except ImportError:
+        pass
+
+    def merge(a, b):
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            return copy.deepcopy(b)
+        if "class_path" in a and "class_path" in b and a["class_path"] != b["class_path"]:
+            return copy.deepcopy(b)
+        out = copy.deepcopy(a)
+        for k, v in b.items():
+            out[k] = merge(out[k], v) if k in out else copy.deepcopy(v)
+        return out
+
+    data = yaml.safe_load(path.read_text()) or {}
+    bases = data.pop("_base_", [])
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        base_path = (path.parent / base).resolve()
+        if base_path.is_file():  # ../base/trainer.yaml may not exist yet on this branch
+            merged = merge(merged, load_config(base_path))
+    return merge(merged, data)
+
+
+def build(spec: dict, **extra):
+    module, name = spec["class_path"].rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)(**{**(spec.get("init_args") or {}), **extra})
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--max_epochs", type=int, default=None)
+    ap.add_argument("--train_limit", type=int, default=None, help="first N training pairs only (smoke runs)")
+    ap.add_argument("--test_beams", default="1,5")
+    ap.add_argument("--skip_fit", action="store_true", help="only score the checkpoints already in --out")
+    args = ap.parse_args()
+
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from tx_suite.tasks.translation import TranslationTask
+
+    cfg = load_config(Path(args.config))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.get("seed_everything", 1234))
+    data_spec = copy.deepcopy(cfg["data"])
+    if args.train_limit:
+        data_spec.setdefault("init_args", {})["train_limit"] = args.train_limit
+    trainer_cfg = {k: v for k, v in (cfg.get("trainer") or {}).items() if k not in ("logger", "callbacks")}
+    if args.max_epochs is not None:
+        trainer_cfg["max_epochs"] = args.max_epochs
+    callbacks = [build(c) for c in (cfg.get("trainer") or {}).get("callbacks", [])
+                 if not c["class_path"].endswith(("TQDMProgressBar", "RichProgressBar"))]
+    ck = cfg.get("checkpoint") or {}
+    callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=ck.get("monitor"),
+                                     mode=ck.get("mode", "min"), save_last=True, save_top_k=1,
+                                     enable_version_counter=False))
+
+    class EpochPrinter(pl.Callback):
+        def __init__(self):
+            self.t0 = time.time()
+
+        def on_validation_end(self, trainer, pl_module):
+            if trainer.sanity_checking:
+                return
+            m = {k: round(float(v), 3) for k, v in trainer.callback_metrics.items()}
+            print(json.dumps({"epoch": trainer.current_epoch, "elapsed_s": round(time.time() - self.t0), **m}),
+                  flush=True)
+
+    callbacks.append(EpochPrinter())
+    result = {"config": args.config, "commit": git_commit(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+              "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    t_start = time.time()
+    if not args.skip_fit:
+        task = build(cfg["model"])
+        trainer = pl.Trainer(**trainer_cfg, default_root_dir=out, logger=CSVLogger(out, name="", version=""),
+                             callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(task, build(data_spec))
+        result["fit_wall_s"] = round(time.time() - t_start, 1)
+        result["epochs"] = trainer.current_epoch
+    ckpts = {"last": out / "checkpoints" / "last.ckpt", "averaged": out / "checkpoints" / "averaged.ckpt"}
+    scores = []
+    for name, path in ckpts.items():
+        if not path.is_file():
+            continue
+        for beam in [int(b) for b in args.test_beams.split(",")]:
+            task = TranslationTask.load_from_checkpoint(path, weights_only=True, beam_size=beam)
+            t0 = time.time()
+            tester = pl.Trainer(default_root_dir=out / f"test_{name}_beam{beam}", logger=False,
+                                enable_progress_bar=False, enable_model_summary=False)
+            m = tester.test(task, build(data_spec), verbose=False)[0]
+            scores.append({"weights": name, "beam": beam, "wall_s": round(time.time() - t0, 1),
+                           **{k.removeprefix("test/"): round(v, 2) for k, v in m.items()}})
+    result["test"] = scores
+    result["total_wall_s"] = round(time.time() - t_start, 1)
+    print(json.dumps(result, indent=1))
+    print(f"\n{'weights':<9} {'beam':>4} {'BLEU':>6} {'BLEU lc':>7} {'chrF':>6} {'sent/s':>7}")
+    for s in scores:
+        print(f"{s['weights']:<9} {s['beam']:>4} {s['bleu']:>6.2f} {s['bleu_lc']:>7.2f} {s['chrf']:>6.2f} "
+              f"{s['sent_per_s']:>7.1f}")
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
