@@ -76,6 +76,8 @@ def main() -> int:
     ap.add_argument("--train_limit", type=int, default=None, help="first N training pairs only (smoke runs)")
     ap.add_argument("--test_beams", default="1,5")
     ap.add_argument("--skip_fit", action="store_true", help="only score the checkpoints already in --out")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 is far faster when other processes share the cores)")
     args = ap.parse_args()
 
     import pytorch_lightning as pl
@@ -84,6 +86,9 @@ def main() -> int:
     from pytorch_lightning.loggers import CSVLogger
 
     from tx_suite.tasks.translation import TranslationTask
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cfg = load_config(Path(args.config))
     out = Path(args.out)
