@@ -51,13 +51,18 @@ def plot_heads(weights: Tensor, row_labels: Sequence[str], col_labels: Sequence[
     return fig
 
 
+def _close(fig) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # pyplot keeps every figure alive until closed
+
+
 def _to_image(fig):
     from PIL import Image
-    import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
+    _close(fig)
     buf.seek(0)
     return Image.open(buf).convert("RGB")
 
@@ -145,9 +150,7 @@ class TranslationAttentionMaps(pl.Callback):
                         folder.mkdir(parents=True, exist_ok=True)
                         path = folder / f"epoch{epoch:03d}_{kind}_layer{li}_s{i}.png"
                         fig.savefig(path, dpi=100)
-                        import matplotlib.pyplot as plt
-
-                        plt.close(fig)
+                        _close(fig)
                         self.saved.append(str(path))
                 for lg in wandb:
                     lg.log_image(f"val/attention/{kind}_layer{li}", images, step=trainer.global_step,
