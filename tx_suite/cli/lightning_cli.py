@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 import time
 import warnings
@@ -29,10 +28,13 @@ from typing import Any, Optional
 
 from jsonargparse import Namespace
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
-from pytorch_lightning.callbacks import Checkpoint, ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 
+from tx_suite.cli.loggers import configure_loggers, finish_wandb, has_wandb, start_wandb
+from tx_suite.cli.parser import TxArgumentParser
+from tx_suite.cli.save_config import SaveRunConfig
 from tx_suite.tasks.callbacks import AtomicCheckpointIO, RNGStateCallback, StopOnNonFiniteLoss
 from tx_suite.utils.checkpoint import load_checkpoint
 from tx_suite.utils.config import config_paths, expand_config_argv
@@ -48,8 +50,6 @@ from tx_suite.utils.wandb_mode import resolve_wandb_mode
 
 DEFAULT_SEED = 1234
 DEFAULT_RUNS_DIR = "runs"
-WANDB_PROJECT = "tx-suite"
-WANDB_INIT_TIMEOUT_S = 30
 RUN_INFO = "run_info.json"
 
 
@@ -76,67 +76,6 @@ def _class_path(entry: Any) -> str:
 def _is(entry: Any, *names: str) -> bool:
     """True if the config entry's class name (last dotted part) is one of ``names``."""
     return _class_path(entry).rsplit(".", 1)[-1] in names
-
-
-_NOISE = re.compile(
-    r"^(Does not validate against any of the Union subtypes|Subtypes:|Errors:|- Expected a <class 'NoneType'>"
-    r"|Given value type:|Given value:)"
-)
-
-
-def condense_parser_error(message: str) -> str:
-    """One line from a (nested, multi-line) jsonargparse error: the path of keys and the cause."""
-    parts = []
-    for line in message.splitlines():
-        text = line.strip()
-        if not text or _NOISE.match(text):
-            continue
-        parts.append(text.removeprefix("- ").strip().rstrip(":"))
-    return ": ".join(parts) or message.strip()
-
-
-class TxArgumentParser(LightningArgumentParser):
-    """Parser whose errors are one line (``TX_SUITE_DEBUG=1`` shows jsonargparse's full message)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)  # --trainer.max_epoch must not mean max_epochs
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
-        from tx_suite.cli.main import debug_enabled
-
-        if not self.exit_on_error or debug_enabled():
-            return super().error(message, ex)
-        parser = getattr(ex, "subcommand_parser", None) or self
-        prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"{prog}: error: {condense_parser_error(message)} (see `{prog} --help`)\n")
-        raise SystemExit(2)
-
-
-class SaveRunConfig(SaveConfigCallback):
-    """Writes the resolved config to ``<run_dir>/config.yaml`` (``config.resume-<time>.yaml`` when a
-    resumed run already has one) and adds it to the W&B run's config."""
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.already_saved:
-            return
-        if trainer.is_global_zero:
-            run_dir = Path(self.config["trainer"]["default_root_dir"])
-            run_dir.mkdir(parents=True, exist_ok=True)
-            path = run_dir / self.config_filename
-            if path.exists():
-                path = run_dir / f"config.resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
-            self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=False)
-            self.save_config(trainer, pl_module, stage)
-        self.already_saved = True
-
-    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        from pytorch_lightning.loggers import WandbLogger
-
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                dump = self.parser.dump(self.config, skip_none=False, format="json")
-                logger.experiment.config.update({"cli": json.loads(dump)}, allow_val_change=True)
 
 
 class TxSuiteCLI(LightningCLI):
@@ -242,7 +181,7 @@ class TxSuiteCLI(LightningCLI):
         trainer = cfg.trainer
         trainer.default_root_dir = str(run_dir)
         cfg.checkpoint.dirpath = str(run_dir / CHECKPOINT_DIR)
-        trainer.logger = self._configure_loggers(
+        trainer.logger = configure_loggers(
             trainer.logger, run_dir=run_dir, experiment=experiment, subcommand=subcommand,
             tags=list(cfg.tags or []), wandb_mode=mode, wandb_id=wandb_id,
         )
@@ -257,63 +196,9 @@ class TxSuiteCLI(LightningCLI):
 
         self.state.update(
             run_dir=run_dir, resumed=resumed, experiment=experiment, subcommand=subcommand,
-            wandb_mode=mode if self._has_wandb(trainer.logger) else None, wandb_id=wandb_id,
+            wandb_mode=mode if has_wandb(trainer.logger) else None, wandb_id=wandb_id,
             previous_info=previous,
         )
-
-    @staticmethod
-    def _has_wandb(logger_cfg: Any) -> bool:
-        return isinstance(logger_cfg, list) and any(_is(e, "WandbLogger") for e in logger_cfg)
-
-    @staticmethod
-    def _default_loggers() -> list[Namespace]:
-        return [
-            Namespace(class_path="tx_suite.cli.loggers.RunCSVLogger", init_args=Namespace()),
-            Namespace(class_path="pytorch_lightning.loggers.WandbLogger",
-                      init_args=Namespace(project=WANDB_PROJECT)),
-        ]
-
-    def _configure_loggers(self, logger_cfg: Any, *, run_dir: Path, experiment: str, subcommand: str,
-                           tags: list[str], wandb_mode: str, wandb_id: str) -> Any:
-        """Point every logger at ``run_dir`` and fill the W&B run's identity; drop W&B if disabled."""
-        if logger_cfg is False:
-            return False
-        if logger_cfg is None or logger_cfg is True:
-            entries = self._default_loggers()
-        elif isinstance(logger_cfg, list):
-            entries = list(logger_cfg)
-        else:
-            entries = [logger_cfg]
-        out = []
-        for entry in entries:
-            if not isinstance(entry, Namespace):
-                out.append(entry)  # an already-built logger object: leave it alone
-                continue
-            init = entry.get("init_args") or Namespace()
-            if _is(entry, "CSVLogger", "RunCSVLogger"):
-                init.save_dir = str(run_dir)
-                if _is(entry, "RunCSVLogger"):
-                    init.name, init.version = "", ""
-            elif _is(entry, "WandbLogger"):
-                if wandb_mode == "disabled":
-                    continue
-                init.save_dir = str(run_dir)
-                init.project = init.get("project") or WANDB_PROJECT
-                init.name = f"{experiment}/{run_dir.name}"
-                init.id = wandb_id
-                init.offline = False  # the mode below; offline=True would set WANDB_MODE process-wide
-                # wandb.init arguments; jsonargparse resolves WandbLogger's **kwargs into init_args
-                init.group = experiment
-                init.job_type = subcommand
-                init.tags = sorted(set(tags) | set(init.get("tags") or []))
-                init.mode = wandb_mode
-                init.resume = "allow"
-                init.settings = {"init_timeout": WANDB_INIT_TIMEOUT_S, "silent": True}
-            elif hasattr(init, "save_dir"):
-                init.save_dir = str(run_dir)
-            entry.init_args = init
-            out.append(entry)
-        return out if out else False
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Add :class:`AtomicCheckpointIO` unless the config already names a CheckpointIO plugin."""
@@ -329,7 +214,7 @@ class TxSuiteCLI(LightningCLI):
             return
         run_dir: Path = self.state["run_dir"]
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._start_wandb()
+        self.state.update(start_wandb(self.trainer.loggers, _log))
         cfg = self.config[self.subcommand]
         record = collect_run_info(
             command=self.state.get("command"),
@@ -342,6 +227,7 @@ class TxSuiteCLI(LightningCLI):
             model=_class_path(cfg.model),
             data=_class_path(cfg.data) if cfg.get("data") else None,
             wandb={"mode": self.state.get("wandb_mode"), "id": self.state.get("wandb_id")},
+            status="running",  # until the run ends; a killed run keeps this
         )
         if self.state["resumed"]:
             info = dict(self.state["previous_info"]) or record
@@ -353,34 +239,6 @@ class TxSuiteCLI(LightningCLI):
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / RUN_INFO, info)
         self.state["info"] = info
-
-    def _start_wandb(self) -> None:
-        """Start the W&B run now; if online start fails (no network, bad key), fall back to offline."""
-        from pytorch_lightning.loggers import WandbLogger
-
-        for logger in self.trainer.loggers:
-            if not isinstance(logger, WandbLogger):
-                continue
-            if logger._wandb_init.get("anonymous") is None:
-                logger._wandb_init.pop("anonymous", None)  # wandb >= 0.22 warns on any value, even None
-            try:
-                logger.experiment  # noqa: B018 - starts wandb.init
-            except Exception as err:  # noqa: BLE001 - any init failure must not stop the run
-                if logger._wandb_init.get("mode") == "offline":
-                    raise
-                _log(f"W&B: online start failed ({' '.join(str(err).split())[:120]}); logging offline instead")
-                import wandb
-
-                if wandb.run is not None:
-                    wandb.finish()
-                wandb.teardown()  # the service still holds the failed run's id
-                logger._wandb_init["mode"] = "offline"
-                logger._experiment = None
-                logger.experiment  # noqa: B018
-                self.state["wandb_mode"] = "offline"
-            run = logger.experiment
-            run_path = Path(getattr(run, "dir", "") or "").parent
-            self.state["wandb_dir"] = str(run_path) if str(run_path) not in ("", ".") else None
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -401,11 +259,7 @@ def _finish(state: dict[str, Any], status: str) -> None:
     if state.get("wandb_mode"):
         target["wandb"] = {"mode": state.get("wandb_mode"), "id": state.get("wandb_id"), "dir": state.get("wandb_dir")}
     write_json(Path(run_dir) / RUN_INFO, info)
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=0 if status == "finished" else 1)
+    finish_wandb(status)
     if state.get("wandb_mode") == "offline" and state.get("wandb_dir"):
         _log(f"W&B run saved offline; upload it with: wandb sync {state['wandb_dir']}")
 
@@ -444,6 +298,9 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
         status = "finished"
     except KeyboardInterrupt:
         status = "interrupted"
+        raise
+    except SystemExit as exc:  # Lightning exits with status 1 after a graceful Ctrl-C shutdown
+        status = "finished" if exc.code in (0, None) else "interrupted"
         raise
     finally:
         _finish(state, status)

@@ -62,7 +62,7 @@ def git_info(repo_dir: str | Path | None = None) -> dict[str, Any]:
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None, "branch": None}
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain")  # untracked source files count: they change what runs
     return {
         "commit": commit,
         "dirty": bool(status) if status is not None else None,
