@@ -60,6 +60,13 @@ def test_bases_recursive_relative_and_later_wins(tmp_path):
     }
 
 
+def test_scientific_notation_stays_a_float(tmp_path):
+    # PyYAML's safe_load reads `1e-3` as a string; jsonargparse (and we) read a float.
+    write(tmp_path / "base.yaml", "model: {init_args: {lr: 1.0}}\n")
+    exp = write(tmp_path / "exp.yaml", "_base_: base.yaml\nmodel: {init_args: {lr: 3e-4, name: '1e-3'}}\n")
+    assert load_config(exp)["model"]["init_args"] == {"lr": 3e-4, "name": "1e-3"}
+
+
 def test_base_errors_name_the_file(tmp_path):
     write(tmp_path / "a.yaml", "_base_: b.yaml\n")
     write(tmp_path / "b.yaml", "_base_: a.yaml\n")

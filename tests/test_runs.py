@@ -68,6 +68,10 @@ def test_fit_writes_a_complete_run_record(runs_dir):
                  ["best_model_score"]) == pytest.approx(max(column(rows, "val/acc")))
     assert not list((run / "checkpoints").glob("*.tmp"))  # atomic writes leave no temporaries
 
+    # The saved config re-runs as is: a new run of the same experiment.
+    assert main(["fit", "--config", str(run / "config.yaml"), "--trainer.max_epochs=1"]) == 0
+    assert len(list((runs_dir / "tiny_mnist").iterdir())) == 2
+
 
 def test_resume_last_continues_the_same_run_exactly(runs_dir):
     assert fit("--trainer.max_epochs=1") == 0

@@ -164,7 +164,6 @@ class TxSuiteCLI(LightningCLI):
             run_dir = runs_dir / experiment / run_id
             if run_dir.exists():
                 raise FileExistsError(f"run directory already exists: {run_dir} (choose another --run_id)")
-        cfg.run_id = run_dir.name
         previous = {}
         if resumed and (run_dir / RUN_INFO).is_file():
             previous = json.loads((run_dir / RUN_INFO).read_text())
