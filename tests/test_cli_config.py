@@ -105,3 +105,9 @@ def test_print_config_shows_merged_values(capsys, runs_dir):
     assert cfg["experiment"] == "tiny_mnist" and cfg["seed_everything"] == 1234
     assert "_base_" not in cfg
     assert not runs_dir.exists()  # printing the config starts no run
+
+
+def test_deterministic_switch_and_seed_are_configurable(capsys, runs_dir):
+    assert main(["fit", "--config", TINY, "--deterministic", "--seed_everything=7", "--print_config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["trainer"]["deterministic"] is True and cfg["seed_everything"] == 7
