@@ -261,6 +261,9 @@ def _finish(state: dict[str, Any], status: str) -> None:
     finish_wandb(status)
     if state.get("wandb_mode") == "offline" and state.get("wandb_dir"):
         _log(f"W&B run saved offline; upload it with: wandb sync {state['wandb_dir']}")
+    last = Path(run_dir) / CHECKPOINT_DIR / "last.ckpt"
+    if status == "interrupted" and state.get("subcommand") == "fit" and last.is_file():
+        _log(f"interrupted; continue this run with: tx-suite fit --config ... --ckpt_path {last}")
 
 
 @contextlib.contextmanager
