@@ -159,6 +159,9 @@ class TxSuiteCLI(LightningCLI):
         if subcommand == "fit" and cfg.get("ckpt_path"):
             run_dir = run_dir_of_checkpoint(cfg.ckpt_path, runs_dir)
         resumed = run_dir is not None
+        if resumed and run_dir.parent.name != experiment:  # a run belongs to the experiment it started in
+            _log(f"resuming {run_dir}: experiment {run_dir.parent.name!r} (not {experiment!r})")
+            experiment = cfg.experiment = run_dir.parent.name
         if run_dir is None:
             run_id = validate_name(cfg.run_id, "run_id") if cfg.run_id else new_run_id()
             run_dir = runs_dir / experiment / run_id
