@@ -75,3 +75,11 @@ def test_compare_reports_last_and_best(tmp_path, capsys):
     assert len(table) == 2 and "0.9 (val/acc)" in table[1]
     with pytest.raises(FileNotFoundError):
         compare_main(["missing", "--runs_dir", str(tmp_path)])
+
+
+def test_resume_command_replaces_ckpt_path(tmp_path):
+    from tx_suite.cli.lightning_cli import resume_command
+
+    ckpt = tmp_path / "runs" / "e" / "r" / "checkpoints" / "last.ckpt"
+    cmd = ["tx-suite", "fit", "--config", "my exp.yaml", "--ckpt_path=old.ckpt", "--trainer.max_epochs=3"]
+    assert resume_command(cmd, ckpt) == f"tx-suite fit --config 'my exp.yaml' --trainer.max_epochs=3 --ckpt_path {ckpt}"

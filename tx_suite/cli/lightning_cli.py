@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -266,7 +267,22 @@ def _finish(state: dict[str, Any], status: str) -> None:
         _log(f"W&B run saved offline; upload it with: wandb sync {state['wandb_dir']}")
     last = Path(run_dir) / CHECKPOINT_DIR / "last.ckpt"
     if status == "interrupted" and state.get("subcommand") == "fit" and last.is_file():
-        _log(f"interrupted; continue this run with: tx-suite fit --config ... --ckpt_path {last}")
+        _log(f"interrupted; continue this run with: {resume_command(state.get('command') or ['tx-suite'], last)}")
+
+
+def resume_command(command: list[str], ckpt: Path) -> str:
+    """``command`` with its ``--ckpt_path`` (if any) replaced by ``--ckpt_path <ckpt>``, shell-quoted."""
+    out, skip = [], False
+    for arg in command:
+        if skip:
+            skip = False
+            continue
+        if arg == "--ckpt_path":
+            skip = True
+            continue
+        if not arg.startswith("--ckpt_path="):
+            out.append(arg)
+    return shlex.join([*out, "--ckpt_path", str(ckpt)])
 
 
 @contextlib.contextmanager
