@@ -114,7 +114,7 @@ def test_translate_errors_are_one_line(run, tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     assert translate_main(["--ckpt_path", str(bad), "x"]) == 2
     err = capsys.readouterr().err
-    assert "cannot read checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert "not a valid checkpoint" in err and len(err.strip().splitlines()) == 1
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     assert translate_main(["--ckpt_path", str(tmp_path / "other.ckpt"), "x"]) == 2
     assert "not a translation checkpoint" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,31 +29,28 @@ from tx_suite.data.translation_dataset import encode_source, pad_batch
 from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
+from tx_suite.utils.checkpoint import load_checkpoint
+from tx_suite.utils.runs import find_checkpoint
 
 PROG = "tx-suite translate"
 
 
 class TranslateError(ValueError):
-    """Bad checkpoint or arguments; the message is shown as one line."""
+    """A checkpoint that is not a translation model, or bad arguments; shown as one line."""
 
 
 def load_translator(path: str | Path, device: str = "cpu") -> tuple[Seq2SeqTransformer, BPETokenizer, dict]:
     """Model (eval mode), tokenizer and hyper-parameters from a TranslationTask checkpoint.
 
-    The checkpoint is read with ``torch.load(..., weights_only=True)``.
+    The checkpoint is read with ``torch.load(..., weights_only=True)``
+    (:func:`tx_suite.utils.checkpoint.load_checkpoint`).
 
     Raises:
-        FileNotFoundError: no such file.
+        tx_suite.utils.checkpoint.CheckpointError: missing, corrupt or unsafe file.
         TranslateError: the file is not a checkpoint of a translation model.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle/zip errors: a damaged or foreign file
-        raise TranslateError(f"cannot read checkpoint {path}: {' '.join(str(e).split())[:200]}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "tokenizer" not in ckpt:
+    ckpt = load_checkpoint(path)
+    if "state_dict" not in ckpt or "tokenizer" not in ckpt:
         raise TranslateError(f"{path} is not a translation checkpoint (needs state_dict and tokenizer)")
     hparams = dict(ckpt.get("hyper_parameters") or {})
     names = set(inspect.signature(Seq2SeqTransformer).parameters)
@@ -114,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ckpt_path", required=True,
                     help="checkpoint file, or last/best of the newest run of --experiment")
     ap.add_argument("--experiment", default=None, help="experiment whose newest run --ckpt_path last|best means")
-    ap.add_argument("--runs_dir", default="runs", help="root of the run directories")
+    ap.add_argument("--runs_dir", default=os.environ.get("TX_SUITE_RUNS_DIR", "runs"),
+                    help="root of the run directories (default: $TX_SUITE_RUNS_DIR or runs)")
     ap.add_argument("-i", "--input", default=None, help="input file, one sentence per line ('-' = stdin)")
     ap.add_argument("-o", "--output", default=None, help="output file (default: stdout)")
     ap.add_argument("--batch_size", type=int, default=64, help="sentences per batch")
@@ -132,13 +131,6 @@ def _resolve_checkpoint(ckpt: str, experiment: str | None, runs_dir: str) -> str
         return ckpt
     if not experiment:
         raise TranslateError(f"--ckpt_path {ckpt} needs --experiment (e.g. multi30k_de_en_quickstart)")
-    try:
-        from tx_suite.utils.runs import find_checkpoint
-    except ImportError:  # the run-directory helpers are not installed: look for the newest run ourselves
-        runs = sorted((Path(runs_dir) / experiment).glob(f"*/checkpoints/{ckpt}.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not runs:
-            raise FileNotFoundError(f"no {ckpt}.ckpt under {Path(runs_dir) / experiment}") from None
-        return str(runs[-1])
     return str(find_checkpoint(runs_dir, experiment, ckpt))
 
 
@@ -150,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ckpt = _resolve_checkpoint(args.ckpt_path, args.experiment, args.runs_dir)
         model, tok, hp = load_translator(ckpt, args.device)
-    except (FileNotFoundError, TranslateError) as e:
+    except (FileNotFoundError, ValueError) as e:  # CheckpointError, RunLookupError, TranslateError
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     if args.sentences and args.input:

@@ -25,6 +25,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from tx_suite.utils.checkpoint import load_checkpoint
+
 
 def average_state_dicts(state_dicts: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
     """Element-wise mean of floating-point tensors; other entries come from the last state dict.
@@ -61,19 +63,18 @@ def average_checkpoints(paths: Sequence[str | Path], output: str | Path | None =
     loads anywhere the last one does (``tx-suite test --ckpt_path``, ``tx-suite translate``).
 
     Args:
-        paths: checkpoint files, loaded with ``torch.load(..., weights_only=True)``.
+        paths: checkpoint files, loaded with ``torch.load(..., weights_only=True)``
+            (:func:`tx_suite.utils.checkpoint.load_checkpoint`).
         output: where to write the averaged checkpoint (optional).
 
     Raises:
-        FileNotFoundError: a path does not exist.
+        tx_suite.utils.checkpoint.CheckpointError: a file is missing, corrupt or unsafe.
         ValueError: a file is not a Lightning checkpoint, or the weights do not match.
     """
     ckpts = []
     for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"checkpoint not found: {p}")
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        ckpt = load_checkpoint(p)
+        if "state_dict" not in ckpt:
             raise ValueError(f"{p} is not a Lightning checkpoint (no state_dict)")
         ckpts.append(ckpt)
     out = dict(ckpts[-1])
@@ -133,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         average_checkpoints(args.inputs, args.output)
-    except (FileNotFoundError, ValueError) as e:
+    except ValueError as e:  # CheckpointError included
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output} (average of {len(args.inputs)} checkpoints)")

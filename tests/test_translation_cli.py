@@ -1,0 +1,45 @@
+"""The translation configs through the real `tx-suite` CLI: they parse, and fit -> test -> translate
+runs on a Multi30k slice with a tiny model (the quickstart config with size overrides)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tx_suite.cli.main import main
+
+EXP = Path(__file__).resolve().parents[1] / "experiments" / "translation"
+QUICK = str(EXP / "multi30k_de_en_quickstart.yaml")
+
+
+@pytest.mark.parametrize("name", ["multi30k_de_en_quickstart", "multi30k_de_en", "multi30k_en_de"])
+def test_configs_parse(name, capsys, runs_dir):
+    assert main(["fit", "--config", str(EXP / f"{name}.yaml"), "--print_config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    model, data = cfg["model"], cfg["data"]
+    assert model["class_path"] == "tx_suite.tasks.translation.TranslationTask"
+    assert data["class_path"] == "tx_suite.data.multi30k_datamodule.Multi30kDataModule"
+    assert model["init_args"]["vocab_size"] >= data["init_args"]["vocab_size"]
+    assert model["init_args"]["label_smoothing"] == 0.1 and model["init_args"]["beta2"] == 0.98
+    assert cfg["checkpoint"]["monitor"] == "val/bleu" and cfg["checkpoint"]["mode"] == "max"
+    langs = (data["init_args"]["src_lang"], data["init_args"]["tgt_lang"])
+    assert langs == (("en", "de") if name.endswith("en_de") else ("de", "en"))
+    if name.endswith("quickstart"):
+        assert cfg["trainer"]["max_time"] == "00:00:11:00"
+
+
+def test_fit_test_translate_through_the_cli(runs_dir, tmp_path, capsys):
+    tiny = ["--model.init_args.vocab_size=800", "--model.init_args.d_model=32", "--model.init_args.n_heads=2",
+            "--model.init_args.d_ff=64", "--model.init_args.n_encoder_layers=1", "--model.init_args.n_decoder_layers=1"]
+    data = ["--data.init_args.vocab_size=800", "--data.init_args.train_limit=500",
+            f"--data.init_args.cache_dir={tmp_path}"]
+    assert main(["fit", "--config", QUICK, *tiny, *data, "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
+                 "--trainer.limit_val_batches=2"]) == 0
+    (run,) = (runs_dir / "multi30k_de_en_quickstart").iterdir()
+    assert {"best.ckpt", "last.ckpt", "averaged.ckpt"} <= {p.name for p in (run / "checkpoints").iterdir()}
+    assert (run / "val_samples.tsv").is_file() and list((run / "attention").glob("*.png"))
+    assert main(["test", "--config", QUICK, *data, "--ckpt_path", "last", "--trainer.limit_test_batches=1"]) == 0
+    assert "test/bleu" in capsys.readouterr().out
+    assert main(["translate", "--ckpt_path", "last", "--experiment", "multi30k_de_en_quickstart", "--beam_size", "2",
+                 "Ein Hund.", ""]) == 0
+    assert len(capsys.readouterr().out.split("\n")) == 3  # two lines, each ended by a newline
