@@ -50,7 +50,10 @@ def main() -> int:
     ap.add_argument("--split", default="test_2016_flickr")
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--beams", default="1,5")
-    ap.add_argument("--uncached_n", type=int, default=200, help="sentences for the (slow) uncached comparison")
+    ap.add_argument("--uncached_n", type=int, default=200,
+                    help="sentences for the (slow) uncached comparison; 0 skips it")
+    ap.add_argument("--length_penalties", default=None,
+                    help="comma-separated length penalties to compare (default: the checkpoint's)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (1 is far faster when other processes share the cores)")
     args = ap.parse_args()
@@ -63,17 +66,22 @@ def main() -> int:
     src, ref = read_pair(args.split, src_lang, tgt_lang)
     lp, a, b = hp.get("length_penalty", 1.0), hp.get("max_len_a", 1.2), hp.get("max_len_b", 10)
     rows = []
+    lps = [float(x) for x in args.length_penalties.split(",")] if args.length_penalties else [lp]
     for beam in [int(x) for x in args.beams.split(",")]:
-        hyp, dt = decode_all(model, tok, src, beam, True, args.batch_size, lp, a, b)
-        scores = translation_scores(tok.decode_batch(hyp), ref)
-        n = args.uncached_n
-        sub_c, dt_c = decode_all(model, tok, src[:n], beam, True, args.batch_size, lp, a, b)
-        sub_u, dt_u = decode_all(model, tok, src[:n], beam, False, args.batch_size, lp, a, b)
-        rows.append({"beam": beam, "sentences": len(src), "sent_per_s": round(len(src) / dt, 1),
-                     "bleu": round(scores["bleu"], 2), "bleu_lc": round(scores["bleu_lc"], 2),
-                     "chrf": round(scores["chrf"], 2), "uncached_subset": n,
-                     "cached_sent_per_s_subset": round(n / dt_c, 1), "uncached_sent_per_s_subset": round(n / dt_u, 1),
-                     "cache_speedup": round(dt_u / dt_c, 2), "cached_equals_uncached": sub_c == sub_u})
+        for pen in lps if beam > 1 else [lp]:
+            hyp, dt = decode_all(model, tok, src, beam, True, args.batch_size, pen, a, b)
+            scores = translation_scores(tok.decode_batch(hyp), ref)
+            row = {"beam": beam, "length_penalty": pen, "sentences": len(src), "sent_per_s": round(len(src) / dt, 1),
+                   "bleu": round(scores["bleu"], 2), "bleu_lc": round(scores["bleu_lc"], 2),
+                   "chrf": round(scores["chrf"], 2)}
+            n = args.uncached_n
+            if n > 0:
+                sub_c, dt_c = decode_all(model, tok, src[:n], beam, True, args.batch_size, pen, a, b)
+                sub_u, dt_u = decode_all(model, tok, src[:n], beam, False, args.batch_size, pen, a, b)
+                row.update({"uncached_subset": n, "cached_sent_per_s_subset": round(n / dt_c, 1),
+                            "uncached_sent_per_s_subset": round(n / dt_u, 1), "cache_speedup": round(dt_u / dt_c, 2),
+                            "cached_equals_uncached": sub_c == sub_u})
+            rows.append(row)
     greedy = next((r for r in rows if r["beam"] == 1), None)
     for r in rows:
         if greedy:
@@ -81,10 +89,12 @@ def main() -> int:
     result = {"ckpt": args.ckpt, "split": args.split, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
               "cpus": os.cpu_count(), "length_penalty": lp, "rows": rows}
     print(json.dumps(result, indent=1))
-    print(f"\n{'beam':>4} {'sent/s':>7} {'vs greedy':>9} {'BLEU':>6} {'cache speed-up':>14} {'same output':>11}")
+    print(f"\n{'beam':>4} {'lenpen':>6} {'sent/s':>7} {'vs greedy':>9} {'BLEU':>6} {'BLEU lc':>7} "
+          f"{'cache speed-up':>14} {'same output':>11}")
     for r in rows:
-        print(f"{r['beam']:>4} {r['sent_per_s']:>7.1f} {r.get('speed_vs_greedy', 1):>9.2f} {r['bleu']:>6.2f} "
-              f"{r['cache_speedup']:>13.2f}x {str(r['cached_equals_uncached']):>11}")
+        speedup = f"{r['cache_speedup']:.2f}x" if "cache_speedup" in r else "-"
+        print(f"{r['beam']:>4} {r['length_penalty']:>6.2f} {r['sent_per_s']:>7.1f} {r.get('speed_vs_greedy', 1):>9.2f} "
+              f"{r['bleu']:>6.2f} {r['bleu_lc']:>7.2f} {speedup:>14} {str(r.get('cached_equals_uncached', '-')):>11}")
     return 0
 
 
