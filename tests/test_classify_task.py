@@ -21,7 +21,7 @@ def _loss(task, batch):
         return F.cross_entropy(task.model(batch[0]), batch[1]).item()
 
 
-@pytest.mark.parametrize("backbone", ["timm"])
+@pytest.mark.parametrize("backbone", ["tx", "timm"])
 def test_training_steps_lower_the_loss(tmp_path, fixed_batch, backbone):
     pl.seed_everything(0, verbose=False)
     task = tiny_task(backbone)
@@ -32,9 +32,21 @@ def test_training_steps_lower_the_loss(tmp_path, fixed_batch, backbone):
     assert after < 0.8 * before, (before, after)
 
 
-def test_optimizer_and_schedule(tmp_path):
+NO_DECAY = {
+    "timm": {"pos_embed", "cls_token", "norm.weight", "blocks.0.attn.qkv.bias"},
+    "tx": {"patch_embed.pos_embed", "patch_embed.cls_token", "encoder.norm.weight",
+           "encoder.layers.0.self_attn.qkv_proj.bias"},
+}
+DECAY = {
+    "timm": {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "head.weight"},
+    "tx": {"patch_embed.proj.weight", "encoder.layers.0.self_attn.qkv_proj.weight", "head.weight"},
+}
+
+
+@pytest.mark.parametrize("backbone", ["tx", "timm"])
+def test_optimizer_and_schedule(tmp_path, backbone):
     """AdamW without decay on norms, biases, pos_embed, cls_token; warm-up then cosine to min_lr."""
-    task = tiny_task("timm", lr=1e-3, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=1.0, weight_decay=0.05)
+    task = tiny_task(backbone, lr=1e-3, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=1.0, weight_decay=0.05)
     tr = trainer(tmp_path, steps=-1, max_epochs=4, limit_train_batches=5, limit_val_batches=0)
     lrs = []
 
@@ -53,8 +65,8 @@ def test_optimizer_and_schedule(tmp_path):
     names = {id(p): n for n, p in task.model.named_parameters()}
     decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
     plain = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
-    assert {"pos_embed", "cls_token", "norm.weight", "blocks.0.attn.qkv.bias"} <= plain
-    assert {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "head.weight"} <= decayed
+    assert NO_DECAY[backbone] <= plain
+    assert DECAY[backbone] <= decayed
     assert len(decayed) + len(plain) == len(names)
 
 

@@ -99,14 +99,13 @@ def build_backbone(
             depth=n_layers,
             num_heads=n_heads,
             mlp_ratio=d_ff / d_model,
+            pos_drop_rate=dropout,
             proj_drop_rate=dropout,
             attn_drop_rate=attn_dropout,
             drop_path_rate=drop_path,
         )
-    try:
-        from tx_suite.models.vit import VisionTransformer
-    except ImportError as e:  # the shared core is merged separately
-        raise ImportError(f"backbone 'tx' needs tx_suite.models.vit ({e}); use backbone: timm") from e
+    from tx_suite.models.vit import VisionTransformer
+
     return VisionTransformer(
         img_size=img_size,
         patch_size=patch_size,
@@ -115,11 +114,11 @@ def build_backbone(
         d_model=d_model,
         n_layers=n_layers,
         n_heads=n_heads,
-        d_ff=d_ff,
+        mlp_ratio=d_ff / d_model,
         dropout=dropout,
         attn_dropout=attn_dropout,
         drop_path=drop_path,
-        pool=pool,
+        global_pool="token" if pool == "cls" else "avg",
     )
 
 
