@@ -20,7 +20,7 @@ def tiny_task(backbone: str = "timm", **kw) -> ImageClassification:
 def trainer(tmp_path, steps: int, **kw) -> pl.Trainer:
     args = dict(
         max_steps=steps, max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=1, num_sanity_val_steps=0, default_root_dir=str(tmp_path),
+        enable_model_summary=False, limit_val_batches=1, limit_test_batches=1, num_sanity_val_steps=0, default_root_dir=str(tmp_path),
     )
     args.update(kw)
     return pl.Trainer(**args)
