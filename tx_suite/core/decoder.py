@@ -8,6 +8,7 @@ from .config import TransformerConfig
 from .decoder_layer import DecoderLayer
 from .init import drop_path_rates, xavier_init_
 from .kv_cache import DecoderCache, KVCache, LayerCache
+from .masks import build_attn_mask, padding_to_attn_mask
 from .positional.rotary import RotaryEmbedding
 
 
@@ -64,9 +65,18 @@ class Decoder(nn.Module):
             attn_mask: extra self-attention mask (bool True = may attend, or float).
             is_causal: causal self-attention (default True).
         """
+        memory_mask = None
+        if cache is None:
+            # Training / full passes: fold the masks once for all layers.
+            attn_mask, is_causal = build_attn_mask(x.size(1), x.size(1), key_padding_mask, attn_mask, is_causal, x.device)
+            if memory_key_padding_mask is not None:
+                memory_mask = padding_to_attn_mask(memory_key_padding_mask)
+            key_padding_mask = memory_key_padding_mask = None
+        # With a cache, padding masks go to each layer's KVCache, which keeps them for later steps.
         for i, layer in enumerate(self.layers):
             x = layer(
                 x, memory, key_padding_mask=key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
-                attn_mask=attn_mask, is_causal=is_causal, cache=cache.layers[i] if cache is not None else None,
+                attn_mask=attn_mask, memory_mask=memory_mask, is_causal=is_causal,
+                cache=cache.layers[i] if cache is not None else None,
             )
         return self.norm(x)

@@ -60,6 +60,7 @@ class DecoderLayer(nn.Module):
         key_padding_mask: Tensor | None = None,
         memory_key_padding_mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
+        memory_mask: Tensor | None = None,
         is_causal: bool = True,
         cache: LayerCache | None = None,
     ) -> Tensor:
@@ -71,6 +72,8 @@ class DecoderLayer(nn.Module):
             key_padding_mask: ``(B, T)`` bool, True = padding, for self-attention.
             memory_key_padding_mask: ``(B, S)`` bool, True = padding, for cross-attention.
             attn_mask: extra self-attention mask (bool True = may attend, or float).
+            memory_mask: cross-attention mask (bool True = may attend, or float), broadcastable
+                to ``(B, H, T, S)``.
             is_causal: causal self-attention (default, as the decoder needs).
             cache: this layer's :class:`LayerCache`, updated in place.
 
@@ -84,7 +87,7 @@ class DecoderLayer(nn.Module):
                                   cache=cache.self_attn if cache is not None else None)[0]
 
         def ca(h: Tensor) -> Tensor:
-            return self.cross_attn(h, memory, key_padding_mask=memory_key_padding_mask,
+            return self.cross_attn(h, memory, key_padding_mask=memory_key_padding_mask, attn_mask=memory_mask,
                                    cache=cache.cross_attn if cache is not None else None)[0]
 
         x = residual(x, sa, self.norm1, self.dropout, self.drop_path, self.norm_first)

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from .config import TransformerConfig
 from .encoder_layer import EncoderLayer
 from .init import drop_path_rates, xavier_init_
+from .masks import build_attn_mask
 from .positional.rotary import RotaryEmbedding
 
 
@@ -39,6 +40,7 @@ class Encoder(nn.Module):
         is_causal: bool = False,
     ) -> Tensor:
         """``x`` ``(B, S, D)``; ``key_padding_mask`` ``(B, S)`` bool, True = padding."""
+        attn_mask, is_causal = build_attn_mask(x.size(1), x.size(1), key_padding_mask, attn_mask, is_causal, x.device)
         for layer in self.layers:
-            x = layer(x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)
+            x = layer(x, attn_mask=attn_mask, is_causal=is_causal)
         return self.norm(x)

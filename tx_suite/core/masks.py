@@ -62,3 +62,23 @@ def merge_masks(a: Tensor | None, b: Tensor | None) -> Tensor | None:
         return a & b
     dtype = a.dtype if a.dtype != torch.bool else b.dtype
     return to_additive(a, dtype) + to_additive(b, dtype)
+
+
+def build_attn_mask(
+    q_len: int,
+    k_len: int,
+    key_padding_mask: Tensor | None = None,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    device: torch.device | None = None,
+) -> tuple[Tensor | None, bool]:
+    """Fold a key padding mask and causality into one mask, once per stack instead of per layer.
+
+    Returns ``(attn_mask, is_causal)`` to pass on: when only causality is asked for, the mask stays
+    None and ``is_causal`` True, so the attention kernel can apply it without a materialised mask.
+    """
+    if key_padding_mask is not None:
+        attn_mask = merge_masks(attn_mask, padding_to_attn_mask(key_padding_mask))
+    if is_causal and attn_mask is not None:
+        return merge_masks(attn_mask, causal_mask(q_len, k_len, device=device)), False
+    return attn_mask, is_causal
