@@ -64,3 +64,21 @@ def test_callbacks_write_figures_without_wandb(tmp_path, backbone):
     per_class = json.loads((tmp_path / "figures" / "per_class_val_e000.json").read_text())
     assert sorted(per_class) == [str(d) for d in range(10)]
     assert sum(v["count"] for v in per_class.values()) == 128  # one validation batch (limit_val_batches=1)
+
+
+def test_callbacks_log_to_wandb_when_attached(tmp_path, monkeypatch):
+    from pytorch_lightning.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    logged = []
+    monkeypatch.setattr(WandbLogger, "log_image", lambda self, key, images, step=None, **kw: logged.append(key))
+    monkeypatch.setattr(WandbLogger, "log_table", lambda self, key, columns=None, data=None, step=None, **kw:
+                        logged.append((key, len(data))))
+    pl.seed_everything(0, verbose=False)
+    task = tiny_task("tx", patch_size=4)
+    logger = WandbLogger(save_dir=str(tmp_path), mode="disabled")
+    tr = trainer(tmp_path, steps=2, logger=logger, callbacks=[AttentionMaps(num_images=2), ClassificationReport(max_images=4)])
+    tr.fit(task, mnist(limit_train=128))
+    assert "val/attention" in logged and "val/confusion_matrix" in logged
+    assert ("val/per_class_accuracy", 10) in logged and ("val/misclassified", 4) in logged
+    assert not (tmp_path / "figures").exists()
