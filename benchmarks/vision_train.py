@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--max-epochs", type=int, help="override trainer.max_epochs")
+    p.add_argument("--max-minutes", type=float, help="hard stop after this much training (trainer.max_time)")
     p.add_argument("--limit-train", type=int, help="train on the first N images (smoke runs)")
     p.add_argument("--no-test-curve", action="store_true", help="test only at the end")
     args = p.parse_args(argv)
@@ -102,6 +103,8 @@ def main(argv=None) -> int:
     trainer_cfg.pop("logger", None)
     if args.max_epochs:
         trainer_cfg["max_epochs"] = args.max_epochs
+    if args.max_minutes:
+        trainer_cfg["max_time"] = {"minutes": args.max_minutes}
     data_spec = copy.deepcopy(cfg["data"])
     if args.limit_train:
         data_spec.setdefault("init_args", {})["limit_train"] = args.limit_train
