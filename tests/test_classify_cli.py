@@ -112,3 +112,12 @@ def test_bad_checkpoint_is_one_line(run, capsys):
     assert err.startswith(f"classify: error: cannot read checkpoint {run['pngs'][0]}")
     code, _, err = _classify(capsys, "--ckpt", run["tmp"] / "nope.ckpt", run["pngs"][0])
     assert code == 2 and "checkpoint not found" in err
+
+
+def test_checkpoint_written_by_lightning_cli_loads(run, tmp_path):
+    """LightningCLI stores _class_path / _instantiator next to the task's arguments."""
+    ckpt = torch.load(run["ckpt"], weights_only=True)
+    ckpt["hyper_parameters"]["_class_path"] = "tx_suite.tasks.classification.ImageClassification"
+    ckpt["hyper_parameters"]["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+    torch.save(ckpt, tmp_path / "cli.ckpt")
+    assert load_classifier(tmp_path / "cli.ckpt").meta["img_size"] == 28

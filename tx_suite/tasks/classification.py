@@ -514,7 +514,9 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> ImageClassif
         raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {_first_line(e)}") from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict / hyper_parameters)")
-    hparams = {**ckpt["hyper_parameters"], "pretrained": None}
+    # LightningCLI adds bookkeeping keys (_class_path, _instantiator) next to the arguments
+    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    hparams["pretrained"] = None
     try:
         model = ImageClassification(**hparams)
         model.load_state_dict(ckpt["state_dict"])
