@@ -140,107 +140,28 @@ def _probe(host: str, timeout: float = 5.0) -> None:
         raise ConnectionError(f"cannot reach {host} ({e}); offline? pass a checkpoint file as pretrained") from e
 
 
-def read_timm_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a timm checkpoint or state_dict file (``.pth``/``.bin``/``.safetensors``).
+def load_pretrained(model: nn.Module, source: str, timm_model: str | None = None) -> None:
+    """Load timm ViT weights into ``model`` (ours or timm's), in place, for fine-tuning.
 
-    Read with ``weights_only=True``; EMA weights are preferred when the file has them, and
-    ``module.`` / ``_orig_mod.`` prefixes are removed (``timm.models.load_state_dict``).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file cannot be read as a state_dict.
-    """
-    from timm.models import load_state_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights not found: {path}")
-    try:
-        sd = load_state_dict(str(path), weights_only=True)
-    except Exception as e:  # pickle, zip and safetensors errors have many types
-        raise ValueError(f"cannot read weights from {path}: {type(e).__name__}: {_first_line(e)}") from e
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path} does not hold a state_dict of tensors")
-    return sd
-
-
-def fit_timm_state_dict(sd: dict[str, torch.Tensor], twin: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapt a timm ViT state_dict to the shapes of the timm ViT ``twin``.
-
-    timm's ``checkpoint_filter_fn`` resamples the position embedding to the new patch grid
-    (bicubic, as in Dosovitskiy et al. 2021 sec. 3.2 / timm ``resample_abs_pos_embed``) and the
-    patch kernel if the patch size differs; the input conv is adapted to ``in_chans`` (timm
-    ``adapt_input_conv``: RGB -> gray sums the channels); a head of another class count is
-    dropped (left at its fresh initialisation).
+    ``source`` is a checkpoint / state_dict file, or ``"timm"``: timm downloads ``timm_model``'s
+    pretrained weights (online only; fails within seconds when offline). The weights are fitted
+    to the model's image size, patch size, channels and classes by
+    :func:`tx_suite.models.vit.load_timm_checkpoint` (position embedding resampled, input conv
+    adapted, head of another size dropped).
 
     Raises:
-        ValueError: another tensor does not fit or is missing (the message names it).
+        FileNotFoundError, ValueError, ConnectionError: each names its cause.
     """
-    from timm.models import adapt_input_conv
-    from timm.models.vision_transformer import checkpoint_filter_fn
+    from tx_suite.models.vit import load_timm_checkpoint
 
-    want = twin.state_dict()
-    key = "patch_embed.proj.weight"
-    if key in sd and sd[key].ndim == 4 and sd[key].shape[1] != want[key].shape[1]:
-        sd = {**sd, key: adapt_input_conv(want[key].shape[1], sd[key])}
-    sd = checkpoint_filter_fn(sd, twin)
-    out = {}
-    for k, v in sd.items():
-        if k not in want:
-            continue  # e.g. a pre-logits layer our ViT does not have
-        if v.shape != want[k].shape:
-            if k.startswith("head."):
-                continue
-            raise ValueError(
-                f"pretrained {k} has shape {tuple(v.shape)}, the model needs {tuple(want[k].shape)}: "
-                "set the ViT size (or timm_model) to the checkpoint's"
-            )
-        out[k] = v
-    missing = [k for k in want if k not in out and not k.startswith("head.")]
-    if missing:
-        raise ValueError(f"pretrained weights lack {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    return out
-
-
-def load_pretrained(
-    model: nn.Module,
-    source: str,
-    *,
-    backbone: str,
-    timm_model: str | None = None,
-    **config,
-) -> None:
-    """Load timm ViT weights into ``model`` (a ``backbone`` ViT built from ``config``), in place.
-
-    ``source`` is a file (see :func:`read_timm_state_dict`) or ``"timm"``: timm downloads
-    ``timm_model``'s pretrained weights (online only; fails within seconds when offline).
-    The tensors are fitted (:func:`fit_timm_state_dict`) against a timm ViT of the same
-    ``config`` built on the meta device, then, for ``backbone: tx``, converted to our names by
-    ``tx_suite.models.vit.checkpoint_filter_fn``.
-
-    Raises:
-        FileNotFoundError, ValueError, ConnectionError: see above; each names its cause.
-    """
     if source == "timm":
         if not timm_model:
             raise ValueError("pretrained: timm needs timm_model (e.g. vit_tiny_patch16_224)")
         import timm
 
         _probe("huggingface.co")
-        sd = timm.create_model(timm_model, pretrained=True).state_dict()
-    else:
-        sd = read_timm_state_dict(source)
-    with torch.device("meta"):
-        twin = build_backbone("timm", **config)
-    sd = fit_timm_state_dict(sd, twin)
-    if backbone == "tx":
-        from tx_suite.models.vit import checkpoint_filter_fn
-
-        sd = checkpoint_filter_fn(sd, model)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    bad = [k for k in missing if not k.startswith("head.")] + list(unexpected)
-    if bad:
-        raise ValueError(f"pretrained weights do not fit the {backbone} ViT: {bad[:5]}")
+        source = timm.create_model(timm_model, pretrained=True).state_dict()
+    load_timm_checkpoint(model, source)
 
 
 class ImageClassification(pl.LightningModule):
@@ -321,17 +242,7 @@ class ImageClassification(pl.LightningModule):
             **arch,
         )
         if pretrained:
-            load_pretrained(
-                self.model,
-                pretrained,
-                backbone=backbone,
-                timm_model=timm_model,
-                num_classes=num_classes,
-                img_size=img_size,
-                in_chans=in_chans,
-                pool=pool,
-                **arch,
-            )
+            load_pretrained(self.model, pretrained, timm_model=timm_model)
         self.mixup_fn = None
         if mixup:
             from timm.data import Mixup
