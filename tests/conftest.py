@@ -1,0 +1,39 @@
+"""Shared test setup: no W&B network or files, few threads, tests/ importable, temp run dirs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# Before anything imports wandb/Lightning: W&B off (the offline test turns it back on for itself),
+# no W&B prompts, and CPU threads capped (2-core CI machines run other work too).
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["WANDB_SILENT"] = "true"
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))  # for cli_fixtures and other test helpers named in configs
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch) -> Path:
+    """A fresh runs/ root for CLI runs (``TX_SUITE_RUNS_DIR``), so tests never write into the repo."""
+    root = tmp_path / "runs"
+    monkeypatch.setenv("TX_SUITE_RUNS_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def subprocess_env(runs_dir) -> dict[str, str]:
+    """Environment for ``python -m tx_suite`` subprocesses: this checkout and tests/ on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env

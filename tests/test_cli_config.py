@@ -1,0 +1,113 @@
+"""`_base_` config inheritance, argv expansion and --print_config."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tx_suite.cli.main import main
+from tx_suite.utils.config import ConfigError, deep_merge, expand_config_argv, load_config
+
+TESTS = Path(__file__).resolve().parent
+TINY = str(TESTS / "configs" / "tiny_mnist.yaml")
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_deep_merge_rules():
+    base = {"a": {"x": 1, "y": [1, 2]}, "m": {"class_path": "A", "init_args": {"p": 1, "q": 2}}, "keep": 0}
+    over = {"a": {"y": [3]}, "m": {"class_path": "A", "init_args": {"q": 5}}}
+    out = deep_merge(base, over)
+    assert out == {"a": {"x": 1, "y": [3]}, "m": {"class_path": "A", "init_args": {"p": 1, "q": 5}}, "keep": 0}
+    # a different class_path replaces the whole subtree: A's init_args mean nothing to B
+    out = deep_merge(base, {"m": {"class_path": "B", "init_args": {"r": 1}}})
+    assert out["m"] == {"class_path": "B", "init_args": {"r": 1}}
+    # an override without class_path only updates init_args
+    assert deep_merge(base, {"m": {"init_args": {"p": 9}}})["m"] == {"class_path": "A", "init_args": {"p": 9, "q": 2}}
+    assert base["a"]["y"] == [1, 2] and base["m"]["init_args"]["q"] == 2  # inputs untouched
+
+
+def test_bases_recursive_relative_and_later_wins(tmp_path):
+    write(tmp_path / "base" / "root.yaml", """
+        trainer: {max_epochs: 10, log_every_n_steps: 50}
+        model: {class_path: pkg.Model, init_args: {d_model: 256, n_heads: 8}}
+        tags: [root]
+    """)
+    write(tmp_path / "base" / "other.yaml", """
+        trainer: {log_every_n_steps: 5}
+    """)
+    write(tmp_path / "task" / "base.yaml", """
+        _base_: ../base/root.yaml
+        model: {init_args: {n_heads: 4}}
+    """)
+    exp = write(tmp_path / "task" / "exp.yaml", """
+        _base_: [base.yaml, ../base/other.yaml]
+        trainer: {max_epochs: 3}
+        tags: [exp]
+    """)
+    cfg = load_config(exp)
+    assert cfg == {
+        "trainer": {"max_epochs": 3, "log_every_n_steps": 5},  # own key wins; later base wins
+        "model": {"class_path": "pkg.Model", "init_args": {"d_model": 256, "n_heads": 4}},  # nested merge
+        "tags": ["exp"],  # lists replaced
+    }
+
+
+def test_scientific_notation_stays_a_float(tmp_path):
+    # PyYAML's safe_load reads `1e-3` as a string; jsonargparse (and we) read a float.
+    write(tmp_path / "base.yaml", "model: {init_args: {lr: 1.0}}\n")
+    exp = write(tmp_path / "exp.yaml", "_base_: base.yaml\nmodel: {init_args: {lr: 3e-4, name: '1e-3'}}\n")
+    assert load_config(exp)["model"]["init_args"] == {"lr": 3e-4, "name": "1e-3"}
+
+
+def test_base_errors_name_the_file(tmp_path):
+    write(tmp_path / "a.yaml", "_base_: b.yaml\n")
+    write(tmp_path / "b.yaml", "_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="cyclic _base_"):
+        load_config(tmp_path / "a.yaml")
+    bad = write(tmp_path / "c.yaml", "_base_: [missing.yaml]\n")
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config(bad)
+    broken = write(tmp_path / "d.yaml", "trainer: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML in .*d.yaml"):
+        load_config(broken)
+
+
+def test_expand_config_argv_keeps_order_and_plain_files(tmp_path):
+    plain = write(tmp_path / "plain.yaml", "trainer: {max_epochs: 1}\n")
+    child = write(tmp_path / "child.yaml", "_base_: plain.yaml\ntrainer: {max_epochs: 2}\n")
+    argv = ["fit", "--config", str(plain), f"--config={child}", "--trainer.max_epochs=5"]
+    out = expand_config_argv(argv)
+    assert out[:3] == ["fit", "--config", str(plain)]  # no _base_: passed through
+    assert out[3].startswith("--config=") and out[3] != argv[3]
+    expanded = Path(out[3].split("=", 1)[1])
+    assert expanded.name == "child.yaml"
+    assert yaml.safe_load(expanded.read_text()) == {"trainer": {"max_epochs": 2}}
+    assert out[4] == "--trainer.max_epochs=5"
+
+
+def test_print_config_shows_merged_values(capsys, runs_dir):
+    code = main(["fit", "--config", TINY, "--trainer.max_epochs=7", "--print_config"])
+    assert code == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["trainer"]["max_epochs"] == 7  # command line over the file
+    assert cfg["trainer"]["log_every_n_steps"] == 2  # the file over its base
+    assert cfg["checkpoint"]["monitor"] == "val/acc" and cfg["checkpoint"]["save_last"] is True
+    callbacks = [c["class_path"] for c in cfg["trainer"]["callbacks"]]  # from experiments/base/trainer.yaml
+    assert callbacks == ["pytorch_lightning.callbacks.TQDMProgressBar", "pytorch_lightning.callbacks.LearningRateMonitor"]
+    assert cfg["experiment"] == "tiny_mnist" and cfg["seed_everything"] == 1234
+    assert "_base_" not in cfg
+    assert not runs_dir.exists()  # printing the config starts no run
+
+
+def test_deterministic_switch_and_seed_are_configurable(capsys, runs_dir):
+    assert main(["fit", "--config", TINY, "--deterministic", "--seed_everything=7", "--print_config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["trainer"]["deterministic"] is True and cfg["seed_everything"] == 7

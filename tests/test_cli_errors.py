@@ -1,0 +1,65 @@
+"""Bad input gives one clear line and a non-zero exit status, never a traceback."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tx_suite.cli.main import main
+
+TINY = str(Path(__file__).resolve().parent / "configs" / "tiny_mnist.yaml")
+
+
+def run_error(capsys, argv: list[str]) -> tuple[int, str]:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1, err
+    return code, lines[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--trainer.max_epoch=3"], "unrecognized arguments: --trainer.max_epoch=3"),  # no prefix matching
+        (["--model.init_args.hidden=abc"], "Parser key \"hidden\": Expected a <class 'int'>. Got value: abc"),
+        (["--checkpoint.mode=maxx"], "`mode` can be min, max but got maxx"),
+        (["--data.init_args.data_dir=/nonexistent"], "data file not found: /nonexistent/MNIST/raw/"),
+        (["--model=no_such_module.Model"], "No module named 'no_such_module'"),
+        (["--config", "no/such/file.yaml"], "config file not found: no/such/file.yaml"),
+    ],
+)
+def test_config_errors_are_one_line(capsys, runs_dir, extra, expected):
+    code, line = run_error(capsys, ["fit", "--config", TINY, "--trainer.max_epochs=1", *extra])
+    assert code == 2
+    assert line.startswith("tx-suite fit: error: ")
+    assert expected in line
+    assert not runs_dir.exists() or not any(runs_dir.rglob("*.ckpt"))
+
+
+def test_unknown_key_inside_config_file(capsys, runs_dir, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(textwrap.dedent(f"""
+        _base_: [{TINY}]
+        model:
+          init_args:
+            hiden: 3
+    """))
+    code, line = run_error(capsys, ["fit", "--config", str(bad)])
+    assert code == 2 and "Option 'hiden' is not accepted" in line
+
+
+def test_unknown_command(capsys):
+    code, line = run_error(capsys, ["fitt"])
+    assert code == 2 and "unknown command 'fitt'" in line
+
+
+def test_debug_env_shows_the_original_exception(monkeypatch, runs_dir):
+    monkeypatch.setenv("TX_SUITE_DEBUG", "1")
+    with pytest.raises(Exception) as info:
+        main(["fit", "--config", TINY, "--data.init_args.data_dir=/nonexistent"])
+    chain = [info.value, info.value.__cause__]
+    assert any(isinstance(e, FileNotFoundError) for e in chain)

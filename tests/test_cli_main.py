@@ -1,0 +1,85 @@
+"""The `tx-suite` entry point: fast help, sub-command table, `python -m tx_suite`, compare."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tx_suite.cli import main as cli_main
+from tx_suite.cli.compare import main as compare_main
+
+
+def fake_command(argv):
+    print("fake got", argv)
+    return 3
+
+
+def test_help_lists_every_command_without_importing_lightning(subprocess_env):
+    code = (
+        "import sys; from tx_suite.cli.main import main; rc = main(['--help']); "
+        "assert 'pytorch_lightning' not in sys.modules and 'torch' not in sys.modules; sys.exit(rc)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("fit", "validate", "test", "predict", "translate", "classify", "generate", "compare"):
+        assert f"\n  {name} " in proc.stdout
+
+
+def test_python_dash_m_matches_the_console_script(subprocess_env):
+    proc = subprocess.run([sys.executable, "-m", "tx_suite", "--help"], env=subprocess_env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: tx-suite <command>")
+    proc = subprocess.run([sys.executable, "-m", "tx_suite"], env=subprocess_env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2  # no command is a usage error
+
+
+def test_commands_table_dispatches_lazily(monkeypatch, capsys):
+    monkeypatch.setitem(cli_main.COMMANDS, "fake", "test_cli_main:fake_command")
+    assert cli_main.main(["fake", "--x", "1"]) == 3
+    assert "fake got ['--x', '1']" in capsys.readouterr().out
+    monkeypatch.setitem(cli_main.COMMANDS, "broken", "tx_suite.cli.no_such_module:main")
+    assert cli_main.main(["broken"]) == 2
+    assert "tx-suite broken: error: command not available" in capsys.readouterr().err
+
+
+def make_run(root, experiment, run_id, accs, monitor_mode="max"):
+    run = root / experiment / run_id
+    run.mkdir(parents=True)
+    with (run / "metrics.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "step", "train/loss", "val/acc"])
+        for i, acc in enumerate(accs):
+            w.writerow([i, 10 * (i + 1), "", acc])
+            w.writerow([i, 10 * (i + 1), 1.0 / (i + 1), ""])
+    (run / "config.yaml").write_text(yaml.safe_dump({"checkpoint": {"monitor": "val/acc", "mode": monitor_mode}}))
+    (run / "run_info.json").write_text(json.dumps({"experiment": experiment, "subcommand": "fit", "status": "finished"}))
+    return run
+
+
+def test_compare_reports_last_and_best(tmp_path, capsys):
+    make_run(tmp_path, "a", "r1", [0.5, 0.9, 0.8])
+    make_run(tmp_path, "b", "r2", [0.2, 0.4])
+    assert compare_main(["--runs_dir", str(tmp_path), "--json"]) == 0
+    rows = {r["experiment"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["a"]["last"]["val/acc"] == 0.8 and rows["a"]["best"] == 0.9 and rows["a"]["steps"] == 30
+    assert rows["b"]["best"] == 0.4 and rows["b"]["last"]["train/loss"] == pytest.approx(0.5)
+    assert compare_main(["a", "--runs_dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:5] == ["experiment", "run_id", "cmd", "status", "steps"]
+    assert len(table) == 2 and "0.9 (val/acc)" in table[1]
+    with pytest.raises(FileNotFoundError):
+        compare_main(["missing", "--runs_dir", str(tmp_path)])
+
+
+def test_resume_command_replaces_ckpt_path(tmp_path):
+    from tx_suite.cli.lightning_cli import resume_command
+
+    ckpt = tmp_path / "runs" / "e" / "r" / "checkpoints" / "last.ckpt"
+    cmd = ["tx-suite", "fit", "--config", "my exp.yaml", "--ckpt_path=old.ckpt", "--trainer.max_epochs=3"]
+    assert resume_command(cmd, ckpt) == f"tx-suite fit --config 'my exp.yaml' --trainer.max_epochs=3 --ckpt_path {ckpt}"

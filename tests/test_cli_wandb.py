@@ -1,0 +1,145 @@
+"""W&B: mode choice that never hangs, and an offline run that touches no network."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tx_suite.utils.wandb_mode import can_reach, has_api_key, resolve_wandb_mode
+
+TINY = str(Path(__file__).resolve().parent / "configs" / "tiny_mnist.yaml")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_mode_from_environment():
+    assert resolve_wandb_mode({"WANDB_MODE": "disabled"}) == ("disabled", None)
+    assert resolve_wandb_mode({"WANDB_MODE": "dryrun", "WANDB_API_KEY": "k"}) == ("offline", None)
+    assert resolve_wandb_mode({"WANDB_MODE": "online"}) == ("online", None)
+    with pytest.raises(ValueError, match="WANDB_MODE"):
+        resolve_wandb_mode({"WANDB_MODE": "sometimes"})
+
+
+def test_no_key_means_offline_without_probing(tmp_path):
+    def probe(*_):
+        raise AssertionError("must not touch the network without an API key")
+
+    env = {"NETRC": str(tmp_path / "none")}
+    assert resolve_wandb_mode(env, probe=probe) == ("offline", None)
+
+
+def test_netrc_entry_counts_as_key(tmp_path):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password abc123\n")
+    netrc.chmod(0o600)
+    assert has_api_key({"NETRC": str(netrc)})
+    assert not has_api_key({"NETRC": str(netrc), "WANDB_BASE_URL": "https://wandb.example.org"})
+
+
+def test_key_without_network_falls_back_to_offline_quickly():
+    env = {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}"}
+    start = time.monotonic()
+    mode, warning = resolve_wandb_mode(env)
+    assert mode == "offline" and "unreachable" in warning and "\n" not in warning
+    assert time.monotonic() - start < 5
+    assert resolve_wandb_mode(env, probe=lambda url: True) == ("online", None)
+
+
+def test_probe_never_hangs(monkeypatch):
+    import urllib.request
+
+    def stuck(*args, **kwargs):  # a DNS lookup or TLS handshake that never returns
+        time.sleep(10)
+
+    monkeypatch.setattr(urllib.request, "urlopen", stuck)
+    start = time.monotonic()
+    assert not can_reach("https://api.wandb.ai", timeout=0.5)
+    assert time.monotonic() - start < 1.5
+
+
+def test_probe_accepts_any_http_answer():
+    import http.server
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    thread = threading.Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    try:
+        assert can_reach(f"http://127.0.0.1:{server.server_address[1]}/", timeout=5)
+    finally:
+        thread.join(5)
+        server.server_close()
+    assert not can_reach(f"http://127.0.0.1:{closed_port()}/", timeout=2)
+
+
+class Listener:
+    """A local TCP server that counts connection attempts (stands in for W&B and any proxy)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.stop = True
+        self.thread.join()
+        self.sock.close()
+
+
+def test_offline_fit_writes_wandb_run_and_touches_no_network(runs_dir, subprocess_env):
+    listener = Listener()
+    url = f"http://127.0.0.1:{listener.port}"
+    env = {k: v for k, v in subprocess_env.items() if k != "WANDB_API_KEY"}
+    env.update(WANDB_MODE="offline", WANDB_BASE_URL=url, HTTP_PROXY=url, HTTPS_PROXY=url, http_proxy=url,
+               https_proxy=url, NO_PROXY="", no_proxy="")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tx_suite", "fit", "--config", TINY, "--trainer.max_epochs=1",
+             "--trainer.enable_progress_bar=false", "--tags", "[offline-test]"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        listener.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert listener.connections == 0  # neither W&B nor anything else went to the network
+
+    (run,) = (runs_dir / "tiny_mnist").iterdir()
+    (offline_run,) = (run / "wandb").glob("offline-run-*")
+    assert list(offline_run.glob("run-*.wandb")), "the W&B run file for `wandb sync`"
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["wandb"]["mode"] == "offline" and info["wandb"]["id"] == run.name
+    assert info["wandb"]["dir"] == str(offline_run)
+    assert f"wandb sync {offline_run}" in proc.stderr
+    assert (run / "metrics.csv").is_file() and (run / "checkpoints" / "last.ckpt").is_file()

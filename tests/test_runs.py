@@ -1,0 +1,134 @@
+"""End-to-end runs of the CLI on the tiny MNIST task: run records, resume, test, non-finite loss."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tx_suite.cli.main import main
+from tx_suite.utils.checkpoint import load_checkpoint
+
+TINY = str(Path(__file__).resolve().parent / "configs" / "tiny_mnist.yaml")
+QUIET = ["--trainer.enable_progress_bar=false"]
+STEPS_PER_EPOCH = 8  # 512 training digits / batch 64
+
+
+def fit(*extra: str) -> int:
+    return main(["fit", "--config", TINY, *QUIET, *extra])
+
+
+def only_run(runs_dir: Path, experiment: str = "tiny_mnist") -> Path:
+    runs = sorted((runs_dir / experiment).iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def metric_rows(run: Path) -> list[dict[str, str]]:
+    with (run / "metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def column(rows: list[dict[str, str]], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+def test_fit_writes_a_complete_run_record(runs_dir):
+    assert fit("--trainer.max_epochs=2", "--tags", "[extra]") == 0
+    run = only_run(runs_dir)
+    assert {"config.yaml", "run_info.json", "metrics.csv", "checkpoints"} <= {p.name for p in run.iterdir()}
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["class_path"] == "cli_fixtures.TinyMNISTClassifier"
+    assert config["trainer"]["default_root_dir"] == str(run)
+    assert config["checkpoint"]["dirpath"] == str(run / "checkpoints")
+    assert config["weights_only"] is True
+
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["seed"] == 1234 and info["experiment"] == "tiny_mnist" and info["run_id"] == run.name
+    assert info["status"] == "finished" and info["command"][:2] == ["tx-suite", "fit"]
+    assert info["versions"]["torch"] == torch.__version__.split("+")[0] or info["versions"]["torch"] == torch.__version__
+    assert {"python", "pytorch-lightning", "timm", "wandb", "jsonargparse"} <= set(info["versions"])
+    assert set(info["git"]) == {"commit", "dirty", "branch"}
+
+    rows = metric_rows(run)
+    train_loss = column(rows, "train/loss")
+    assert len(train_loss) >= 6 and train_loss[-1] < train_loss[0]  # it trained
+    assert len(column(rows, "val/acc")) == 2  # one validation per epoch
+    assert column(rows, "lr-Adam")  # the LearningRateMonitor from the base config
+
+    best = load_checkpoint(run / "checkpoints" / "best.ckpt")
+    last = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 2 * STEPS_PER_EPOCH
+    assert float(best["callbacks"][next(k for k in best["callbacks"] if k.startswith("ModelCheckpoint"))]
+                 ["best_model_score"]) == pytest.approx(max(column(rows, "val/acc")))
+    assert not list((run / "checkpoints").glob("*.tmp"))  # atomic writes leave no temporaries
+
+    # The saved config re-runs as is: a new run of the same experiment.
+    assert main(["fit", "--config", str(run / "config.yaml"), "--trainer.max_epochs=1"]) == 0
+    assert len(list((runs_dir / "tiny_mnist").iterdir())) == 2
+
+
+def test_resume_last_continues_the_same_run_exactly(runs_dir):
+    assert fit("--trainer.max_epochs=1") == 0
+    run = only_run(runs_dir)
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == STEPS_PER_EPOCH
+    first_rows = metric_rows(run)
+
+    assert fit("--trainer.max_epochs=2", "--ckpt_path", "last") == 0
+    assert only_run(runs_dir) == run  # resumed in place, no new run directory
+    resumed = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] == 2 * STEPS_PER_EPOCH and resumed["epoch"] == 1
+    rows = metric_rows(run)
+    assert rows[: len(first_rows)] == first_rows  # the record of epoch 0 is kept ...
+    assert max(int(r["step"]) for r in rows) > STEPS_PER_EPOCH  # ... and continued
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "finished" and len(info["resumes"]) == 1
+    assert info["resumes"][0]["ckpt_path"] == str(run / "checkpoints" / "last.ckpt")
+    assert info["resumes"][0]["wandb"]["id"] == info["wandb"]["id"] == run.name  # same W&B run id
+
+    # Same weights as an uninterrupted 2-epoch run: optimizer state, loops and RNG (shuffle,
+    # dropout) were all restored.
+    assert fit("--trainer.max_epochs=2", "--experiment", "uninterrupted") == 0
+    straight = load_checkpoint(only_run(runs_dir, "uninterrupted") / "checkpoints" / "last.ckpt")
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+
+
+def test_test_subcommand_uses_best_of_newest_run(runs_dir, capsys):
+    assert fit("--trainer.max_epochs=1") == 0
+    train_run = only_run(runs_dir)
+    assert main(["test", "--config", TINY, *QUIET, "--ckpt_path", "best"]) == 0
+    assert f"--ckpt_path best -> {train_run / 'checkpoints' / 'best.ckpt'}" in capsys.readouterr().err
+    runs = sorted((runs_dir / "tiny_mnist").iterdir())
+    test_run = next(r for r in runs if r != train_run)
+    info = json.loads((test_run / "run_info.json").read_text())
+    assert info["subcommand"] == "test" and info["ckpt_path"].endswith("best.ckpt")
+    acc = column(metric_rows(test_run), "test/acc")
+    assert len(acc) == 1 and acc[0] > 0.3  # the trained weights were loaded (chance is 0.1)
+    assert main(["test", "--config", TINY, "--ckpt_path", "last", "--experiment", "never_trained"]) == 2
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(runs_dir, capsys):
+    nan_step = STEPS_PER_EPOCH + 3  # epoch 1, batch 3
+    assert fit("--trainer.max_epochs=3", f"--model.init_args.nan_at_step={nan_step}") == 1
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if "non-finite" in line)
+    assert f"global step {nan_step}" in line and "epoch 1, batch 3" in line and "last.ckpt" in line
+    run = only_run(runs_dir)
+    last = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == STEPS_PER_EPOCH  # the epoch-0 checkpoint, not the NaN state
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+    assert json.loads((run / "run_info.json").read_text())["status"] == "failed"
+
+
+def test_logger_false_still_writes_run_dir(runs_dir):
+    assert fit("--trainer.max_epochs=1", "--trainer.logger=false", "--run_id", "nolog") == 0
+    run = runs_dir / "tiny_mnist" / "nolog"
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (run / "metrics.csv").exists() and not (run / "wandb").exists()
+    assert fit("--trainer.max_epochs=1", "--run_id", "nolog") == 2  # never overwrite a run

@@ -1,0 +1,328 @@
+"""``tx-suite fit|validate|test|predict``: LightningCLI with run directories, W&B and safe checkpoints.
+
+What this adds to :class:`pytorch_lightning.cli.LightningCLI` (see docs/cli.md):
+
+* ``_base_`` config inheritance, expanded before parsing (:mod:`tx_suite.utils.config`);
+* top-level keys ``experiment`` (default: the last config file's stem), ``runs_dir``, ``run_id``,
+  ``tags`` and a ``checkpoint`` group (a ModelCheckpoint writing ``best.ckpt`` and ``last.ckpt``);
+* one directory per run, ``<runs_dir>/<experiment>/<run_id>/``, shared by the trainer, the
+  loggers (``metrics.csv`` + W&B) and the checkpoints, with ``config.yaml`` and ``run_info.json``;
+* ``--ckpt_path last|best`` resolved from the newest run; ``fit`` with a checkpoint of a run
+  resumes that run in place (same directory, same W&B id);
+* W&B online/offline/disabled chosen without ever hanging (:mod:`tx_suite.utils.wandb_mode`);
+* always-on safety: atomic checkpoint writes, ``weights_only=True`` loads, RNG state in
+  checkpoints, a stop on non-finite loss; a fixed default seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+from jsonargparse import Namespace
+from pytorch_lightning import LightningDataModule, LightningModule, Trainer
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
+
+from tx_suite.cli.loggers import configure_loggers, finish_wandb, has_wandb, start_wandb
+from tx_suite.cli.parser import TxArgumentParser
+from tx_suite.cli.save_config import SaveRunConfig
+from tx_suite.tasks.callbacks import AtomicCheckpointIO, RNGStateCallback, StopOnNonFiniteLoss
+from tx_suite.utils.checkpoint import load_checkpoint
+from tx_suite.utils.config import config_paths, expand_config_argv
+from tx_suite.utils.run_info import collect_run_info, write_json
+from tx_suite.utils.runs import (
+    CHECKPOINT_DIR,
+    find_checkpoint,
+    new_run_id,
+    run_dir_of_checkpoint,
+    validate_name,
+)
+from tx_suite.utils.wandb_mode import resolve_wandb_mode
+
+DEFAULT_SEED = 1234
+DEFAULT_RUNS_DIR = "runs"
+RUN_INFO = "run_info.json"
+
+
+class _DropLitLoggerTip(logging.Filter):
+    """Lightning 2.6 advertises a cloud logger on every run; we log to W&B + CSV."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLitLoggerTip())
+
+
+def _log(msg: str) -> None:
+    print(f"tx-suite: {msg}", file=sys.stderr, flush=True)
+
+
+def _class_path(entry: Any) -> str:
+    if isinstance(entry, (Namespace, dict)):
+        return str(entry.get("class_path", ""))
+    return type(entry).__module__ + "." + type(entry).__qualname__
+
+
+def _is(entry: Any, *names: str) -> bool:
+    """True if the config entry's class name (last dotted part) is one of ``names``."""
+    return _class_path(entry).rsplit(".", 1)[-1] in names
+
+
+class TxSuiteCLI(LightningCLI):
+    """LightningCLI for tx-suite; use :func:`run_cli` (or ``tx-suite``) rather than this class."""
+
+    def __init__(self, *, default_experiment: str, state: dict[str, Any], **kwargs: Any) -> None:
+        self._default_experiment = default_experiment
+        self.state = state
+        kwargs.setdefault("parser_class", TxArgumentParser)
+        kwargs.setdefault("model_class", LightningModule)
+        kwargs.setdefault("datamodule_class", LightningDataModule)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_callback", SaveRunConfig)
+        kwargs.setdefault("seed_everything_default", DEFAULT_SEED)
+        kwargs.setdefault("trainer_defaults", {"callbacks": [StopOnNonFiniteLoss(), RNGStateCallback()]})
+        super().__init__(**kwargs)
+
+    # ------------------------------------------------------------------ parser
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--experiment", type=Optional[str], default=self._default_experiment,
+            help="Experiment name: groups runs under <runs_dir>/<experiment>/ and in W&B "
+                 "(default: the last --config file's name without .yaml).",
+        )
+        parser.add_argument(
+            "--runs_dir", type=str, default=os.environ.get("TX_SUITE_RUNS_DIR", DEFAULT_RUNS_DIR),
+            help="Root of the run directories (default: $TX_SUITE_RUNS_DIR or 'runs').",
+        )
+        parser.add_argument("--run_id", type=Optional[str], default=None,
+                            help="Name of the run directory (default: <date>-<time>-<random>).")
+        parser.add_argument("--tags", type=list[str], default=[], help="W&B tags for the run.")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/loss",
+            "checkpoint.mode": "min",
+            "checkpoint.filename": "best",
+            "checkpoint.save_last": True,
+            "checkpoint.save_top_k": 1,
+            "checkpoint.auto_insert_metric_name": False,
+            "checkpoint.enable_version_counter": False,
+        })
+
+    # ------------------------------------------------------------ ckpt_path
+    def _parse_ckpt_path(self) -> None:
+        """Resolve ``last``/``best``, check the file (weights_only) and apply its hyperparameters."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        cfg = self.config[subcommand]
+        ckpt_path = cfg.get("ckpt_path")
+        if not ckpt_path:
+            return
+        if ckpt_path in ("last", "best"):
+            experiment = validate_name(cfg.get("experiment") or self._default_experiment)
+            resolved = find_checkpoint(cfg.runs_dir, experiment, ckpt_path)
+            _log(f"--ckpt_path {ckpt_path} -> {resolved}")
+            ckpt_path = cfg.ckpt_path = str(resolved)
+        ckpt = load_checkpoint(ckpt_path)
+        hparams = dict(ckpt.get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"tx-suite: error: the hyperparameters stored in {ckpt_path} do not fit the model config\n")
+            raise
+
+    # ---------------------------------------------------------- run directory
+    def before_instantiate_classes(self) -> None:
+        subcommand = self.subcommand
+        cfg = self.config[subcommand]
+        experiment = validate_name(cfg.experiment or self._default_experiment)
+        cfg.experiment = experiment
+        runs_dir = Path(cfg.runs_dir)
+
+        run_dir = None
+        if subcommand == "fit" and cfg.get("ckpt_path"):
+            run_dir = run_dir_of_checkpoint(cfg.ckpt_path, runs_dir)
+        resumed = run_dir is not None
+        if resumed and run_dir.parent.name != experiment:  # a run belongs to the experiment it started in
+            _log(f"resuming {run_dir}: experiment {run_dir.parent.name!r} (not {experiment!r})")
+            experiment = cfg.experiment = run_dir.parent.name
+        if run_dir is None:
+            run_id = validate_name(cfg.run_id, "run_id") if cfg.run_id else new_run_id()
+            run_dir = runs_dir / experiment / run_id
+            if run_dir.exists():
+                raise FileExistsError(f"run directory already exists: {run_dir} (choose another --run_id)")
+        previous = {}
+        if resumed and (run_dir / RUN_INFO).is_file():
+            previous = json.loads((run_dir / RUN_INFO).read_text())
+
+        if resumed:  # expected when continuing a run in place
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        if subcommand != "fit":  # the checkpoint callback is idle outside fit; its restored state is moot
+            warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+        mode, warning = resolve_wandb_mode()
+        if warning:
+            _log(warning)
+        wandb_id = (previous.get("wandb") or {}).get("id") or run_dir.name
+
+        trainer = cfg.trainer
+        trainer.default_root_dir = str(run_dir)
+        cfg.checkpoint.dirpath = str(run_dir / CHECKPOINT_DIR)
+        trainer.logger = configure_loggers(
+            trainer.logger, run_dir=run_dir, experiment=experiment, subcommand=subcommand,
+            tags=list(cfg.tags or []), wandb_mode=mode, wandb_id=wandb_id,
+        )
+        if isinstance(trainer.callbacks, list):
+            # Lightning raises on these combinations; the switch wins over the base config's callback.
+            if trainer.logger is False:
+                trainer.callbacks = [c for c in trainer.callbacks if not _is(c, "LearningRateMonitor")]
+            if trainer.get("enable_progress_bar") is False:
+                trainer.callbacks = [c for c in trainer.callbacks if not _is(c, "TQDMProgressBar", "RichProgressBar")]
+        if cfg.get("weights_only") is None and "weights_only" in cfg:
+            cfg.weights_only = True  # never unpickle arbitrary objects from a checkpoint
+
+        self.state.update(
+            run_dir=run_dir, resumed=resumed, experiment=experiment, subcommand=subcommand,
+            wandb_mode=mode if has_wandb(trainer.logger) else None, wandb_id=wandb_id,
+            previous_info=previous,
+        )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Add :class:`AtomicCheckpointIO` unless the config already names a CheckpointIO plugin."""
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+        plugins = [] if plugins is None else (list(plugins) if isinstance(plugins, (list, tuple)) else [plugins])
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        kwargs["plugins"] = plugins
+        return super().instantiate_trainer(**kwargs)
+
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand is None:
+            return
+        run_dir: Path = self.state["run_dir"]
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.state.update(start_wandb(self.trainer.loggers, _log))
+        cfg = self.config[self.subcommand]
+        record = collect_run_info(
+            command=self.state.get("command"),
+            experiment=self.state["experiment"],
+            run_id=run_dir.name,
+            subcommand=self.subcommand,
+            seed=cfg.get("seed_everything"),
+            deterministic=cfg.trainer.get("deterministic"),
+            ckpt_path=cfg.get("ckpt_path"),
+            model=_class_path(cfg.model),
+            data=_class_path(cfg.data) if cfg.get("data") else None,
+            wandb={"mode": self.state.get("wandb_mode"), "id": self.state.get("wandb_id")},
+            status="running",  # until the run ends; a killed run keeps this
+        )
+        if self.state["resumed"]:
+            info = dict(self.state["previous_info"]) or record
+            info.setdefault("resumes", []).append(record)
+            _log(f"resuming run {run_dir} from {cfg.ckpt_path}")
+        else:
+            info = record
+            _log(f"run directory: {run_dir}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / RUN_INFO, info)
+        self.state["info"] = info
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "weights_only" in self._subcommand_method_arguments[subcommand] and kwargs.get("weights_only") is None:
+            kwargs["weights_only"] = True  # never unpickle arbitrary objects from a checkpoint
+        return kwargs
+
+
+def _finish(state: dict[str, Any], status: str) -> None:
+    """Record the end of the run in run_info.json, close W&B, print the sync command if offline."""
+    run_dir = state.get("run_dir")
+    if run_dir is None or "info" not in state:
+        return
+    info = state["info"]
+    target = info["resumes"][-1] if info.get("resumes") else info
+    target["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    target["status"] = status
+    if state.get("wandb_mode"):
+        target["wandb"] = {"mode": state.get("wandb_mode"), "id": state.get("wandb_id"), "dir": state.get("wandb_dir")}
+    write_json(Path(run_dir) / RUN_INFO, info)
+    finish_wandb(status)
+    if state.get("wandb_mode") == "offline" and state.get("wandb_dir"):
+        _log(f"W&B run saved offline; upload it with: wandb sync {state['wandb_dir']}")
+    last = Path(run_dir) / CHECKPOINT_DIR / "last.ckpt"
+    if status == "interrupted" and state.get("subcommand") == "fit" and last.is_file():
+        _log(f"interrupted; continue this run with: {resume_command(state.get('command') or ['tx-suite'], last)}")
+
+
+def resume_command(command: list[str], ckpt: Path) -> str:
+    """``command`` with its ``--ckpt_path`` (if any) replaced by ``--ckpt_path <ckpt>``, shell-quoted."""
+    out, skip = [], False
+    for arg in command:
+        if skip:
+            skip = False
+            continue
+        if arg == "--ckpt_path":
+            skip = True
+            continue
+        if not arg.startswith("--ckpt_path="):
+            out.append(arg)
+    return shlex.join([*out, "--ckpt_path", str(ckpt)])
+
+
+@contextlib.contextmanager
+def _patched_argv(argv: list[str]):
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def preprocess_argv(args: list[str]) -> list[str]:
+    """Expand ``_base_`` configs and the ``--deterministic`` switch (see docs/cli.md)."""
+    args = ["--trainer.deterministic=true" if a == "--deterministic" else a for a in args]
+    return expand_config_argv(args)
+
+
+def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
+    """Run a LightningCLI sub-command (``args`` starts with fit/validate/test/predict)."""
+    # Lightning 2.6 + torch >= 2.10 warns on every run about its own use of a deprecated torch API.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    configs = config_paths(args)
+    default_experiment = Path(configs[-1]).stem if configs else "default"
+    expanded = preprocess_argv(args)
+    invoked_as = Path(sys.argv[0]).name if from_sys_argv and sys.argv else "tx-suite"
+    if invoked_as == "__main__.py":
+        invoked_as = "python -m tx_suite"
+    state: dict[str, Any] = {"command": [invoked_as, *args]}
+    status = "failed"
+    try:
+        with _patched_argv(["tx-suite", *expanded]):
+            TxSuiteCLI(default_experiment=default_experiment, state=state, args=None)
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except SystemExit as exc:  # Lightning exits with status 1 after a graceful Ctrl-C shutdown
+        status = "finished" if exc.code in (0, None) else "interrupted"
+        raise
+    finally:
+        _finish(state, status)
+    return 0

@@ -1,0 +1,43 @@
+"""The argument parser of ``tx-suite``: LightningCLI's, with one-line errors and no abbreviations."""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any
+
+from pytorch_lightning.cli import LightningArgumentParser
+
+_NOISE = re.compile(
+    r"^(Does not validate against any of the Union subtypes|Subtypes:|Errors:|- Expected a <class 'NoneType'>"
+    r"|Given value type:|Given value:)"
+)
+
+
+def condense_parser_error(message: str) -> str:
+    """One line from a (nested, multi-line) jsonargparse error: the path of keys and the cause."""
+    parts = []
+    for line in message.splitlines():
+        text = line.strip()
+        if not text or _NOISE.match(text):
+            continue
+        parts.append(text.removeprefix("- ").strip().rstrip(":"))
+    return ": ".join(parts) or message.strip()
+
+
+class TxArgumentParser(LightningArgumentParser):
+    """Parser whose errors are one line (``TX_SUITE_DEBUG=1`` shows jsonargparse's full message)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # --trainer.max_epoch must not mean max_epochs
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
+        from tx_suite.cli.main import debug_enabled
+
+        if not self.exit_on_error or debug_enabled():
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"{prog}: error: {condense_parser_error(message)} (see `{prog} --help`)\n")
+        raise SystemExit(2)

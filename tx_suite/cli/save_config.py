@@ -1,0 +1,35 @@
+"""Save the resolved config of a run into its run directory (and into the W&B run's config)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pytorch_lightning import LightningModule, Trainer
+from pytorch_lightning.cli import SaveConfigCallback
+
+class SaveRunConfig(SaveConfigCallback):
+    """Writes the resolved config to ``<run_dir>/config.yaml`` (``config.resume-<time>.yaml`` when a
+    resumed run already has one) and adds it to the W&B run's config."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        if trainer.is_global_zero:
+            run_dir = Path(self.config["trainer"]["default_root_dir"])
+            run_dir.mkdir(parents=True, exist_ok=True)
+            path = run_dir / self.config_filename
+            if path.exists():
+                path = run_dir / f"config.resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+            self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=False)
+            self.save_config(trainer, pl_module, stage)
+        self.already_saved = True
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                dump = self.parser.dump(self.config, skip_none=False, format="json")
+                logger.experiment.config.update({"cli": json.loads(dump)}, allow_val_change=True)

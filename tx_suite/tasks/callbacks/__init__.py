@@ -1,0 +1,7 @@
+"""Generic Lightning callbacks and plugins used by every task (the CLI adds them by default)."""
+
+from tx_suite.tasks.callbacks.checkpoint_io import AtomicCheckpointIO
+from tx_suite.tasks.callbacks.finite_loss import NonFiniteLossError, StopOnNonFiniteLoss
+from tx_suite.tasks.callbacks.rng_state import RNGStateCallback
+
+__all__ = ["AtomicCheckpointIO", "NonFiniteLossError", "RNGStateCallback", "StopOnNonFiniteLoss"]

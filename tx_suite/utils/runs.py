@@ -1,0 +1,82 @@
+"""Run directories: ``<runs_dir>/<experiment>/<run_id>/`` (plain Python, no Lightning).
+
+Layout of one run::
+
+    runs/<experiment>/<run_id>/
+        config.yaml         resolved config (written by the CLI)
+        run_info.json       seed, versions, git commit, command line, host, times
+        metrics.csv         CSVLogger record of every logged metric
+        checkpoints/        best.ckpt (monitored metric) and last.ckpt
+        wandb/              the W&B run (offline unless an API key is configured)
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from pathlib import Path
+
+CHECKPOINT_DIR = "checkpoints"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class RunLookupError(FileNotFoundError):
+    """No run/checkpoint matches a ``last``/``best`` request."""
+
+
+def validate_name(name: str, what: str = "experiment") -> str:
+    """Return ``name`` if it is safe as a directory name (letters, digits, ``.``, ``_``, ``-``).
+
+    Raises:
+        ValueError: the name is empty or has other characters (for example ``/`` or spaces).
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(f"invalid {what} name {name!r}: use letters, digits, '.', '_' and '-' only")
+    return name
+
+
+def new_run_id(now: float | None = None) -> str:
+    """A sortable, collision-resistant run id: ``YYYYmmdd-HHMMSS-xxxx`` (local time, 4 hex chars)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def experiment_dir(runs_dir: str | Path, experiment: str) -> Path:
+    return Path(runs_dir) / validate_name(experiment)
+
+
+def _newest_ckpt_mtime(run_dir: Path) -> float:
+    ckpts = list((run_dir / CHECKPOINT_DIR).glob("*.ckpt"))
+    return max((p.stat().st_mtime for p in ckpts), default=0.0)
+
+
+def find_checkpoint(runs_dir: str | Path, experiment: str, which: str = "last") -> Path:
+    """The ``{which}.ckpt`` of the newest run of ``experiment`` that has one.
+
+    "Newest" is the run whose checkpoints were written most recently, so a resumed older run
+    counts as new again. Runs without checkpoints (test/predict runs) are skipped.
+
+    Raises:
+        RunLookupError: no run of the experiment has ``checkpoints/{which}.ckpt``.
+    """
+    exp_dir = experiment_dir(runs_dir, experiment)
+    candidates = [p for p in exp_dir.glob(f"*/{CHECKPOINT_DIR}/{which}.ckpt") if p.is_file()]
+    if not candidates:
+        raise RunLookupError(
+            f"--ckpt_path {which}: no {exp_dir}/*/{CHECKPOINT_DIR}/{which}.ckpt found "
+            f"(train first with `tx-suite fit --config ...`, or pass a checkpoint file)"
+        )
+    return max(candidates, key=lambda p: (_newest_ckpt_mtime(p.parent.parent), p.parent.parent.name))
+
+
+def run_dir_of_checkpoint(ckpt_path: str | Path, runs_dir: str | Path) -> Path | None:
+    """The run directory holding ``ckpt_path`` if it is ``<runs_dir>/<exp>/<id>/checkpoints/*.ckpt``."""
+    ckpt = Path(ckpt_path).resolve()
+    root = Path(runs_dir).resolve()
+    if ckpt.parent.name != CHECKPOINT_DIR:
+        return None
+    run_dir = ckpt.parent.parent
+    if run_dir.parent.parent != root:
+        return None
+    return run_dir
