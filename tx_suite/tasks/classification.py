@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import pickle
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -407,22 +406,13 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> ImageClassif
     ``model.meta`` holds the data metadata saved with it (empty for checkpoints without it).
 
     Raises:
-        FileNotFoundError: no such file.
+        tx_suite.utils.checkpoint.CheckpointError: missing, corrupt or unsafe file (a ValueError).
         ValueError: the file is not a Lightning checkpoint of this task.
     """
+    from tx_suite.utils.checkpoint import load_checkpoint
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's own text suggests weights_only=False, which is not a fix for a non-checkpoint
-        raise ValueError(
-            f"cannot read checkpoint {path}: not a PyTorch checkpoint, or it holds objects that "
-            "weights_only loading refuses"
-        ) from e
-    except Exception as e:  # zip / EOF / runtime errors: all mean "not a readable checkpoint"
-        raise ValueError(f"cannot read checkpoint {path}: {type(e).__name__}: {_first_line(e)}") from e
+    ckpt = load_checkpoint(path, map_location=map_location)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict / hyper_parameters)")
     # LightningCLI adds bookkeeping keys (_class_path, _instantiator) next to the arguments
