@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 from timm.layers import resample_abs_pos_embed
@@ -171,3 +172,109 @@ def load_timm_state_dict(model: VisionTransformer, state_dict: dict[str, Tensor]
     if strict and any(not k.startswith("head.") for k in missing):
         raise ValueError(f"timm checkpoint lacks weights for: {missing[:5]}")
     return model.load_state_dict(converted, strict=False)
+
+
+# -- timm checkpoint files (vision helper): read, fit to a new size / channels / head, load ------
+
+
+def _first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception message (torch's unpickling errors run long)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def read_timm_checkpoint(path: str | Path) -> dict[str, Tensor]:
+    """Tensors of a timm checkpoint or state_dict file (``.pth``/``.bin``/``.safetensors``).
+
+    Read with ``weights_only=True`` by ``timm.models.load_state_dict``: EMA weights are preferred
+    when the file has them, ``state_dict``/``model`` wrappers and ``module.`` / ``_orig_mod.``
+    prefixes are removed.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file cannot be read as a state dict of tensors.
+    """
+    from timm.models import load_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights not found: {path}")
+    try:
+        sd = load_state_dict(str(path), weights_only=True)
+    except Exception as e:  # pickle, zip and safetensors errors have many types
+        raise ValueError(f"cannot read weights from {path}: {type(e).__name__}: {_first_line(e)}") from e
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ValueError(f"{path} does not hold a state_dict of tensors")
+    return sd
+
+
+def timm_twin(model: VisionTransformer) -> nn.Module:
+    """timm ``VisionTransformer`` with ``model``'s configuration, on the meta device (no memory)."""
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    layer = model.encoder.layers[0]
+    d_model = model.patch_embed.proj.out_features
+    with torch.device("meta"):
+        return TimmViT(
+            img_size=model.patch_embed.img_size, patch_size=model.patch_embed.patch_size,
+            in_chans=model.patch_embed.in_chans, num_classes=model.num_classes, global_pool=model.global_pool,
+            embed_dim=d_model, depth=len(model.encoder.layers), num_heads=layer.self_attn.n_heads,
+            mlp_ratio=layer.ffn.fc1.out_features / d_model, class_token=model.patch_embed.cls_token is not None,
+        )
+
+
+def fit_timm_state_dict(state_dict: dict[str, Tensor], timm_vit: nn.Module) -> dict[str, Tensor]:
+    """Adapt a timm ViT state dict to the shapes of the timm ViT ``timm_vit`` (timm names kept).
+
+    timm's ``checkpoint_filter_fn`` resamples the position embedding to the new patch grid
+    (bicubic; ViT §3.2) and the patch kernel to a new patch size; the input projection is
+    adapted to the channel count (timm ``adapt_input_conv``: RGB -> gray sums the kernels); a
+    head of another class count is dropped (the model keeps its fresh head).
+
+    Raises:
+        ValueError: another tensor does not fit or is missing (the message names it).
+    """
+    from timm.models import adapt_input_conv
+    from timm.models.vision_transformer import checkpoint_filter_fn as timm_filter
+
+    want = timm_vit.state_dict()
+    key = "patch_embed.proj.weight"
+    sd = dict(state_dict)
+    if key in sd and sd[key].ndim == 4 and sd[key].shape[1] != want[key].shape[1]:
+        sd[key] = adapt_input_conv(want[key].shape[1], sd[key])
+    out = {}
+    for k, v in timm_filter(sd, timm_vit).items():
+        if k not in want:
+            continue  # e.g. a pre-logits layer this ViT does not have
+        if v.shape != want[k].shape:
+            if k.startswith("head."):
+                continue
+            raise ValueError(
+                f"pretrained {k} has shape {tuple(v.shape)}, the model needs {tuple(want[k].shape)}: "
+                "set the ViT size (or timm_model) to the checkpoint's"
+            )
+        out[k] = v
+    missing = [k for k in want if k not in out and not k.startswith("head.")]
+    if missing:
+        raise ValueError(f"pretrained weights lack {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return out
+
+
+def load_timm_checkpoint(model: nn.Module, source: str | Path | dict[str, Tensor]) -> None:
+    """Load timm ViT weights (a file, see :func:`read_timm_checkpoint`, or a state dict) into
+    ``model``, ours or a timm ``VisionTransformer``, for fine-tuning: fitted to its image size,
+    patch size, channels and classes by :func:`fit_timm_state_dict`, then (ours) converted by
+    :func:`checkpoint_filter_fn`.
+
+    Raises:
+        FileNotFoundError, ValueError: the file is missing / unreadable, or a tensor does not fit.
+    """
+    sd = source if isinstance(source, dict) else read_timm_checkpoint(source)
+    ours = isinstance(model, VisionTransformer)
+    sd = fit_timm_state_dict(sd, timm_twin(model) if ours else model)
+    if ours:
+        sd = checkpoint_filter_fn(sd, model)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    bad = [k for k in missing if not k.startswith("head.")] + list(unexpected)
+    if bad:
+        raise ValueError(f"pretrained weights do not fit the ViT: {bad[:5]}")

@@ -1,0 +1,123 @@
+"""`tx-suite classify` on real MNIST digits saved as PNG, and its one-line errors on bad files."""
+
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from test_vision_helpers import mnist, tiny_task, trainer
+from tx_suite.cli.classify import main
+from tx_suite.tasks.classification import load_classifier
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny ViT trained a few steps on MNIST, its checkpoint, and PNGs of the first test digits."""
+    tmp = tmp_path_factory.mktemp("classify")
+    pl.seed_everything(0, verbose=False)
+    task, dm = tiny_task("timm", lr=3e-3), mnist(limit_train=64 * 20)
+    tr = trainer(tmp, steps=20)
+    tr.fit(task, dm)
+    ckpt = tmp / "model.ckpt"
+    tr.save_checkpoint(ckpt)
+    dm.setup("test")
+    pngs = []
+    for i in range(3):
+        path = tmp / f"digit{i}.png"
+        Image.fromarray(dm.test_set.data[i].numpy(), mode="L").save(path)
+        pngs.append(path)
+    x = torch.stack([dm.test_set[i][0] for i in range(3)])  # the datamodule's own preprocessing
+    return {"tmp": tmp, "ckpt": ckpt, "pngs": pngs, "x": x}
+
+
+def _classify(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_checkpoint_round_trip_keeps_data_metadata(run):
+    model = load_classifier(run["ckpt"])
+    assert model.meta["classes"] == [str(d) for d in range(10)]
+    assert (model.meta["in_chans"], model.meta["img_size"]) == (1, 28)
+    assert model.meta["mean"] == pytest.approx([0.1307])
+
+
+def test_png_digits_get_the_same_probabilities_as_the_datamodule(run, capsys):
+    code, out, err = _classify(capsys, "--ckpt", run["ckpt"], "--topk", "10", "--json", *run["pngs"])
+    assert code == 0 and err == ""
+    rows = [json.loads(line) for line in out.splitlines()]
+    model = load_classifier(run["ckpt"])
+    with torch.no_grad():
+        probs = model(run["x"]).softmax(-1)
+    for row, p, path in zip(rows, probs, run["pngs"]):
+        assert row["file"] == str(path)
+        got = {int(t["label"]): t["prob"] for t in row["top"]}
+        assert len(got) == 10 and sum(got.values()) == pytest.approx(1.0, abs=1e-4)
+        for label in range(10):
+            assert got[label] == pytest.approx(p[label].item(), abs=1e-5)
+        assert row["top"][0]["label"] == str(p.argmax().item())
+
+
+def test_text_output_topk(run, capsys):
+    code, out, _ = _classify(capsys, "--ckpt", run["ckpt"], "--topk", "2", run["pngs"][0])
+    assert code == 0
+    line = out.strip()
+    assert line.startswith(f"{run['pngs'][0]}: ") and line.count("(") == 2
+
+
+def test_wrong_size_is_resized_with_a_note_or_refused(run, capsys):
+    big = run["tmp"] / "big.png"
+    Image.open(run["pngs"][0]).resize((56, 56)).save(big)
+    code, out, err = _classify(capsys, "--ckpt", run["ckpt"], big)
+    assert code == 0 and "resized 56x56 -> 28x28" in err and out.startswith(str(big))
+    code, out, err = _classify(capsys, "--ckpt", run["ckpt"], "--no-resize", big)
+    assert code == 1 and out == ""
+    assert err.strip() == f"classify: error: {big}: image is 56x56, the model takes 28x28 (drop --no-resize to resize it)"
+
+
+def test_channel_mismatch_is_an_error_unless_converted(run, capsys):
+    rgb = run["tmp"] / "rgb.png"
+    Image.open(run["pngs"][0]).convert("RGB").save(rgb)
+    code, _, err = _classify(capsys, "--ckpt", run["ckpt"], rgb)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "3 channel(s) (RGB), the model takes 1 (L)" in err
+    code, out, err = _classify(capsys, "--ckpt", run["ckpt"], "--convert", rgb, run["pngs"][0])
+    assert code == 0 and "converted RGB -> L" in err
+    a, b = (line.split(": ", 1)[1] for line in out.splitlines())
+    assert a == b  # gray -> RGB -> gray is lossless
+
+
+def test_bad_files_get_one_line_errors_and_good_ones_still_run(run, capsys):
+    text = run["tmp"] / "notes.png"
+    text.write_text("not a picture")
+    cut = run["tmp"] / "cut.png"
+    cut.write_bytes(run["pngs"][1].read_bytes()[:80])
+    missing = run["tmp"] / "missing.png"
+    code, out, err = _classify(capsys, "--ckpt", run["ckpt"], text, missing, cut, run["pngs"][0])
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 3
+    assert lines[0] == f"classify: error: {text}: not an image file PIL can read"
+    assert lines[1] == f"classify: error: {missing}: no such file"
+    assert lines[2].startswith(f"classify: error: {cut}: cannot decode image")
+    assert out.startswith(str(run["pngs"][0]))  # the readable image is still classified
+
+
+def test_bad_checkpoint_is_one_line(run, capsys):
+    code, out, err = _classify(capsys, "--ckpt", run["pngs"][0], run["pngs"][0])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"classify: error: not a valid checkpoint (corrupt or not written by torch.save): {run['pngs'][0]}")
+    code, _, err = _classify(capsys, "--ckpt", run["tmp"] / "nope.ckpt", run["pngs"][0])
+    assert code == 2 and "checkpoint not found" in err
+
+
+def test_checkpoint_written_by_lightning_cli_loads(run, tmp_path):
+    """LightningCLI stores _class_path / _instantiator next to the task's arguments."""
+    ckpt = torch.load(run["ckpt"], weights_only=True)
+    ckpt["hyper_parameters"]["_class_path"] = "tx_suite.tasks.classification.ImageClassification"
+    ckpt["hyper_parameters"]["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+    torch.save(ckpt, tmp_path / "cli.ckpt")
+    assert load_classifier(tmp_path / "cli.ckpt").meta["img_size"] == 28

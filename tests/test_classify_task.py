@@ -1,0 +1,87 @@
+"""The ImageClassification task on real MNIST: training, recipe (weight decay, schedule), EMA, Mixup."""
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from test_vision_helpers import mnist, tiny_task, trainer
+
+
+@pytest.fixture(scope="module")
+def fixed_batch():
+    dm = mnist()
+    dm.setup("fit")
+    x, y = next(iter(torch.utils.data.DataLoader(dm.val_set, batch_size=256)))
+    return x, y
+
+
+def _loss(task, batch):
+    with torch.no_grad():
+        return F.cross_entropy(task.model(batch[0]), batch[1]).item()
+
+
+@pytest.mark.parametrize("backbone", ["tx", "timm"])
+def test_training_steps_lower_the_loss(tmp_path, fixed_batch, backbone):
+    pl.seed_everything(0, verbose=False)
+    task = tiny_task(backbone)
+    before = _loss(task, fixed_batch)
+    trainer(tmp_path, steps=60).fit(task, mnist(limit_train=64 * 60))
+    after = _loss(task, fixed_batch)
+    assert before > 2.1  # chance level is ln(10) = 2.30
+    assert after < 0.8 * before, (before, after)
+
+
+NO_DECAY = {
+    "timm": {"pos_embed", "cls_token", "norm.weight", "blocks.0.attn.qkv.bias"},
+    "tx": {"patch_embed.pos_embed", "patch_embed.cls_token", "encoder.norm.weight",
+           "encoder.layers.0.self_attn.qkv_proj.bias"},
+}
+DECAY = {
+    "timm": {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "head.weight"},
+    "tx": {"patch_embed.proj.weight", "encoder.layers.0.self_attn.qkv_proj.weight", "head.weight"},
+}
+
+
+@pytest.mark.parametrize("backbone", ["tx", "timm"])
+def test_optimizer_and_schedule(tmp_path, backbone):
+    """AdamW without decay on norms, biases, pos_embed, cls_token; warm-up then cosine to min_lr."""
+    task = tiny_task(backbone, lr=1e-3, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=1.0, weight_decay=0.05)
+    tr = trainer(tmp_path, steps=-1, max_epochs=4, limit_train_batches=5, limit_val_batches=0)
+    lrs = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    tr.callbacks.append(Record())
+    tr.fit(task, mnist(limit_train=64 * 5))
+    assert len(lrs) == 20
+    assert lrs[0] == pytest.approx(1e-6)
+    assert max(lrs) == pytest.approx(lrs[5]) and lrs[5] > 0.9e-3  # peak right after 1 epoch of warm-up
+    assert lrs[5:] == sorted(lrs[5:], reverse=True) and lrs[-1] < 0.05e-3
+
+    opt = tr.optimizers[0]
+    names = {id(p): n for n, p in task.model.named_parameters()}
+    decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
+    plain = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert NO_DECAY[backbone] <= plain
+    assert DECAY[backbone] <= decayed
+    assert len(decayed) + len(plain) == len(names)
+
+
+def test_ema_and_mixup(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    task = tiny_task("timm", ema_decay=0.9, mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0}, label_smoothing=0.1)
+    tr = trainer(tmp_path, steps=8)
+    tr.fit(task, mnist(limit_train=64 * 8))
+    assert torch.isfinite(tr.callback_metrics["train/loss"])
+    ema, live = task.ema.module.state_dict(), task.model.state_dict()
+    assert not torch.equal(ema["head.weight"], live["head.weight"])
+    assert task.inference_model is task.ema.module
+
+
+def test_data_and_model_sizes_must_agree(tmp_path):
+    task = tiny_task("timm", num_classes=7)
+    with pytest.raises(ValueError, match="model.num_classes=7 but the data gives 10"):
+        trainer(tmp_path, steps=1).fit(task, mnist(limit_train=64))

@@ -1,0 +1,85 @@
+"""MNIST datamodule on the bundled files: extraction, checksums, split, transforms."""
+
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from tx_suite.data.checksums import ChecksumError
+from tx_suite.data.mnist import MNIST_FILES, MNISTDataModule, extract_mnist
+from tx_suite.data.vision_datamodule import resolve_data_dir
+
+DATA = resolve_data_dir("data")
+
+
+@pytest.fixture(scope="module")
+def dm(tmp_path_factory):
+    dm = MNISTDataModule(cache_dir=str(tmp_path_factory.mktemp("cache")), val_size=5000, seed=0, batch_size=32)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    return dm
+
+
+def test_split_sizes_and_disjoint(dm):
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (55000, 5000, 10000)
+    train, val = set(dm.train_set.indices), set(dm.val_set.indices)
+    assert not train & val and len(train | val) == 60000
+
+
+def test_split_is_seeded(dm):
+    same = MNISTDataModule(val_size=5000, seed=0).split_indices(60000)[1]
+    other = MNISTDataModule(val_size=5000, seed=1).split_indices(60000)[1]
+    assert same.tolist() == dm.val_set.indices
+    assert same.tolist() != other.tolist()
+
+
+def test_batches_are_normalised_digits(dm):
+    x, y = next(iter(dm.test_dataloader()))
+    assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.long
+    # first official test labels (t10k-labels-idx1-ubyte)
+    assert y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    # normalised with the training mean / std: background is (0 - 0.1307) / 0.3081
+    assert x.min().item() == pytest.approx(-0.1307 / 0.3081, abs=1e-4)
+    # the label counts of the bundled train set equal the official ones (data/README.md)
+    counts = torch.bincount(dm.train_set.dataset.targets, minlength=10)
+    assert counts.tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+def test_train_augmentation_is_random_eval_is_not(dm):
+    aug = MNISTDataModule(augment={"affine_degrees": 15, "affine_translate": 0.1})
+    tf, ev = aug.train_transform(), aug.eval_transform()
+    pil = Image.fromarray(dm.test_set.data[0].numpy(), mode="L")
+    assert not torch.equal(tf(pil), tf(pil))
+    assert torch.equal(ev(pil), ev(pil))
+
+
+def test_unknown_augment_key_is_rejected():
+    with pytest.raises(ValueError, match="unknown augment key.*'rotate'"):
+        MNISTDataModule(augment={"rotate": 10})
+
+
+def test_corrupt_archive_is_named(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        shutil.copy(DATA / "MNIST" / "raw" / name, raw / name)
+    bad = raw / "t10k-labels-idx1-ubyte.gz"
+    data = bytearray(bad.read_bytes())
+    data[100] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="t10k-labels-idx1-ubyte.gz"):
+        extract_mnist(tmp_path, tmp_path / "cache")
+    bad.unlink()
+    with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte.gz"):
+        MNISTDataModule(data_dir=str(tmp_path)).setup("test")
+
+
+def test_extraction_is_cached(tmp_path):
+    root = extract_mnist(DATA, tmp_path)
+    target = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    assert target.stat().st_size == 10008  # 8-byte IDX header + 10,000 labels
+    stamp = target.stat().st_mtime_ns
+    extract_mnist(DATA, tmp_path)
+    assert target.stat().st_mtime_ns == stamp

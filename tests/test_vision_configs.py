@@ -1,0 +1,65 @@
+"""The vision experiment configs: each builds its task and datamodule, and they agree; one runs end
+to end through `tx-suite fit` and `tx-suite classify`."""
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tx_suite.utils.config import load_config
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "vision"
+CONFIGS = sorted(p.name for p in EXPERIMENTS.glob("*.yaml") if p.name != "base.yaml")
+
+
+def build(spec: dict):
+    module, _, name = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
+
+
+def test_every_task_has_a_config():
+    assert {"mnist_vit.yaml", "mnist_vit_timm.yaml", "mnist_vit_30min.yaml", "cifar10_vit.yaml",
+            "cifar10_vit_timm.yaml", "cifar100_vit.yaml"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_builds_a_matching_task_and_datamodule(name):
+    cfg = load_config(EXPERIMENTS / name)
+    task, data = build(cfg["model"]), build(cfg["data"])
+    hp = task.hparams
+    assert hp.num_classes == data.num_classes and hp.in_chans == data.in_chans and hp.img_size == data.img_size
+    assert hp.backbone == ("timm" if "timm" in name else "tx")
+    assert cfg["checkpoint"] == {**cfg["checkpoint"], "monitor": "val/acc", "mode": "max"}
+
+
+def test_timm_baselines_differ_only_in_the_backbone():
+    for ours, theirs in (("mnist_vit.yaml", "mnist_vit_timm.yaml"), ("cifar10_vit.yaml", "cifar10_vit_timm.yaml")):
+        a, b = load_config(EXPERIMENTS / ours), load_config(EXPERIMENTS / theirs)
+        a_args, b_args = dict(a["model"]["init_args"]), dict(b["model"]["init_args"])
+        assert (a_args.pop("backbone"), b_args.pop("backbone")) == ("tx", "timm")
+        assert a_args == b_args and a["data"] == b["data"] and a["trainer"] == b["trainer"]
+
+
+def test_fit_then_classify_through_the_cli(subprocess_env, runs_dir, tmp_path):
+    from PIL import Image
+
+    from tx_suite.data.mnist import MNISTDataModule
+
+    cmd = [sys.executable, "-m", "tx_suite", "fit", "--config", str(EXPERIMENTS / "mnist_vit.yaml"),
+           "--trainer.max_epochs=1", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+           "--data.init_args.limit_train=128", "--data.init_args.batch_size=64", "--trainer.logger=false",
+           "--trainer.enable_progress_bar=false", "--run_id=t"]
+    proc = subprocess.run(cmd, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = runs_dir / "mnist_vit" / "t" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    dm = MNISTDataModule()
+    dm.setup("test")
+    png = tmp_path / "digit.png"
+    Image.fromarray(dm.test_set.data[0].numpy(), mode="L").save(png)
+    proc = subprocess.run([sys.executable, "-m", "tx_suite", "classify", "--ckpt", str(ckpt), str(png), "--topk", "2"],
+                          env=subprocess_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(f"{png}: ") and proc.stdout.count("(") == 2

@@ -1,0 +1,94 @@
+"""timm ViT weights loaded through the task from a file: equal outputs, resampled positions."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+from timm.models.vision_transformer import checkpoint_filter_fn as timm_filter
+
+from tx_suite.tasks.classification import ImageClassification
+
+SIZE = dict(patch_size=4, d_model=32, n_layers=2, n_heads=4, d_ff=64)
+
+
+def timm_vit(**kw):
+    torch.manual_seed(0)
+    args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0)
+    args.update(kw)
+    return TimmViT(**args).eval()
+
+
+def task(path, **kw):
+    args = dict(SIZE, backbone="tx", img_size=28, in_chans=1, num_classes=10, drop_path=0.0, pretrained=str(path))
+    args.update(kw)
+    return ImageClassification(**args).eval()
+
+
+@pytest.mark.parametrize("backbone", ["tx", "timm"])
+@pytest.mark.parametrize("fmt", ["pth", "safetensors", "wrapped"])
+def test_loaded_weights_give_timm_outputs(tmp_path, backbone, fmt):
+    ref = timm_vit()
+    path = tmp_path / f"w.{'safetensors' if fmt == 'safetensors' else 'pth'}"
+    if fmt == "safetensors":
+        save_file(ref.state_dict(), path)
+    else:
+        sd = {f"module.{k}": v for k, v in ref.state_dict().items()} if fmt == "wrapped" else ref.state_dict()
+        torch.save({"state_dict": sd, "epoch": 3} if fmt == "wrapped" else sd, path)
+    ours = task(path, backbone=backbone)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("backbone", ["tx", "timm"])
+def test_new_image_size_resamples_pos_embed_like_timm(tmp_path, backbone):
+    ref = timm_vit()
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    ours = task(tmp_path / "w.pth", backbone=backbone, img_size=36)  # 9x9 patches instead of 7x7
+    timm36 = timm_vit(img_size=36)
+    timm36.load_state_dict(timm_filter(ref.state_dict(), timm36))  # timm's own resampling on load
+    dynamic = timm_vit(dynamic_img_size=True)  # timm's resampling at run time
+    dynamic.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 1, 36, 36)
+    with torch.no_grad():
+        out = ours(x)
+        assert (out - timm36(x)).abs().max() < 1e-5
+        assert (out - dynamic(x)).abs().max() < 1e-5
+    pos = ours.model.pos_embed if backbone == "timm" else ours.model.patch_embed.pos_embed
+    assert pos.shape == (1, 1 + 81, 32)
+
+
+def test_rgb_weights_into_gray_model_and_new_head(tmp_path):
+    ref = timm_vit(in_chans=3, num_classes=1000)
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    ours = task(tmp_path / "w.pth", num_classes=10)
+    gray = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        # RGB -> gray sums the kernels over channels: same as the RGB model on a gray image
+        feats = ours.model.forward_head(ours.model.forward_features(gray), pre_logits=True)
+        ref_feats = ref.forward_head(ref.forward_features(gray.expand(-1, 3, -1, -1)), pre_logits=True)
+    assert (feats - ref_feats).abs().max() < 1e-5
+    assert ours.model.head.weight.shape == (10, 32)
+
+
+def test_bad_weights_are_named(tmp_path):
+    torch.save(timm_vit(embed_dim=48, num_heads=4).state_dict(), tmp_path / "wide.pth")
+    with pytest.raises(ValueError, match=r"pretrained .* has shape .*48.*needs.*32"):
+        task(tmp_path / "wide.pth")
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        task(tmp_path / "nope.pth")
+    (tmp_path / "junk.pth").write_bytes(b"\x00junk" * 10)
+    with pytest.raises(ValueError, match="cannot read weights from .*junk.pth"):
+        task(tmp_path / "junk.pth")
+
+
+def test_pretrained_timm_offline_fails_fast(monkeypatch):
+    import socket
+
+    def offline(*a, **k):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    with pytest.raises(ConnectionError, match="cannot reach huggingface.co"):
+        ImageClassification(backbone="tx", timm_model="vit_tiny_patch16_224", pretrained="timm", img_size=224,
+                            in_chans=3, num_classes=10)

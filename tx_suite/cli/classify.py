@@ -1,0 +1,162 @@
+"""``tx-suite classify``: image files in, top-k labels with probabilities out.
+
+    tx-suite classify --ckpt runs/mnist_vit/<run>/checkpoints/best.ckpt digit.png other.png --topk 3
+
+Images go through the checkpoint's own preprocessing (size, channels, normalisation saved by
+the task). Rules for files that do not match the model:
+
+- **Size**: an image of another size is resized to the model's (bilinear, antialiased; both sides,
+  so a non-square image is stretched) with a note on stderr; ``--no-resize`` makes it an error.
+- **Channels**: an image with another channel count (e.g. RGB for the 1-channel MNIST model) is
+  an error; ``--convert`` converts it (PIL ``convert("L")`` / ``convert("RGB")``). Palette and
+  1-bit images are expanded first (to RGB(A) / L).
+- **Unreadable** files (missing, not an image, truncated) are errors.
+
+Each error is one line on stderr naming the file; the other images are still classified. The
+exit status is 0 if all images were classified, 1 if some were not, 2 for a bad checkpoint or
+command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+MODE_CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+CHANNEL_MODES = {1: "L", 3: "RGB"}
+
+
+class ImageError(ValueError):
+    """An input image cannot be fed to the model (the message names the file and the reason)."""
+
+
+def load_image(path: str | Path, img_size: int, in_chans: int, resize: bool = True, convert: bool = False):
+    """Read ``path`` as a PIL image of mode ``L`` or ``RGB`` and side ``img_size``.
+
+    Returns:
+        (image, note): the image, and a note (str) when it was resized or converted, else None.
+
+    Raises:
+        ImageError: unreadable file, wrong channel count (without ``convert``) or wrong size
+            (without ``resize``).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: truncated files fail here, not later
+            img = im.copy()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
+        raise ImageError(f"{path}: cannot decode image ({e})") from None
+    notes = []
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    if img.mode not in MODE_CHANNELS:
+        raise ImageError(f"{path}: unsupported pixel format {img.mode!r} (use 8-bit gray or RGB)")
+    chans = MODE_CHANNELS[img.mode]
+    if chans != in_chans:
+        if not convert:
+            raise ImageError(
+                f"{path}: image has {chans} channel(s) ({img.mode}), the model takes {in_chans} "
+                f"({CHANNEL_MODES[in_chans]}); pass --convert to convert it"
+            )
+        notes.append(f"converted {img.mode} -> {CHANNEL_MODES[in_chans]}")
+        img = img.convert(CHANNEL_MODES[in_chans])
+    if img.size != (img_size, img_size):
+        if not resize:
+            raise ImageError(
+                f"{path}: image is {img.size[0]}x{img.size[1]}, the model takes {img_size}x{img_size} "
+                "(drop --no-resize to resize it)"
+            )
+        notes.append(f"resized {img.size[0]}x{img.size[1]} -> {img_size}x{img_size}")
+        img = img.resize((img_size, img_size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return img, ("; ".join(notes) or None)
+
+
+def classify(model, images: list, topk: int = 3) -> list[list[tuple[str, float]]]:
+    """Top-``topk`` (label, probability) per PIL image, with the checkpoint's preprocessing.
+
+    Args:
+        model: an :class:`~tx_suite.tasks.classification.ImageClassification` with ``meta``.
+        images: PIL images already of the model's size and channels (see :func:`load_image`).
+    """
+    import torch
+
+    from tx_suite.data.vision_transforms import build_eval_transform
+
+    meta = model.meta
+    tf = build_eval_transform(meta["img_size"], meta["mean"], meta["std"])
+    x = torch.stack([tf(img) for img in images])  # (N, C, H, W)
+    with torch.no_grad():
+        probs = model(x).float().softmax(-1)  # (N, num_classes)
+    k = min(topk, probs.shape[-1])
+    top = probs.topk(k, dim=-1)
+    classes = meta["classes"]
+    return [
+        [(classes[i], p) for i, p in zip(idx.tolist(), val.tolist())]
+        for idx, val in zip(top.indices, top.values)
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tx-suite classify", description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", required=True, help="Lightning checkpoint of an image-classification run")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--topk", type=int, default=3, help="labels to print per image (default 3)")
+    p.add_argument("--no-resize", dest="resize", action="store_false", help="error on a size mismatch")
+    p.add_argument("--convert", action="store_true", help="convert images to the model's channel count")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.topk < 1:
+        print("classify: error: --topk must be >= 1", file=sys.stderr)
+        return 2
+    from tx_suite.tasks.classification import load_classifier
+
+    try:
+        model = load_classifier(args.ckpt)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"classify: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    meta = model.meta
+    if not meta:
+        print(f"classify: error: {args.ckpt} has no data metadata (classes, size); "
+              "it was not saved by a run with a datamodule", file=sys.stderr)
+        return 2
+    loaded, failed = [], 0
+    for path in args.images:
+        try:
+            img, note = load_image(path, meta["img_size"], meta["in_chans"], args.resize, args.convert)
+        except ImageError as e:
+            print(f"classify: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        if note:
+            print(f"classify: note: {path}: {note}", file=sys.stderr)
+        loaded.append((path, img))
+    if loaded:
+        results = classify(model, [img for _, img in loaded], args.topk)
+        for (path, _), top in zip(loaded, results):
+            if args.json:
+                print(json.dumps({"file": path, "top": [{"label": c, "prob": round(p, 6)} for c, p in top]}))
+            else:
+                print(f"{path}: " + "  ".join(f"{c} ({p:.4f})" for c, p in top))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,427 @@
+"""Image classification task: a ViT backbone (ours or timm's) trained with timm's recipe.
+
+One LightningModule for both backbones, so the two compare side by side on the dashboard:
+
+- ``backbone: tx``: :class:`tx_suite.models.vit.VisionTransformer` (patch front-end + shared
+  core ``EncoderOnly`` + head).
+- ``backbone: timm``: ``timm.models.vision_transformer.VisionTransformer`` of the same size.
+
+Recipe (DeiT, Touvron et al. 2021, sec. 6 / timm ``train.py``): AdamW from
+``timm.optim.create_optimizer_v2`` with no weight decay on 1-D parameters (norms, biases) nor on
+the names in the backbone's ``no_weight_decay()`` (position embedding, CLS token); cosine
+schedule with linear warm-up from ``timm.scheduler.CosineLRScheduler`` stepped per optimizer
+step; label smoothing (Szegedy et al. 2016, sec. 7); optional Mixup / CutMix
+(``timm.data.Mixup``, Zhang et al. 2018 / Yun et al. 2019) and an EMA of the weights
+(``timm.utils.ModelEmaV3``), which then is the model that is validated, tested and exported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+BACKBONES = ("tx", "timm")
+SDPA_BACKENDS = {"MATH": "MATH", "FLASH": "FLASH_ATTENTION", "EFFICIENT": "EFFICIENT_ATTENTION", "CUDNN": "CUDNN_ATTENTION"}
+POOLS = ("cls", "mean")
+#: checkpoint key of the data metadata (classes, channels, size, normalisation) for inference
+META_KEY = "tx_suite_vision"
+
+
+def timm_arch(name: str) -> dict:
+    """Sizes of a registered timm ViT (``"vit_tiny_patch16_224"``) as our argument names.
+
+    Built on the meta device, so nothing is allocated or downloaded.
+
+    Raises:
+        ValueError: ``name`` is not a timm ViT model name.
+    """
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r} (see timm.list_models('vit_*'))")
+    with torch.device("meta"):
+        m = timm.create_model(name, pretrained=False)
+    if not hasattr(m, "blocks") or not hasattr(m, "patch_embed"):
+        raise ValueError(f"timm model {name!r} is not a VisionTransformer")
+    return {
+        "patch_size": m.patch_embed.patch_size[0],
+        "d_model": m.embed_dim,
+        "n_layers": len(m.blocks),
+        "n_heads": m.blocks[0].attn.num_heads,
+        "d_ff": m.blocks[0].mlp.fc1.out_features,
+        "img_size": m.patch_embed.img_size[0],
+    }
+
+
+def build_backbone(
+    backbone: str,
+    *,
+    num_classes: int,
+    img_size: int,
+    in_chans: int,
+    patch_size: int,
+    d_model: int,
+    n_layers: int,
+    n_heads: int,
+    d_ff: int,
+    dropout: float = 0.0,
+    attn_dropout: float = 0.0,
+    drop_path: float = 0.0,
+    pool: str = "cls",
+) -> nn.Module:
+    """A randomly initialised ViT: ``(B, in_chans, img_size, img_size) -> (B, num_classes)`` logits.
+
+    Raises:
+        ValueError: unknown ``backbone`` or ``pool``, or ``img_size`` not a multiple of ``patch_size``.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    if img_size % patch_size:
+        raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+    if backbone == "timm":
+        from timm.models.vision_transformer import VisionTransformer
+
+        return VisionTransformer(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            global_pool="token" if pool == "cls" else "avg",
+            embed_dim=d_model,
+            depth=n_layers,
+            num_heads=n_heads,
+            mlp_ratio=d_ff / d_model,
+            pos_drop_rate=dropout,
+            proj_drop_rate=dropout,
+            attn_drop_rate=attn_dropout,
+            drop_path_rate=drop_path,
+        )
+    from tx_suite.models.vit import VisionTransformer
+
+    return VisionTransformer(
+        img_size=img_size,
+        patch_size=patch_size,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        mlp_ratio=d_ff / d_model,
+        dropout=dropout,
+        attn_dropout=attn_dropout,
+        drop_path=drop_path,
+        global_pool="token" if pool == "cls" else "avg",
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    """The first non-empty line of an exception message (torch's unpickling errors run long)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _probe(host: str, timeout: float = 5.0) -> None:
+    """Raise ConnectionError within ``timeout`` seconds if ``host``:443 cannot be reached."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"cannot reach {host} ({e}); offline? pass a checkpoint file as pretrained") from e
+
+
+def load_pretrained(model: nn.Module, source: str, timm_model: str | None = None) -> None:
+    """Load timm ViT weights into ``model`` (ours or timm's), in place, for fine-tuning.
+
+    ``source`` is a checkpoint / state_dict file, or ``"timm"``: timm downloads ``timm_model``'s
+    pretrained weights (online only; fails within seconds when offline). The weights are fitted
+    to the model's image size, patch size, channels and classes by
+    :func:`tx_suite.models.vit.load_timm_checkpoint` (position embedding resampled, input conv
+    adapted, head of another size dropped).
+
+    Raises:
+        FileNotFoundError, ValueError, ConnectionError: each names its cause.
+    """
+    from tx_suite.models.vit import load_timm_checkpoint
+
+    if source == "timm":
+        if not timm_model:
+            raise ValueError("pretrained: timm needs timm_model (e.g. vit_tiny_patch16_224)")
+        import timm
+
+        _probe("huggingface.co")
+        source = timm.create_model(timm_model, pretrained=True).state_dict()
+    load_timm_checkpoint(model, source)
+
+
+class ImageClassification(pl.LightningModule):
+    """Classify ``(B, C, H, W)`` images into ``num_classes`` classes with a ViT.
+
+    Args:
+        backbone: ``"tx"`` (ours) or ``"timm"``.
+        num_classes, img_size, in_chans: must match the datamodule (checked in ``setup``).
+        patch_size, d_model, n_layers, n_heads, d_ff: ViT size (``d_ff`` = MLP hidden width).
+        timm_model: name of a timm ViT (e.g. ``"vit_tiny_patch16_224"``) whose sizes replace the
+            five above; needed with ``pretrained: timm``.
+        dropout, attn_dropout: dropout after projections / on attention weights.
+        drop_path: stochastic depth rate of the last block (linear from 0, Huang et al. 2016).
+        pool: ``"cls"`` (the CLS token's output, Dosovitskiy et al. 2021 eq. 4) or ``"mean"``.
+        pretrained: a timm ViT checkpoint or state_dict file (``.pth``/``.bin``/``.safetensors``)
+            to start from, or ``"timm"`` to let timm download ``timm_model``'s weights (online
+            only). The head is re-initialised if ``num_classes`` differs and the position
+            embedding is resampled to the new grid.
+        lr, min_lr, warmup_lr: peak, final and initial learning rate.
+        warmup_epochs: linear warm-up length in epochs (fractional allowed).
+        weight_decay: AdamW decoupled weight decay (Loshchilov & Hutter 2019).
+        optimizer: any ``timm.optim`` name (``adamw``, ``lamb``, ``sgd``, ...).
+        label_smoothing: epsilon of label smoothing.
+        mixup: keyword arguments of ``timm.data.Mixup`` (``mixup_alpha``, ``cutmix_alpha``,
+            ``prob``, ``switch_prob``, ...); ``None`` = off. Needs an even batch size.
+        ema_decay: decay of an EMA of the weights (``ModelEmaV3`` with warm-up); ``None`` = off.
+        sdpa_backend: force a ``torch.nn.attention.SDPBackend`` (``"math"``, ``"flash"``,
+            ``"efficient"``, ``"cudnn"``) for all attention calls; ``None`` = PyTorch's choice.
+            On CPU with bf16 autocast, ``"math"`` trains about 2-3x faster than the default
+            flash kernel at ViT-MNIST sizes (T = 50), whose bf16 backward is slow.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tx",
+        num_classes: int = 10,
+        img_size: int = 28,
+        in_chans: int = 1,
+        patch_size: int = 4,
+        d_model: int = 192,
+        n_layers: int = 6,
+        n_heads: int = 3,
+        d_ff: int = 768,
+        timm_model: str | None = None,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        drop_path: float = 0.1,
+        pool: str = "cls",
+        pretrained: str | None = None,
+        lr: float = 1e-3,
+        min_lr: float = 1e-5,
+        warmup_lr: float = 1e-6,
+        warmup_epochs: float = 5.0,
+        weight_decay: float = 0.05,
+        optimizer: str = "adamw",
+        label_smoothing: float = 0.1,
+        mixup: dict | None = None,
+        ema_decay: float | None = None,
+        sdpa_backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if sdpa_backend is not None and sdpa_backend.upper() not in SDPA_BACKENDS:
+            raise ValueError(f"sdpa_backend must be one of {sorted(SDPA_BACKENDS)} (lower case) or null, "
+                             f"got {sdpa_backend!r}")
+        arch = dict(patch_size=patch_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff)
+        if timm_model:
+            arch.update({k: v for k, v in timm_arch(timm_model).items() if k in arch})
+        self.model = build_backbone(
+            backbone,
+            num_classes=num_classes,
+            img_size=img_size,
+            in_chans=in_chans,
+            dropout=dropout,
+            attn_dropout=attn_dropout,
+            drop_path=drop_path,
+            pool=pool,
+            **arch,
+        )
+        if pretrained:
+            load_pretrained(self.model, pretrained, timm_model=timm_model)
+        self.mixup_fn = None
+        if mixup:
+            from timm.data import Mixup
+
+            self.mixup_fn = Mixup(**{"label_smoothing": label_smoothing, **mixup}, num_classes=num_classes)
+        self.ema = None
+        if ema_decay:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=ema_decay, use_warmup=True)
+        self.metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {
+                        "acc": MulticlassAccuracy(num_classes, average="micro"),
+                        "acc_class": MulticlassAccuracy(num_classes, average="none"),
+                        "confmat": MulticlassConfusionMatrix(num_classes),
+                    }
+                )
+                for stage in ("val", "test")
+            }
+        )
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        #: data metadata (classes, in_chans, img_size, mean, std); from the datamodule or a checkpoint
+        self.meta: dict = {}
+        #: last epoch's (num_classes, num_classes) confusion matrix and per-class accuracy per stage
+        self.last_confmat: dict[str, torch.Tensor] = {}
+        self.last_acc_class: dict[str, torch.Tensor] = {}
+
+    # -- inference ------------------------------------------------------------------------------
+    @property
+    def inference_model(self) -> nn.Module:
+        """The EMA weights if kept, else the trained ones: what is evaluated and exported."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def attention_backend(self):
+        """Context that pins the SDPA kernel to ``sdpa_backend`` (a no-op when it is None)."""
+        if self.hparams.sdpa_backend is None:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[self.hparams.sdpa_backend.upper()])])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` normalised images -> ``(B, num_classes)`` logits of the inference model."""
+        with self.attention_backend():
+            return self.inference_model(x)
+
+    # -- setup ----------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "metadata"):
+            return
+        meta = dm.metadata()
+        hp = self.hparams
+        for key, ours in (("num_classes", hp.num_classes), ("in_chans", hp.in_chans), ("img_size", hp.img_size)):
+            theirs = len(meta["classes"]) if key == "num_classes" else meta[key]
+            if theirs != ours:
+                raise ValueError(f"model.{key}={ours} but the data gives {theirs}; set model.{key}: {theirs}")
+        self.meta = meta
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.meta:
+            checkpoint[META_KEY] = self.meta
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.meta = checkpoint.get(META_KEY, self.meta)
+
+    # -- training -------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.mixup_fn is not None:
+            x, soft = self.mixup_fn(x, y)  # soft: (B, num_classes) mixed, smoothed targets
+            with self.attention_backend():
+                logits = self.model(x)
+            loss = torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        else:
+            with self.attention_backend():
+                logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
+            self.train_acc(logits, y)
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+
+    def _eval_step(self, stage: str, batch) -> dict:
+        x, y = batch
+        logits = self(x).float()
+        loss = F.cross_entropy(logits, y)
+        for metric in self.metrics[stage].values():
+            metric.update(logits, y)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
+        self.log(f"{stage}/acc", self.metrics[stage]["acc"], prog_bar=stage == "val")
+        return {"logits": logits.detach(), "preds": logits.argmax(-1)}
+
+    def validation_step(self, batch, batch_idx: int) -> dict:
+        return self._eval_step("val", batch)
+
+    def test_step(self, batch, batch_idx: int) -> dict:
+        return self._eval_step("test", batch)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        metrics = self.metrics[stage]
+        self.last_acc_class[stage] = acc_class = metrics["acc_class"].compute().cpu()
+        self.last_confmat[stage] = metrics["confmat"].compute().cpu()
+        names = self.meta.get("classes") or [str(i) for i in range(self.hparams.num_classes)]
+        if len(names) <= 20:  # a scalar per class reads well on the dashboard only for few classes
+            for name, acc in zip(names, acc_class.tolist()):
+                self.log(f"{stage}/acc_{name}", acc)
+        metrics["acc_class"].reset()
+        metrics["confmat"].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).float().softmax(-1)
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self):
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import CosineLRScheduler
+
+        hp = self.hparams
+        # timm reads model.no_weight_decay() and skips 1-D params: no decay on norms, biases,
+        # position embedding and CLS token (DeiT / timm recipe).
+        optimizer = create_optimizer_v2(self.model, opt=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(self.trainer.max_epochs or 1, 1)
+        warmup = min(int(math.ceil(hp.warmup_epochs * total / epochs)), max(total - 1, 0))
+        # warmup_prefix: the cosine starts at the peak when the warm-up ends and reaches lr_min
+        # at the last step (timm's default would start it mid-way, at cos(pi * warmup / total)).
+        scheduler = CosineLRScheduler(
+            optimizer,
+            t_initial=max(total - warmup, 1),
+            warmup_prefix=True,
+            lr_min=hp.min_lr,
+            warmup_t=warmup,
+            warmup_lr_init=hp.warmup_lr,
+            t_in_epochs=False,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        # timm schedulers are not torch LRSchedulers: they take the number of updates done.
+        scheduler.step_update(num_updates=self.global_step)
+
+
+def load_classifier(path: str | Path, map_location: str = "cpu") -> ImageClassification:
+    """An :class:`ImageClassification` from a Lightning checkpoint, read with ``weights_only=True``.
+
+    ``pretrained`` is dropped from the saved hyper-parameters (the checkpoint holds the weights).
+    ``model.meta`` holds the data metadata saved with it (empty for checkpoints without it).
+
+    Raises:
+        tx_suite.utils.checkpoint.CheckpointError: missing, corrupt or unsafe file (a ValueError).
+        ValueError: the file is not a Lightning checkpoint of this task.
+    """
+    from tx_suite.utils.checkpoint import load_checkpoint
+
+    path = Path(path)
+    ckpt = load_checkpoint(path, map_location=map_location)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict / hyper_parameters)")
+    # LightningCLI adds bookkeeping keys (_class_path, _instantiator) next to the arguments
+    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    hparams["pretrained"] = None
+    try:
+        model = ImageClassification(**hparams)
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError) as e:
+        raise ValueError(f"{path} is not an image-classification checkpoint: {_first_line(e)}") from e
+    model.meta = ckpt.get(META_KEY, {})
+    return model.eval()
