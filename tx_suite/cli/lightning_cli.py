@@ -4,7 +4,8 @@ What this adds to :class:`pytorch_lightning.cli.LightningCLI` (see docs/cli.md):
 
 * ``_base_`` config inheritance, expanded before parsing (:mod:`tx_suite.utils.config`);
 * top-level keys ``experiment`` (default: the last config file's stem), ``runs_dir``, ``run_id``,
-  ``tags`` and a ``checkpoint`` group (a ModelCheckpoint writing ``best.ckpt`` and ``last.ckpt``);
+  ``tags`` and a ``checkpoint`` group (a ModelCheckpoint, :class:`RunCheckpoint`, writing ``best.ckpt`` and an
+  always-current ``last.ckpt``);
 * one directory per run, ``<runs_dir>/<experiment>/<run_id>/``, shared by the trainer, the
   loggers (``metrics.csv`` + W&B) and the checkpoints, with ``config.yaml`` and ``run_info.json``;
 * ``--ckpt_path last|best`` resolved from the newest run; ``fit`` with a checkpoint of a run
@@ -29,14 +30,13 @@ from typing import Any, Optional
 
 from jsonargparse import Namespace
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 
 from tx_suite.cli.loggers import configure_loggers, finish_wandb, has_wandb, start_wandb
 from tx_suite.cli.parser import TxArgumentParser
 from tx_suite.cli.save_config import SaveRunConfig
-from tx_suite.tasks.callbacks import AtomicCheckpointIO, RNGStateCallback, StopOnNonFiniteLoss
+from tx_suite.tasks.callbacks import AtomicCheckpointIO, RNGStateCallback, RunCheckpoint, StopOnNonFiniteLoss
 from tx_suite.utils.checkpoint import load_checkpoint
 from tx_suite.utils.config import config_paths, expand_config_argv
 from tx_suite.utils.run_info import collect_run_info, write_json
@@ -109,7 +109,7 @@ class TxSuiteCLI(LightningCLI):
         parser.add_argument("--run_id", type=Optional[str], default=None,
                             help="Name of the run directory (default: <date>-<time>-<random>).")
         parser.add_argument("--tags", type=list[str], default=[], help="W&B tags for the run.")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",
             "checkpoint.mode": "min",
