@@ -179,7 +179,9 @@ class TxSuiteCLI(LightningCLI):
         mode, warning = resolve_wandb_mode()
         if warning:
             _log(warning)
-        wandb_id = (previous.get("wandb") or {}).get("id") or run_dir.name
+        # A W&B sweep agent names the run it started in WANDB_RUN_ID; the run must keep that id to
+        # count for the sweep. A resumed run keeps its own.
+        wandb_id = (previous.get("wandb") or {}).get("id") or os.environ.get("WANDB_RUN_ID") or run_dir.name
 
         trainer = cfg.trainer
         trainer.default_root_dir = str(run_dir)
