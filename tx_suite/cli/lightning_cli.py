@@ -68,6 +68,21 @@ def _log(msg: str) -> None:
     print(f"tx-suite: {msg}", file=sys.stderr, flush=True)
 
 
+#: Set by rank 0 for the processes that Lightning's DDP launcher starts, so they share its run id.
+RUN_ID_ENV = "TX_SUITE_RUN_ID"
+
+
+def launcher_rank() -> int:
+    """This process's global rank as its launcher announced it (torchrun, SLURM, Lightning's DDP
+    launcher), known before the Trainer exists; 0 for a single process. Only rank 0 writes the run
+    directory, run_info.json and the W&B run; Lightning keeps checkpoints and loggers on rank 0."""
+    for var in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(var, "").strip().isdigit():
+            return int(os.environ[var])
+    local, node = (int(os.environ.get(v, "0") or 0) for v in ("LOCAL_RANK", "NODE_RANK"))
+    return local + node  # Lightning's launcher sets only these; nonzero means "not the main process"
+
+
 def _class_path(entry: Any) -> str:
     if isinstance(entry, (Namespace, dict)):
         return str(entry.get("class_path", ""))
@@ -163,11 +178,15 @@ class TxSuiteCLI(LightningCLI):
         if resumed and run_dir.parent.name != experiment:  # a run belongs to the experiment it started in
             _log(f"resuming {run_dir}: experiment {run_dir.parent.name!r} (not {experiment!r})")
             experiment = cfg.experiment = run_dir.parent.name
+        rank_zero = launcher_rank() == 0
         if run_dir is None:
-            run_id = validate_name(cfg.run_id, "run_id") if cfg.run_id else new_run_id()
+            run_id = cfg.run_id or (None if rank_zero else os.environ.get(RUN_ID_ENV))
+            run_id = validate_name(run_id, "run_id") if run_id else new_run_id()
             run_dir = runs_dir / experiment / run_id
-            if run_dir.exists():
+            if rank_zero and run_dir.exists():  # other ranks find rank 0's directory already made
                 raise FileExistsError(f"run directory already exists: {run_dir} (choose another --run_id)")
+            if rank_zero:
+                os.environ[RUN_ID_ENV] = run_id  # inherited by DDP processes started later; cleared by run_cli
         previous = {}
         if resumed and (run_dir / RUN_INFO).is_file():
             previous = json.loads((run_dir / RUN_INFO).read_text())
@@ -202,7 +221,7 @@ class TxSuiteCLI(LightningCLI):
         self.state.update(
             run_dir=run_dir, resumed=resumed, experiment=experiment, subcommand=subcommand,
             wandb_mode=mode if has_wandb(trainer.logger) else None, wandb_id=wandb_id,
-            previous_info=previous,
+            previous_info=previous, rank_zero=rank_zero,
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -215,7 +234,7 @@ class TxSuiteCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def after_instantiate_classes(self) -> None:
-        if self.subcommand is None:
+        if self.subcommand is None or not self.state.get("rank_zero", True):
             return
         run_dir: Path = self.state["run_dir"]
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -315,8 +334,12 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
         invoked_as = "python -m tx_suite"
     state: dict[str, Any] = {"command": [invoked_as, *args]}
     status = "failed"
+    # Lightning's DDP launcher re-runs sys.argv for the other ranks: keep the real program (the
+    # console script's path; `python -m tx_suite` is re-run with -m), with the expanded configs.
+    program = sys.argv[0] if from_sys_argv and sys.argv and sys.argv[0] else "tx-suite"
+    saved_run_id_env = os.environ.get(RUN_ID_ENV)
     try:
-        with _patched_argv(["tx-suite", *expanded]):
+        with _patched_argv([program, *expanded]):
             TxSuiteCLI(default_experiment=default_experiment, state=state, args=None)
         status = "finished"
     except KeyboardInterrupt:
@@ -326,5 +349,9 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
         status = "finished" if exc.code in (0, None) else "interrupted"
         raise
     finally:
+        if saved_run_id_env is None:
+            os.environ.pop(RUN_ID_ENV, None)
+        else:
+            os.environ[RUN_ID_ENV] = saved_run_id_env
         _finish(state, status)
     return 0
