@@ -10,7 +10,7 @@ import pytest
 
 from tx_suite.cli.main import main
 from tx_suite.utils.checkpoint import load_checkpoint
-from tx_suite.utils.compare import config_diff, load_run, load_runs, plot_curves, read_metrics, summarize
+from tx_suite.utils.compare import config_diff, info_diff, load_run, load_runs, plot_curves, read_metrics, summarize
 
 TINY = str(Path(__file__).resolve().parent / "configs" / "tiny_mnist.yaml")
 QUIET = ["--trainer.enable_progress_bar=false"]
@@ -103,10 +103,20 @@ def test_runs_of_different_experiments_show_only_shared_metrics(runs, capsys):
         assert list(line.get_xdata()) == list(steps) and list(line.get_ydata()) == pytest.approx(values)
 
 
-def test_summary_and_diff_api(runs):
+def test_summary_and_diff_api(runs, tmp_path):
     a, b = load_run(runs["a"]), load_run(runs["b"])
     assert config_diff([a, b]) == {"model.init_args.lr": [0.003, 0.01]}
     assert config_diff([a, a]) == {}
+    assert info_diff([a, b]) == {}  # same seed, commit and versions
+    moved = tmp_path / "tiny_mnist" / "moved"
+    shutil.copytree(runs["a"], moved, ignore=shutil.ignore_patterns("checkpoints"))
+    info = json.loads((moved / "run_info.json").read_text())
+    info["versions"]["torch"], info["git"]["commit"] = "0.0.1", "abc"
+    (moved / "run_info.json").write_text(json.dumps(info))
+    c = load_run(moved)
+    assert info_diff([a, c]) == {"run_info.git.commit": [a.info["git"]["commit"], "abc"],
+                                 "run_info.versions.torch": [a.info["versions"]["torch"], "0.0.1"]}
+    assert config_diff([a, c]) == {}  # paths naming the run itself are not differences
     summary = summarize([a, b], ["val/loss", "lr-Adam"])
     assert summary["lr3e-3"]["lr-Adam"]["best"] is None  # direction unknown: no "best"
     values = [v for _, v in a.series["val/loss"]]

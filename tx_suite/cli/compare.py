@@ -2,7 +2,8 @@
 
 Reads ``metrics.csv``, ``config.yaml`` and ``run_info.json`` of each run directory
 (:mod:`tx_suite.utils.compare`) and prints, one column per run: status, steps, the final and best
-value of every metric the runs share, and the config keys whose values differ. It also writes the
+value of every metric the runs share, the config keys whose values differ, and differences in
+seed, git commit or package versions (``run_info.json``). It also writes the
 learning curves as a PNG and a self-contained HTML report (table + inline PNG).
 
 Examples::
@@ -26,6 +27,7 @@ from tx_suite.utils.compare import (
     STAGES,
     config_diff,
     figure_png,
+    info_diff,
     format_report,
     html_report,
     labels,
@@ -96,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                 "metrics": summary[label],
                 "config": {k: v[i] for k, v in diff.items()},
             })
-        print(json.dumps({"metrics": metrics, "config_diff": list(diff), "runs": rows, "files": files}, indent=2,
-                         default=str))
+        print(json.dumps({"metrics": metrics, "config_diff": list(diff), "run_info_diff": info_diff(runs),
+                          "runs": rows, "files": files}, indent=2, default=str))
         return 0
     print(format_report(runs, metrics))
     for kind, path in files.items():

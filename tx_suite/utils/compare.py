@@ -9,6 +9,7 @@ A run directory is ``<runs_dir>/<experiment>/<run_id>/`` as written by ``tx-suit
 * :func:`load_run` / :func:`load_runs`: one :class:`Run` per directory (metric series, config, info);
 * :func:`summarize`: final and best value of each metric, per run;
 * :func:`config_diff`: the config keys (flattened, dotted) whose values differ between runs;
+* :func:`info_diff`: differences in seed, git commit and package versions (``run_info.json``);
 * :func:`plot_curves`: learning curves of the shared metrics, one panel per metric, one line per run;
 * :func:`format_report` (text) and :func:`html_report` (one self-contained HTML file, PNG inlined).
 
@@ -301,6 +302,23 @@ def config_diff(runs: Sequence[Run]) -> dict[str, list[Any]]:
     return out
 
 
+#: run_info.json fields whose differences :func:`info_diff` reports (reproducibility).
+INFO_KEYS = ("seed", "deterministic", "git.commit", "git.dirty", "versions.")
+
+
+def info_diff(runs: Sequence[Run]) -> dict[str, list[Any]]:
+    """Differences in what the runs were made of (``run_info.json``): seed, determinism, git commit
+    and dirty flag, package versions. ``{key: [value per run]}``, keys prefixed ``run_info.``."""
+    flats = [flatten(r.info) for r in runs]
+    keys = sorted(k for k in set().union(*flats) if k.startswith(INFO_KEYS)) if flats else []
+    out: dict[str, list[Any]] = {}
+    for key in keys:
+        values = [f.get(key) for f in flats]
+        if any(v != values[0] for v in values[1:]):
+            out[f"run_info.{key}"] = values
+    return out
+
+
 def curve_labels(runs: Sequence[Run], diff: dict[str, list[Any]] | None = None, max_keys: int = 2) -> list[str]:
     """Legend labels: :func:`labels`, plus the differing config values (``lr=0.003``) when at most
     ``max_keys`` keys differ (besides experiment, runs_dir and tags)."""
@@ -381,7 +399,8 @@ def report_rows(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> tu
     """The comparison as a table: header (``""``, ``""``, one column per run) and rows of strings.
 
     Rows: status, steps, then ``final`` and ``best`` for each metric (``best`` as ``value @step``),
-    then one row per differing config key.
+    then one row per differing config key and per differing ``run_info.json`` field
+    (:func:`info_diff`: seed, git commit, package versions).
     """
     metrics = shared_metrics(runs) if metrics is None else list(metrics)
     names = labels(runs)
@@ -395,6 +414,8 @@ def report_rows(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> tu
                                        for c in cells]])
     for key, values in config_diff(runs).items():
         rows.append([key, "config", *[_fmt(v) for v in values]])
+    for key, values in info_diff(runs).items():
+        rows.append([key, "run_info", *[_fmt(v) for v in values]])
     return ["", "", *names], rows
 
 
@@ -414,7 +435,7 @@ def html_report(runs: Sequence[Run], metrics: Sequence[str] | None = None, png: 
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = []
     for row in rows:
-        cls = ' class="config"' if row[1] == "config" else ""
+        cls = ' class="config"' if row[1] in ("config", "run_info") else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
     paths = "".join(f"<li><code>{esc(str(r.path))}</code></li>" for r in runs)
     img = (f'<img alt="learning curves" src="data:image/png;base64,{base64.b64encode(png).decode()}">' if png else "")
