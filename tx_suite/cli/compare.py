@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         out = Path(args.out) if args.out else Path(args.runs_dir) / "_compare"
         out.mkdir(parents=True, exist_ok=True)
-        png = figure_png(plot_curves(runs, [m for m in metrics if any(len(r.series.get(m, [])) > 1 for r in runs)]
-                                     or metrics))
+        curves = [m for m in metrics if any(len(r.series.get(m, [])) > 1 for r in runs)] or metrics
+        png = figure_png(plot_curves(runs, curves))
         (out / PNG_NAME).write_bytes(png)
         (out / HTML_NAME).write_text(html_report(runs, metrics, png), encoding="utf-8")
         files = {"png": str(out / PNG_NAME), "html": str(out / HTML_NAME)}

@@ -342,7 +342,8 @@ def plot_curves(runs: Sequence[Run], metrics: Sequence[str] | None = None, ncols
 
     Args:
         runs: the runs to draw.
-        metrics: metric names (default: the :func:`shared_metrics` of the runs).
+        metrics: metric names (default: the :func:`shared_metrics` of the runs that some run
+            logged more than once; single values such as ``test/*`` make no curve).
         ncols: panels per row.
 
     Returns:
@@ -352,7 +353,9 @@ def plot_curves(runs: Sequence[Run], metrics: Sequence[str] | None = None, ncols
     """
     from matplotlib.figure import Figure
 
-    metrics = shared_metrics(runs) if metrics is None else list(metrics)
+    if metrics is None:
+        metrics = [m for m in shared_metrics(runs) if any(len(r.series.get(m, [])) > 1 for r in runs)]
+    metrics = list(metrics)
     n = max(len(metrics), 1)
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
