@@ -8,6 +8,8 @@ SHA-256 sums. Used through configs as ``cli_fixtures.TinyMNISTClassifier`` /
 from __future__ import annotations
 
 import gzip
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tx_suite.data.checksums import verify
+from tx_suite.utils.resumable_loader import ResumableDataLoader
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = "MNIST/raw/t10k-images-idx3-ubyte.gz"
@@ -38,13 +41,13 @@ class TinyMNISTDataModule(pl.LightningDataModule):
     """Train/val/test slices of the MNIST test set (images scaled to [0, 1], flattened to 784)."""
 
     def __init__(self, data_dir: str = str(REPO / "data"), n_train: int = 512, n_val: int = 256,
-                 n_test: int = 256, batch_size: int = 64, shuffle: bool = True) -> None:
+                 n_test: int = 256, batch_size: int = 64, shuffle: bool = True, resumable: bool = False) -> None:
         super().__init__()
         # Check the files now so a bad path is a config error, not a failure mid-run.
         self.images_path = verify(data_dir, IMAGES)
         self.labels_path = verify(data_dir, LABELS)
         self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
-        self.batch_size, self.shuffle = batch_size, shuffle
+        self.batch_size, self.shuffle, self.resumable = batch_size, shuffle, resumable
 
     def setup(self, stage: str) -> None:
         n = self.n_train + self.n_val + self.n_test
@@ -56,6 +59,8 @@ class TinyMNISTDataModule(pl.LightningDataModule):
         self.test_set = TensorDataset(x[b:], y[b:])
 
     def train_dataloader(self) -> DataLoader:
+        if self.resumable:  # exact mid-epoch resume, same order on 1 or N DDP ranks
+            return ResumableDataLoader(self.train_set, batch_size=self.batch_size, shuffle=self.shuffle)
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=self.shuffle)
 
     def val_dataloader(self) -> DataLoader:
@@ -104,3 +109,18 @@ class TinyMNISTClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+class KillAtStep(pl.Callback):
+    """SIGKILLs its own process right after training step ``step`` (crash-recovery tests).
+
+    Runs before ModelCheckpoint's hook of the same step (Lightning calls checkpoint callbacks
+    last), so the step's own checkpoint, if any, is never written.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -4,7 +4,8 @@ What this adds to :class:`pytorch_lightning.cli.LightningCLI` (see docs/cli.md):
 
 * ``_base_`` config inheritance, expanded before parsing (:mod:`tx_suite.utils.config`);
 * top-level keys ``experiment`` (default: the last config file's stem), ``runs_dir``, ``run_id``,
-  ``tags`` and a ``checkpoint`` group (a ModelCheckpoint writing ``best.ckpt`` and ``last.ckpt``);
+  ``tags`` and a ``checkpoint`` group (a ModelCheckpoint, :class:`RunCheckpoint`, writing ``best.ckpt`` and an
+  always-current ``last.ckpt``);
 * one directory per run, ``<runs_dir>/<experiment>/<run_id>/``, shared by the trainer, the
   loggers (``metrics.csv`` + W&B) and the checkpoints, with ``config.yaml`` and ``run_info.json``;
 * ``--ckpt_path last|best`` resolved from the newest run; ``fit`` with a checkpoint of a run
@@ -29,14 +30,13 @@ from typing import Any, Optional
 
 from jsonargparse import Namespace
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 
 from tx_suite.cli.loggers import configure_loggers, finish_wandb, has_wandb, start_wandb
 from tx_suite.cli.parser import TxArgumentParser
 from tx_suite.cli.save_config import SaveRunConfig
-from tx_suite.tasks.callbacks import AtomicCheckpointIO, RNGStateCallback, StopOnNonFiniteLoss
+from tx_suite.tasks.callbacks import AtomicCheckpointIO, RNGStateCallback, RunCheckpoint, StopOnNonFiniteLoss
 from tx_suite.utils.checkpoint import load_checkpoint
 from tx_suite.utils.config import config_paths, expand_config_argv
 from tx_suite.utils.run_info import collect_run_info, write_json
@@ -66,6 +66,21 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropLitLog
 
 def _log(msg: str) -> None:
     print(f"tx-suite: {msg}", file=sys.stderr, flush=True)
+
+
+#: Set by rank 0 for the processes that Lightning's DDP launcher starts, so they share its run id.
+RUN_ID_ENV = "TX_SUITE_RUN_ID"
+
+
+def launcher_rank() -> int:
+    """This process's global rank as its launcher announced it (torchrun, SLURM, Lightning's DDP
+    launcher), known before the Trainer exists; 0 for a single process. Only rank 0 writes the run
+    directory, run_info.json and the W&B run; Lightning keeps checkpoints and loggers on rank 0."""
+    for var in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(var, "").strip().isdigit():
+            return int(os.environ[var])
+    local, node = (int(os.environ.get(v, "0") or 0) for v in ("LOCAL_RANK", "NODE_RANK"))
+    return local + node  # Lightning's launcher sets only these; nonzero means "not the main process"
 
 
 def _class_path(entry: Any) -> str:
@@ -109,7 +124,7 @@ class TxSuiteCLI(LightningCLI):
         parser.add_argument("--run_id", type=Optional[str], default=None,
                             help="Name of the run directory (default: <date>-<time>-<random>).")
         parser.add_argument("--tags", type=list[str], default=[], help="W&B tags for the run.")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/loss",
             "checkpoint.mode": "min",
@@ -163,11 +178,15 @@ class TxSuiteCLI(LightningCLI):
         if resumed and run_dir.parent.name != experiment:  # a run belongs to the experiment it started in
             _log(f"resuming {run_dir}: experiment {run_dir.parent.name!r} (not {experiment!r})")
             experiment = cfg.experiment = run_dir.parent.name
+        rank_zero = launcher_rank() == 0
         if run_dir is None:
-            run_id = validate_name(cfg.run_id, "run_id") if cfg.run_id else new_run_id()
+            run_id = cfg.run_id or (None if rank_zero else os.environ.get(RUN_ID_ENV))
+            run_id = validate_name(run_id, "run_id") if run_id else new_run_id()
             run_dir = runs_dir / experiment / run_id
-            if run_dir.exists():
+            if rank_zero and run_dir.exists():  # other ranks find rank 0's directory already made
                 raise FileExistsError(f"run directory already exists: {run_dir} (choose another --run_id)")
+            if rank_zero:
+                os.environ[RUN_ID_ENV] = run_id  # inherited by DDP processes started later; cleared by run_cli
         previous = {}
         if resumed and (run_dir / RUN_INFO).is_file():
             previous = json.loads((run_dir / RUN_INFO).read_text())
@@ -179,7 +198,9 @@ class TxSuiteCLI(LightningCLI):
         mode, warning = resolve_wandb_mode()
         if warning:
             _log(warning)
-        wandb_id = (previous.get("wandb") or {}).get("id") or run_dir.name
+        # A W&B sweep agent names the run it started in WANDB_RUN_ID; the run must keep that id to
+        # count for the sweep. A resumed run keeps its own.
+        wandb_id = (previous.get("wandb") or {}).get("id") or os.environ.get("WANDB_RUN_ID") or run_dir.name
 
         trainer = cfg.trainer
         trainer.default_root_dir = str(run_dir)
@@ -200,7 +221,7 @@ class TxSuiteCLI(LightningCLI):
         self.state.update(
             run_dir=run_dir, resumed=resumed, experiment=experiment, subcommand=subcommand,
             wandb_mode=mode if has_wandb(trainer.logger) else None, wandb_id=wandb_id,
-            previous_info=previous,
+            previous_info=previous, rank_zero=rank_zero,
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -213,7 +234,7 @@ class TxSuiteCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def after_instantiate_classes(self) -> None:
-        if self.subcommand is None:
+        if self.subcommand is None or not self.state.get("rank_zero", True):
             return
         run_dir: Path = self.state["run_dir"]
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -313,8 +334,12 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
         invoked_as = "python -m tx_suite"
     state: dict[str, Any] = {"command": [invoked_as, *args]}
     status = "failed"
+    # Lightning's DDP launcher re-runs sys.argv for the other ranks: keep the real program (the
+    # console script's path; `python -m tx_suite` is re-run with -m), with the expanded configs.
+    program = sys.argv[0] if from_sys_argv and sys.argv and sys.argv[0] else "tx-suite"
+    saved_run_id_env = os.environ.get(RUN_ID_ENV)
     try:
-        with _patched_argv(["tx-suite", *expanded]):
+        with _patched_argv([program, *expanded]):
             TxSuiteCLI(default_experiment=default_experiment, state=state, args=None)
         status = "finished"
     except KeyboardInterrupt:
@@ -324,5 +349,9 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
         status = "finished" if exc.code in (0, None) else "interrupted"
         raise
     finally:
+        if saved_run_id_env is None:
+            os.environ.pop(RUN_ID_ENV, None)
+        else:
+            os.environ[RUN_ID_ENV] = saved_run_id_env
         _finish(state, status)
     return 0

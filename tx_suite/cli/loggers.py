@@ -70,8 +70,21 @@ def default_loggers() -> list[Namespace]:
     """The loggers used when a config says ``trainer.logger: true`` or nothing: CSV + W&B."""
     return [
         Namespace(class_path="tx_suite.cli.loggers.RunCSVLogger", init_args=Namespace()),
-        Namespace(class_path="pytorch_lightning.loggers.WandbLogger", init_args=Namespace(project=WANDB_PROJECT)),
+        Namespace(class_path="pytorch_lightning.loggers.WandbLogger",
+                  init_args=Namespace(project=WANDB_PROJECT, log_model=True)),
     ]
+
+
+def wandb_log_model(configured: Any, wandb_mode: str) -> bool | str:
+    """WandbLogger's ``log_model`` for a run: the configured value when the run is online, else False.
+
+    ``True`` (the base config's default) uploads the best and last checkpoints as W&B model
+    artifacts at the end of training, ``"all"`` every checkpoint as it is written. Offline and
+    disabled runs never copy checkpoints into the W&B run: they stay in ``checkpoints/`` only.
+    """
+    if wandb_mode != "online" or configured is None:
+        return False
+    return configured
 
 
 def configure_loggers(logger_cfg: Any, *, run_dir: Path, experiment: str, subcommand: str, tags: list[str],
@@ -79,8 +92,8 @@ def configure_loggers(logger_cfg: Any, *, run_dir: Path, experiment: str, subcom
     """Point every logger of a ``trainer.logger`` config value at ``run_dir``.
 
     The W&B logger also gets the run's identity (id, name, group = experiment, job_type =
-    sub-command, tags), the chosen mode and a bounded init timeout; it is dropped when the mode is
-    ``disabled``. Returns the new config value (``False`` when no logger is left).
+    sub-command, tags), the chosen mode, ``log_model`` (checkpoints as artifacts only when online,
+    :func:`wandb_log_model`) and a bounded init timeout; it is dropped when the mode is ``disabled``. Returns the new config value (``False`` when no logger is left).
     """
     if logger_cfg is False:
         return False
@@ -110,6 +123,7 @@ def configure_loggers(logger_cfg: Any, *, run_dir: Path, experiment: str, subcom
             init.job_type = subcommand
             init.tags = sorted(set(tags) | set(init.get("tags") or []))
             init.mode = wandb_mode
+            init.log_model = wandb_log_model(init.get("log_model", True), wandb_mode)
             init.resume = "allow"
             init.settings = {"init_timeout": WANDB_INIT_TIMEOUT_S, "silent": True}
         elif name == "RunCSVLogger":

@@ -30,6 +30,7 @@ class TxArgumentParser(LightningArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)  # --trainer.max_epoch must not mean max_epochs
+        kwargs.setdefault("prog", "tx-suite")  # not sys.argv[0], which may be .../__main__.py
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]

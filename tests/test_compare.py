@@ -1,0 +1,145 @@
+"""`tx-suite compare` on real runs of the tiny MNIST task: table, config diff, curves, HTML, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tx_suite.cli.main import main
+from tx_suite.utils.checkpoint import load_checkpoint
+from tx_suite.utils.compare import config_diff, info_diff, load_run, load_runs, plot_curves, read_metrics, summarize
+
+TINY = str(Path(__file__).resolve().parent / "configs" / "tiny_mnist.yaml")
+QUIET = ["--trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Three real runs: two learning rates of tiny_mnist, and one run of another experiment that
+    never validates (so it shares only train/loss with the others)."""
+    root = tmp_path_factory.mktemp("runs")
+    common = ["fit", "--config", TINY, *QUIET, "--runs_dir", str(root)]
+    assert main([*common, "--run_id", "lr3e-3", "--model.init_args.lr=0.003"]) == 0
+    assert main([*common, "--run_id", "lr1e-2", "--model.init_args.lr=0.01"]) == 0
+    assert main([*common, "--experiment", "no_val", "--run_id", "r1", "--trainer.max_epochs=1",
+                 "--trainer.limit_val_batches=0", "--checkpoint.monitor=train/loss", "--checkpoint.mode=min"]) == 0
+    return {"root": root, "a": root / "tiny_mnist" / "lr3e-3", "b": root / "tiny_mnist" / "lr1e-2",
+            "other": root / "no_val" / "r1"}
+
+
+def best_score(run: Path) -> float:
+    """The best monitored value as ModelCheckpoint stored it in best.ckpt."""
+    callbacks = load_checkpoint(run / "checkpoints" / "best.ckpt")["callbacks"]
+    return float(callbacks[next(k for k in callbacks if k.startswith("ModelCheckpoint"))]["best_model_score"])
+
+
+def revalidate(run: Path, runs_dir: Path) -> dict[str, float]:
+    """val/* metrics of the run's last.ckpt, computed again by `tx-suite validate` (a run of its own)."""
+    assert main(["validate", "--config", TINY, *QUIET, "--runs_dir", str(runs_dir), "--experiment", "check",
+                 "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]) == 0
+    (check,) = load_runs(["check"], runs_dir)
+    shutil.rmtree(check.path)
+    return {m: v[-1][1] for m, v in check.series.items()}
+
+
+def test_json_table_matches_the_checkpoints_and_shows_the_differing_key(runs, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", str(runs["a"]), str(runs["b"]), "--json", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config_diff"] == ["model.init_args.lr"]  # run dirs, ids and paths are not "differences"
+    assert set(report["metrics"]) == {"train/loss", "val/acc", "val/loss"}
+    by_id = {r["run_id"]: r for r in report["runs"]}
+    for run_id, path, lr in (("lr3e-3", runs["a"], 0.003), ("lr1e-2", runs["b"], 0.01)):
+        row = by_id[run_id]
+        final = revalidate(path, tmp_path / "validate")
+        assert row["metrics"]["val/acc"]["final"] == pytest.approx(final["val/acc"], abs=1e-6)
+        assert row["metrics"]["val/loss"]["final"] == pytest.approx(final["val/loss"], abs=1e-6)
+        assert row["metrics"]["val/acc"]["best"] == pytest.approx(best_score(path), abs=1e-6) == row["best"]
+        assert row["metrics"]["val/loss"]["mode"] == "min" and row["metrics"]["val/acc"]["mode"] == "max"
+        assert row["config"] == {"model.init_args.lr": lr} and row["status"] == "finished" and row["steps"] == 15
+        # lr 1e-2 gets worse in epoch 2: last.ckpt must still be the final state, not the best epoch's
+        assert load_checkpoint(path / "checkpoints" / "last.ckpt")["global_step"] == 16
+    assert by_id["lr3e-3"]["metrics"]["val/loss"]["final"] != by_id["lr1e-2"]["metrics"]["val/loss"]["final"]
+
+    png, page = (out / "curves.png").read_bytes(), (out / "report.html").read_text()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    assert "data:image/png;base64," in page and "model.init_args.lr" in page and "lr1e-2" in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained
+
+
+def test_text_report_of_an_experiment_and_of_a_glob(runs, capsys):
+    root = str(runs["root"])
+    assert main(["compare", "tiny_mnist", "--runs_dir", root, "--no_plot"]) == 0
+    by_experiment = capsys.readouterr().out
+    assert main(["compare", f"{root}/tiny_mnist/lr*", "--no_plot"]) == 0
+    by_glob = capsys.readouterr().out
+    assert by_experiment == by_glob
+    lines = by_experiment.splitlines()
+    assert lines[0].split() == ["lr1e-2", "lr3e-3"]  # runs side by side, sorted
+    assert next(line for line in lines if line.startswith("model.init_args.lr")).split() == \
+        ["model.init_args.lr", "config", "0.01", "0.003"]
+    assert {line.split()[0] for line in lines if "final" in line} == {"train/loss", "val/acc", "val/loss"}
+
+
+def test_runs_of_different_experiments_show_only_shared_metrics(runs, capsys):
+    assert main(["compare", str(runs["a"]), str(runs["other"]), "--no_plot", "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["metrics"] == ["train/loss"]
+    assert [r["label"] for r in report["runs"]] == ["tiny_mnist/lr3e-3", "no_val/r1"]
+    assert "not shared: val/acc, val/loss" in captured.err
+    diff = report["config_diff"]
+    assert {"experiment", "trainer.max_epochs", "trainer.limit_val_batches", "checkpoint.monitor"} <= set(diff)
+
+    loaded = load_runs([str(runs["a"]), str(runs["other"])])
+    fig = plot_curves(loaded)
+    (ax,) = [a for a in fig.axes if a.get_visible() and a.get_title()]
+    assert ax.get_title() == "train/loss"
+    for line, run in zip(ax.get_lines(), loaded):  # each line is exactly the run's logged series
+        steps, values = zip(*run.series["train/loss"])
+        assert list(line.get_xdata()) == list(steps) and list(line.get_ydata()) == pytest.approx(values)
+
+
+def test_summary_and_diff_api(runs, tmp_path):
+    a, b = load_run(runs["a"]), load_run(runs["b"])
+    assert config_diff([a, b]) == {"model.init_args.lr": [0.003, 0.01]}
+    assert config_diff([a, a]) == {}
+    assert info_diff([a, b]) == {}  # same seed, commit and versions
+    moved = tmp_path / "tiny_mnist" / "moved"
+    shutil.copytree(runs["a"], moved, ignore=shutil.ignore_patterns("checkpoints"))
+    info = json.loads((moved / "run_info.json").read_text())
+    info["versions"]["torch"], info["git"]["commit"] = "0.0.1", "abc"
+    (moved / "run_info.json").write_text(json.dumps(info))
+    c = load_run(moved)
+    assert info_diff([a, c]) == {"run_info.git.commit": [a.info["git"]["commit"], "abc"],
+                                 "run_info.versions.torch": [a.info["versions"]["torch"], "0.0.1"]}
+    assert config_diff([a, c]) == {}  # paths naming the run itself are not differences
+    summary = summarize([a, b], ["val/loss", "lr-Adam"])
+    assert summary["lr3e-3"]["lr-Adam"]["best"] is None  # direction unknown: no "best"
+    values = [v for _, v in a.series["val/loss"]]
+    assert summary["lr3e-3"]["val/loss"]["best"] == min(values) and summary["lr3e-3"]["val/loss"]["final"] == values[-1]
+
+
+def test_a_step_logged_twice_keeps_the_later_value(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss,val/acc\n0,1,2.0,\n0,3,1.5,\n0,3,1.4,\n0,2,1.8,\n0,3,,0.5\n0,4,nan,\n")
+    assert read_metrics(path) == {"train/loss": [(1, 2.0), (2, 1.8), (3, 1.4)], "val/acc": [(3, 0.5)]}
+
+
+def test_paths_that_are_not_runs_are_one_line_errors(runs, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    no_metrics = tmp_path / "exp" / "run"
+    shutil.copytree(runs["a"], no_metrics, ignore=shutil.ignore_patterns("metrics.csv", "checkpoints"))
+    cases = [
+        ([str(tmp_path / "empty")], "not a run directory"),
+        ([str(tmp_path / "missing")], "no such run, experiment or directory"),
+        ([str(runs["a"]), str(no_metrics)], "has no metrics.csv"),
+        ([str(tmp_path / "nothing*")], "no run directories match"),
+    ]
+    for targets, message in cases:
+        assert main(["compare", *targets, "--no_plot"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("tx-suite compare: error: ") and message in err[0], err

@@ -1,0 +1,89 @@
+"""DDP on CPU (2 processes, gloo) through `tx-suite fit`, started by Lightning's launcher and by
+torchrun (scripts/torchrun_fit.sh): same weights as one process with the same global batch, and
+one run directory written by rank 0 only."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tx_suite.cli.main import main
+from tx_suite.utils.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "tests" / "configs" / "tiny_mnist.yaml")
+# One epoch = 8 optimizer steps of a global batch of 64 digits. No dropout, so the only randomness
+# is the data order: ResumableDataLoader draws one seed+epoch permutation and, under DDP, rank r
+# takes its positions r, r+2, ...; global batch k of 2 ranks x 32 is then exactly batch k of one
+# process x 64, and DDP's gradient all-reduce (mean) equals the mean over the 64.
+COMMON = ["fit", "--config", TINY, "--trainer.enable_progress_bar=false", "--trainer.max_epochs=1",
+          "--model.init_args.dropout=0", "--data.init_args.resumable=true"]
+TWO_RANKS = ["--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--data.init_args.batch_size=32"]
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 8
+    return ckpt["state_dict"]
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """Weights after one epoch in one process, batch 64; and a control run with another data order."""
+    root = tmp_path_factory.mktemp("single")
+    assert main([*COMMON, "--runs_dir", str(root), "--run_id", "r1"]) == 0
+    assert main([*COMMON, "--runs_dir", str(root), "--run_id", "other", "--data.init_args.resumable=false"]) == 0
+    ref = weights(root / "tiny_mnist" / "r1")
+    assert max_diff(weights(root / "tiny_mnist" / "other"), ref) > 1e-3  # the data order alone moves weights this much
+    return ref
+
+
+def check_rank_zero_run(runs_dir: Path, experiment: str, run_id: str) -> Path:
+    """Exactly one run directory, complete and finished (rank 1 wrote nothing of its own)."""
+    assert [p.name for p in (runs_dir / experiment).iterdir()] == [run_id]
+    run = runs_dir / experiment / run_id
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "finished" and "resumes" not in info
+    assert (run / "metrics.csv").is_file() and (run / "config.yaml").is_file()
+    return run
+
+
+def test_lightning_ddp_launcher_matches_one_process(single, runs_dir, subprocess_env):
+    env = {**subprocess_env, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}  # W&B offline: rank 0 only
+    proc = subprocess.run(
+        [sys.executable, "-m", "tx_suite", *COMMON, *TWO_RANKS, "--trainer.devices=2", "--experiment", "ddp",
+         "--run_id", "r2"],
+        env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in proc.stderr  # two processes really ran
+    run = check_rank_zero_run(runs_dir, "ddp", "r2")
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1
+    assert max_diff(weights(run), single) < 1e-6  # float summation order only (measured 2e-8)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_script_matches_one_process(single, runs_dir, subprocess_env):
+    env = {**subprocess_env, "OMP_NUM_THREADS": "1", "NPROC_PER_NODE": "2", "RUN_ID": "tr1",
+           "MASTER_PORT": str(free_port()), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "torchrun_fit.sh"), *COMMON[1:], *TWO_RANKS],
+                          env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in proc.stderr
+    run = check_rank_zero_run(runs_dir, "tiny_mnist", "tr1")
+    assert max_diff(weights(run), single) < 1e-6

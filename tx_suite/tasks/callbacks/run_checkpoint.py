@@ -1,0 +1,66 @@
+"""The checkpoint callback of every run: Lightning's ModelCheckpoint with an always-current last.ckpt."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch import Tensor
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is rewritten at every save point, improved or not,
+    and optionally every N training steps within an epoch.
+
+    Lightning 2.6 rewrites ``last.ckpt`` at the end of an epoch only if a top-k checkpoint was
+    written at the same step. With ``save_top_k=1`` an epoch that does not improve the monitored
+    metric would leave ``last.ckpt`` at the best epoch, and ``--ckpt_path last`` would silently
+    resume from an older state. Here the top-k decision is unchanged (``best.ckpt``), and
+    ``last.ckpt`` follows every save point.
+
+    Args:
+        last_every_n_train_steps: also write ``last.ckpt`` (only it) every this many optimizer
+            steps, for crash recovery mid-epoch (``--checkpoint.last_every_n_train_steps=500``).
+            Unlike ``every_n_train_steps`` it leaves the choice of ``best.ckpt`` to the end of
+            each epoch, when the monitored validation metric is fresh. The last batch of an epoch
+            is skipped: the epoch-end save writes ``last.ckpt`` then anyway. Exact mid-epoch
+            resumption also needs a resumable train loader
+            (:class:`tx_suite.utils.resumable_loader.ResumableDataLoader`).
+        **kwargs: the arguments of :class:`~pytorch_lightning.callbacks.ModelCheckpoint`.
+
+    The state key is ModelCheckpoint's, so checkpoints written before (or by a plain
+    ModelCheckpoint) restore this callback's state.
+    """
+
+    def __init__(self, *args: Any, last_every_n_train_steps: Optional[int] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if last_every_n_train_steps is not None and last_every_n_train_steps < 1:
+            raise ValueError(f"last_every_n_train_steps must be >= 1 or None, got {last_every_n_train_steps}")
+        self.last_every_n_train_steps = last_every_n_train_steps
+
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            # ModelCheckpoint saves last.ckpt only when this equals the current step.
+            self._last_global_step_saved = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        n = self.last_every_n_train_steps
+        if (
+            not n
+            or not self.save_last
+            or trainer.global_step % n != 0
+            or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            or self._should_skip_saving_checkpoint(trainer)  # fast_dev_run, or already saved at this step
+        ):
+            return
+        saved_step = self._last_global_step_saved
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        # A mid-epoch last.ckpt must not count as "saved at this step" for the epoch-end top-k save.
+        self._last_global_step_saved = saved_step
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)

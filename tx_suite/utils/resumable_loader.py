@@ -1,0 +1,126 @@
+"""A DataLoader that resumes mid-epoch exactly and orders data the same on 1 or N processes (plain torch).
+
+Why: Lightning 2.6 restores the loop counters of a mid-epoch checkpoint, but a plain DataLoader
+starts its epoch over with a new shuffle (Lightning warns "your dataloader is not resumable"), so
+the resumed run sees other batches than the uninterrupted one. Lightning saves and restores the
+state of any train dataloader that has ``state_dict``/``load_state_dict`` (``fit_loop`` ->
+``CombinedLoader._state_dicts``), which :class:`ResumableDataLoader` provides:
+
+* the order is a permutation seeded by ``seed + epoch`` (Lightning calls ``set_epoch`` every
+  epoch), as :class:`torch.utils.data.DistributedSampler` does, so it does not depend on the
+  global RNG and a resumed epoch has the same order;
+* the state is the number of batches already served in the epoch; after ``load_state_dict`` the
+  next iteration skips that many batches at the sampler level (no data is loaded for them, and no
+  random transform is drawn for them);
+* the sampler *is* a ``DistributedSampler``: under DDP it shards the permutation over the ranks of
+  the process group (rank ``r`` takes indices ``r, r + world, ...``), so global batch ``k`` of
+  ``world`` ranks with ``batch_size = B / world`` holds exactly the samples of batch ``k`` of one
+  process with ``batch_size = B``; Lightning keeps it instead of injecting its own sampler;
+* the loader draws its worker base seed from its own generator, not the global RNG, so creating
+  the iterator after a checkpoint was restored does not shift the restored RNG stream (dropout).
+
+Exactness holds for ``num_workers=0`` (random transforms draw from the restored global RNG). With
+worker processes the order and the skipped batches are still exact, but random transforms in the
+workers are seeded per iteration and differ after a resume.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+def _default_seed() -> int:
+    """Lightning's ``seed_everything`` seed (``PL_GLOBAL_SEED``), which its own samplers use; else 0."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+class ResumableSampler(DistributedSampler):
+    """``DistributedSampler`` (seed + epoch permutation, sharded over ranks) that can start mid-epoch.
+
+    Args:
+        dataset: a sized (map-style) dataset.
+        shuffle: permute (True) or keep the dataset order.
+        seed: permutation seed (default: ``PL_GLOBAL_SEED``, set by ``seed_everything``, else 0).
+        drop_last: as in :class:`~torch.utils.data.DistributedSampler` (drop the tail that does not
+            split evenly over the ranks instead of padding with repeats).
+        num_replicas, rank: default to the initialized process group, else 1 and 0.
+
+    Attributes:
+        start_index: number of this rank's indices to skip on the next ``iter()`` (then reset to 0).
+    """
+
+    def __init__(self, dataset: Dataset, shuffle: bool = True, seed: int | None = None, drop_last: bool = False,
+                 num_replicas: int | None = None, rank: int | None = None) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if distributed else 1
+        if rank is None:
+            rank = dist.get_rank() if distributed else 0
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                         seed=_default_seed() if seed is None else seed, drop_last=drop_last)
+        self.start_index = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        start, self.start_index = self.start_index, 0
+        return iter(indices[start:])
+
+
+class ResumableDataLoader(DataLoader):
+    """``DataLoader`` over a :class:`ResumableSampler` with ``state_dict``/``load_state_dict``.
+
+    Use it for the train loader of a datamodule; Lightning stores its state in every checkpoint
+    and restores it on ``--ckpt_path``. ``len()`` is always the full epoch's number of batches
+    (Lightning counts the skipped ones as already done).
+
+    Args:
+        dataset: a sized (map-style) dataset.
+        batch_size: samples per batch on this process (under DDP: per rank).
+        shuffle, seed, drop_last: see :class:`ResumableSampler` (``drop_last`` also drops a last
+            incomplete batch, as in ``DataLoader``).
+        **kwargs: other ``DataLoader`` arguments (``num_workers``, ``collate_fn``, ``pin_memory``,
+            ...); ``sampler`` and ``batch_sampler`` are not accepted.
+
+    Raises:
+        TypeError: ``sampler`` or ``batch_sampler`` was given.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int = 1, shuffle: bool = False, seed: int | None = None,
+                 drop_last: bool = False, **kwargs: Any) -> None:
+        if kwargs.get("sampler") is not None or kwargs.get("batch_sampler") is not None:
+            raise TypeError("ResumableDataLoader builds its own sampler; do not pass sampler/batch_sampler")
+        kwargs.pop("sampler", None)
+        kwargs.pop("batch_sampler", None)
+        sampler = ResumableSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        # Own generator: iter() draws the workers' base seed from it instead of the global RNG.
+        kwargs.setdefault("generator", torch.Generator().manual_seed(sampler.seed))
+        super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kwargs)
+        self._served = 0  # batches of the current epoch handed out (skipped ones included)
+        self._resume_at = 0  # batches to skip on the next iter(), from load_state_dict
+
+    def __iter__(self) -> Iterator[Any]:
+        # Eager (not a generator function): the skip applies to the iterator created now, even if
+        # no batch is ever drawn from it, and a stale skip never leaks into a later epoch.
+        skip, self._resume_at = self._resume_at, 0
+        self.sampler.start_index = skip * self.batch_size
+        self._served = skip
+        return self._count(super().__iter__())
+
+    def _count(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches_served"}``: where the current epoch stands (ints only: weights_only-safe)."""
+        return {"epoch": int(self.sampler.epoch), "batches_served": int(self._served)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Make the next ``iter()`` skip the batches already served in the saved epoch."""
+        self._resume_at = int(state.get("batches_served", 0))
