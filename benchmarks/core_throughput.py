@@ -1,0 +1,205 @@
+"""Training/inference throughput of the shared core vs torch.nn.Transformer and timm's ViT.
+
+Same process, same shapes, one optimiser step at a time; the models alternate in rounds so that
+background load affects them alike. Reports tokens (or images) per second, our/peer ratios, the
+float32 matmul peak of this machine measured in the same run, and the fraction of it achieved
+(FLOPs counted with torch.utils.flop_counter on one training step).
+
+    python benchmarks/core_throughput.py            # full grid (a few minutes on 2 CPU cores)
+    python benchmarks/core_throughput.py --quick    # one small config of each kind
+
+Prints one JSON object per line, then a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from tx_suite.core import EncoderDecoder, TransformerConfig, causal_mask
+from tx_suite.models import VisionTransformer
+
+
+def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10) -> float:
+    """Best float32 GEMM rate in FLOP/s over ``reps`` ``n x n x n`` products."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    best = 0.0
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Case:
+    name: str
+    step: callable  # () -> None, one training (or inference) step
+    items: int  # tokens or images per step
+
+
+def seq2seq_cases(d_model: int, layers: int, batch: int, seq: int, device, train: bool,
+                  attn_dropout: float = 0.1) -> tuple[Case, Case, float]:
+    """Ours vs nn.Transformer on a Multi30k-like batch: embedded (B, S, D) inputs, padded sources,
+    causal + padded targets, residual/FFN dropout 0.1. nn.Transformer always drops attention
+    weights with the same rate; ``attn_dropout=0.1`` gives ours identical math ("parity"),
+    ``attn_dropout=0.0`` is our default (fairseq's and timm's), which lets the fused kernel run."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    src = torch.randn(batch, seq, d_model, generator=g).to(device)
+    tgt = torch.randn(batch, seq, d_model, generator=g).to(device)
+    lengths = torch.randint(seq // 2, seq + 1, (batch,), generator=g)
+    src_pad = (torch.arange(seq)[None] >= lengths[:, None]).to(device)
+    tgt_pad = src_pad.clone()
+    cfg = TransformerConfig(d_model=d_model, n_heads=8, d_ff=4 * d_model, dropout=0.1, attn_dropout=attn_dropout,
+                            final_norm=True)
+    ours = EncoderDecoder(cfg, layers, layers).to(device)
+    ref = nn.Transformer(d_model, 8, layers, layers, 4 * d_model, dropout=0.1, batch_first=True).to(device)
+    tgt_mask = ~causal_mask(seq, device=device)  # torch's convention: True = blocked
+
+    def make(model, fwd):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
+
+        def train_step():
+            model.train()
+            loss = fwd().float().pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        @torch.inference_mode()
+        def infer_step():
+            model.eval()
+            fwd()
+
+        return train_step if train else infer_step
+
+    ours_step = make(ours, lambda: ours(src, tgt, src_key_padding_mask=src_pad, tgt_key_padding_mask=tgt_pad))
+    ref_step = make(ref, lambda: ref(src, tgt, tgt_mask=tgt_mask, src_key_padding_mask=src_pad,
+                                     tgt_key_padding_mask=tgt_pad, memory_key_padding_mask=src_pad,
+                                     tgt_is_causal=True))
+    flops = count_flops(ours_step)
+    tokens = 2 * batch * seq
+    return Case("tx", ours_step, tokens), Case("torch.nn.Transformer", ref_step, tokens), flops
+
+
+def vit_cases(d_model: int, layers: int, heads: int, img: int, patch: int, chans: int, batch: int, device,
+              train: bool) -> tuple[Case, Case, float]:
+    """Ours vs timm's VisionTransformer of the same configuration, cross-entropy on 10 classes."""
+    torch.manual_seed(0)
+    kw = dict(img_size=img, patch_size=patch, in_chans=chans, num_classes=10)
+    ours = VisionTransformer(**kw, d_model=d_model, n_layers=layers, n_heads=heads, dropout=0.1).to(device)
+    ref = TimmViT(**kw, embed_dim=d_model, depth=layers, num_heads=heads, drop_rate=0.1, proj_drop_rate=0.1).to(device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, chans, img, img, generator=g).to(device)
+    y = torch.randint(0, 10, (batch,), generator=g).to(device)
+
+    def make(model):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def train_step():
+            model.train()
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        @torch.inference_mode()
+        def infer_step():
+            model.eval()
+            model(x)
+
+        return train_step if train else infer_step
+
+    ours_step, ref_step = make(ours), make(ref)
+    return Case("tx", ours_step, batch), Case("timm ViT", ref_step, batch), count_flops(ours_step)
+
+
+def count_flops(step) -> float:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def time_pair(a: Case, b: Case, device, rounds: int, steps: int) -> tuple[float, float]:
+    """Median seconds per step of each case, alternating ``rounds`` blocks of ``steps`` steps."""
+    for case in (a, b):
+        for _ in range(3):
+            case.step()
+    times = {a.name: [], b.name: []}
+    for r in range(rounds):
+        for case in ((a, b) if r % 2 == 0 else (b, a)):
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                case.step()
+            _sync(device)
+            times[case.name].append((time.perf_counter() - t0) / steps)
+    return statistics.median(times[a.name]), statistics.median(times[b.name])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one small config of each kind")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    peak = matmul_peak(device)
+    rows = []
+    meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
+                cpu=platform.processor() or platform.machine(), matmul_peak_gflops=round(peak / 1e9, 1))
+    print(json.dumps({"meta": meta}))
+
+    seq_grid = [(256, 3)] if args.quick else [(256, 3), (256, 6), (512, 3), (512, 6)]
+    vit_grid = [(192, 6, 3, 28, 4, 1, 128)] if args.quick else [(192, 6, 3, 28, 4, 1, 128), (384, 6, 6, 32, 4, 3, 128)]
+    jobs = []
+    for d, n in seq_grid:
+        for setting, attn_dropout in (("parity", 0.1), ("tx default", 0.0)):
+            jobs.append((f"seq2seq d{d} {n}+{n} 64x24 {setting}", True,
+                         lambda d=d, n=n, p=attn_dropout: seq2seq_cases(d, n, 64, 24, device, True, p)))
+        jobs.append((f"seq2seq d{d} {n}+{n} 64x24", False, lambda d=d, n=n: seq2seq_cases(d, n, 64, 24, device, False)))
+    for d, n, h, img, p, c, bs in vit_grid:
+        for train in (True, False):
+            jobs.append((f"vit d{d} L{n} {img}px/p{p} b{bs}", train,
+                         lambda d=d, n=n, h=h, img=img, p=p, c=c, bs=bs, t=train: vit_cases(d, n, h, img, p, c, bs, device, t)))
+
+    for label, train, build in jobs:
+        ours, peer, flops = build()
+        t_ours, t_peer = time_pair(ours, peer, device, args.rounds, args.steps)
+        row = dict(config=label, mode="train" if train else "infer", peer=peer.name,
+                   ours_items_per_s=round(ours.items / t_ours, 1), peer_items_per_s=round(peer.items / t_peer, 1),
+                   ratio=round(t_peer / t_ours, 3), ours_gflops=round(flops / t_ours / 1e9, 1),
+                   peak_fraction=round(flops / t_ours / peak, 3))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    print(f"\nmatmul peak (fp32, {device}): {meta['matmul_peak_gflops']} GFLOP/s, {meta['threads']} threads")
+    print(f"{'config':40s} {'mode':5s} {'peer':20s} {'ours/s':>9s} {'peer/s':>9s} {'ratio':>6s} {'peak%':>6s}")
+    for r in rows:
+        print(f"{r['config']:40s} {r['mode']:5s} {r['peer']:20s} {r['ours_items_per_s']:9.0f} "
+              f"{r['peer_items_per_s']:9.0f} {r['ratio']:6.2f} {100 * r['peak_fraction']:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()

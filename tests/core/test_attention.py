@@ -1,0 +1,121 @@
+"""Scaled dot-product and multi-head attention against the formula and torch.nn.MultiheadAttention."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tx_suite.core import MultiHeadAttention, causal_mask, scaled_dot_product_attention
+from tx_suite.core.torch_conversion import convert_torch_mha
+
+B, H, T, S, DH = 3, 4, 6, 5, 8
+
+
+def naive_attention(q, k, v, allowed=None):
+    """Eq. 1 in float64 with an explicit loop-free softmax; ``allowed`` True = may attend."""
+    q, k, v = q.double(), k.double(), v.double()
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, -1) @ v
+
+
+@pytest.fixture
+def qkv():
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(B, H, T, DH, generator=g), torch.randn(B, H, S, DH, generator=g),
+            torch.randn(B, H, S, DH, generator=g))
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_sdpa_matches_formula(qkv, need_weights):
+    q, k, v = qkv
+    out, w = scaled_dot_product_attention(q, k, v, need_weights=need_weights)
+    torch.testing.assert_close(out.double(), naive_attention(q, k, v), atol=1e-5, rtol=0)
+    if need_weights:
+        torch.testing.assert_close(w.sum(-1), torch.ones(B, H, T))
+
+
+def test_sdpa_weights_path_equals_fast_path_with_masks(qkv):
+    q, k, v = qkv
+    allowed = torch.rand(B, 1, T, S, generator=torch.Generator().manual_seed(1)) > 0.3
+    allowed[..., 0] = True  # every query keeps one key
+    additive = torch.zeros(B, 1, T, S).masked_fill(~allowed, float("-inf"))
+    ref = naive_attention(q, k, v, allowed)
+    for mask in (allowed, additive):
+        fast, _ = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        slow, w = scaled_dot_product_attention(q, k, v, attn_mask=mask, need_weights=True)
+        torch.testing.assert_close(fast.double(), ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(slow, fast, atol=1e-5, rtol=0)
+        assert (w[~allowed.expand_as(w)] == 0).all()
+
+
+def test_is_causal_is_bottom_right_aligned(qkv):
+    q, k, v = qkv  # Tq = 6 > Tk = 5 is illegal; use the last 3 queries against 5 keys
+    q = q[:, :, :3]
+    expected = naive_attention(q, k, v, causal_mask(3, S))
+    assert causal_mask(3, S).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+    for need_weights in (False, True):
+        out, _ = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=need_weights)
+        torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_fully_masked_rows_give_zeros_on_both_paths(qkv):
+    q, k, v = qkv
+    mask = torch.ones(B, 1, T, S, dtype=torch.bool)
+    mask[:, :, 2] = False
+    fast, _ = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    slow, w = scaled_dot_product_attention(q, k, v, attn_mask=mask, need_weights=True)
+    assert fast[:, :, 2].abs().max() == 0 and slow[:, :, 2].abs().max() == 0 and w[:, :, 2].abs().max() == 0
+    torch.testing.assert_close(slow, fast, atol=1e-5, rtol=0)
+
+
+def _pair(d_model=32, n_heads=4, cross=False):
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(d_model, n_heads, batch_first=True).eval()
+    ours = MultiHeadAttention(d_model, n_heads, cross_attention=cross).eval()
+    ours.load_state_dict(convert_torch_mha(ref.state_dict(), cross_attention=cross))
+    return ref, ours
+
+
+@pytest.mark.parametrize("masks", ["none", "padding", "attn_mask", "both", "causal"])
+def test_self_attention_equals_torch_mha(masks):
+    ref, ours = _pair()
+    x = torch.randn(3, 7, 32)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[0, 5:] = True
+    pad[2, 3:] = True
+    blocked = torch.rand(7, 7, generator=torch.Generator().manual_seed(2)) > 0.7  # True = blocked (torch)
+    blocked.fill_diagonal_(False)
+    kw_ref, kw_ours = {}, {}
+    if masks in ("padding", "both"):
+        kw_ref["key_padding_mask"] = kw_ours["key_padding_mask"] = pad
+    if masks in ("attn_mask", "both"):
+        kw_ref["attn_mask"], kw_ours["attn_mask"] = blocked, ~blocked  # opposite bool conventions
+    if masks == "causal":
+        kw_ref["attn_mask"] = ~causal_mask(7)
+        kw_ours["is_causal"] = True
+    expected, w_ref = ref(x, x, x, average_attn_weights=False, **kw_ref)
+    got, w = ours(x, need_weights=True, **kw_ours)
+    assert (got - expected).abs().max() <= 1e-5
+    assert (w - w_ref).abs().max() <= 1e-5
+    fast, _ = ours(x, **kw_ours)
+    assert (fast - expected).abs().max() <= 1e-5
+
+
+def test_cross_attention_equals_torch_mha():
+    ref, ours = _pair(cross=True)
+    x, memory = torch.randn(2, 4, 32), torch.randn(2, 9, 32)
+    pad = torch.zeros(2, 9, dtype=torch.bool)
+    pad[1, 6:] = True
+    expected, _ = ref(x, memory, memory, key_padding_mask=pad)
+    got, _ = ours(x, memory, key_padding_mask=pad)
+    assert (got - expected).abs().max() <= 1e-5
+
+
+def test_mha_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="divisible"):
+        MultiHeadAttention(30, 4)
+    with pytest.raises(ValueError, match="memory"):
+        MultiHeadAttention(32, 4, cross_attention=True)(torch.randn(1, 2, 32))

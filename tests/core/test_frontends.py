@@ -1,0 +1,68 @@
+"""Front-ends: token scaling/tying, patchify vs convolution, image-token grids, joint sequences."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tx_suite.core import DecoderOnly, TransformerConfig
+from tx_suite.frontends import ImageTokenGrid, PatchEmbedding, TextImageSequence, TokenEmbedding
+
+
+def test_token_embedding_scales_adds_positions_and_ties():
+    emb = TokenEmbedding(20, 16, pad_id=0, pos_encoding="none")
+    tokens = torch.tensor([[3, 0, 5]])
+    out = emb(tokens)
+    torch.testing.assert_close(out[0, 0], emb.weight[3] * math.sqrt(16))
+    assert out[0, 1].abs().max() == 0  # pad row is zero
+    head = torch.nn.Linear(16, 20, bias=False)
+    head.weight = emb.weight
+    assert head.weight.data_ptr() == emb.embedding.weight.data_ptr()
+    with pytest.raises(ValueError, match="pos_encoding"):
+        TokenEmbedding(20, 16, pos_encoding="alibi")
+
+
+def test_patchify_equals_strided_convolution():
+    torch.manual_seed(0)
+    pe = PatchEmbedding(img_size=(12, 8), patch_size=4, in_chans=3, d_model=10, class_token=False)
+    x = torch.randn(2, 3, 12, 8)
+    conv = F.conv2d(x, pe.proj.weight.view(10, 3, 4, 4), pe.proj.bias, stride=4)  # (B, D, 3, 2)
+    expected = conv.flatten(2).transpose(1, 2) + pe.pos_embed
+    torch.testing.assert_close(pe(x), expected, atol=1e-5, rtol=0)
+    assert pe.num_prefix_tokens == 0 and pe.grid_size == (3, 2)
+
+
+def test_patch_embedding_cls_and_errors():
+    pe = PatchEmbedding(img_size=8, patch_size=4, in_chans=1, d_model=6)
+    out = pe(torch.zeros(2, 1, 8, 8))
+    assert out.shape == (2, 5, 6)
+    torch.testing.assert_close(out[:, 0], (pe.cls_token + pe.pos_embed[:, :1]).squeeze(1).expand(2, -1))
+    with pytest.raises(ValueError, match="divisible"):
+        pe(torch.zeros(1, 1, 9, 8))
+    with pytest.raises(ValueError, match="channel"):
+        pe(torch.zeros(1, 3, 8, 8))
+
+
+def test_text_image_sequence_layout_and_incremental_equivalence():
+    torch.manual_seed(0)
+    text = TokenEmbedding(30, 32, pad_id=0, pos_encoding="learned", max_len=6)
+    image = ImageTokenGrid(16, 32, height=3, width=3)
+    seq = TextImageSequence(text, image, text_len=6, pad_id=0).eval()
+    tokens = torch.tensor([[5, 6, 7, 0, 0, 0], [8, 9, 10, 11, 12, 13]])
+    codes = torch.randint(0, 16, (2, 3, 3))
+    x, pad = seq(tokens, codes)
+    assert x.shape == (2, 6 + 1 + 9, 32) and pad.shape == (2, 16)
+    assert pad[0].tolist() == [False] * 3 + [True] * 3 + [False] * 10
+    torch.testing.assert_close(x[:, 7 + 4], image.embedding(codes.flatten(1)[:, 4]) + image.pos(1, 4)[0])
+
+    gpt = DecoderOnly(TransformerConfig(d_model=32, n_heads=4, d_ff=64, dropout=0.0), 2).eval()
+    full = gpt(x, key_padding_mask=pad)
+    cache = gpt.new_cache()
+    prefix, prefix_pad = seq.embed_prefix(tokens)
+    outs = [gpt(prefix, key_padding_mask=prefix_pad, cache=cache)]
+    flat = codes.flatten(1)
+    for j in range(9):
+        outs.append(gpt(seq.embed_image(flat[:, j:j + 1], offset=j), cache=cache))
+    got = torch.cat(outs, 1)
+    assert (got[~pad] - full[~pad]).abs().max() <= 1e-5

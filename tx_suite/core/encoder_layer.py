@@ -1,0 +1,67 @@
+"""Transformer encoder layer (Vaswani et al. 2017, §3.1, "Encoder")."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .drop_path import DropPath
+from .feed_forward import FeedForward
+from .multi_head_attention import MultiHeadAttention
+from .positional.rotary import RotaryEmbedding
+from .residual import residual
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention then feed-forward, each in a residual block with dropout and LayerNorm.
+
+    Post-norm (paper, §3.1: ``LayerNorm(x + Sublayer(x))``)::
+
+        x = norm1(x + drop(self_attn(x)));  x = norm2(x + drop(ffn(x)))
+
+    Pre-norm (``norm_first``; Xiong et al. 2020, used by ViT)::
+
+        x = x + drop(self_attn(norm1(x)));  x = x + drop(ffn(norm2(x)))
+
+    where ``drop`` is residual dropout (§5.4) followed by :class:`DropPath`. Parameter names match
+    ``torch.nn.TransformerEncoderLayer`` (``norm1``, ``norm2``) and timm's ViT ``Block``.
+
+    Shapes: ``(B, T, D) -> (B, T, D)``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float = 0.1,
+        attn_dropout: float = 0.0,
+        activation: str = "relu",
+        norm_first: bool = False,
+        norm_eps: float = 1e-5,
+        bias: bool = True,
+        drop_path: float = 0.0,
+        rope: RotaryEmbedding | None = None,
+    ) -> None:
+        super().__init__()
+        self.norm_first = norm_first
+        self.self_attn = MultiHeadAttention(d_model, n_heads, attn_dropout, bias=bias, rope=rope)
+        self.ffn = FeedForward(d_model, d_ff, dropout, activation, bias=bias)
+        self.norm1 = nn.LayerNorm(d_model, eps=norm_eps)
+        self.norm2 = nn.LayerNorm(d_model, eps=norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(
+        self,
+        x: Tensor,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> Tensor:
+        """``x`` ``(B, T, D)``; ``key_padding_mask`` ``(B, T)`` True = pad; ``attn_mask`` as in
+        :class:`MultiHeadAttention`."""
+        def sa(h: Tensor) -> Tensor:
+            return self.self_attn(h, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)[0]
+
+        x = residual(x, sa, self.norm1, self.dropout, self.drop_path, self.norm_first)
+        return residual(x, self.ffn, self.norm2, self.dropout, self.drop_path, self.norm_first)

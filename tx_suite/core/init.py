@@ -1,0 +1,23 @@
+"""Weight initialisation shared by the stacks."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def xavier_init_(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every ``nn.Linear`` (Glorot & Bengio 2010), as
+    ``torch.nn.Transformer`` and fairseq initialise Transformers; LayerNorms stay at (1, 0)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def drop_path_rates(rate: float, n_layers: int) -> list[float]:
+    """Stochastic-depth rate per layer, linear from 0 to ``rate`` (Huang et al. 2016, §3, "linear
+    decay rule"; DeiT/timm)."""
+    if n_layers == 1:
+        return [rate]
+    return [rate * i / (n_layers - 1) for i in range(n_layers)]

@@ -1,0 +1,132 @@
+"""Multi-head attention (Vaswani et al. 2017, §3.2.2)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .attention import scaled_dot_product_attention
+from .kv_cache import KVCache
+from .masks import merge_masks, padding_to_attn_mask
+from .positional.rotary import RotaryEmbedding
+
+
+class MultiHeadAttention(nn.Module):
+    """``MultiHead(Q, K, V) = Concat(head_1..head_h) W^O``, ``head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)``.
+
+    ``d_model`` is split over ``n_heads`` heads of ``Dh = d_model / n_heads`` (§3.2.2). Self-attention
+    uses one fused ``(D -> 3D)`` QKV projection; cross-attention (``cross_attention=True``) projects
+    queries from the decoder (``q_proj``) and keys/values from the encoder memory (``kv_proj``,
+    ``D -> 2D``), as in §3.2.3 ("queries come from the previous decoder layer, and the memory keys
+    and values come from the output of the encoder").
+
+    The weight layout matches ``torch.nn.MultiheadAttention`` (``qkv_proj.weight`` =
+    ``in_proj_weight``; ``q_proj``/``kv_proj`` are its row blocks) and timm's ``Attention``
+    (``qkv``, ``proj``), so weights map one-to-one.
+
+    Args:
+        d_model: model width ``D``.
+        n_heads: number of heads ``H``; must divide ``d_model``.
+        dropout: dropout on the attention weights (training only).
+        bias: use biases in the projections.
+        cross_attention: keys/values come from a separate ``memory`` input.
+        rope: a shared :class:`RotaryEmbedding` applied to queries and keys (self-attention only).
+
+    Raises:
+        ValueError: ``d_model`` is not divisible by ``n_heads``; ``rope`` with cross-attention.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        cross_attention: bool = False,
+        rope: RotaryEmbedding | None = None,
+    ) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        if rope is not None and cross_attention:
+            raise ValueError("rotary embeddings apply to self-attention only")
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.dropout = dropout
+        self.cross_attention = cross_attention
+        if cross_attention:
+            self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+            self.kv_proj = nn.Linear(d_model, 2 * d_model, bias=bias)
+        else:
+            self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.rope = rope
+        # Set by tx_suite.core.record_attention: keep the last attention weights for inspection.
+        self.record_weights = False
+        self.last_weights: Tensor | None = None
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, T, D) -> (B, H, T, Dh)
+
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor | None = None,
+        *,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``x`` to itself (self-attention) or to ``memory`` (cross-attention).
+
+        Args:
+            x: queries' input ``(B, Tq, D)`` (and keys/values' for self-attention).
+            memory: encoder output ``(B, Tk, D)``; cross-attention only. With a filled ``cache``
+                it may be None (the cached projection is reused).
+            key_padding_mask: ``(B, Tk)`` bool, True = padding. With a self-attention ``cache``
+                give the mask of the new positions only; the cache keeps the earlier ones.
+            attn_mask: bool (True = may attend) or float mask broadcastable to ``(B, H, Tq, Tk)``.
+            is_causal: mask future positions (bottom-right aligned, so it also holds with a cache).
+            cache: :class:`KVCache` for incremental decoding; updated in place.
+            need_weights: also return the attention weights.
+
+        Returns:
+            ``(out, weights)``: ``out`` ``(B, Tq, D)``; ``weights`` ``(B, H, Tq, Tk)`` or None.
+
+        Raises:
+            ValueError: cross-attention without ``memory`` and without a filled cache.
+        """
+        b, t, d = x.shape
+        if self.cross_attention:
+            q = self._split_heads(self.q_proj(x))
+            if cache is not None and cache.k is not None:
+                k, v, key_padding_mask = cache.k, cache.v, cache.key_padding_mask
+            else:
+                if memory is None:
+                    raise ValueError("cross-attention needs `memory` (or a filled cache)")
+                k, v = self.kv_proj(memory).split(d, dim=-1)  # (B, Tk, 2D) -> 2 x (B, Tk, D)
+                k, v = self._split_heads(k), self._split_heads(v)
+                if cache is not None:
+                    cache.set(k, v, key_padding_mask)
+        else:
+            q, k, v = self.qkv_proj(x).split(d, dim=-1)  # (B, T, 3D) -> 3 x (B, T, D)
+            q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+            if self.rope is not None:
+                q, k = self.rope(q, k, offset=cache.length if cache is not None else 0)
+            if cache is not None:
+                k, v = cache.append(k, v, key_padding_mask)
+                key_padding_mask = cache.key_padding_mask
+
+        mask = attn_mask
+        if key_padding_mask is not None:
+            mask = merge_masks(mask, padding_to_attn_mask(key_padding_mask))
+        keep = need_weights or self.record_weights
+        out, weights = scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal, need_weights=keep,
+        )
+        if self.record_weights:
+            self.last_weights = weights.detach()
+        out = out.transpose(1, 2).reshape(b, t, d)  # (B, H, Tq, Dh) -> (B, Tq, D)
+        return self.out_proj(out), (weights if need_weights else None)

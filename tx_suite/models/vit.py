@@ -1,0 +1,173 @@
+"""Vision Transformer (Dosovitskiy et al. 2020) from the shared core and the patch front-end."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from timm.layers import resample_abs_pos_embed
+from torch import Tensor, nn
+
+from ..core import EncoderOnly, TransformerConfig
+from ..frontends import PatchEmbedding
+
+GLOBAL_POOLS = ("token", "avg")
+
+
+class VisionTransformer(nn.Module):
+    """ViT: patch embedding + CLS -> pre-norm encoder -> pooled representation -> linear head.
+
+    ViT §3.1: ``z_0 = [x_class; x_p E] + E_pos``, ``L`` pre-norm layers with GELU MLPs, and
+    ``y = LN(z_L^0)`` (the CLS output) goes to the classifier. ``global_pool="avg"`` averages the
+    patch outputs instead (§D.3 / timm), normalising after pooling as timm does. The module and
+    parameter layout follow timm's ``VisionTransformer`` so that :func:`checkpoint_filter_fn`
+    loads any timm ViT checkpoint of the same shape.
+
+    Args:
+        img_size: input size (int or (H, W)).
+        patch_size: patch side ``P``.
+        in_chans: image channels.
+        num_classes: classes (0 = no head; ``forward`` returns the pooled features).
+        d_model: width ``D``.
+        n_layers: depth ``L``.
+        n_heads: heads.
+        mlp_ratio: ``d_ff / d_model`` (4 in ViT).
+        dropout: dropout in MLP/residual branches and after the position embedding.
+        attn_dropout: dropout on attention weights.
+        drop_path: stochastic-depth rate of the last layer (linear over depth).
+        global_pool: ``"token"`` (CLS) or ``"avg"``.
+        class_token: use a CLS token (required for ``global_pool="token"``).
+        norm_eps: LayerNorm epsilon (1e-6 as timm).
+        head_dropout: dropout before the head.
+
+    Shapes: ``(B, C, H, W) -> (B, num_classes)``.
+
+    Raises:
+        ValueError: unknown ``global_pool`` or ``"token"`` pooling without a class token.
+    """
+
+    def __init__(
+        self,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        d_model: int = 768,
+        n_layers: int = 12,
+        n_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        drop_path: float = 0.0,
+        global_pool: str = "token",
+        class_token: bool = True,
+        norm_eps: float = 1e-6,
+        head_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"unknown global_pool {global_pool!r}; choose one of {GLOBAL_POOLS}")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+        self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.patch_embed = PatchEmbedding(img_size, patch_size, in_chans, d_model, class_token, dropout)
+        cfg = TransformerConfig(
+            d_model=d_model, n_heads=n_heads, d_ff=int(d_model * mlp_ratio), dropout=dropout,
+            attn_dropout=attn_dropout, activation="gelu", norm_first=True, norm_eps=norm_eps,
+            drop_path=drop_path, final_norm=global_pool == "token",
+        )
+        self.encoder = EncoderOnly(cfg, n_layers)
+        self.fc_norm = nn.LayerNorm(d_model, eps=norm_eps) if global_pool == "avg" else nn.Identity()
+        self.head_drop = nn.Dropout(head_dropout)
+        self.head = nn.Linear(d_model, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # timm's default ("original timm impl"): Linear N(0, 0.02) truncated, zero bias.
+        for m in list(self.encoder.modules()) + [self.head]:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.patch_embed.num_prefix_tokens
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay besides norms and biases (timm's convention)."""
+        names = {"patch_embed.pos_embed"}
+        if self.patch_embed.cls_token is not None:
+            names.add("patch_embed.cls_token")
+        return names
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, prefix + N, D)``: encoder outputs (normalised for token pooling)."""
+        return self.encoder(self.patch_embed(images))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pool ``(B, prefix + N, D)`` to ``(B, D)``, then the classifier (unless ``pre_logits``)."""
+        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens:].mean(dim=1)
+        x = self.head_drop(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(images))
+
+
+_TIMM_RENAMES = [
+    (r"^cls_token$", "patch_embed.cls_token"),
+    (r"^pos_embed$", "patch_embed.pos_embed"),
+    (r"^blocks\.(\d+)\.attn\.qkv\.", r"encoder.layers.\1.self_attn.qkv_proj."),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.\1.self_attn.out_proj."),
+    (r"^blocks\.(\d+)\.mlp\.fc(\d)\.", r"encoder.layers.\1.ffn.fc\2."),
+    (r"^blocks\.(\d+)\.norm(\d)\.", r"encoder.layers.\1.norm\2."),
+    (r"^norm\.", "encoder.norm."),
+]
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
+    """Convert a timm ``VisionTransformer`` state dict (or a ``{"model"/"state_dict": ...}``
+    checkpoint) to this model's layout.
+
+    The conv patch projection ``(D, C, P, P)`` is flattened to the linear ``(D, C*P*P)``; the
+    position embedding is resampled (bicubic, as timm) when ``model``'s patch grid differs.
+    A head of a different size is dropped (fine-tuning on new classes keeps the new head).
+
+    Raises:
+        ValueError: the checkpoint uses features this ViT does not have (register tokens,
+            layer scale, QK-norm, ...); the message names the first offending key.
+    """
+    for wrapper in ("state_dict", "model"):
+        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
+            state_dict = state_dict[wrapper]
+    target = model.state_dict()
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        new = key
+        for pattern, repl in _TIMM_RENAMES:
+            new = re.sub(pattern, repl, new)
+        if new == "patch_embed.proj.weight" and value.dim() == 4:
+            value = value.flatten(1)  # (D, C, P, P) -> (D, C*P*P), same order as the einops patchify
+        elif new == "patch_embed.pos_embed" and value.shape != target[new].shape:
+            value = resample_abs_pos_embed(
+                value, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=model.num_prefix_tokens,
+            )
+        elif new.startswith("head.") and new in target and value.shape != target[new].shape:
+            continue
+        if new not in target:
+            raise ValueError(f"cannot map timm weight {key!r} onto this VisionTransformer")
+        out[new] = value
+    return out
+
+
+def load_timm_state_dict(model: VisionTransformer, state_dict: dict[str, Tensor], strict: bool = True):
+    """Load a timm ViT state dict into ``model`` through :func:`checkpoint_filter_fn`.
+
+    With a head of another size skipped, loading is non-strict for the head only.
+    """
+    converted = checkpoint_filter_fn(state_dict, model)
+    missing = [k for k in model.state_dict() if k not in converted]
+    if strict and any(not k.startswith("head.") for k in missing):
+        raise ValueError(f"timm checkpoint lacks weights for: {missing[:5]}")
+    return model.load_state_dict(converted, strict=False)
