@@ -104,3 +104,28 @@ def load_judge(path: str, map_location: str | torch.device = "cpu") -> SceneJudg
              if k.startswith("model.")}
     model.load_state_dict(state)
     return model.eval()
+
+
+@torch.no_grad()
+def judge_predictions(judge: SceneJudge, images: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Log-probabilities per attribute: ``{attribute: (B, n_classes)}`` for ``(B, 3, H, W)`` images."""
+    judge.eval()
+    outs = [judge(chunk) for chunk in images.split(batch_size)]
+    return {k: torch.cat([o[k] for o in outs]).log_softmax(-1) for k in CLASSES}
+
+
+def caption_scores(judge: SceneJudge, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    """Re-ranking score ``sum_a log p_judge(a = caption's value)`` over the four attributes: ``(B,)``.
+
+    Raises:
+        ValueError: a caption that is not a Captioned MNIST caption (see ``parse_caption``).
+    """
+    from tx_suite.data.captions import parse_caption
+
+    attrs = [parse_caption(c) for c in captions]
+    logp = judge_predictions(judge, images)
+    score = torch.zeros(len(attrs))
+    for k in CLASSES:
+        target = torch.tensor([getattr(a, k) for a in attrs])
+        score += logp[k].gather(1, target[:, None]).squeeze(1)
+    return score

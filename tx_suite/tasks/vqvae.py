@@ -128,6 +128,30 @@ class VQVAETask(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+def resolve_checkpoint(spec: str | Path, runs_dir: str | Path = "runs") -> Path:
+    """A checkpoint file from a path or from ``"<experiment>:best"`` / ``"<experiment>:last"``.
+
+    The experiment form picks the most recently written ``<runs_dir>/<experiment>/*/checkpoints/
+    {best,last}.ckpt`` (the run layout of ``tx-suite fit``), so a stage-2 config can name its
+    stage-1 tokenizer without knowing the run id.
+
+    Raises:
+        FileNotFoundError: no such file, or no run of the experiment has that checkpoint.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name, sep, which = str(spec).rpartition(":")
+    if sep and which in ("best", "last") and name and "/" not in name:
+        found = sorted(Path(runs_dir).glob(f"{name}/*/checkpoints/{which}.ckpt"),
+                       key=lambda p: p.stat().st_mtime)
+        if found:
+            return found[-1]
+        raise FileNotFoundError(f"checkpoint {spec!r}: no {runs_dir}/{name}/*/checkpoints/{which}.ckpt "
+                                f"(train it first: tx-suite fit --config experiments/generation/{name}.yaml)")
+    raise FileNotFoundError(f"checkpoint not found: {spec}")
+
+
 def read_checkpoint(path: str | Path, kind: str, required: Sequence[str],
                     map_location: str | torch.device = "cpu") -> dict:
     """Load a Lightning checkpoint with ``weights_only=True`` and check that it is a ``kind`` one.

@@ -34,6 +34,8 @@ def log_image(trainer: pl.Trainer, key: str, image: torch.Tensor, caption: str |
     path = run_dir(trainer) / "images" / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(image, path)
+    if caption:
+        path.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
     return path
 
 
@@ -90,3 +92,27 @@ class ReconstructionGrid(pl.Callback):
                          pad_value=0.5)
         log_image(trainer, "val/reconstructions", grid, "rows: input, reconstruction")
         log_image(trainer, "val/codebook_usage", codebook_usage_plot(pl_module.code_counts))
+
+
+class SampleGrid(pl.Callback):
+    """After each validation epoch, sample ``n_per_caption`` images for each fixed caption with a
+    fixed seed and log one grid (``val/samples``): one row per caption, in the order given.
+
+    Expects the task to expose ``generate(captions, n_per_caption, ...)`` and the
+    ``sample_*`` hyper-parameters (see TextToImageTask).
+    """
+
+    def __init__(self, captions: Sequence[str], n_per_caption: int = 8, seed: int = 0):
+        self.captions = list(captions)
+        self.n_per_caption = n_per_caption
+        self.seed = seed
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not self.captions:
+            return
+        h = pl_module.hparams
+        images = pl_module.generate(self.captions, self.n_per_caption, seed=self.seed,
+                                    temperature=h.sample_temperature, top_k=h.sample_top_k,
+                                    top_p=h.sample_top_p, cfg_scale=h.sample_cfg_scale)
+        grid = make_grid(images, nrow=self.n_per_caption, padding=1, pad_value=0.5)
+        log_image(trainer, "val/samples", grid, " | ".join(self.captions))
