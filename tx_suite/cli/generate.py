@@ -74,8 +74,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.judge is not None:
-        judge_path = resolve_checkpoint(args.judge)  # fail before the slow part
-    task = load_text_to_image(resolve_checkpoint(args.ckpt), tokenizer_ckpt=args.tokenizer)
+        judge_path = resolve_checkpoint(args.judge, kind="judge")  # fail before the slow part
+    task = load_text_to_image(resolve_checkpoint(args.ckpt, kind="text-to-image"),
+                              tokenizer_ckpt=args.tokenizer)
     unknown = task.caption_tokenizer.unknown_rate(captions)
     n_draw = args.n if args.judge is None else (args.candidates or 4 * args.n)
     if n_draw < args.n:

@@ -66,7 +66,7 @@ class TextToImageTask(pl.LightningModule):
                  sample_top_p: float | None = None, sample_cfg_scale: float = 1.0):
         super().__init__()
         self.save_hyperparameters()
-        path = resolve_checkpoint(tokenizer_ckpt)
+        path = resolve_checkpoint(tokenizer_ckpt, kind="VQ-VAE")
         self.hparams["tokenizer_ckpt"] = str(path)
         vqvae = load_vqvae(path)
         # A plain attribute, not a submodule: the frozen tokenizer stays out of this model's
@@ -88,7 +88,7 @@ class TextToImageTask(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.vqvae.to(self.device)
-        dm = getattr(self.trainer, "datamodule", None)
+        dm = getattr(self._trainer, "datamodule", None)  # _trainer: None outside a Trainer
         tok = getattr(dm, "tokenizer", None)
         if tok is not None:
             self.set_caption_tokenizer(tok)

@@ -128,7 +128,7 @@ class VQVAETask(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def resolve_checkpoint(spec: str | Path, runs_dir: str | Path = "runs") -> Path:
+def resolve_checkpoint(spec: str | Path, runs_dir: str | Path = "runs", kind: str = "") -> Path:
     """A checkpoint file from a path or from ``"<experiment>:best"`` / ``"<experiment>:last"``.
 
     The experiment form picks the most recently written ``<runs_dir>/<experiment>/*/checkpoints/
@@ -136,8 +136,10 @@ def resolve_checkpoint(spec: str | Path, runs_dir: str | Path = "runs") -> Path:
     stage-1 tokenizer without knowing the run id.
 
     Raises:
-        FileNotFoundError: no such file, or no run of the experiment has that checkpoint.
+        FileNotFoundError: no such file, or no run of the experiment has that checkpoint (the
+            message starts with ``kind``, e.g. "VQ-VAE checkpoint not found").
     """
+    what = f"{kind} checkpoint" if kind else "checkpoint"
     path = Path(spec)
     if path.is_file():
         return path
@@ -147,9 +149,9 @@ def resolve_checkpoint(spec: str | Path, runs_dir: str | Path = "runs") -> Path:
                        key=lambda p: p.stat().st_mtime)
         if found:
             return found[-1]
-        raise FileNotFoundError(f"checkpoint {spec!r}: no {runs_dir}/{name}/*/checkpoints/{which}.ckpt "
+        raise FileNotFoundError(f"{what} not found: {spec!r}: no {runs_dir}/{name}/*/checkpoints/{which}.ckpt "
                                 f"(train it first: tx-suite fit --config experiments/generation/{name}.yaml)")
-    raise FileNotFoundError(f"checkpoint not found: {spec}")
+    raise FileNotFoundError(f"{what} not found: {spec}")
 
 
 def read_checkpoint(path: str | Path, kind: str, required: Sequence[str],
