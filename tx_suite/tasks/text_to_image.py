@@ -181,8 +181,14 @@ class TextToImageTask(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
-        no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+        # Weight decay on matrices of linear layers only, not on embeddings, positions, <boi>,
+        # biases or norms (as GPT-2/minGPT).
+        def decays(name: str, p: torch.nn.Parameter) -> bool:
+            return p.dim() >= 2 and not any(s in name for s in ("embedding", "pos", "boi"))
+
+        params = list(self.model.named_parameters())
+        decay = [p for n, p in params if decays(n, p)]
+        no_decay = [p for n, p in params if not decays(n, p)]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=(0.9, 0.95))
         total = max(int(self.trainer.estimated_stepping_batches), h.warmup_steps + 1)
