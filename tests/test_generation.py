@@ -43,6 +43,7 @@ def trained(tmp_path_factory):
         task.eval()
         with torch.no_grad():
             text_loss, image_ce = task._losses(batch)
+        task.train()  # Lightning keeps the mode a module enters fit() with
         return image_ce.mean().item()
 
     task.set_caption_tokenizer(dm.tokenizer)
