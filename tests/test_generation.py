@@ -99,3 +99,15 @@ def test_generate_command_writes_a_grid_and_reports_errors(trained, tmp_path, ca
     assert code == 2 and "VQ-VAE checkpoint not found" in err and len(err.strip().splitlines()) == 1
     code = generate_main(["--ckpt", "no_such_experiment:best", "--caption", "x"])
     assert code == 2 and "no runs/no_such_experiment" in capsys.readouterr().err
+
+
+def test_bf16_with_pinned_attention_kernel_trains(trained, tmp_path):
+    with pytest.raises(ValueError, match="sdpa_backend"):
+        TextToImageTask(str(trained["vq"]), **TINY_TF, sdpa_backend="fastest")
+    dm = CaptionedMNISTDataModule(batch_size=16, train_size=64, val_size=16, test_size=16)
+    task = TextToImageTask(str(trained["vq"]), **TINY_TF, sdpa_backend="math")
+    trainer = pl.Trainer(max_steps=3, precision="bf16-mixed", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         default_root_dir=tmp_path)
+    trainer.fit(task, dm)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
