@@ -1,0 +1,55 @@
+"""Emoji: sprite-sheet cells, captions, held-out emoji, caption tokenizers."""
+
+import torch
+
+from tx_suite.data.captions_tokenizer import CaptionTokenizer
+from tx_suite.data.emoji import EmojiDataset, cell_image, load_records, load_sheet, skin_tone_words
+from tx_suite.data.emoji_datamodule import EmojiDataModule
+
+
+def test_records_and_captions():
+    records = load_records("data")
+    assert len(records) == 1911 + 1875  # bases + skin-tone variations (data/README.md)
+    captions = {r.caption for r in records}
+    assert "father christmas: medium-dark skin tone" in captions
+    assert "red apple" in captions
+    assert skin_tone_words("1F3FB-1F3FF") == "light skin tone, dark skin tone"
+    assert skin_tone_words("1F3FD-1F3FD") == "medium skin tone"
+
+
+def test_cells_are_composited_on_white_and_differ_by_vendor():
+    records = {r.caption: r for r in load_records("data")}
+    apple = records["red apple"]
+    tw = cell_image(load_sheet("data", "twitter"), apple.sheet_x, apple.sheet_y)
+    go = cell_image(load_sheet("data", "google"), apple.sheet_x, apple.sheet_y)
+    assert tw.shape == (3, 32, 32) and 0 <= tw.min() and tw.max() <= 1
+    assert torch.allclose(tw[:, 0, 0], torch.ones(3))  # transparent corner -> white
+    r, g, b = tw[:, 12:20, 12:20].mean((1, 2))  # the middle of a red apple is red
+    assert r > 0.6 and r > 2 * g and r > 2 * b
+    assert (tw - go).abs().mean() > 0.02  # two vendors: two different drawings
+
+
+def test_heldout_emoji_are_disjoint_and_keep_variations_together():
+    train = EmojiDataset(split="train", vendors=["twitter"])
+    val = EmojiDataset(split="val", vendors=["twitter"])
+    test = EmojiDataset(split="test", vendors=["twitter"])
+    names = [{r.name for r in d.records} for d in (train, val, test)]
+    assert not names[0] & names[1] and not names[0] & names[2] and not names[1] & names[2]
+    assert len(train) + len(val) + len(test) == 3786
+    assert 0.05 < (len(names[1]) + len(names[2])) / 1911 < 0.15
+    # Same choice when the vendor set changes: the split is a function of the name only.
+    both = EmojiDataset(split="val")
+    assert {r.name for r in both.records} == names[1] and len(both) == 2 * len(val)
+    assert both[len(val)]["vendor"] == 1 and both[0]["caption"] == both[len(val)]["caption"]
+
+
+def test_bpe_covers_heldout_names_better_than_words():
+    dm = EmojiDataModule(tokenizer="bpe", vocab_size=1024, text_len=24)
+    dm.setup("fit")
+    held = [r.caption for r in dm.datasets["val"].records]
+    word = CaptionTokenizer.train([r.caption for r in dm.datasets["train"].records], kind="word",
+                                  vocab_size=1024, max_len=24)
+    assert dm.tokenizer.vocab_size <= 1024
+    assert dm.tokenizer.unknown_rate(held) < 0.01 < word.unknown_rate(held)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["text"].shape == (64, 24) and batch["image"].shape == (64, 3, 32, 32)

@@ -1,0 +1,113 @@
+"""Text-to-image stage 2: loss goes down on real scenes, checkpoints, tokenizer checks, CLI."""
+
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from tx_suite.cli.generate import main as generate_main
+from tx_suite.data.captioned_mnist_datamodule import CaptionedMNISTDataModule
+from tx_suite.tasks.text_to_image import TextToImageTask, TokenizerMismatchError, load_text_to_image
+from tx_suite.tasks.vqvae import VQVAETask
+
+TINY_VQ = dict(hidden=16, res_channels=8, n_res_blocks=1, codebook_size=32, codebook_dim=8, log_images=0)
+TINY_TF = dict(text_vocab_size=64, text_len=16, d_model=32, n_heads=4, d_ff=64, n_layers=2,
+               dropout=0.0, warmup_steps=5, lr=3e-3)
+
+
+def save_vqvae(path, images, seed):
+    torch.manual_seed(seed)
+    task = VQVAETask(**TINY_VQ)
+    task.model(images)  # k-means initialisation of the codebook from real encodings
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("t2i")
+    pl.seed_everything(0)
+    dm = CaptionedMNISTDataModule(batch_size=32, train_size=640, val_size=64, test_size=64)
+    dm.setup("fit")
+    images = torch.stack([dm.datasets["train"][i]["image"] for i in range(128)])
+    vq = save_vqvae(tmp / "vq.ckpt", images, seed=0)
+    task = TextToImageTask(str(vq), **TINY_TF)
+    batch = dm.collate([dm.datasets["val"][i] for i in range(64)])
+    task.setup("fit")
+
+    def val_loss():
+        task.eval()
+        with torch.no_grad():
+            text_loss, image_ce = task._losses(batch)
+        task.train()  # Lightning keeps the mode a module enters fit() with
+        return image_ce.mean().item()
+
+    task.set_caption_tokenizer(dm.tokenizer)
+    before = val_loss()
+    trainer = pl.Trainer(max_steps=40, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, default_root_dir=tmp)
+    trainer.fit(task, dm)
+    after = val_loss()
+    ckpt = tmp / "t2i.ckpt"
+    trainer.save_checkpoint(ckpt)
+    return dict(tmp=tmp, vq=vq, ckpt=ckpt, before=before, after=after, images=images, task=task)
+
+
+def test_a_few_steps_on_real_scenes_lower_the_image_loss(trained):
+    assert trained["after"] < 0.8 * trained["before"], (trained["before"], trained["after"])
+
+
+def test_checkpoint_round_trip_and_tokenizer_checks(trained):
+    task = load_text_to_image(trained["ckpt"])
+    assert task.caption_tokenizer is not None and not task.model.training
+    ref = trained["task"]
+    torch.testing.assert_close(task.model.image_head.weight, ref.model.image_head.weight)
+    # The frozen VQ-VAE is not part of the stage-2 state_dict (stage 2 loads it by path).
+    assert not any(k.startswith("vqvae") for k in task.state_dict())
+    a = task.generate(["top-left: tiny red 7"], 2, seed=3)
+    b = task.generate(["top-left: tiny red 7"], 2, seed=3, use_cache=False)
+    assert a.shape == (2, 3, 32, 32) and torch.allclose(a, b)
+
+    other = save_vqvae(trained["tmp"] / "other.ckpt", trained["images"], seed=1)
+    with pytest.raises(TokenizerMismatchError, match="not the VQ-VAE this model was trained with"):
+        load_text_to_image(trained["ckpt"], tokenizer_ckpt=str(other))
+    with pytest.raises(FileNotFoundError, match="pass the stage-1 checkpoint explicitly"):
+        load_text_to_image(trained["ckpt"], tokenizer_ckpt=str(trained["tmp"] / "gone.ckpt"))
+
+
+def test_generate_command_writes_a_grid_and_reports_errors(trained, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a small red seven in the top left\n\ntop-right: big blue 3\n")
+    code = generate_main(["--ckpt", str(trained["ckpt"]), "--captions-file", str(captions),
+                          "--caption", "center: large green 0", "--n", "3", "--top-k", "20",
+                          "--cfg-scale", "2", "--out", str(out)])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["captions"] == 3 and summary["images_sampled"] == 9
+    with Image.open(out) as im:
+        assert im.size == (3 * 33 + 1, 3 * 33 + 1)  # 3 x 3 cells of 32 px, 1 px padding
+
+    code = generate_main(["--ckpt", str(trained["ckpt"]), "--tokenizer", str(tmp_path / "no.ckpt"),
+                          "--caption", "x", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "VQ-VAE checkpoint not found" in err and len(err.strip().splitlines()) == 1
+    code = generate_main(["--ckpt", "no_such_experiment:best", "--caption", "x"])
+    assert code == 2 and "no runs/no_such_experiment" in capsys.readouterr().err
+
+
+def test_bf16_with_pinned_attention_kernel_trains(trained, tmp_path):
+    with pytest.raises(ValueError, match="sdpa_backend"):
+        TextToImageTask(str(trained["vq"]), **TINY_TF, sdpa_backend="fastest")
+    dm = CaptionedMNISTDataModule(batch_size=16, train_size=64, val_size=16, test_size=16)
+    task = TextToImageTask(str(trained["vq"]), **TINY_TF, sdpa_backend="math")
+    trainer = pl.Trainer(max_steps=3, precision="bf16-mixed", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         default_root_dir=tmp_path)
+    trainer.fit(task, dm)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])

@@ -1,0 +1,79 @@
+"""LightningDataModule for captioned emoji (VQ-VAE and text-to-image stages)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, default_collate
+
+from tx_suite.data.captions_tokenizer import CaptionTokenizer
+from tx_suite.data.emoji import VENDORS, EmojiDataset
+
+
+class EmojiDataModule(pl.LightningDataModule):
+    """Emoji images captioned with their names; held-out emoji (by base name) for val and test.
+
+    Args:
+        root: data root holding ``emoji/``.
+        batch_size: images per batch.
+        train_vendors, eval_vendors: sprite sheets for training and for val/test (training on
+            one vendor and measuring on the other is the held-out-vendor check of
+            ``data/README.md``).
+        heldout_fraction: fraction of base emoji held out; half go to val, half to test.
+        seed: seed of the held-out choice.
+        skin_tones: include skin-tone variations.
+        tokenizer: ``"bpe"`` (sub-words: held-out names rarely hit ``[UNK]``) or ``"word"``.
+        vocab_size: caption vocabulary size (specials included), learned from training captions.
+        text_len: captions are padded/cut to this many tokens.
+        num_workers: DataLoader workers.
+
+    Batches are dicts: ``image`` ``(B, 3, 32, 32)`` in [0, 1], ``text`` ``(B, text_len)`` long,
+    ``vendor`` ``(B,)`` long, ``caption`` (list of str).
+    """
+
+    def __init__(self, root: str = "data", batch_size: int = 64,
+                 train_vendors: Sequence[str] = VENDORS, eval_vendors: Sequence[str] = VENDORS,
+                 heldout_fraction: float = 0.1, seed: int = 0, skin_tones: bool = True,
+                 tokenizer: str = "bpe", vocab_size: int = 1024, text_len: int = 24,
+                 num_workers: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.datasets: dict[str, EmojiDataset] = {}
+        train = self._dataset("train", train_vendors)
+        self.datasets["train"] = train
+        self.tokenizer = CaptionTokenizer.train([r.caption for r in train.records], kind=tokenizer,
+                                                vocab_size=vocab_size, max_len=text_len)
+
+    def _dataset(self, split: str, vendors: Sequence[str]) -> EmojiDataset:
+        h = self.hparams
+        return EmojiDataset(h.root, split=split, vendors=list(vendors),
+                            heldout_fraction=h.heldout_fraction, seed=h.seed,
+                            skin_tones=h.skin_tones)
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in ("val", "test"):
+            if split not in self.datasets:
+                self.datasets[split] = self._dataset(split, self.hparams.eval_vendors)
+
+    def collate(self, items: list[dict]) -> dict:
+        batch = default_collate(items)
+        batch["text"] = self.tokenizer.encode(batch["caption"])
+        return batch
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+                          num_workers=self.hparams.num_workers, collate_fn=self.collate,
+                          persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

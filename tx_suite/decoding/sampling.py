@@ -1,0 +1,153 @@
+"""Ancestral sampling of image tokens: temperature, top-k, top-p, classifier-free guidance.
+
+Plain torch. The model is anything with the interface of
+:class:`~tx_suite.models.text_to_image.TextToImageTransformer`: ``new_cache()``,
+``prefill(text, cache)``, ``step(codes, cache)``, ``next_image_logits(text, codes)`` and
+``num_image_tokens``. With ``use_cache=True`` each step feeds one token through the decoder's KV
+cache (O(T) work per step); without it every step recomputes the whole prefix (O(T^2)), which is
+the reference the cached path must reproduce exactly for a fixed seed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+
+class ImageTokenModel(Protocol):
+    num_image_tokens: int
+
+    def new_cache(self): ...
+    def prefill(self, text: Tensor, cache) -> Tensor: ...
+    def step(self, codes: Tensor, cache) -> Tensor: ...
+    def next_image_logits(self, text: Tensor, codes: Tensor) -> Tensor: ...
+
+
+def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Mask logits outside the top-k (Fan et al. 2018) and/or the nucleus of cumulative
+    probability ``top_p`` (Holtzman et al. 2020, Sec. 3.1) to ``-inf``.
+
+    ``logits`` ``(B, K)`` -> ``(B, K)``. The most likely token always survives.
+
+    Raises:
+        ValueError: ``top_k < 1`` or ``top_p`` outside (0, 1].
+    """
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if top_k < logits.size(-1):
+            kth = logits.topk(top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cum = sorted_logits.softmax(-1).cumsum(-1)
+            # Drop a token when the tokens before it already reach top_p.
+            drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+            drop = drop_sorted.scatter(-1, order, drop_sorted)
+            logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def guided_logits(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance on logits: ``uncond + scale * (cond - uncond)``.
+
+    Ho and Salimans 2022, Eq. 6 (on scores), applied to next-token logits as in Make-A-Scene
+    (Gafni et al. 2022, Sec. 3.3) and Parti (Yu et al. 2022, Sec. 3.1). ``scale = 1`` is plain
+    conditional sampling; ``scale > 1`` trades diversity for caption fidelity.
+    """
+    return uncond + scale * (cond - uncond)
+
+
+def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """Draw one token per row: ``(B, K)`` logits -> ``(B,)`` long.
+
+    ``temperature = 0`` is greedy (argmax).
+
+    Raises:
+        ValueError: negative temperature (and see :func:`filter_logits`).
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def sample_image_tokens(model: ImageTokenModel, text: Tensor, *, temperature: float = 1.0,
+                        top_k: int | None = None, top_p: float | None = None,
+                        cfg_scale: float = 1.0, null_text: Tensor | None = None,
+                        use_cache: bool = True, generator: torch.Generator | None = None) -> Tensor:
+    """Sample a full grid of image tokens for each caption.
+
+    Args:
+        model: see the module docstring (put it in eval mode first).
+        text: ``(B, L)`` caption tokens.
+        temperature, top_k, top_p: see :func:`sample_next`.
+        cfg_scale: classifier-free guidance scale (1 = off). Needs ``null_text``.
+        null_text: ``(L,)`` or ``(B, L)`` tokens of the empty caption the model was trained
+            with under caption dropout (all padding).
+        use_cache: incremental decoding with the decoder's KV cache.
+        generator: torch RNG for reproducible samples.
+
+    Returns:
+        ``(B, N)`` long codes in raster order.
+
+    Raises:
+        ValueError: ``cfg_scale != 1`` without ``null_text``.
+    """
+    guided = cfg_scale != 1.0
+    if guided:
+        if null_text is None:
+            raise ValueError("classifier-free guidance (cfg_scale != 1) needs null_text")
+        # One batch of 2B rows: conditional first, unconditional second.
+        text = torch.cat([text, null_text.expand_as(text)], dim=0)
+    b = text.size(0) // (2 if guided else 1)
+
+    def pick(logits: Tensor) -> Tensor:
+        if guided:
+            logits = guided_logits(logits[:b], logits[b:], cfg_scale)
+        token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        return torch.cat([token, token]) if guided else token
+
+    n = model.num_image_tokens
+    codes = text.new_zeros(text.size(0), 0)
+    if use_cache:
+        cache = model.new_cache()
+        logits = model.prefill(text, cache)
+    else:
+        logits = model.next_image_logits(text, codes)
+    for i in range(n):
+        codes = torch.cat([codes, pick(logits)[:, None]], dim=1)
+        if i == n - 1:
+            break
+        logits = model.step(codes[:, -1:], cache) if use_cache else model.next_image_logits(text, codes)
+    return codes[:b]
+
+
+@torch.no_grad()
+def rerank(candidates: Tensor, scores: Tensor, n_candidates: int, keep: int = 1) -> Tensor:
+    """Keep the ``keep`` best of each caption's ``n_candidates`` (DALL-E's CLIP re-ranking,
+    Ramesh et al. 2021, Sec. 2.5, with any scorer).
+
+    Args:
+        candidates: ``(B * n_candidates, ...)``, the candidates of caption ``i`` at rows
+            ``i * n_candidates .. (i + 1) * n_candidates - 1``.
+        scores: ``(B * n_candidates,)``, higher is better.
+
+    Returns:
+        ``(B * keep, ...)``, best first within each caption.
+    """
+    s = scores.view(-1, n_candidates)  # (B * n,) -> (B, n)
+    best = s.topk(keep, dim=1).indices + torch.arange(s.size(0), device=s.device)[:, None] * n_candidates
+    return candidates[best.flatten()]
+
+
+Scorer = Callable[[Tensor, list[str]], Tensor]

@@ -1,0 +1,306 @@
+"""TextToImageTask: stage 2 of DALL-E on a frozen stage-1 VQ-VAE tokenizer loaded by path."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from pathlib import Path
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+
+from tx_suite.data.captions_tokenizer import CaptionTokenizer
+from tx_suite.decoding.sampling import sample_image_tokens
+from tx_suite.models.text_to_image import TextToImageTransformer
+from tx_suite.models.vqvae import VQVAE
+from tx_suite.tasks.callbacks.generation_images import SampleGrid
+from tx_suite.tasks.vqvae import codebook_fingerprint, load_vqvae, read_checkpoint, resolve_checkpoint
+
+_SDPA_BACKENDS = ("MATH", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION")
+#: TextToImageTask hyper-parameters that define the transformer.
+MODEL_KEYS = ("text_vocab_size", "text_len", "d_model", "n_heads", "d_ff", "n_layers", "dropout")
+
+
+class TokenizerMismatchError(ValueError):
+    """The VQ-VAE given is not the one the text-to-image model was trained with."""
+
+
+class TextToImageTask(pl.LightningModule):
+    """Autoregressive cross-entropy over ``[text, <boi>, image tokens]``.
+
+    Loss (Ramesh et al. 2021, Sec. 2.2): ``text_loss_weight * CE_text + image_loss_weight *
+    CE_image``, each averaged over its own tokens (DALL-E: 1/8 and 7/8); padded text targets are
+    ignored. Caption dropout (probability ``caption_dropout``: the caption is replaced by the
+    empty, all-padding caption) trains the unconditional model that classifier-free guidance needs
+    (Ho and Salimans 2022, Sec. 3.2).
+
+    Args:
+        tokenizer_ckpt: stage-1 :class:`~tx_suite.tasks.vqvae.VQVAETask` checkpoint: a file, or
+            ``"<experiment>:best"`` / ``"<experiment>:last"`` for the newest such checkpoint
+            under ``runs/<experiment>/``. Stored resolved, and identified by its codebook
+            fingerprint so a different tokenizer is refused when the model is loaded.
+        text_vocab_size, text_len: caption vocabulary size (upper bound) and padded length;
+            they must match the datamodule's tokenizer.
+        image_size: side of the (square) images the VQ-VAE was trained on.
+        d_model, n_heads, d_ff, n_layers, dropout: transformer sizes.
+        text_loss_weight, image_loss_weight: loss weights.
+        caption_dropout: probability of training on the empty caption.
+        lr, weight_decay, warmup_steps: AdamW, linear warm-up then cosine decay.
+        sdpa_backend: pin the attention kernel in training and evaluation steps (a
+            ``torch.nn.attention.SDPBackend`` name in lower case: ``"math"``,
+            ``"flash_attention"``, ``"efficient_attention"``, ``"cudnn_attention"``; None =
+            PyTorch's choice). On CPU with
+            ``trainer.precision: bf16-mixed`` the math kernel is ~1.5x faster than the default
+            at these sequence lengths (see docs/generation.md).
+        sample_captions: captions of the per-validation sample grid (``val/samples``).
+        samples_per_caption, sample_temperature, sample_top_k, sample_top_p, sample_cfg_scale:
+            options of that grid's sampling.
+
+    Logged: ``{train,val}/loss``, ``{train,val}/text_loss``, ``{train,val}/image_loss`` (nats
+    per token), ``{val,test}/bits_per_image_token`` (= image CE / ln 2, without caption dropout)
+    and, when batches carry a ``heldout`` flag, the same for ``_seen`` / ``_heldout`` captions.
+    """
+
+    def __init__(self, tokenizer_ckpt: str, text_vocab_size: int = 64, text_len: int = 16,
+                 image_size: int = 32, d_model: int = 128, n_heads: int = 4, d_ff: int = 512,
+                 n_layers: int = 4, dropout: float = 0.1, text_loss_weight: float = 0.125,
+                 image_loss_weight: float = 0.875, caption_dropout: float = 0.1,
+                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 200,
+                 sample_captions: Sequence[str] | None = None, samples_per_caption: int = 8,
+                 sample_temperature: float = 1.0, sample_top_k: int | None = None,
+                 sample_top_p: float | None = None, sample_cfg_scale: float = 1.0,
+                 sdpa_backend: str | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        if sdpa_backend is not None and sdpa_backend.upper() not in _SDPA_BACKENDS:
+            raise ValueError(f"sdpa_backend must be one of {sorted(b.lower() for b in _SDPA_BACKENDS)} "
+                             f"or null, got {sdpa_backend!r}")
+        path = resolve_checkpoint(tokenizer_ckpt, kind="VQ-VAE")
+        self.hparams["tokenizer_ckpt"] = str(path)
+        vqvae = load_vqvae(path)
+        # A plain attribute, not a submodule: the frozen tokenizer stays out of this model's
+        # state_dict, optimiser and train()/eval() switching (stage 2 loads it by path).
+        object.__setattr__(self, "vqvae", vqvae)
+        self.tokenizer_fingerprint = codebook_fingerprint(vqvae)
+        grid = vqvae.grid_size(image_size)
+        self.model = TextToImageTransformer(
+            text_vocab_size=text_vocab_size, text_len=text_len, codebook_size=vqvae.codebook_size,
+            grid_height=grid, grid_width=grid, d_model=d_model, n_heads=n_heads, d_ff=d_ff,
+            n_layers=n_layers, dropout=dropout)
+        self.caption_tokenizer: CaptionTokenizer | None = None
+        self.bits = torch.nn.ModuleDict({f"{s}_{sub}": MeanMetric() for s in ("val", "test")
+                                         for sub in ("all", "seen", "heldout")})
+
+    vqvae: VQVAE
+
+    # ---- setup and checkpoints -----------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        self.vqvae.to(self.device)
+        dm = getattr(self._trainer, "datamodule", None)  # _trainer: None outside a Trainer
+        tok = getattr(dm, "tokenizer", None)
+        if tok is not None:
+            self.set_caption_tokenizer(tok)
+
+    def set_caption_tokenizer(self, tok: CaptionTokenizer) -> None:
+        """Attach the caption tokenizer (saved into checkpoints for ``tx-suite generate``).
+
+        Raises:
+            ValueError: its vocabulary or length does not fit the model.
+        """
+        h = self.hparams
+        if tok.vocab_size > h.text_vocab_size or tok.max_len != h.text_len:
+            raise ValueError(
+                f"caption tokenizer (vocab {tok.vocab_size}, length {tok.max_len}) does not fit the "
+                f"model (text_vocab_size {h.text_vocab_size}, text_len {h.text_len}); set "
+                f"model.init_args.text_vocab_size >= {tok.vocab_size} and text_len = {tok.max_len}")
+        self.caption_tokenizer = tok
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer_fingerprint"] = self.tokenizer_fingerprint
+        if self.caption_tokenizer is not None:
+            checkpoint["caption_tokenizer"] = self.caption_tokenizer.to_str()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_fingerprint(checkpoint, self.tokenizer_fingerprint, self.hparams.tokenizer_ckpt)
+        if "caption_tokenizer" in checkpoint:
+            self.caption_tokenizer = CaptionTokenizer.from_str(checkpoint["caption_tokenizer"],
+                                                               self.hparams.text_len)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        captions = list(self.hparams.sample_captions or [])
+        return [SampleGrid(captions, self.hparams.samples_per_caption)] if captions else []
+
+    # ---- training ------------------------------------------------------------------------------
+
+    def _attention_kernel(self):
+        """Context pinning the SDPA kernel to ``sdpa_backend`` (a no-op when it is None)."""
+        if self.hparams.sdpa_backend is None:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([getattr(SDPBackend, self.hparams.sdpa_backend.upper())])
+
+    def _losses(self, batch: dict, caption_dropout: float = 0.0):
+        text = batch["text"]
+        # Targets in full precision: under bf16 autocast the nearest-code search could flip codes.
+        with torch.autocast(batch["image"].device.type, enabled=False):
+            codes = self.vqvae.encode(batch["image"].float()).flatten(1)  # (B, h, w) -> (B, N)
+        if caption_dropout > 0:
+            drop = torch.rand(text.size(0), device=text.device) < caption_dropout
+            text = text.masked_fill(drop[:, None], self.model.pad_id)
+        with self._attention_kernel():
+            out = self.model(text, codes)
+        targets = text[:, 1:]
+        if (targets != self.model.pad_id).any():
+            text_loss = F.cross_entropy(out.text_logits.float().transpose(1, 2), targets,
+                                        ignore_index=self.model.pad_id)
+        else:
+            text_loss = out.text_logits.sum() * 0.0
+        image_ce = F.cross_entropy(out.image_logits.float().transpose(1, 2), codes, reduction="none")
+        return text_loss, image_ce  # scalar, (B, N)
+
+    def _total(self, text_loss, image_loss):
+        h = self.hparams
+        return h.text_loss_weight * text_loss + h.image_loss_weight * image_loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        text_loss, image_ce = self._losses(batch, self.hparams.caption_dropout)
+        image_loss = image_ce.mean()
+        loss = self._total(text_loss, image_loss)
+        n = batch["text"].size(0)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/text_loss", text_loss, batch_size=n)
+        self.log("train/image_loss", image_loss, batch_size=n)
+        return loss
+
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        text_loss, image_ce = self._losses(batch)
+        image_loss = image_ce.mean()
+        n = batch["text"].size(0)
+        self.log(f"{stage}/loss", self._total(text_loss, image_loss), prog_bar=True, batch_size=n)
+        self.log(f"{stage}/text_loss", text_loss, batch_size=n)
+        self.log(f"{stage}/image_loss", image_loss, batch_size=n)
+        bits = image_ce.mean(1) / math.log(2)  # (B,) bits per image token of each image
+        subsets = {"all": torch.ones_like(bits, dtype=torch.bool)}
+        if "heldout" in batch:
+            subsets.update(seen=~batch["heldout"], heldout=batch["heldout"])
+        for sub, mask in subsets.items():
+            if mask.any():
+                metric = self.bits[f"{stage}_{sub}"]
+                metric.update(bits[mask])
+                suffix = "" if sub == "all" else f"_{sub}"
+                self.log(f"{stage}/bits_per_image_token{suffix}", metric, batch_size=int(mask.sum()),
+                         prog_bar=sub == "all")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        h = self.hparams
+        # Weight decay on matrices of linear layers only, not on embeddings, positions, <boi>,
+        # biases or norms (as GPT-2/minGPT).
+        def decays(name: str, p: torch.nn.Parameter) -> bool:
+            return p.dim() >= 2 and not any(s in name for s in ("embedding", "pos", "boi"))
+
+        params = list(self.model.named_parameters())
+        decay = [p for n, p in params if decays(n, p)]
+        no_decay = [p for n, p in params if not decays(n, p)]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=(0.9, 0.95))
+        total = max(int(self.trainer.estimated_stepping_batches), h.warmup_steps + 1)
+
+        def schedule(step: int) -> float:
+            # Linear warm-up, then cosine decay to 10% (as GPT-3, Brown et al. 2020, App. B).
+            if step < h.warmup_steps:
+                return (step + 1) / h.warmup_steps
+            t = (step - h.warmup_steps) / max(total - h.warmup_steps, 1)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- generation ----------------------------------------------------------------------------
+
+    def null_text(self) -> torch.Tensor:
+        """The empty caption ``(L,)`` (all padding) that caption dropout trained on."""
+        return torch.full((self.hparams.text_len,), self.model.pad_id, dtype=torch.long,
+                          device=self.device)
+
+    @torch.no_grad()
+    def generate(self, captions: Sequence[str], n_per_caption: int = 1, *,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 cfg_scale: float = 1.0, use_cache: bool = True, seed: int | None = 0,
+                 batch_size: int = 64) -> torch.Tensor:
+        """Images for ``captions``: ``(len(captions) * n_per_caption, 3, H, W)`` in [0, 1],
+        the ``n_per_caption`` images of caption ``i`` at rows ``i * n .. (i + 1) * n - 1``.
+
+        Raises:
+            RuntimeError: no caption tokenizer attached (train with a datamodule first).
+        """
+        if self.caption_tokenizer is None:
+            raise RuntimeError("no caption tokenizer: load a checkpoint saved by training, or "
+                               "call set_caption_tokenizer()")
+        was_training = self.model.training
+        self.model.eval()
+        text = self.caption_tokenizer.encode(list(captions)).to(self.device)
+        text = text.repeat_interleave(n_per_caption, dim=0)  # (C, L) -> (C * n, L)
+        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        images = []
+        for chunk in text.split(batch_size):
+            codes = sample_image_tokens(self.model, chunk, temperature=temperature, top_k=top_k,
+                                        top_p=top_p, cfg_scale=cfg_scale, null_text=self.null_text(),
+                                        use_cache=use_cache, generator=gen)
+            h, w = self.model.grid
+            images.append(self.vqvae.decode(codes.view(-1, h, w)))  # (b, N) -> (b, h, w)
+        self.model.train(was_training)
+        return torch.cat(images)
+
+
+def check_fingerprint(checkpoint: dict, fingerprint: str, tokenizer_path: str) -> None:
+    """Raise :class:`TokenizerMismatchError` when ``checkpoint`` was trained on another codebook."""
+    expected = checkpoint.get("tokenizer_fingerprint")
+    if expected is not None and expected != fingerprint:
+        raise TokenizerMismatchError(
+            f"tokenizer checkpoint {tokenizer_path} (codebook {fingerprint}) is not the VQ-VAE this "
+            f"model was trained with (codebook {expected}); pass the matching stage-1 checkpoint")
+
+
+def load_text_to_image(path: str | Path, tokenizer_ckpt: str | None = None,
+                       map_location: str | torch.device = "cpu") -> TextToImageTask:
+    """A trained :class:`TextToImageTask` in eval mode, with its VQ-VAE and caption tokenizer.
+
+    Args:
+        path: the stage-2 checkpoint.
+        tokenizer_ckpt: the stage-1 checkpoint; default: the path recorded at training time.
+
+    Raises:
+        FileNotFoundError: a checkpoint is missing (the message says which).
+        TokenizerMismatchError: ``tokenizer_ckpt`` is not the VQ-VAE the model was trained with.
+        ValueError: not a text-to-image checkpoint, or one without a caption tokenizer.
+    """
+    ckpt = read_checkpoint(path, "text-to-image", required=("tokenizer_ckpt", *MODEL_KEYS),
+                           map_location=map_location)
+    hparams = dict(ckpt["hyper_parameters"])
+    if tokenizer_ckpt is not None:
+        hparams["tokenizer_ckpt"] = tokenizer_ckpt
+    if "caption_tokenizer" not in ckpt:
+        raise ValueError(f"{path} has no caption tokenizer (it was saved without a datamodule)")
+    try:
+        task = TextToImageTask(**hparams)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err} (needed by {path}; pass the stage-1 checkpoint "
+                                "explicitly, e.g. --tokenizer PATH)") from None
+    task.on_load_checkpoint(ckpt)
+    try:
+        task.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise TokenizerMismatchError(f"{path} does not fit tokenizer {hparams['tokenizer_ckpt']}: "
+                                     f"{str(err).splitlines()[0]}") from None
+    return task.eval()
