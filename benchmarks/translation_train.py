@@ -21,39 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-
-def load_config(path: Path) -> dict:
-    """The config with its ``_base_`` files merged (tx_suite.utils.config when available)."""
-    try:
-        from tx_suite.utils.config import load_config as lc
-        return lc(path)
-    except ImportError:
-        pass
-
-    def merge(a, b):
-        if not (isinstance(a, dict) and isinstance(b, dict)):
-            return copy.deepcopy(b)
-        if "class_path" in a and "class_path" in b and a["class_path"] != b["class_path"]:
-            return copy.deepcopy(b)
-        out = copy.deepcopy(a)
-        for k, v in b.items():
-            out[k] = merge(out[k], v) if k in out else copy.deepcopy(v)
-        return out
-
-    data = yaml.safe_load(path.read_text()) or {}
-    bases = data.pop("_base_", [])
-    merged: dict = {}
-    for base in [bases] if isinstance(bases, str) else bases:
-        base_path = (path.parent / base).resolve()
-        if base_path.is_file():  # ../base/trainer.yaml may not exist yet on this branch
-            merged = merge(merged, load_config(base_path))
-    return merge(merged, data)
+from tx_suite.utils.config import load_config  # noqa: E402  (_base_ merged as the CLI does)
 
 
 def build(spec: dict, **extra):

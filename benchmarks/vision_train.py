@@ -24,35 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def merge(base, over):
-    """``_base_`` merge as the CLI's: dicts recursively, a new class_path replaces the subtree."""
-    if not (isinstance(base, dict) and isinstance(over, dict)):
-        return copy.deepcopy(over)
-    if "class_path" in base and "class_path" in over and base["class_path"] != over["class_path"]:
-        return copy.deepcopy(over)
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = merge(out[k], v) if k in out else copy.deepcopy(v)
-    return out
-
-
-def load_config(path: Path) -> dict:
-    data = yaml.safe_load(path.read_text()) or {}
-    bases = data.pop("_base_", [])
-    merged: dict = {}
-    for b in [bases] if isinstance(bases, str) else bases:
-        bpath = (path.parent / b).resolve()
-        if not bpath.is_file():  # the shared trainer base only sets trainer/logger defaults
-            print(f"note: base config {bpath} not found, skipped", file=sys.stderr)
-            continue
-        merged = merge(merged, load_config(bpath))
-    return merge(merged, data)
+from tx_suite.utils.config import load_config  # noqa: E402  (_base_ merged as the CLI does)
 
 
 def instantiate(spec: dict):
