@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import pytorch_lightning as pl
-from torch.utils.data import DataLoader, default_collate
-
 from tx_suite.data.captioned_mnist import CaptionedMNIST
 from tx_suite.data.captions import DEFAULT_HELDOUT_PAIRS, caption_vocabulary, parse_pairs
+from tx_suite.data.captioned_images_datamodule import CaptionedImagesDataModule
 from tx_suite.data.captions_tokenizer import CaptionTokenizer
 
 
-class CaptionedMNISTDataModule(pl.LightningDataModule):
+class CaptionedMNISTDataModule(CaptionedImagesDataModule):
     """Captioned MNIST: train scenes from MNIST train digits, val/test scenes from MNIST test digits.
 
     Args:
@@ -59,25 +57,3 @@ class CaptionedMNISTDataModule(pl.LightningDataModule):
             self.datasets["val"] = self._dataset("val", h.eval_combos, h.val_size)
         if stage in (None, "test", "predict") and "test" not in self.datasets:
             self.datasets["test"] = self._dataset("test", h.eval_combos, h.test_size)
-
-    def collate(self, items: list[dict]) -> dict:
-        batch = default_collate(items)
-        batch["text"] = self.tokenizer.encode(batch["caption"])
-        return batch
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=self.hparams.num_workers, collate_fn=self.collate,
-                          persistent_workers=self.hparams.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

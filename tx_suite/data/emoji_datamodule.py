@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import pytorch_lightning as pl
-from torch.utils.data import DataLoader, default_collate
-
+from tx_suite.data.captioned_images_datamodule import CaptionedImagesDataModule
 from tx_suite.data.captions_tokenizer import CaptionTokenizer
 from tx_suite.data.emoji import VENDORS, EmojiDataset
 
 
-class EmojiDataModule(pl.LightningDataModule):
+class EmojiDataModule(CaptionedImagesDataModule):
     """Emoji images captioned with their names; held-out emoji (by base name) for val and test.
 
     Args:
@@ -55,25 +53,3 @@ class EmojiDataModule(pl.LightningDataModule):
         for split in ("val", "test"):
             if split not in self.datasets:
                 self.datasets[split] = self._dataset(split, self.hparams.eval_vendors)
-
-    def collate(self, items: list[dict]) -> dict:
-        batch = default_collate(items)
-        batch["text"] = self.tokenizer.encode(batch["caption"])
-        return batch
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          num_workers=self.hparams.num_workers, collate_fn=self.collate,
-                          persistent_workers=self.hparams.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -1,0 +1,45 @@
+"""Loader plumbing shared by the captioned-image datamodules (Captioned MNIST, emoji)."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from tx_suite.data.captions_tokenizer import CaptionTokenizer
+
+
+class CaptionedImagesDataModule(pl.LightningDataModule):
+    """Base for datamodules whose items are dicts with an ``image`` and a ``caption`` string.
+
+    Subclasses fill ``self.datasets`` (keys ``train``/``val``/``test``) in ``setup`` and set
+    ``self.tokenizer``; batches gain ``text`` ``(B, text_len)`` long, the tokenized captions.
+    ``predict`` uses the test split. Reads ``batch_size`` and ``num_workers`` from the hparams.
+    """
+
+    tokenizer: CaptionTokenizer
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.datasets: dict[str, Dataset] = {}
+
+    def collate(self, items: list[dict]) -> dict:
+        batch = default_collate(items)
+        batch["text"] = self.tokenizer.encode(batch["caption"])
+        return batch
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+                          num_workers=self.hparams.num_workers, collate_fn=self.collate,
+                          persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
