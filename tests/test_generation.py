@@ -111,3 +111,27 @@ def test_bf16_with_pinned_attention_kernel_trains(trained, tmp_path):
                          default_root_dir=tmp_path)
     trainer.fit(task, dm)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_fit_through_the_cli_then_generate(trained, subprocess_env, runs_dir, tmp_path):
+    """The shipped stage-2 config trains through `tx-suite fit`, and its checkpoint (which
+    LightningCLI stamps with `_class_path`/`_instantiator`) loads in `tx-suite generate`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "experiments" / "generation" / "t2i_mnist.yaml"
+    tiny = [f"--model.init_args.{k}={v}" for k, v in TINY_TF.items()]
+    cmd = [sys.executable, "-m", "tx_suite", "fit", "--config", str(config), *tiny,
+           f"--model.init_args.tokenizer_ckpt={trained['vq']}", "--model.init_args.samples_per_caption=1",
+           "--data.init_args.train_size=64", "--data.init_args.val_size=32", "--data.init_args.batch_size=32",
+           "--trainer.max_epochs=1", "--trainer.precision=32", "--trainer.logger=false",
+           "--trainer.enable_progress_bar=false", "--run_id=t"]
+    proc = subprocess.run(cmd, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = runs_dir / "t2i_mnist" / "t" / "checkpoints" / "last.ckpt"
+    assert "_class_path" in torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    out = tmp_path / "grid.png"
+    assert generate_main(["--ckpt", str(ckpt), "--caption", "top-left: tiny red 7", "--n", "2",
+                          "--out", str(out)]) == 0
+    assert Image.open(out).size[1] >= 32

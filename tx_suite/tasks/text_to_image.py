@@ -287,7 +287,8 @@ def load_text_to_image(path: str | Path, tokenizer_ckpt: str | None = None,
     """
     ckpt = read_checkpoint(path, "text-to-image", required=("tokenizer_ckpt", *MODEL_KEYS),
                            map_location=map_location)
-    hparams = dict(ckpt["hyper_parameters"])
+    # LightningCLI adds bookkeeping keys (_class_path, _instantiator) next to the arguments
+    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
     if tokenizer_ckpt is not None:
         hparams["tokenizer_ckpt"] = tokenizer_ckpt
     if "caption_tokenizer" not in ckpt:
