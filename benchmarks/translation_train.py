@@ -48,6 +48,8 @@ def main() -> int:
     ap.add_argument("--train_limit", type=int, default=None, help="first N training pairs only (smoke runs)")
     ap.add_argument("--test_beams", default="1,5")
     ap.add_argument("--skip_fit", action="store_true", help="only score the checkpoints already in --out")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run from <out>/checkpoints/last.ckpt (same config)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (1 is far faster when other processes share the cores)")
     args = ap.parse_args()
@@ -98,7 +100,12 @@ def main() -> int:
         task = build(cfg["model"])
         trainer = pl.Trainer(**trainer_cfg, default_root_dir=out, logger=CSVLogger(out, name="", version=""),
                              callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False)
-        trainer.fit(task, build(data_spec))
+        resume = out / "checkpoints" / "last.ckpt" if args.resume else None
+        if resume is not None and not resume.is_file():
+            ap.error(f"--resume: no checkpoint at {resume}")
+        result["epochs_before_resume"] = (torch.load(resume, map_location="cpu", weights_only=True)["epoch"] + 1
+                                        if resume else None)
+        trainer.fit(task, build(data_spec), ckpt_path=resume, weights_only=True)
         result["fit_wall_s"] = round(time.time() - t_start, 1)
         result["epochs"] = trainer.current_epoch
     ckpts = {"last": out / "checkpoints" / "last.ckpt", "averaged": out / "checkpoints" / "averaged.ckpt"}
