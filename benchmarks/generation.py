@@ -122,12 +122,14 @@ def cmd_nll(args) -> dict:
     """Bits per image token (image CE / ln 2) on the held-out split of the checkpoint's data."""
     ckpt_path = resolve_checkpoint(args.ckpt, kind="text-to-image")
     task = load_text_to_image(ckpt_path, args.tokenizer)
-    data_cfg = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters")
-    if "train_vendors" in (data_cfg or {}):
+    data_cfg = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters") or {}
+    # LightningCLI adds bookkeeping keys (_class_path, _instantiator) next to the arguments
+    data_cfg = {k: v for k, v in data_cfg.items() if not k.startswith("_")}
+    if "train_vendors" in data_cfg:
         from tx_suite.data.emoji_datamodule import EmojiDataModule as DM
     else:
         from tx_suite.data.captioned_mnist_datamodule import CaptionedMNISTDataModule as DM
-    dm = DM(**(data_cfg or {}))
+    dm = DM(**data_cfg)
     dm.setup("test")
     sums: dict[str, list[float]] = {}
     for batch in dm.test_dataloader():
