@@ -28,6 +28,7 @@ from tx_suite.models.text_to_image import TextToImageTransformer
 from tx_suite.tasks.judge import CLASSES, caption_scores, judge_predictions, load_judge
 from tx_suite.tasks.text_to_image import load_text_to_image
 from tx_suite.tasks.vqvae import load_vqvae, resolve_checkpoint
+from tx_suite.utils.checkpoint import init_kwargs, load_checkpoint
 
 
 def machine() -> dict:
@@ -122,9 +123,7 @@ def cmd_nll(args) -> dict:
     """Bits per image token (image CE / ln 2) on the held-out split of the checkpoint's data."""
     ckpt_path = resolve_checkpoint(args.ckpt, kind="text-to-image")
     task = load_text_to_image(ckpt_path, args.tokenizer)
-    data_cfg = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters") or {}
-    # LightningCLI adds bookkeeping keys (_class_path, _instantiator) next to the arguments
-    data_cfg = {k: v for k, v in data_cfg.items() if not k.startswith("_")}
+    data_cfg = init_kwargs(load_checkpoint(ckpt_path).get("datamodule_hyper_parameters") or {})
     if "train_vendors" in data_cfg:
         from tx_suite.data.emoji_datamodule import EmojiDataModule as DM
     else:

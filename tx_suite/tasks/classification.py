@@ -409,14 +409,13 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> ImageClassif
         tx_suite.utils.checkpoint.CheckpointError: missing, corrupt or unsafe file (a ValueError).
         ValueError: the file is not a Lightning checkpoint of this task.
     """
-    from tx_suite.utils.checkpoint import load_checkpoint
+    from tx_suite.utils.checkpoint import init_kwargs, load_checkpoint
 
     path = Path(path)
     ckpt = load_checkpoint(path, map_location=map_location)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict / hyper_parameters)")
-    # LightningCLI adds bookkeeping keys (_class_path, _instantiator) next to the arguments
-    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    hparams = init_kwargs(ckpt["hyper_parameters"])
     hparams["pretrained"] = None
     try:
         model = ImageClassification(**hparams)

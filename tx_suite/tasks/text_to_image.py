@@ -18,6 +18,7 @@ from tx_suite.models.text_to_image import TextToImageTransformer
 from tx_suite.models.vqvae import VQVAE
 from tx_suite.tasks.callbacks.generation_images import SampleGrid
 from tx_suite.tasks.vqvae import codebook_fingerprint, load_vqvae, read_checkpoint, resolve_checkpoint
+from tx_suite.utils.checkpoint import init_kwargs
 
 _SDPA_BACKENDS = ("MATH", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION")
 #: TextToImageTask hyper-parameters that define the transformer.
@@ -287,8 +288,7 @@ def load_text_to_image(path: str | Path, tokenizer_ckpt: str | None = None,
     """
     ckpt = read_checkpoint(path, "text-to-image", required=("tokenizer_ckpt", *MODEL_KEYS),
                            map_location=map_location)
-    # LightningCLI adds bookkeeping keys (_class_path, _instantiator) next to the arguments
-    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    hparams = init_kwargs(ckpt["hyper_parameters"])
     if tokenizer_ckpt is not None:
         hparams["tokenizer_ckpt"] = tokenizer_ckpt
     if "caption_tokenizer" not in ckpt:

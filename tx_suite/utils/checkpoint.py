@@ -85,6 +85,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return obj  # type: ignore[return-value]
 
 
+def init_kwargs(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments among a checkpoint's saved hyper-parameters.
+
+    Checkpoints written under LightningCLI store bookkeeping keys (``_class_path``,
+    ``_instantiator``) next to the arguments of ``hyper_parameters`` and
+    ``datamodule_hyper_parameters``; they are dropped here so that ``Cls(**init_kwargs(h))``
+    works for checkpoints from ``tx-suite fit`` and from plain ``Trainer.fit`` alike.
+    """
+    return {k: v for k, v in hparams.items() if not k.startswith("_")}
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
