@@ -75,7 +75,7 @@ def test_wrong_size_is_resized_with_a_note_or_refused(run, capsys):
     assert code == 0 and "resized 56x56 -> 28x28" in err and out.startswith(str(big))
     code, out, err = _classify(capsys, "--ckpt", run["ckpt"], "--no-resize", big)
     assert code == 1 and out == ""
-    assert err.strip() == f"classify: error: {big}: image is 56x56, the model takes 28x28 (drop --no-resize to resize it)"
+    assert err.strip() == f"classify: error: {big}: image is 56x56, the model takes 28x28 (drop --no_resize to resize it)"
 
 
 def test_channel_mismatch_is_an_error_unless_converted(run, capsys):

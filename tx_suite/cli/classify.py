@@ -6,7 +6,7 @@ Images go through the checkpoint's own preprocessing (size, channels, normalisat
 the task). Rules for files that do not match the model:
 
 - **Size**: an image of another size is resized to the model's (bilinear, antialiased; both sides,
-  so a non-square image is stretched) with a note on stderr; ``--no-resize`` makes it an error.
+  so a non-square image is stretched) with a note on stderr; ``--no_resize`` makes it an error.
 - **Channels**: an image with another channel count (e.g. RGB for the 1-channel MNIST model) is
   an error; ``--convert`` converts it (PIL ``convert("L")`` / ``convert("RGB")``). Palette and
   1-bit images are expanded first (to RGB(A) / L).
@@ -77,7 +77,7 @@ def load_image(path: str | Path, img_size: int, in_chans: int, resize: bool = Tr
         if not resize:
             raise ImageError(
                 f"{path}: image is {img.size[0]}x{img.size[1]}, the model takes {img_size}x{img_size} "
-                "(drop --no-resize to resize it)"
+                "(drop --no_resize to resize it)"
             )
         notes.append(f"resized {img.size[0]}x{img.size[1]} -> {img_size}x{img_size}")
         img = img.resize((img_size, img_size), Image.Resampling.BILINEAR, reducing_gap=None)
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="Lightning checkpoint of an image-classification run")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--topk", type=int, default=3, help="labels to print per image (default 3)")
-    p.add_argument("--no-resize", dest="resize", action="store_false", help="error on a size mismatch")
+    p.add_argument("--no_resize", "--no-resize", dest="resize", action="store_false", help="error on a size mismatch")
     p.add_argument("--convert", action="store_true", help="convert images to the model's channel count")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     return p

@@ -3,7 +3,7 @@
 Example::
 
     tx-suite generate --ckpt t2i_mnist:best --caption "a small red seven in the top left" \\
-        --caption "top-right: big blue 3" --n 8 --cfg-scale 3 --out samples.png
+        --caption "top-right: big blue 3" --n 8 --cfg_scale 3 --out samples.png
 
 One row per caption, ``--n`` images per row. ``--ckpt`` and ``--tokenizer`` take a file or
 ``<experiment>:best|last`` (the newest run under ``runs/<experiment>/``). With ``--judge`` (a
@@ -28,25 +28,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None,
                    help="stage-1 VQ-VAE checkpoint (default: the one recorded in --ckpt)")
     p.add_argument("--caption", action="append", default=[], help="a caption (repeatable)")
-    p.add_argument("--captions-file", type=Path, default=None, help="file with one caption a line")
+    p.add_argument("--captions_file", "--captions-file", type=Path, default=None, help="file with one caption a line")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="output PNG grid")
     p.add_argument("--n", type=int, default=8, help="images per caption (one grid row)")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--cfg-scale", type=float, default=1.0,
+    p.add_argument("--top_k", "--top-k", type=int, default=None)
+    p.add_argument("--top_p", "--top-p", type=float, default=None)
+    p.add_argument("--cfg_scale", "--cfg-scale", type=float, default=1.0,
                    help="classifier-free guidance scale (1 = off)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-cache", action="store_true", help="recompute the prefix at every step")
+    p.add_argument("--no_cache", "--no-cache", action="store_true", help="recompute the prefix at every step")
     p.add_argument("--judge", default=None, help="re-rank with this Captioned MNIST judge checkpoint")
     p.add_argument("--candidates", type=int, default=None,
                    help="samples drawn per caption before re-ranking (default 4 x --n)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch_size", "--batch-size", type=int, default=64)
     return p
 
 
 def read_captions(args: argparse.Namespace) -> list[str]:
-    """Captions from ``--caption`` and ``--captions-file`` (blank lines skipped).
+    """Captions from ``--caption`` and ``--captions_file`` (blank lines skipped).
 
     Raises:
         FileNotFoundError: the captions file does not exist. ValueError: no captions.
@@ -58,7 +58,7 @@ def read_captions(args: argparse.Namespace) -> list[str]:
         lines = args.captions_file.read_text(encoding="utf-8").splitlines()
         captions += [line.strip() for line in lines if line.strip()]
     if not captions:
-        raise ValueError("no captions: give --caption TEXT (repeatable) or --captions-file FILE")
+        raise ValueError("no captions: give --caption TEXT (repeatable) or --captions_file FILE")
     return captions
 
 
