@@ -95,7 +95,7 @@ def cmd_fidelity(args) -> dict:
     result, rows = {}, []
     for scale in args.cfg_scale:
         for combos in ("seen", "heldout"):
-            _, targets, captions = scenes("test", combos, args.n)
+            _, targets, captions = scenes("test", combos, args.n, seed=args.scene_seed)
             n_draw = args.candidates if scorer is not None else 1
             start = time.perf_counter()
             images = task.generate(captions, n_draw, temperature=args.temperature, top_k=args.top_k,
@@ -112,7 +112,7 @@ def cmd_fidelity(args) -> dict:
             rows.append((f"{scale:g}", combos, *acc.values()))
     print(table(rows, ("cfg scale", "pairs", *CLASSES, "all", "images/s")))
     return {"n_captions_per_subset": args.n, "temperature": args.temperature, "top_k": args.top_k,
-            "top_p": args.top_p, "candidates": args.candidates if scorer else 1,
+            "top_p": args.top_p, "scene_seed": args.scene_seed, "candidates": args.candidates if scorer else 1,
             "reranked_by": args.rerank_judge, **result}
 
 
@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--top-p", type=float, default=None)
     f.add_argument("--rerank-judge", default=None, help="a second judge used as re-ranking scorer")
     f.add_argument("--candidates", type=int, default=8)
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--seed", type=int, default=0, help="sampling seed")
+    f.add_argument("--scene-seed", type=int, default=0,
+                   help="which test captions (0: the ones the sampling settings were compared on)")
     f.add_argument("--batch-size", type=int, default=100)
     n = sub.add_parser("nll", help="bits per image token on the held-out test split")
     n.add_argument("--ckpt", required=True)
