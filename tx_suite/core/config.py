@@ -32,6 +32,10 @@ class TransformerConfig:
             stack needs it; ``torch.nn.Transformer`` adds one to post-norm stacks as well).
         rope: rotary position embedding in self-attention (Su et al. 2021).
         rope_base: RoPE wavelength base.
+        skip_padding: with a key padding mask of >= 5 % padding, run the projections and
+            feed-forward blocks on the real tokens only (:mod:`tx_suite.core.packing`): same
+            real-token outputs, less work. Off: every row is computed, as ``torch.nn.Transformer``
+            does in training.
     """
 
     d_model: int = 512
@@ -47,6 +51,7 @@ class TransformerConfig:
     final_norm: bool | None = None
     rope: bool = False
     rope_base: float = 10000.0
+    skip_padding: bool = True
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:

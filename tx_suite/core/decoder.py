@@ -9,6 +9,7 @@ from .decoder_layer import DecoderLayer
 from .init import drop_path_rates, xavier_init_
 from .kv_cache import DecoderCache, KVCache, LayerCache
 from .masks import build_attn_mask, padding_to_attn_mask
+from .packing import real_token_index
 from .positional.rotary import RotaryEmbedding
 
 
@@ -65,8 +66,12 @@ class Decoder(nn.Module):
             attn_mask: extra self-attention mask (bool True = may attend, or float).
             is_causal: causal self-attention (default True).
         """
-        memory_mask = None
+        memory_mask = real_index = memory_real_index = None
         if cache is None:
+            if self.cfg.skip_padding:
+                real_index = real_token_index(key_padding_mask)
+            if memory is not None and self.cfg.skip_padding:
+                memory_real_index = real_token_index(memory_key_padding_mask)
             # Training / full passes: fold the masks once for all layers.
             attn_mask, is_causal = build_attn_mask(x.size(1), x.size(1), key_padding_mask, attn_mask, is_causal, x.device)
             if memory_key_padding_mask is not None:
@@ -77,6 +82,7 @@ class Decoder(nn.Module):
             x = layer(
                 x, memory, key_padding_mask=key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
                 attn_mask=attn_mask, memory_mask=memory_mask, is_causal=is_causal,
-                cache=cache.layers[i] if cache is not None else None,
+                cache=cache.layers[i] if cache is not None else None, real_index=real_index,
+                memory_real_index=memory_real_index,
             )
         return self.norm(x)

@@ -8,6 +8,7 @@ from .drop_path import DropPath
 from .feed_forward import FeedForward
 from .kv_cache import LayerCache
 from .multi_head_attention import MultiHeadAttention
+from .packing import on_real_tokens
 from .positional.rotary import RotaryEmbedding
 from .residual import residual
 
@@ -63,6 +64,8 @@ class DecoderLayer(nn.Module):
         memory_mask: Tensor | None = None,
         is_causal: bool = True,
         cache: LayerCache | None = None,
+        real_index: Tensor | None = None,
+        memory_real_index: Tensor | None = None,
     ) -> Tensor:
         """Run the layer.
 
@@ -76,6 +79,10 @@ class DecoderLayer(nn.Module):
                 to ``(B, H, T, S)``.
             is_causal: causal self-attention (default, as the decoder needs).
             cache: this layer's :class:`LayerCache`, updated in place.
+            real_index: ``(N,)`` flat indices of the real target tokens
+                (:func:`~tx_suite.core.packing.real_token_index`): the projections and the
+                feed-forward block then skip padded rows. ``memory_real_index``: the same for
+                ``memory`` (the cross-attention key/value projection).
 
         Raises:
             ValueError: ``memory`` given to a layer without cross-attention.
@@ -84,13 +91,17 @@ class DecoderLayer(nn.Module):
             raise ValueError("this decoder layer has no cross-attention; do not pass `memory`")
         def sa(h: Tensor) -> Tensor:
             return self.self_attn(h, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
-                                  cache=cache.self_attn if cache is not None else None)[0]
+                                  cache=cache.self_attn if cache is not None else None, real_index=real_index)[0]
 
         def ca(h: Tensor) -> Tensor:
             return self.cross_attn(h, memory, key_padding_mask=memory_key_padding_mask, attn_mask=memory_mask,
-                                   cache=cache.cross_attn if cache is not None else None)[0]
+                                   cache=cache.cross_attn if cache is not None else None, real_index=real_index,
+                                   memory_real_index=memory_real_index)[0]
 
         x = residual(x, sa, self.norm1, self.dropout, self.drop_path, self.norm_first)
         if self.cross_attn is not None:
             x = residual(x, ca, self.norm2, self.dropout, self.drop_path, self.norm_first)
-        return residual(x, self.ffn, self.norm3, self.dropout, self.drop_path, self.norm_first)
+        if self.drop_path.p > 0 and self.training:
+            real_index = None  # DropPath drops whole samples, which a packed (N, D) batch lacks
+        return on_real_tokens(x, real_index, lambda h: residual(
+            h, self.ffn, self.norm3, self.dropout, self.drop_path, self.norm_first))

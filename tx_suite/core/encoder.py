@@ -8,6 +8,7 @@ from .config import TransformerConfig
 from .encoder_layer import EncoderLayer
 from .init import drop_path_rates, xavier_init_
 from .masks import build_attn_mask
+from .packing import real_token_index
 from .positional.rotary import RotaryEmbedding
 
 
@@ -40,7 +41,8 @@ class Encoder(nn.Module):
         is_causal: bool = False,
     ) -> Tensor:
         """``x`` ``(B, S, D)``; ``key_padding_mask`` ``(B, S)`` bool, True = padding."""
+        real_index = real_token_index(key_padding_mask) if self.cfg.skip_padding else None
         attn_mask, is_causal = build_attn_mask(x.size(1), x.size(1), key_padding_mask, attn_mask, is_causal, x.device)
         for layer in self.layers:
-            x = layer(x, attn_mask=attn_mask, is_causal=is_causal)
+            x = layer(x, attn_mask=attn_mask, is_causal=is_causal, real_index=real_index)
         return self.norm(x)

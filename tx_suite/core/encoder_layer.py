@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from .drop_path import DropPath
 from .feed_forward import FeedForward
 from .multi_head_attention import MultiHeadAttention
+from .packing import on_real_tokens
 from .positional.rotary import RotaryEmbedding
 from .residual import residual
 
@@ -57,11 +58,18 @@ class EncoderLayer(nn.Module):
         key_padding_mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
+        real_index: Tensor | None = None,
     ) -> Tensor:
         """``x`` ``(B, T, D)``; ``key_padding_mask`` ``(B, T)`` True = pad; ``attn_mask`` as in
-        :class:`MultiHeadAttention`."""
+        :class:`MultiHeadAttention`; ``real_index`` ``(N,)`` flat indices of the real tokens
+        (:func:`~tx_suite.core.packing.real_token_index`): the projections and the feed-forward
+        block then skip padded rows."""
         def sa(h: Tensor) -> Tensor:
-            return self.self_attn(h, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal)[0]
+            return self.self_attn(h, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
+                                  real_index=real_index)[0]
 
         x = residual(x, sa, self.norm1, self.dropout, self.drop_path, self.norm_first)
-        return residual(x, self.ffn, self.norm2, self.dropout, self.drop_path, self.norm_first)
+        if self.drop_path.p > 0 and self.training:
+            real_index = None  # DropPath drops whole samples, which a packed (N, D) batch lacks
+        return on_real_tokens(x, real_index, lambda h: residual(
+            h, self.ffn, self.norm2, self.dropout, self.drop_path, self.norm_first))

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from .attention import scaled_dot_product_attention
 from .kv_cache import KVCache
 from .masks import merge_masks, padding_to_attn_mask
+from .packing import project_real_tokens
 from .positional.rotary import RotaryEmbedding
 
 
@@ -77,6 +78,8 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         cache: KVCache | None = None,
         need_weights: bool = False,
+        real_index: Tensor | None = None,
+        memory_real_index: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``x`` to itself (self-attention) or to ``memory`` (cross-attention).
 
@@ -90,6 +93,9 @@ class MultiHeadAttention(nn.Module):
             is_causal: mask future positions (bottom-right aligned, so it also holds with a cache).
             cache: :class:`KVCache` for incremental decoding; updated in place.
             need_weights: also return the attention weights.
+            real_index: ``(N,)`` flat indices of the real rows of ``x`` viewed as ``(B*Tq, D)``
+                (:func:`~tx_suite.core.packing.real_token_index`): projections skip the others,
+                whose outputs are then zero. ``memory_real_index``: the same for ``memory``.
 
         Returns:
             ``(out, weights)``: ``out`` ``(B, Tq, D)``; ``weights`` ``(B, H, Tq, Tk)`` or None.
@@ -99,18 +105,20 @@ class MultiHeadAttention(nn.Module):
         """
         b, t, d = x.shape
         if self.cross_attention:
-            q = self._split_heads(self.q_proj(x))
+            q = self._split_heads(project_real_tokens(x, real_index, self.q_proj))
             if cache is not None and cache.k is not None:
                 k, v, key_padding_mask = cache.k, cache.v, cache.key_padding_mask
             else:
                 if memory is None:
                     raise ValueError("cross-attention needs `memory` (or a filled cache)")
-                k, v = self.kv_proj(memory).split(d, dim=-1)  # (B, Tk, 2D) -> 2 x (B, Tk, D)
+                kv = project_real_tokens(memory, memory_real_index, self.kv_proj)
+                k, v = kv.split(d, dim=-1)  # (B, Tk, 2D) -> 2 x (B, Tk, D)
                 k, v = self._split_heads(k), self._split_heads(v)
                 if cache is not None:
                     cache.set(k, v, key_padding_mask)
         else:
-            q, k, v = self.qkv_proj(x).split(d, dim=-1)  # (B, T, 3D) -> 3 x (B, T, D)
+            qkv = project_real_tokens(x, real_index, self.qkv_proj)
+            q, k, v = qkv.split(d, dim=-1)  # (B, T, 3D) -> 3 x (B, T, D)
             q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
             if self.rope is not None:
                 q, k = self.rope(q, k, offset=cache.length if cache is not None else 0)
@@ -129,4 +137,4 @@ class MultiHeadAttention(nn.Module):
         if self.record_weights:
             self.last_weights = weights.detach()
         out = out.transpose(1, 2).reshape(b, t, d)  # (B, H, Tq, Dh) -> (B, Tq, D)
-        return self.out_proj(out), (weights if need_weights else None)
+        return project_real_tokens(out, real_index, self.out_proj), (weights if need_weights else None)
