@@ -7,6 +7,7 @@ float32 matmul peak of this machine measured in the same run, and the fraction o
 
     python benchmarks/core_throughput.py            # full grid (a few minutes on 2 CPU cores)
     python benchmarks/core_throughput.py --quick    # one small config of each kind
+    python benchmarks/core_throughput.py --only vit # only the configs whose label contains "vit"
 
 Prints one JSON object per line, then a table.
 """
@@ -165,14 +166,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one small config of each kind")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per model and config")
+    parser.add_argument("--only", default=None, metavar="TEXT",
+                        help="run only the configs whose label contains TEXT (e.g. 'vit', 'd512 6+6')")
     args = parser.parse_args()
     device = torch.device(args.device)
-
-    peak = matmul_peak(device)  # re-measured after every config; the best reading is the peak
-    rows = []
-    meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
-                cpu=platform.processor() or platform.machine(), matmul_peak_gflops=round(peak / 1e9, 1))
-    print(json.dumps({"meta": meta}))
 
     seq_grid = [(256, 3)] if args.quick else [(256, 3), (256, 6), (512, 3), (512, 6)]
     vit_grid = [(192, 6, 3, 28, 4, 1, 128)] if args.quick else [(192, 6, 3, 28, 4, 1, 128), (384, 6, 6, 32, 4, 3, 128)]
@@ -188,6 +185,16 @@ def main() -> None:
             jobs.append((f"vit d{d} L{n} {img}px/p{p} b{bs}", train,
                          lambda d=d, n=n, h=h, img=img, p=p, c=c, bs=bs, t=train: vit_cases(d, n, h, img, p, c, bs, device, t)))
 
+    if args.only is not None:
+        jobs = [job for job in jobs if args.only in job[0]]
+        if not jobs:
+            parser.error(f"--only {args.only!r} matches no config label")
+
+    peak = matmul_peak(device)  # re-measured after every config; the best reading is the peak
+    rows = []
+    meta = dict(device=str(device), torch=torch.__version__, threads=torch.get_num_threads(),
+                cpu=platform.processor() or platform.machine(), matmul_peak_gflops=round(peak / 1e9, 1))
+    print(json.dumps({"meta": meta}))
     for label, train, build in jobs:
         ours, peer, flops = build()
         t_ours, t_peer = time_pair(ours, peer, device, args.steps)
