@@ -8,50 +8,86 @@ import torch
 from torch import Tensor
 
 
-@dataclass
 class KVCache:
     """Keys and values of one attention module, ``(B, H, T, Dh)`` each.
 
     Self-attention appends the new positions' keys/values at every step; cross-attention stores
     the projected encoder memory once and reuses it. ``key_padding_mask`` (``(B, T)``, True = pad)
     is kept alongside when the caller provides one, so later steps mask the same keys.
+
+    Appended positions are written into buffers whose capacity doubles when full, so a step copies
+    only its own keys/values (amortised O(1) per position) instead of concatenating the whole
+    history (O(T) per step, O(T^2) per sequence). ``k``/``v``/``key_padding_mask`` are views of
+    the first ``length`` positions. The in-place writes make the cache an inference-time tool:
+    do not back-propagate through keys/values read from it.
     """
 
-    k: Tensor | None = None
-    v: Tensor | None = None
-    key_padding_mask: Tensor | None = None
+    def __init__(self) -> None:
+        self._k: Tensor | None = None  # (B, H, capacity, Dh)
+        self._v: Tensor | None = None
+        self._mask: Tensor | None = None  # (B, capacity) bool, True = pad
+        self._length = 0
 
     @property
     def length(self) -> int:
         """Number of cached positions."""
-        return 0 if self.k is None else self.k.size(-2)
+        return self._length
+
+    @property
+    def k(self) -> Tensor | None:
+        return None if self._k is None else self._k[:, :, : self._length]
+
+    @property
+    def v(self) -> Tensor | None:
+        return None if self._v is None else self._v[:, :, : self._length]
+
+    @property
+    def key_padding_mask(self) -> Tensor | None:
+        return None if self._mask is None else self._mask[:, : self._length]
+
+    @staticmethod
+    def _grow(buf: Tensor, dim: int, needed: int) -> Tensor:
+        """``buf`` with capacity ``>= needed`` along ``dim`` (doubling), the old contents kept."""
+        if buf.size(dim) >= needed:
+            return buf
+        shape = list(buf.shape)
+        shape[dim] = max(needed, 2 * buf.size(dim))
+        out = buf.new_zeros(shape)
+        out.narrow(dim, 0, buf.size(dim)).copy_(buf)
+        return out
 
     def append(self, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Append ``(B, H, Tnew, Dh)`` keys/values; return all cached ``(B, H, T, Dh)``."""
-        prev = self.length
-        if key_padding_mask is not None or self.key_padding_mask is not None:
-            new = key_padding_mask
-            if new is None:
-                new = torch.zeros(k.size(0), k.size(-2), dtype=torch.bool, device=k.device)
-            old = self.key_padding_mask
-            if old is None:
-                old = torch.zeros(k.size(0), prev, dtype=torch.bool, device=k.device)
-            self.key_padding_mask = torch.cat([old, new], dim=1)
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=-2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=-2)
+        prev, t_new = self._length, k.size(-2)
+        end = prev + t_new
+        if self._k is None:
+            # First call: buffers sized to what arrives (a prefill), grown on the next step.
+            self._k, self._v = k.new_empty(k.shape), v.new_empty(v.shape)
+        self._k, self._v = self._grow(self._k, 2, end), self._grow(self._v, 2, end)
+        self._k[:, :, prev:end] = k
+        self._v[:, :, prev:end] = v
+        if key_padding_mask is not None or self._mask is not None:
+            if self._mask is None:  # earlier positions had no mask: none of them is padding
+                self._mask = torch.zeros(k.size(0), self._k.size(2), dtype=torch.bool, device=k.device)
+            self._mask = self._grow(self._mask, 1, end)
+            if key_padding_mask is None:
+                self._mask[:, prev:end] = False
+            else:
+                self._mask[:, prev:end] = key_padding_mask
+        self._length = end
         return self.k, self.v
 
     def set(self, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None) -> None:
         """Store keys/values computed once (cross-attention memory)."""
-        self.k, self.v, self.key_padding_mask = k, v, key_padding_mask
+        self._k, self._v, self._mask, self._length = k, v, key_padding_mask, k.size(-2)
 
     def reorder(self, index: Tensor) -> None:
         """Select batch entries: ``index`` is ``(B',)`` long (beam search reordering)."""
-        if self.k is not None:
-            self.k = self.k.index_select(0, index)
-            self.v = self.v.index_select(0, index)
-        if self.key_padding_mask is not None:
-            self.key_padding_mask = self.key_padding_mask.index_select(0, index)
+        if self._k is not None:
+            self._k = self._k.index_select(0, index)
+            self._v = self._v.index_select(0, index)
+        if self._mask is not None:
+            self._mask = self._mask.index_select(0, index)
 
 
 @dataclass
