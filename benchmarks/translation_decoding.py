@@ -44,10 +44,22 @@ def decode_all(model, tok, sources, beam, use_cache, batch_size, lp, a, b):
     return out, time.perf_counter() - t0
 
 
+def checkpoint_languages(path: str) -> tuple[str, str]:
+    """The language pair the checkpoint's data module was trained on (saved by Lightning)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    dm = ckpt.get("datamodule_hyper_parameters") or {}
+    if "src_lang" not in dm:
+        # Checkpoints written without a data module do not name their pair: Multi30k's default.
+        return "de", "en"
+    return dm["src_lang"], dm["tgt_lang"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--split", default="test_2016_flickr")
+    ap.add_argument("--src_lang", default=None, help="default: the checkpoint's data module's")
+    ap.add_argument("--tgt_lang", default=None)
     ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--beams", default="1,5")
     ap.add_argument("--uncached_n", type=int, default=200,
@@ -61,8 +73,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     model, tok, hp = load_translator(args.ckpt)
-    # The checkpoint does not name its languages; Multi30k de->en unless the file name says en_de.
-    src_lang, tgt_lang = ("en", "de") if "en_de" in args.ckpt else ("de", "en")
+    src_lang, tgt_lang = checkpoint_languages(args.ckpt)
+    src_lang, tgt_lang = args.src_lang or src_lang, args.tgt_lang or tgt_lang
     src, ref = read_pair(args.split, src_lang, tgt_lang)
     lp, a, b = hp.get("length_penalty", 1.0), hp.get("max_len_a", 1.2), hp.get("max_len_b", 10)
     rows = []
@@ -86,7 +98,7 @@ def main() -> int:
     for r in rows:
         if greedy:
             r["speed_vs_greedy"] = round(r["sent_per_s"] / greedy["sent_per_s"], 3)
-    result = {"ckpt": args.ckpt, "split": args.split, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+    result = {"ckpt": args.ckpt, "pair": f"{src_lang}-{tgt_lang}", "split": args.split, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
               "cpus": os.cpu_count(), "length_penalty": lp, "rows": rows}
     print(json.dumps(result, indent=1))
     print(f"\n{'beam':>4} {'lenpen':>6} {'sent/s':>7} {'vs greedy':>9} {'BLEU':>6} {'BLEU lc':>7} "
