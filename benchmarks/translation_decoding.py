@@ -27,6 +27,7 @@ from tx_suite.data.multi30k import read_pair  # noqa: E402
 from tx_suite.data.translation_dataset import encode_source, pad_batch  # noqa: E402
 from tx_suite.decoding.beam_search import beam_search  # noqa: E402
 from tx_suite.tasks.translation_metrics import translation_scores  # noqa: E402
+from tx_suite.utils.checkpoint import load_checkpoint  # noqa: E402
 
 
 def decode_all(model, tok, sources, beam, use_cache, batch_size, lp, a, b):
@@ -45,8 +46,12 @@ def decode_all(model, tok, sources, beam, use_cache, batch_size, lp, a, b):
 
 
 def checkpoint_languages(path: str) -> tuple[str, str]:
-    """The language pair the checkpoint's data module was trained on (saved by Lightning)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    """The language pair the checkpoint's data module was trained on (saved by Lightning).
+
+    A second read of the file (``load_translator`` keeps only the model's hyper-parameters); once,
+    at start-up.
+    """
+    ckpt = load_checkpoint(path)
     dm = ckpt.get("datamodule_hyper_parameters") or {}
     if "src_lang" not in dm:
         # Checkpoints written without a data module do not name their pair: Multi30k's default.
