@@ -107,8 +107,12 @@ def seq2seq_cases(d_model: int, layers: int, batch: int, seq: int, device, train
 
 
 def vit_cases(d_model: int, layers: int, heads: int, img: int, patch: int, chans: int, batch: int, device,
-              train: bool) -> tuple[Case, Case, float]:
-    """Ours vs timm's VisionTransformer of the same configuration, cross-entropy on 10 classes."""
+              train: bool, cls_only: bool = True) -> tuple[Case, Case, float]:
+    """Ours vs timm's VisionTransformer of the same configuration, cross-entropy on 10 classes.
+
+    ``cls_only=True`` is our ``forward`` (the last layer computes the CLS row only, the one the
+    head reads); ``False`` ("parity") runs ``forward_head(forward_features(x))``, every row of
+    every layer, i.e. timm's work."""
     torch.manual_seed(0)
     kw = dict(img_size=img, patch_size=patch, in_chans=chans, num_classes=10)
     ours = VisionTransformer(**kw, d_model=d_model, n_layers=layers, n_heads=heads, dropout=0.1).to(device)
@@ -117,12 +121,12 @@ def vit_cases(d_model: int, layers: int, heads: int, img: int, patch: int, chans
     x = torch.randn(batch, chans, img, img, generator=g).to(device)
     y = torch.randint(0, 10, (batch,), generator=g).to(device)
 
-    def make(model):
+    def make(model, fwd):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def train_step():
             model.train()
-            loss = nn.functional.cross_entropy(model(x), y)
+            loss = nn.functional.cross_entropy(fwd(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -130,11 +134,12 @@ def vit_cases(d_model: int, layers: int, heads: int, img: int, patch: int, chans
         @torch.inference_mode()
         def infer_step():
             model.eval()
-            model(x)
+            fwd(x)
 
         return train_step if train else infer_step
 
-    ours_step, ref_step = make(ours), make(ref)
+    ours_fwd = ours if cls_only else (lambda im: ours.forward_head(ours.forward_features(im)))
+    ours_step, ref_step = make(ours, ours_fwd), make(ref, ref)
     return Case("tx", ours_step, batch), Case("timm ViT", ref_step, batch), count_flops(ours_step)
 
 
@@ -181,9 +186,11 @@ def main() -> None:
                          lambda d=d, n=n, p=attn_dropout, k=skip: seq2seq_cases(d, n, 64, 24, device, True, p, k)))
         jobs.append((f"seq2seq d{d} {n}+{n} 64x24", False, lambda d=d, n=n: seq2seq_cases(d, n, 64, 24, device, False)))
     for d, n, h, img, p, c, bs in vit_grid:
-        for train in (True, False):
-            jobs.append((f"vit d{d} L{n} {img}px/p{p} b{bs}", train,
-                         lambda d=d, n=n, h=h, img=img, p=p, c=c, bs=bs, t=train: vit_cases(d, n, h, img, p, c, bs, device, t)))
+        for train, setting, cls_only in ((True, "parity", False), (True, "tx default", True),
+                                         (False, "parity", False), (False, "tx default", True)):
+            jobs.append((f"vit d{d} L{n} {img}px/p{p} b{bs} {setting}", train,
+                         lambda d=d, n=n, h=h, img=img, p=p, c=c, bs=bs, t=train, o=cls_only:
+                         vit_cases(d, n, h, img, p, c, bs, device, t, o)))
 
     if args.only is not None:
         jobs = [job for job in jobs if args.only in job[0]]

@@ -59,16 +59,25 @@ class EncoderLayer(nn.Module):
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
         real_index: Tensor | None = None,
+        n_queries: int | None = None,
     ) -> Tensor:
         """``x`` ``(B, T, D)``; ``key_padding_mask`` ``(B, T)`` True = pad; ``attn_mask`` as in
         :class:`MultiHeadAttention`; ``real_index`` ``(N,)`` flat indices of the real tokens
         (:func:`~tx_suite.core.packing.real_token_index`): the projections and the feed-forward
-        block then skip padded rows."""
+        block then skip padded rows. ``n_queries``: compute only the first ``n_queries`` outputs
+        ``(B, n_queries, D)`` (they attend to all ``T`` positions); see
+        :class:`MultiHeadAttention`."""
         def sa(h: Tensor) -> Tensor:
             return self.self_attn(h, key_padding_mask=key_padding_mask, attn_mask=attn_mask, is_causal=is_causal,
-                                  real_index=real_index)[0]
+                                  real_index=real_index, n_queries=n_queries)[0]
 
-        x = residual(x, sa, self.norm1, self.dropout, self.drop_path, self.norm_first)
+        if n_queries is None:
+            x = residual(x, sa, self.norm1, self.dropout, self.drop_path, self.norm_first)
+        elif self.norm_first:
+            # The residual stream keeps the first rows only; keys/values still see every position.
+            x = x[:, :n_queries] + self.drop_path(self.dropout(sa(self.norm1(x))))
+        else:
+            x = self.norm1(x[:, :n_queries] + self.drop_path(self.dropout(sa(x))))
         if self.drop_path.p > 0 and self.training:
             real_index = None  # DropPath drops whole samples, which a packed (N, D) batch lacks
         return on_real_tokens(x, real_index, lambda h: residual(

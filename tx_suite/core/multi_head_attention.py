@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import scaled_dot_product_attention
@@ -80,6 +81,7 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
         real_index: Tensor | None = None,
         memory_real_index: Tensor | None = None,
+        n_queries: int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``x`` to itself (self-attention) or to ``memory`` (cross-attention).
 
@@ -96,14 +98,23 @@ class MultiHeadAttention(nn.Module):
             real_index: ``(N,)`` flat indices of the real rows of ``x`` viewed as ``(B*Tq, D)``
                 (:func:`~tx_suite.core.packing.real_token_index`): projections skip the others,
                 whose outputs are then zero. ``memory_real_index``: the same for ``memory``.
+            n_queries: self-attention only: queries from the first ``n_queries`` positions of
+                ``x``, keys/values from all ``T`` of them, so the output is ``(B, n_queries, D)``.
+                Equal to the first rows of the full output, for a fraction of the query-side work
+                (a ViT's last layer only needs its CLS row). ``attn_mask`` is given for all
+                ``T`` queries and sliced here.
 
         Returns:
             ``(out, weights)``: ``out`` ``(B, Tq, D)``; ``weights`` ``(B, H, Tq, Tk)`` or None.
 
         Raises:
-            ValueError: cross-attention without ``memory`` and without a filled cache.
+            ValueError: cross-attention without ``memory`` and without a filled cache;
+                ``n_queries`` with cross-attention, a cache, ``real_index``, rotary embeddings
+                or ``is_causal``.
         """
         b, t, d = x.shape
+        if n_queries is not None and self.cross_attention:
+            raise ValueError("n_queries is for self-attention; cross-attention's queries are `x` itself")
         if self.cross_attention:
             q = self._split_heads(project_real_tokens(x, real_index, self.q_proj))
             if cache is not None and cache.k is not None:
@@ -116,6 +127,20 @@ class MultiHeadAttention(nn.Module):
                 k, v = self._split_heads(k), self._split_heads(v)
                 if cache is not None:
                     cache.set(k, v, key_padding_mask)
+        elif n_queries is not None:
+            if cache is not None or real_index is not None or self.rope is not None or is_causal:
+                raise ValueError("n_queries works with plain bidirectional self-attention only "
+                                 "(no cache, real_index, rotary embeddings or is_causal)")
+            # Keys/values need every position, queries only the kept ones: split the fused weight
+            # (row blocks q | k | v, as nn.MultiheadAttention's in_proj_weight).
+            w_q, w_kv = self.qkv_proj.weight.split([d, 2 * d])
+            b_q, b_kv = (None, None) if self.qkv_proj.bias is None else self.qkv_proj.bias.split([d, 2 * d])
+            t = n_queries
+            q = self._split_heads(F.linear(x[:, :t], w_q, b_q))  # (B, t, D) -> (B, H, t, Dh)
+            k, v = F.linear(x, w_kv, b_kv).split(d, dim=-1)  # (B, T, 2D) -> 2 x (B, T, D)
+            k, v = self._split_heads(k), self._split_heads(v)
+            if attn_mask is not None and attn_mask.dim() >= 2 and attn_mask.size(-2) > 1:
+                attn_mask = attn_mask[..., :t, :]  # (..., T, Tk) -> (..., t, Tk)
         else:
             qkv = project_real_tokens(x, real_index, self.qkv_proj)
             q, k, v = qkv.split(d, dim=-1)  # (B, T, 3D) -> 3 x (B, T, D)

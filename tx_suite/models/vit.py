@@ -113,6 +113,14 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, images: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, num_classes)``; equal to ``forward_head(forward_features(images))``.
+
+        With CLS pooling the head reads one row, so the last layer computes only that row's query,
+        attention output and MLP (keys/values still cover every patch): the same logits for less
+        work. Call ``forward_features`` for every token's output (attention maps, rollout).
+        """
+        if self.global_pool == "token":
+            return self.forward_head(self.encoder(self.patch_embed(images), n_outputs=1))
         return self.forward_head(self.forward_features(images))
 
 

@@ -66,7 +66,9 @@ def vit_attention(model: nn.Module, images: Tensor) -> tuple[Tensor, list[Tensor
     recorder = _record_timm_attention(model) if is_timm else record_attention(model)
     try:
         with recorder as maps:
-            logits = model(images)
+            # Not model(images): our forward computes only the CLS row in the last layer, and
+            # rollout needs every row (timm's forward is this same composition).
+            logits = model.forward_head(model.forward_features(images))
     finally:
         model.train(was_training)
     # module names end in the layer index (blocks.3.attn / encoder.layers.3.self_attn)

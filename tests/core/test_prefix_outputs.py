@@ -1,0 +1,62 @@
+"""Computing only the first rows in the last encoder layer (``Encoder(n_outputs=...)``, used by
+the ViT's CLS-pooled forward) gives the same outputs and gradients as the full pass."""
+
+import pytest
+import torch
+
+from tx_suite.core import Encoder, MultiHeadAttention, TransformerConfig
+from tx_suite.models import VisionTransformer
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_n_outputs_equals_first_rows_of_the_full_pass_with_masks(norm_first):
+    torch.manual_seed(0)
+    cfg = TransformerConfig(d_model=32, n_heads=4, d_ff=64, dropout=0.0, norm_first=norm_first)
+    enc = Encoder(cfg, 3).eval()
+    x = torch.randn(3, 10, 32)
+    pad = torch.zeros(3, 10, dtype=torch.bool)
+    pad[1, 6:] = True
+    attn_mask = torch.rand(10, 10) > 0.3
+    attn_mask.fill_diagonal_(True)
+    full = enc(x, key_padding_mask=pad, attn_mask=attn_mask)
+    for n in (1, 4, 10):
+        part = enc(x, key_padding_mask=pad, attn_mask=attn_mask, n_outputs=n)
+        assert part.shape == (3, n, 32)
+        real = ~pad[:, :n]  # padded rows hold whatever skip_padding left there; nothing reads them
+        torch.testing.assert_close(part[real], full[:, :n][real], atol=1e-5, rtol=0)
+    # the last layer must not be the only one run: a changed later row changes the first output
+    y = x.clone()
+    y[:, 5] += torch.randn(32)  # (not a constant: LayerNorm would remove it)
+    assert (enc(y, n_outputs=1) - enc(x, n_outputs=1)).abs().max() > 1e-3
+
+
+def test_vit_cls_forward_has_the_gradients_of_the_full_pass():
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=28, patch_size=7, in_chans=1, num_classes=10, d_model=32,
+                            n_layers=2, n_heads=4).train()  # no dropout / drop path: deterministic
+    images, labels = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+
+    def grads(logits):
+        vit.zero_grad()
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        return {k: p.grad.clone() for k, p in vit.named_parameters()}
+
+    fast, full = grads(vit(images)), grads(vit.forward_head(vit.forward_features(images)))
+    for name in full:
+        torch.testing.assert_close(fast[name], full[name], atol=1e-6, rtol=1e-4, msg=name)
+    assert fast["encoder.layers.1.self_attn.qkv_proj.weight"].abs().sum() > 0
+
+
+def test_n_outputs_rejects_what_it_cannot_do():
+    enc = Encoder(TransformerConfig(d_model=16, n_heads=2, d_ff=32), 1)
+    x = torch.randn(2, 5, 16)
+    with pytest.raises(ValueError, match="n_outputs"):
+        enc(x, n_outputs=0)
+    with pytest.raises(ValueError, match="bidirectional"):
+        enc(x, is_causal=True, n_outputs=1)
+    rope_enc = Encoder(TransformerConfig(d_model=16, n_heads=2, d_ff=32, rope=True), 1)
+    with pytest.raises(ValueError, match="rotary"):
+        rope_enc(x, n_outputs=1)
+    cross = MultiHeadAttention(16, 2, cross_attention=True)
+    with pytest.raises(ValueError, match="self-attention"):
+        cross(x, x, n_queries=1)
