@@ -50,6 +50,10 @@ def main() -> int:
     ap.add_argument("--skip_fit", action="store_true", help="only score the checkpoints already in --out")
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted run from <out>/checkpoints/last.ckpt (same config)")
+    ap.add_argument("--max_minutes", type=float, default=None,
+                    help="stop at the first epoch end after which one more epoch would pass this many minutes "
+                         "of this process; the checkpoint is then at an epoch boundary, for a later --resume "
+                         "(unlike trainer.max_time, whose clock a resumed run carries on)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (1 is far faster when other processes share the cores)")
     args = ap.parse_args()
@@ -92,7 +96,21 @@ def main() -> int:
             print(json.dumps({"epoch": trainer.current_epoch, "elapsed_s": round(time.time() - self.t0), **m}),
                   flush=True)
 
+    class StopBeforeDeadline(pl.Callback):
+        def __init__(self, minutes: float):
+            self.deadline = time.time() + 60 * minutes
+            self.t_epoch = time.time()
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            now = time.time()
+            if now + (now - self.t_epoch) > self.deadline:
+                trainer.should_stop = True
+                print(json.dumps({"stopped": "max_minutes", "epoch": trainer.current_epoch}), flush=True)
+            self.t_epoch = now
+
     callbacks.append(EpochPrinter())
+    if args.max_minutes is not None:
+        callbacks.append(StopBeforeDeadline(args.max_minutes))
     result = {"config": args.config, "commit": git_commit(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
     t_start = time.time()
