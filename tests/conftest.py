@@ -10,7 +10,13 @@ from pathlib import Path
 # no W&B prompts, and CPU threads capped (2-core CI machines run other work too).
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["WANDB_SILENT"] = "true"
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One thread count for this process and its `python -m tx_suite` subprocesses (the resume test
+# compares their weights bit for bit): the user's OMP_NUM_THREADS, capped at 2.
+try:
+    _THREADS = max(1, min(2, os.cpu_count() or 1, int(os.environ.get("OMP_NUM_THREADS") or 2)))
+except ValueError:  # e.g. a nested "2,1" setting
+    _THREADS = min(2, os.cpu_count() or 1)
+os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 # Idle OpenMP threads sleep instead of spinning: with spinning, a step ran up to 20x slower while
 # another process used a core (vision tests: 79 s vs 23 s with one core busy).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -23,7 +29,7 @@ REPO_ROOT = TESTS_DIR.parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))  # for cli_fixtures and other test helpers named in configs
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(_THREADS)
 
 
 @pytest.fixture
