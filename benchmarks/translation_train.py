@@ -60,9 +60,9 @@ def main() -> int:
 
     import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
+    from tx_suite.tasks.callbacks.run_checkpoint import RunCheckpoint
     from tx_suite.tasks.translation import TranslationTask
 
     if args.threads:
@@ -81,7 +81,9 @@ def main() -> int:
     callbacks = [build(c) for c in (cfg.get("trainer") or {}).get("callbacks", [])
                  if not c["class_path"].endswith(("TQDMProgressBar", "RichProgressBar"))]
     ck = cfg.get("checkpoint") or {}
-    callbacks.append(ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=ck.get("monitor"),
+    # RunCheckpoint, not ModelCheckpoint: since Lightning 2.6 a plain ModelCheckpoint(save_top_k=1)
+    # rewrites last.ckpt only in epochs that improve the monitored metric.
+    callbacks.append(RunCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=ck.get("monitor"),
                                      mode=ck.get("mode", "min"), save_last=True, save_top_k=1,
                                      enable_version_counter=False))
 
