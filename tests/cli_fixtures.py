@@ -7,6 +7,8 @@ SHA-256 sums. Used through configs as ``cli_fixtures.TinyMNISTClassifier`` /
 
 from __future__ import annotations
 
+import importlib
+
 import gzip
 import os
 import signal
@@ -124,3 +126,9 @@ class KillAtStep(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def build(spec: dict):
+    """Instantiate a config's ``{"class_path": ..., "init_args": {...}}`` entry."""
+    module, _, name = spec["class_path"].rpartition(".")
+    return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))

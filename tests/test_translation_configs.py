@@ -1,19 +1,14 @@
 """Every translation experiment config builds its task and datamodule, and they agree."""
 
-import importlib
 from pathlib import Path
 
 import pytest
 
+from cli_fixtures import build
 from tx_suite.utils.config import load_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "translation"
 CONFIGS = sorted(p.name for p in EXPERIMENTS.glob("*.yaml") if p.name != "base.yaml")
-
-
-def build(spec: dict):
-    module, _, name = spec["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
 
 
 def test_both_directions_and_the_quickstart_have_configs():

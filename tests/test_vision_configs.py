@@ -1,22 +1,17 @@
 """The vision experiment configs: each builds its task and datamodule, and they agree; one runs end
 to end through `tx-suite fit` and `tx-suite classify`."""
 
-import importlib
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from cli_fixtures import build
 from tx_suite.utils.config import load_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "vision"
 CONFIGS = sorted(p.name for p in EXPERIMENTS.glob("*.yaml") if p.name != "base.yaml")
-
-
-def build(spec: dict):
-    module, _, name = spec["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
 
 
 def test_every_task_has_a_config():
