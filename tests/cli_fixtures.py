@@ -7,9 +7,8 @@ SHA-256 sums. Used through configs as ``cli_fixtures.TinyMNISTClassifier`` /
 
 from __future__ import annotations
 
-import importlib
-
 import gzip
+import importlib
 import os
 import signal
 from pathlib import Path
