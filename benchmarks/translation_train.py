@@ -84,8 +84,8 @@ def main() -> int:
     # RunCheckpoint, not ModelCheckpoint: since Lightning 2.6 a plain ModelCheckpoint(save_top_k=1)
     # rewrites last.ckpt only in epochs that improve the monitored metric.
     callbacks.append(RunCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=ck.get("monitor"),
-                                     mode=ck.get("mode", "min"), save_last=True, save_top_k=1,
-                                     enable_version_counter=False))
+                                   mode=ck.get("mode", "min"), save_last=True, save_top_k=1,
+                                   enable_version_counter=False))
 
     class EpochPrinter(pl.Callback):
         def __init__(self):

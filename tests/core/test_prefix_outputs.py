@@ -45,6 +45,13 @@ def test_vit_cls_forward_has_the_gradients_of_the_full_pass():
     for name in full:
         torch.testing.assert_close(fast[name], full[name], atol=1e-6, rtol=1e-4, msg=name)
     assert fast["encoder.layers.1.self_attn.qkv_proj.weight"].abs().sum() > 0
+    # and forward really takes the short path: the last MLP sees the CLS row only
+    seen = []
+    hook = vit.encoder.layers[-1].ffn.register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    vit(images)
+    vit.forward_features(images)
+    hook.remove()
+    assert seen == [torch.Size([4, 1, 32]), torch.Size([4, 17, 32])]
 
 
 def test_n_outputs_rejects_what_it_cannot_do():
