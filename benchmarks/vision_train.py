@@ -9,51 +9,35 @@ trainer.callbacks instantiated from ``class_path``/``init_args``), trains with a
 time since the start of ``fit`` with val and test accuracy of the inference (EMA) weights.
 The test accuracy per epoch is a learning curve only: nothing is selected by it, the reported
 result is the model at the end of training. Prints JSON (also ``<out>/result.json``) and a table.
+
+Long runs can be split over several processes: ``--max-minutes N`` stops at an epoch boundary
+(``<out>/checkpoints/last.ckpt`` is written every epoch), and the same command with ``--resume``
+continues it; the curve (``<out>/curve.jsonl``) and its training wall time carry on. A run that
+stopped early says so (``"finished": false``) and its test accuracy is an interim one.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, StopBeforeDeadline, build, git_commit, machine
+
 sys.path.insert(0, str(ROOT))
 
 from tx_suite.utils.config import load_config  # noqa: E402  (_base_ merged as the CLI does)
 
 
-def instantiate(spec: dict):
-    module, _, name = spec["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+def read_curve(path: Path, up_to_epoch: int) -> list[dict]:
+    """The curve rows a resumed run keeps: those of the epochs its checkpoint has trained."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= up_to_epoch]
 
 
 def main(argv=None) -> int:
@@ -61,7 +45,12 @@ def main(argv=None) -> int:
     p.add_argument("--config", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--max-epochs", type=int, help="override trainer.max_epochs")
-    p.add_argument("--max-minutes", type=float, help="hard stop after this much training (trainer.max_time)")
+    p.add_argument("--max-minutes", type=float,
+                   help="stop at the first epoch end after which one more epoch would pass this many minutes of "
+                        "this process (an epoch boundary, so --resume can continue the run later)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/checkpoints/last.ckpt (same --config and --max-epochs: they set the "
+                        "cosine schedule); the curve and wall time carry on")
     p.add_argument("--limit-train", type=int, help="train on the first N images (smoke runs)")
     p.add_argument("--no-test-curve", action="store_true", help="test only at the end")
     args = p.parse_args(argv)
@@ -70,25 +59,36 @@ def main(argv=None) -> int:
     import torch
     from pytorch_lightning.loggers import CSVLogger
 
+    from tx_suite.tasks.callbacks.run_checkpoint import RunCheckpoint
+
+    run_args = {"config": str(args.config), "max_epochs": args.max_epochs, "limit_train": args.limit_train}
+    args_file, curve_file = args.out / "run_args.json", args.out / "curve.jsonl"
+    resume = args.out / "checkpoints" / "last.ckpt" if args.resume else None
+    if resume is not None:
+        if not resume.is_file():
+            p.error(f"--resume: no checkpoint at {resume}")
+        saved = json.loads(args_file.read_text()) if args_file.is_file() else run_args
+        if saved != run_args:
+            p.error(f"--resume: this run was started with {saved}, not {run_args}")
     cfg = load_config(args.config)
     pl.seed_everything(cfg.get("seed_everything", 1234), workers=True)
     trainer_cfg = dict(cfg.get("trainer", {}))
-    callbacks = [instantiate(c) for c in trainer_cfg.pop("callbacks", []) or []
+    callbacks = [build(c) for c in trainer_cfg.pop("callbacks", []) or []
                  if not c["class_path"].endswith(("TQDMProgressBar", "RichProgressBar"))]
     trainer_cfg.pop("logger", None)
     if args.max_epochs:
         trainer_cfg["max_epochs"] = args.max_epochs
-    if args.max_minutes:
-        trainer_cfg["max_time"] = {"minutes": args.max_minutes}
     data_spec = copy.deepcopy(cfg["data"])
     if args.limit_train:
         data_spec.setdefault("init_args", {})["limit_train"] = args.limit_train
-    datamodule = instantiate(data_spec)
-    model = instantiate(cfg["model"])
+    datamodule = build(data_spec)
+    model = build(cfg["model"])
     datamodule.prepare_data()
     datamodule.setup("test")
     test_loader = datamodule.test_dataloader()
-    curve: list[dict] = []
+    epochs_before = (torch.load(resume, map_location="cpu", weights_only=True)["epoch"] + 1) if resume else 0
+    curve: list[dict] = read_curve(curve_file, epochs_before)
+    wall_before = curve[-1]["wall_s"] if curve else 0.0
 
     class Curve(pl.Callback):
         """Wall time since fit start, val and test accuracy after every training epoch."""
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
                 return
             t0 = time.perf_counter()
             row = {"epoch": trainer.current_epoch + 1,
-                   "wall_s": round(t0 - self.start - self.eval_s, 1),
+                   "wall_s": round(wall_before + t0 - self.start - self.eval_s, 1),
                    "val_acc": float(trainer.callback_metrics.get("val/acc", float("nan")))}
             if not args.no_test_curve:
                 module.eval()
@@ -118,15 +118,24 @@ def main(argv=None) -> int:
                 self.eval_s += time.perf_counter() - t0  # the curve's own test pass is not training time
             curve.append(row)
             print(json.dumps(row), flush=True)
+            with curve_file.open("a") as f:
+                f.write(json.dumps(row) + "\n")
 
     args.out.mkdir(parents=True, exist_ok=True)
+    args_file.write_text(json.dumps(run_args))
+    curve_file.write_text("".join(json.dumps(r) + "\n" for r in curve))  # drops rows past the checkpoint
+    ck = cfg.get("checkpoint") or {}
+    # RunCheckpoint keeps last.ckpt current every epoch (a plain ModelCheckpoint would not, see its docs).
+    callbacks.append(RunCheckpoint(dirpath=args.out / "checkpoints", filename="best", monitor=ck.get("monitor"),
+                                   mode=ck.get("mode", "min"), save_last=True, save_top_k=1,
+                                   enable_version_counter=False))
+    if args.max_minutes:
+        callbacks.append(StopBeforeDeadline(args.max_minutes))
     trainer = pl.Trainer(logger=CSVLogger(str(args.out), name="", version=""), default_root_dir=str(args.out),
-                         callbacks=[*callbacks, Curve()], enable_progress_bar=False, enable_checkpointing=False,
-                         **trainer_cfg)
+                         callbacks=[*callbacks, Curve()], enable_progress_bar=False, **trainer_cfg)
     start = time.perf_counter()
-    trainer.fit(model, datamodule)
+    trainer.fit(model, datamodule, ckpt_path=resume, weights_only=True)
     fit_s = time.perf_counter() - start
-    trainer.save_checkpoint(args.out / "last.ckpt")
     test = trainer.test(model, datamodule, verbose=False)[0]
     result = {
         "config": str(args.config),
@@ -134,6 +143,9 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
         "epochs": trainer.current_epoch,
+        "max_epochs": trainer.max_epochs,
+        "finished": trainer.current_epoch >= trainer.max_epochs,
+        "epochs_before_resume": epochs_before or None,
         "fit_wall_s": round(fit_s, 1),
         "train_wall_s": curve[-1]["wall_s"] if curve else None,
         "test_acc": test["test/acc"],
@@ -147,8 +159,9 @@ def main(argv=None) -> int:
     print(f"\n| epoch | train wall (min) | val acc | test acc |\n|---|---|---|---|")
     for r in curve:
         print(f"| {r['epoch']} | {r['wall_s'] / 60:.1f} | {r['val_acc']:.4f} | {r.get('test_acc', float('nan')):.4f} |")
-    print(f"\nfinal test accuracy {result['test_acc']:.4f} after {result['epochs']} epochs, "
-          f"fit wall time {fit_s / 60:.1f} min")
+    print(f"\n{'final' if result['finished'] else 'interim (resume to finish)'} test accuracy "
+          f"{result['test_acc']:.4f} after {result['epochs']} of {result['max_epochs']} epochs, "
+          f"fit wall time of this process {fit_s / 60:.1f} min")
     return 0
 
 

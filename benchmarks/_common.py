@@ -1,0 +1,70 @@
+"""Helpers shared by the training benchmarks (``translation_train.py``, ``vision_train.py``).
+
+Imported as ``_common`` (a script's own folder is first on ``sys.path``); not part of the package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build(spec: dict, **extra):
+    """Instantiate a ``{class_path, init_args}`` spec of an experiment YAML; ``extra`` overrides init_args."""
+    module, name = spec["class_path"].rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)(**{**(spec.get("init_args") or {}), **extra})
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> dict:
+    """CPU model, core count, torch version and threads, OMP wait policy: what a RESULTS row needs."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+
+
+class StopBeforeDeadline(pl.Callback):
+    """Stop at the first epoch end after which one more epoch (as long as the last one) would end
+    past ``minutes`` from now.
+
+    The run then stops at an epoch boundary, where ``last.ckpt`` is written, ready for a later
+    ``--resume``. ``trainer.max_time`` is a poor fit for runs split over several processes: it
+    stops mid-epoch, and Lightning restores its clock from the checkpoint on resume.
+    """
+
+    def __init__(self, minutes: float):
+        if minutes <= 0:
+            raise ValueError(f"max minutes must be > 0, got {minutes}")
+        self.deadline = time.time() + 60 * minutes
+        self.t_epoch = time.time()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        now = time.time()
+        if now + (now - self.t_epoch) > self.deadline:
+            trainer.should_stop = True
+            print(json.dumps({"stopped": "max_minutes", "epoch": trainer.current_epoch}), flush=True)
+        self.t_epoch = now
