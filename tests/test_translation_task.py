@@ -90,6 +90,28 @@ def test_averaging_averages(run, tmp_path):
         average_state_dicts([a, {"w": a["w"]}])
 
 
+def test_averaging_survives_resume(run, tmp_path):
+    # The snapshots travel in the checkpoints: a run resumed after epoch 2 of 3 averages epochs 2
+    # and 3, as the uninterrupted run does (before, only the epochs after the resume).
+    second = sorted((run["root"] / "checkpoints").glob("e*.ckpt"))[1]
+    ckpt = torch.load(second, map_location="cpu", weights_only=True)
+    snapshots = ckpt["callbacks"]["CheckpointAveraging"]["snapshots"]
+    assert len(snapshots) == 2  # epoch 2's own snapshot is in its epoch-end checkpoint
+    assert all(torch.equal(snapshots[-1][k], v) for k, v in ckpt["state_dict"].items())
+    task = TranslationTask(**TINY)
+    averaging = CheckpointAveraging(last_n=2)
+    trainer = pl.Trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=1, num_sanity_val_steps=0,
+                         default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, callbacks=[averaging])
+    trainer.fit(task, _dm(run["cache"]), ckpt_path=str(second), weights_only=True)
+    last = {k: v.detach().cpu() for k, v in task.state_dict().items()}
+    got = torch.load(averaging.path, map_location="cpu", weights_only=True)["state_dict"]
+    expected = average_state_dicts([ckpt["state_dict"], last])
+    for k, v in expected.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=1e-7, msg=k)
+    assert any(not torch.equal(got[k], last[k]) for k in last if last[k].is_floating_point())
+
+
 def test_translate_keeps_line_count_on_bad_input(run, tmp_path, capsys):
     model, tok, _ = load_translator(run["averaged"])
     lines = ["Ein Hund rennt über die Wiese.", "", "   ", "Unbekannt: 🤖 中文 ∮ \x07", "Haus " * 400]

@@ -10,7 +10,8 @@ Two ways to use it:
 * :func:`average_checkpoints` on checkpoint files, or from the shell
   ``python -m tx_suite.tasks.callbacks.translation_averaging OUT.ckpt IN1.ckpt IN2.ckpt ...``;
 * :class:`CheckpointAveraging`, a callback that keeps the weights of the last ``last_n`` epochs
-  in memory and writes ``averaged.ckpt`` next to ``last.ckpt`` when training ends.
+  (in memory and in each checkpoint, so resuming does not lose them) and writes
+  ``averaged.ckpt`` next to ``last.ckpt`` when training ends.
 """
 
 from __future__ import annotations
@@ -95,6 +96,13 @@ class CheckpointAveraging(pl.Callback):
     ModelCheckpoint directory (or ``<default_root_dir>/checkpoints``); the model in memory keeps
     its last weights. Snapshots live on the CPU (``last_n`` copies of the weights).
 
+    The snapshots are part of the callback's checkpoint state, so a run resumed from
+    ``last.ckpt`` (or from a mid-epoch checkpoint) averages the same epochs as an uninterrupted
+    run. The cost is disk: every checkpoint holds up to ``last_n`` extra copies of the weights.
+    A snapshot is taken after the last training batch of an epoch, i.e. before the epoch-end
+    validation and the checkpoint written after it; an epoch cut short (``max_steps``) is taken
+    at its end.
+
     Args:
         last_n: number of epoch-end snapshots to average.
         filename: name of the averaged checkpoint.
@@ -106,10 +114,28 @@ class CheckpointAveraging(pl.Callback):
         self.last_n = last_n
         self.filename = filename
         self.snapshots: deque[dict[str, Tensor]] = deque(maxlen=last_n)
+        self.snapshot_epoch = -1  # the epoch of the newest snapshot
         self.path: Path | None = None
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _take(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.snapshot_epoch == trainer.current_epoch:
+            return
         self.snapshots.append({k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()})
+        self.snapshot_epoch = trainer.current_epoch
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._take(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._take(trainer, pl_module)
+
+    def state_dict(self) -> dict:
+        return {"snapshots": list(self.snapshots), "snapshot_epoch": self.snapshot_epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.snapshots = deque(state_dict.get("snapshots", []), maxlen=self.last_n)
+        self.snapshot_epoch = state_dict.get("snapshot_epoch", -1)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.snapshots:
