@@ -12,32 +12,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "disabled")  # before Lightning is imported
+
+from _common import ROOT, StopBeforeDeadline, build, git_commit  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("WANDB_MODE", "disabled")
 
 from tx_suite.utils.config import load_config  # noqa: E402  (_base_ merged as the CLI does)
-
-
-def build(spec: dict, **extra):
-    module, name = spec["class_path"].rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)(**{**(spec.get("init_args") or {}), **extra})
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main() -> int:
@@ -97,18 +85,6 @@ def main() -> int:
             m = {k: round(float(v), 3) for k, v in trainer.callback_metrics.items()}
             print(json.dumps({"epoch": trainer.current_epoch, "elapsed_s": round(time.time() - self.t0), **m}),
                   flush=True)
-
-    class StopBeforeDeadline(pl.Callback):
-        def __init__(self, minutes: float):
-            self.deadline = time.time() + 60 * minutes
-            self.t_epoch = time.time()
-
-        def on_train_epoch_end(self, trainer, pl_module):
-            now = time.time()
-            if now + (now - self.t_epoch) > self.deadline:
-                trainer.should_stop = True
-                print(json.dumps({"stopped": "max_minutes", "epoch": trainer.current_epoch}), flush=True)
-            self.t_epoch = now
 
     callbacks.append(EpochPrinter())
     if args.max_minutes is not None:
