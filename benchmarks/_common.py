@@ -47,6 +47,15 @@ def machine() -> dict:
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
+def segment_logger(out: Path, epochs_before: int):
+    """CSV logger of one process of a run: ``<out>/metrics.csv`` for a fresh run,
+    ``<out>/resumed_at_epoch_<n>/metrics.csv`` for a resumed one (Lightning's CSV logger would
+    otherwise delete the earlier segment's file)."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    return CSVLogger(str(out), name="", version=f"resumed_at_epoch_{epochs_before}" if epochs_before else "")
+
+
 class StopBeforeDeadline(pl.Callback):
     """Stop at the first epoch end after which one more epoch (as long as the last one) would end
     past ``minutes`` from now.

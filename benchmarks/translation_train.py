@@ -21,7 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")  # before Lightning is imported
 
-from _common import ROOT, StopBeforeDeadline, build, git_commit  # noqa: E402
+from _common import ROOT, StopBeforeDeadline, build, git_commit, segment_logger  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -48,7 +48,6 @@ def main() -> int:
 
     import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.loggers import CSVLogger
 
     from tx_suite.tasks.callbacks.run_checkpoint import RunCheckpoint
     from tx_suite.tasks.translation import TranslationTask
@@ -94,13 +93,14 @@ def main() -> int:
     t_start = time.time()
     if not args.skip_fit:
         task = build(cfg["model"])
-        trainer = pl.Trainer(**trainer_cfg, default_root_dir=out, logger=CSVLogger(out, name="", version=""),
-                             callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False)
         resume = out / "checkpoints" / "last.ckpt" if args.resume else None
         if resume is not None and not resume.is_file():
             ap.error(f"--resume: no checkpoint at {resume}")
         result["epochs_before_resume"] = (torch.load(resume, map_location="cpu", weights_only=True)["epoch"] + 1
                                         if resume else None)
+        trainer = pl.Trainer(**trainer_cfg, default_root_dir=out, callbacks=callbacks,
+                             logger=segment_logger(out, result["epochs_before_resume"]),
+                             enable_progress_bar=False, enable_model_summary=False)
         trainer.fit(task, build(data_spec), ckpt_path=resume, weights_only=True)
         result["fit_wall_s"] = round(time.time() - t_start, 1)
         result["epochs"] = trainer.current_epoch
@@ -125,6 +125,8 @@ def main() -> int:
         print(f"{s['weights']:<9} {s['beam']:>4} {s['bleu']:>6.2f} {s['bleu_lc']:>7.2f} {s['chrf']:>6.2f} "
               f"{s['sent_per_s']:>7.1f}")
     (out / "result.json").write_text(json.dumps(result, indent=1))
+    if "epochs" in result:  # one file per segment of a resumed run too
+        (out / f"result_epoch_{result['epochs']}.json").write_text(json.dumps(result, indent=1))
     return 0
 
 

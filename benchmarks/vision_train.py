@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, StopBeforeDeadline, build, git_commit, machine
+from _common import ROOT, StopBeforeDeadline, build, git_commit, machine, segment_logger
 
 sys.path.insert(0, str(ROOT))
 
@@ -57,7 +57,6 @@ def main(argv=None) -> int:
 
     import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.loggers import CSVLogger
 
     from tx_suite.tasks.callbacks.run_checkpoint import RunCheckpoint
 
@@ -131,7 +130,7 @@ def main(argv=None) -> int:
                                    enable_version_counter=False))
     if args.max_minutes:
         callbacks.append(StopBeforeDeadline(args.max_minutes))
-    trainer = pl.Trainer(logger=CSVLogger(str(args.out), name="", version=""), default_root_dir=str(args.out),
+    trainer = pl.Trainer(logger=segment_logger(args.out, epochs_before), default_root_dir=str(args.out),
                          callbacks=[*callbacks, Curve()], enable_progress_bar=False, **trainer_cfg)
     start = time.perf_counter()
     trainer.fit(model, datamodule, ckpt_path=resume, weights_only=True)

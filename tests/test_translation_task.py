@@ -91,22 +91,24 @@ def test_averaging_averages(run, tmp_path):
 
 
 def test_averaging_survives_resume(run, tmp_path):
-    # The snapshots travel in the checkpoints: a run resumed after epoch 2 of 3 averages epochs 2
-    # and 3, as the uninterrupted run does (before, only the epochs after the resume).
+    # The snapshots travel in the checkpoints: a run resumed after epoch 2 of 3 averages the epochs
+    # before the resume too, as the uninterrupted run does (before, only the epochs after it).
     second = sorted((run["root"] / "checkpoints").glob("e*.ckpt"))[1]
     ckpt = torch.load(second, map_location="cpu", weights_only=True)
     snapshots = ckpt["callbacks"]["CheckpointAveraging"]["snapshots"]
     assert len(snapshots) == 2  # epoch 2's own snapshot is in its epoch-end checkpoint
     assert all(torch.equal(snapshots[-1][k], v) for k, v in ckpt["state_dict"].items())
     task = TranslationTask(**TINY)
-    averaging = CheckpointAveraging(last_n=2)
+    # last_n=3 here: the 2 saved snapshots + epoch 3. Lightning replays the epoch end of epoch 2 on
+    # resume; a second snapshot of it would push epoch 1 out.
+    averaging = CheckpointAveraging(last_n=3)
     trainer = pl.Trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=1, num_sanity_val_steps=0,
                          default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, callbacks=[averaging])
     trainer.fit(task, _dm(run["cache"]), ckpt_path=str(second), weights_only=True)
     last = {k: v.detach().cpu() for k, v in task.state_dict().items()}
     got = torch.load(averaging.path, map_location="cpu", weights_only=True)["state_dict"]
-    expected = average_state_dicts([ckpt["state_dict"], last])
+    expected = average_state_dicts([*snapshots, last])
     for k, v in expected.items():
         torch.testing.assert_close(got[k], v, rtol=0, atol=1e-7, msg=k)
     assert any(not torch.equal(got[k], last[k]) for k in last if last[k].is_floating_point())

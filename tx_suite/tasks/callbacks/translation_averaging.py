@@ -118,6 +118,8 @@ class CheckpointAveraging(pl.Callback):
         self.path: Path | None = None
 
     def _take(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Once per epoch: Lightning also replays on_train_epoch_end when it resumes from a
+        # checkpoint written at an epoch end.
         if self.snapshot_epoch == trainer.current_epoch:
             return
         self.snapshots.append({k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()})
