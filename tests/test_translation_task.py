@@ -98,6 +98,9 @@ def test_averaging_survives_resume(run, tmp_path):
     snapshots = ckpt["callbacks"]["CheckpointAveraging"]["snapshots"]
     assert len(snapshots) == 2  # epoch 2's own snapshot is in its epoch-end checkpoint
     assert all(torch.equal(snapshots[-1][k], v) for k, v in ckpt["state_dict"].items())
+    # Tied weights are stored once per snapshot, as in the state_dict itself.
+    ptrs = lambda sd: len({t.untyped_storage().data_ptr() for t in sd.values()})  # noqa: E731
+    assert ptrs(snapshots[-1]) == ptrs(ckpt["state_dict"]) < len(ckpt["state_dict"])
     task = TranslationTask(**TINY)
     # last_n=3 here: the 2 saved snapshots + epoch 3. Lightning replays the epoch end of epoch 2 on
     # resume; a second snapshot of it would push epoch 1 out.

@@ -89,6 +89,19 @@ def average_checkpoints(paths: Sequence[str | Path], output: str | Path | None =
     return out
 
 
+def _cpu_copy(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Copy a state dict to the CPU, once per tensor: tied weights (shared embeddings, the tied
+    output projection) stay one tensor, so a checkpoint stores them once."""
+    copies: dict[tuple, Tensor] = {}
+    out = {}
+    for k, v in state.items():
+        key = (v.device, v.untyped_storage().data_ptr(), v.storage_offset(), v.shape, v.stride(), v.dtype)
+        if key not in copies:
+            copies[key] = v.detach().to("cpu", copy=True)
+        out[k] = copies[key]
+    return out
+
+
 class CheckpointAveraging(pl.Callback):
     """Keep the weights at the end of the last ``last_n`` training epochs; write their average.
 
@@ -122,7 +135,7 @@ class CheckpointAveraging(pl.Callback):
         # checkpoint written at an epoch end.
         if self.snapshot_epoch == trainer.current_epoch:
             return
-        self.snapshots.append({k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()})
+        self.snapshots.append(_cpu_copy(pl_module.state_dict()))
         self.snapshot_epoch = trainer.current_epoch
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
