@@ -65,10 +65,14 @@ class Seq2SeqTransformer(nn.Module):
         so the causal mask already hides padding from every real position, and the loss ignores
         the padded ones (this keeps the fused causal attention kernel).
         """
+        return self.lm_head(self.decode_features(tgt, memory, memory_key_padding_mask, cache))
+
+    def decode_features(self, tgt: Tensor, memory: Tensor, memory_key_padding_mask: Tensor | None = None,
+                        cache: DecoderCache | None = None) -> Tensor:
+        """As :meth:`decode`, but the decoder's hidden states ``(B, T, D)`` before :attr:`lm_head`."""
         offset = cache.length if cache is not None else 0
-        h = self.transformer.decode(self.tgt_embed(tgt, offset=offset), memory,
-                                    memory_key_padding_mask=memory_key_padding_mask, cache=cache)
-        return self.lm_head(h)
+        return self.transformer.decode(self.tgt_embed(tgt, offset=offset), memory,
+                                       memory_key_padding_mask=memory_key_padding_mask, cache=cache)
 
     def new_cache(self) -> DecoderCache:
         """Empty KV cache for incremental decoding (see :meth:`decode`)."""
@@ -76,5 +80,14 @@ class Seq2SeqTransformer(nn.Module):
 
     def forward(self, src: Tensor, tgt: Tensor, src_key_padding_mask: Tensor | None = None) -> Tensor:
         """Teacher forcing: ``src`` ``(B, S)``, ``tgt`` ``(B, T)`` (BOS-prefixed) -> logits ``(B, T, V)``."""
+        return self.lm_head(self.forward_features(src, tgt, src_key_padding_mask))
+
+    def forward_features(self, src: Tensor, tgt: Tensor, src_key_padding_mask: Tensor | None = None) -> Tensor:
+        """Teacher forcing up to the decoder output: hidden states ``(B, T, D)`` before :attr:`lm_head`.
+
+        Training projects only the non-padding rows (``lm_head(h[keep])``): with a vocabulary of
+        8000 the ``(B, T, V)`` logits dominate a small model's memory traffic, and a third or more
+        of a length-bucketed batch is padding.
+        """
         memory = self.encode(src, src_key_padding_mask)
-        return self.decode(tgt, memory, src_key_padding_mask)
+        return self.decode_features(tgt, memory, src_key_padding_mask)

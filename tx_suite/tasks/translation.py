@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer
@@ -17,31 +16,8 @@ from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
 from tx_suite.tasks.translation_metrics import signatures, translation_scores
+from tx_suite.tasks.translation_loss import label_smoothed_nll_loss
 from tx_suite.tasks.translation_schedules import build_scheduler
-
-
-def label_smoothed_nll_loss(logits: Tensor, target: Tensor, epsilon: float,
-                            ignore_index: int = PAD_ID) -> tuple[Tensor, Tensor, int]:
-    """Summed label-smoothed cross-entropy and summed NLL over non-ignored target tokens.
-
-    Label smoothing (Szegedy et al. 2016, §7; Vaswani et al. 2017, §5.4, eps_ls = 0.1) trains
-    against ``(1 - eps) * one_hot(y) + eps / V``, i.e.
-    ``loss = (1 - eps) * (-log p_y) + eps * mean_v(-log p_v)`` (as fairseq's
-    ``label_smoothed_cross_entropy`` and ``F.cross_entropy(label_smoothing=eps)``).
-
-    Args:
-        logits: ``(B, T, V)``; target: ``(B, T)`` long.
-
-    Returns:
-        ``(loss_sum, nll_sum, n_tokens)``; the NLL gives the perplexity ``exp(nll_sum / n_tokens)``.
-    """
-    lprobs = F.log_softmax(logits.float(), dim=-1)
-    keep = target != ignore_index
-    lprobs, target = lprobs[keep], target[keep]  # (N, V), (N,)
-    nll = -lprobs.gather(1, target[:, None]).squeeze(1)
-    smooth = -lprobs.mean(-1)
-    loss = (1.0 - epsilon) * nll + epsilon * smooth
-    return loss.sum(), nll.sum(), int(keep.sum())
 
 
 class TranslationTask(pl.LightningModule):
@@ -128,8 +104,11 @@ class TranslationTask(pl.LightningModule):
         return self.model(src, tgt_in, src_key_padding_mask)
 
     def _loss(self, batch: dict) -> tuple[Tensor, Tensor, int]:
-        logits = self(batch["src"], batch["tgt_in"], batch["src_key_padding_mask"])
-        return label_smoothed_nll_loss(logits, batch["tgt_out"], self.hparams.label_smoothing)
+        h = self.model.forward_features(batch["src"], batch["tgt_in"], batch["src_key_padding_mask"])
+        keep = batch["tgt_out"] != PAD_ID
+        # Project only the real target positions: (B, T, D) -> (N, D) -> logits (N, V).
+        logits = self.model.lm_head(h[keep])
+        return label_smoothed_nll_loss(logits, batch["tgt_out"][keep], self.hparams.label_smoothing)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         now = time.perf_counter()
