@@ -1,0 +1,106 @@
+"""Time of one translation training step (forward, loss, backward, clip, Adam) on real Multi30k
+batches: our loss path against the usual one, in the same process, on the same weights.
+
+- ``ours``: :meth:`TranslationTask._loss`: the output projection on the non-padding target rows
+  only, and the label-smoothed cross-entropy with its one-pass backward
+  (``tx_suite/tasks/translation_loss.py``).
+- ``torch_ce``: logits for every ``(B, T)`` position, then
+  ``F.cross_entropy(..., ignore_index=pad_id, label_smoothing=eps)``.
+
+Repetitions alternate between the two, so machine noise hits both. Prints JSON and a table.
+
+    flock /tmp/tx-cpu.lock python benchmarks/translation_step.py \
+        --config experiments/translation/multi30k_en_de_tiny.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from _common import ROOT, build, git_commit, machine  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+
+from tx_suite.utils.config import load_config  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="experiments/translation/multi30k_en_de_tiny.yaml")
+    ap.add_argument("--batches", type=int, default=4, help="real training batches per timed pass")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per variant (alternating)")
+    args = ap.parse_args()
+
+    import pytorch_lightning as pl
+    import torch
+    import torch.nn.functional as F
+
+    from tx_suite.data.bpe import PAD_ID
+
+    cfg = load_config(Path(args.config))
+    pl.seed_everything(0, verbose=False)
+    dm = build(cfg["data"])
+    dm.setup("fit")
+    it = iter(dm.train_dataloader())
+    batches = [next(it) for _ in range(args.batches)]
+    task = build(cfg["model"])
+    model, eps = task.model, task.hparams.label_smoothing
+
+    def torch_ce(b):
+        logits = model(b["src"], b["tgt_in"], b["src_key_padding_mask"])  # (B, T, V)
+        n = int((b["tgt_out"] != PAD_ID).sum())
+        return F.cross_entropy(logits.flatten(0, 1), b["tgt_out"].flatten(), ignore_index=PAD_ID,
+                               label_smoothing=eps, reduction="sum"), n
+
+    def ours(b):
+        loss_sum, _, n = task._loss(b)
+        return loss_sum, n
+
+    variants = {"ours": ours, "torch_ce": torch_ce}
+    model.eval()
+    with torch.no_grad():  # the same number, two ways (dropout off)
+        values = {k: float(f(batches[0])[0] / f(batches[0])[1]) for k, f in variants.items()}
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
+
+    def run_pass(f) -> float:
+        t0 = time.perf_counter()
+        for b in batches:
+            opt.zero_grad(set_to_none=True)
+            loss_sum, n = f(b)
+            (loss_sum / n).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        return (time.perf_counter() - t0) / len(batches)
+
+    for f in variants.values():
+        run_pass(f)  # warm-up: allocator, thread pool
+    times = {k: [] for k in variants}
+    for _ in range(args.repeats):
+        for k, f in variants.items():
+            times[k].append(run_pass(f))
+    best = {k: min(v) for k, v in times.items()}
+    shapes = [tuple(b["tgt_out"].shape) for b in batches]
+    pad = sum(int((b["tgt_out"] == PAD_ID).sum()) for b in batches) / sum(b["tgt_out"].numel() for b in batches)
+    result = {"config": args.config, "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+              "machine": machine(), "tgt_shapes": shapes, "tgt_padding_fraction": round(pad, 3),
+              "loss_per_token": {k: round(v, 5) for k, v in values.items()},
+              "s_per_step": {k: [round(t, 3) for t in v] for k, v in times.items()},
+              "speedup_ours_vs_torch_ce": round(best["torch_ce"] / best["ours"], 3)}
+    print(json.dumps(result, indent=1))
+    print(f"\n{'variant':<9} {'s/step (best)':>13} {'loss/token':>10}")
+    for k in variants:
+        print(f"{k:<9} {best[k]:>13.3f} {values[k]:>10.4f}")
+    print(f"ours is {result['speedup_ours_vs_torch_ce']:.2f}x torch_ce")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
