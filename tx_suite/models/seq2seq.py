@@ -86,8 +86,8 @@ class Seq2SeqTransformer(nn.Module):
         """Teacher forcing up to the decoder output: hidden states ``(B, T, D)`` before :attr:`lm_head`.
 
         Training projects only the non-padding rows (``lm_head(h[keep])``): with a vocabulary of
-        8000 the ``(B, T, V)`` logits dominate a small model's memory traffic, and a third or more
-        of a length-bucketed batch is padding.
+        8000 the ``(B, T, V)`` logits are a large share of a small model's memory traffic, and no
+        padded position needs them (length bucketing keeps padding low, ~4 % of Multi30k targets).
         """
         memory = self.encode(src, src_key_padding_mask)
         return self.decode_features(tgt, memory, src_key_padding_mask)
