@@ -79,7 +79,7 @@ def test_label_smoothed_loss_gradient_matches_torch():
     logits = torch.randn(4, 6, 13, dtype=torch.float64, requires_grad=True)
     target = torch.randint(4, 13, (4, 6))
     target[1, 2:] = PAD_ID
-    weights = torch.rand(4, 6, 13, dtype=torch.float64)  # a non-uniform upstream gradient
+    weights = torch.rand(4, 6, 13, dtype=torch.float64)  # the backward must chain through other ops
     (mine,) = torch.autograd.grad(label_smoothed_nll_loss(logits * weights, target, 0.1)[0] * 3.0, logits)
     ref = F.cross_entropy((logits * weights).transpose(1, 2), target, ignore_index=PAD_ID,
                           label_smoothing=0.1, reduction="sum") * 3.0
