@@ -17,7 +17,6 @@ step; label smoothing (Szegedy et al. 2016, sec. 7); optional Mixup / CutMix
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 
@@ -27,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from tx_suite.tasks.sdpa_backend import check_sdpa_backend, sdpa_backend_context
+
 BACKBONES = ("tx", "timm")
-SDPA_BACKENDS = {"MATH": "MATH", "FLASH": "FLASH_ATTENTION", "EFFICIENT": "EFFICIENT_ATTENTION", "CUDNN": "CUDNN_ATTENTION"}
 POOLS = ("cls", "mean")
 #: checkpoint key of the data metadata (classes, channels, size, normalisation) for inference
 META_KEY = "tx_suite_vision"
@@ -223,9 +223,7 @@ class ImageClassification(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if sdpa_backend is not None and sdpa_backend.upper() not in SDPA_BACKENDS:
-            raise ValueError(f"sdpa_backend must be one of {sorted(SDPA_BACKENDS)} (lower case) or null, "
-                             f"got {sdpa_backend!r}")
+        check_sdpa_backend(sdpa_backend)
         arch = dict(patch_size=patch_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff)
         if timm_model:
             arch.update({k: v for k, v in timm_arch(timm_model).items() if k in arch})
@@ -279,11 +277,7 @@ class ImageClassification(pl.LightningModule):
 
     def attention_backend(self):
         """Context that pins the SDPA kernel to ``sdpa_backend`` (a no-op when it is None)."""
-        if self.hparams.sdpa_backend is None:
-            return contextlib.nullcontext()
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[self.hparams.sdpa_backend.upper()])])
+        return sdpa_backend_context(self.hparams.sdpa_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` normalised images -> ``(B, num_classes)`` logits of the inference model."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 from typing import Sequence
@@ -17,10 +16,10 @@ from tx_suite.decoding.sampling import sample_image_tokens
 from tx_suite.models.text_to_image import TextToImageTransformer
 from tx_suite.models.vqvae import VQVAE
 from tx_suite.tasks.callbacks.generation_images import SampleGrid
+from tx_suite.tasks.sdpa_backend import check_sdpa_backend, sdpa_backend_context
 from tx_suite.tasks.vqvae import codebook_fingerprint, load_vqvae, read_checkpoint, resolve_checkpoint
 from tx_suite.utils.checkpoint import init_kwargs
 
-_SDPA_BACKENDS = ("MATH", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION")
 #: TextToImageTask hyper-parameters that define the transformer.
 MODEL_KEYS = ("text_vocab_size", "text_len", "d_model", "n_heads", "d_ff", "n_layers", "dropout")
 
@@ -76,9 +75,7 @@ class TextToImageTask(pl.LightningModule):
                  sdpa_backend: str | None = None):
         super().__init__()
         self.save_hyperparameters()
-        if sdpa_backend is not None and sdpa_backend.upper() not in _SDPA_BACKENDS:
-            raise ValueError(f"sdpa_backend must be one of {sorted(b.lower() for b in _SDPA_BACKENDS)} "
-                             f"or null, got {sdpa_backend!r}")
+        check_sdpa_backend(sdpa_backend)
         path = resolve_checkpoint(tokenizer_ckpt, kind="VQ-VAE")
         self.hparams["tokenizer_ckpt"] = str(path)
         vqvae = load_vqvae(path)
@@ -139,11 +136,7 @@ class TextToImageTask(pl.LightningModule):
 
     def _attention_kernel(self):
         """Context pinning the SDPA kernel to ``sdpa_backend`` (a no-op when it is None)."""
-        if self.hparams.sdpa_backend is None:
-            return contextlib.nullcontext()
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return sdpa_kernel([getattr(SDPBackend, self.hparams.sdpa_backend.upper())])
+        return sdpa_backend_context(self.hparams.sdpa_backend)
 
     def _losses(self, batch: dict, caption_dropout: float = 0.0):
         text = batch["text"]

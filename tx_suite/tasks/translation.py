@@ -15,6 +15,7 @@ from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer
 from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
+from tx_suite.tasks.sdpa_backend import check_sdpa_backend, sdpa_backend_context
 from tx_suite.tasks.translation_metrics import signatures, translation_scores
 from tx_suite.tasks.translation_loss import label_smoothed_nll_loss
 from tx_suite.tasks.translation_schedules import build_scheduler
@@ -45,10 +46,15 @@ class TranslationTask(pl.LightningModule):
         max_len_a, max_len_b: output budget ``a * source_length + b`` tokens.
         bleu_every_n_epochs: decode the validation set every n epochs (loss every epoch).
         n_samples: sample translations kept for the sample callback.
+        sdpa_backend: pin the attention kernel for training, evaluation and decoding (``"math"``,
+            ``"flash"``, ``"efficient"``, ``"cudnn"``; ``None`` = PyTorch's choice). On CPU with
+            ``trainer.precision: bf16-mixed``, ``"math"`` makes a Transformer-tiny training step
+            ~1.2x faster than fp32, where the default kernel under bf16 gains nothing
+            (``benchmarks/RESULTS.md``).
 
     Raises:
-        ValueError: the datamodule's vocabulary does not fit ``vocab_size``, or its BPE model
-            differs from the checkpoint's.
+        ValueError: the datamodule's vocabulary does not fit ``vocab_size``, its BPE model
+            differs from the checkpoint's, or ``sdpa_backend`` is unknown.
     """
 
     def __init__(self, vocab_size: int = 8000, d_model: int = 256, n_heads: int = 4, d_ff: int = 1024,
@@ -59,8 +65,9 @@ class TranslationTask(pl.LightningModule):
                  weight_decay: float = 0.0, lr_schedule: str = "inverse_sqrt", warmup_steps: int = 4000,
                  min_lr_ratio: float = 0.0, val_beam_size: int = 1, beam_size: int = 5,
                  length_penalty: float = 1.0, max_len_a: float = 1.2, max_len_b: int = 10,
-                 bleu_every_n_epochs: int = 1, n_samples: int = 8):
+                 bleu_every_n_epochs: int = 1, n_samples: int = 8, sdpa_backend: str | None = None):
         super().__init__()
+        check_sdpa_backend(sdpa_backend)
         self.save_hyperparameters()
         self.model = Seq2SeqTransformer(
             vocab_size, d_model=d_model, n_heads=n_heads, d_ff=d_ff, n_encoder_layers=n_encoder_layers,
@@ -104,7 +111,8 @@ class TranslationTask(pl.LightningModule):
         return self.model(src, tgt_in, src_key_padding_mask)
 
     def _loss(self, batch: dict) -> tuple[Tensor, Tensor, int]:
-        h = self.model.forward_features(batch["src"], batch["tgt_in"], batch["src_key_padding_mask"])
+        with sdpa_backend_context(self.hparams.sdpa_backend):
+            h = self.model.forward_features(batch["src"], batch["tgt_in"], batch["src_key_padding_mask"])
         keep = batch["tgt_out"] != PAD_ID
         # Project only the real target positions: (B, T, D) -> (N, D) -> logits (N, V).
         logits = self.model.lm_head(h[keep])
@@ -143,10 +151,11 @@ class TranslationTask(pl.LightningModule):
         beam = h.beam_size if beam_size is None else beam_size
         kw = dict(bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, max_len_a=h.max_len_a, max_len_b=h.max_len_b,
                   use_cache=use_cache)
-        if beam == 1:
-            return greedy_search(self.model, src, src_key_padding_mask, **kw)
-        lp = h.length_penalty if length_penalty is None else length_penalty
-        return beam_search(self.model, src, src_key_padding_mask, beam_size=beam, length_penalty=lp, **kw)
+        with sdpa_backend_context(h.sdpa_backend):
+            if beam == 1:
+                return greedy_search(self.model, src, src_key_padding_mask, **kw)
+            lp = h.length_penalty if length_penalty is None else length_penalty
+            return beam_search(self.model, src, src_key_padding_mask, beam_size=beam, length_penalty=lp, **kw)
 
     def translate(self, batch: dict, beam_size: int | None = None) -> list[str]:
         """Detokenized hypotheses for a batch."""
