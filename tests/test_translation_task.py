@@ -153,3 +153,30 @@ def test_mismatched_datamodule_is_refused(run, tmp_path):
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="BPE model of the datamodule differs"):
         trainer.test(task, dm, ckpt_path=str(run["averaged"]), weights_only=True)
+
+
+def test_sdpa_backend_reaches_loss_and_decoding(run):
+    """``sdpa_backend`` pins the kernel of every attention call in the loss and in beam search:
+    the math kernel reproduces the default's numbers, and a kernel CPUs lack ("efficient") fails
+    rather than being silently ignored."""
+    with pytest.raises(ValueError, match="sdpa_backend"):
+        TranslationTask(**TINY, sdpa_backend="fastest")
+    task = TranslationTask.load_from_checkpoint(run["averaged"], weights_only=True).eval()
+    dm = _dm(run["cache"])
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+
+    def loss_and_ids(backend):
+        task.hparams.sdpa_backend = backend
+        with torch.no_grad():
+            return task._loss(batch)[0], task.generate(batch["src"], batch["src_key_padding_mask"], beam_size=3)
+
+    ref_loss, ref_ids = loss_and_ids(None)
+    loss, ids = loss_and_ids("math")
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-4)
+    assert torch.equal(ids, ref_ids)
+    task.hparams.sdpa_backend = "efficient"
+    with pytest.raises(RuntimeError):
+        task._loss(batch)
+    with pytest.raises(RuntimeError):
+        task.generate(batch["src"], batch["src_key_padding_mask"], beam_size=3)

@@ -1,0 +1,104 @@
+"""Time of one translation training step in fp32 and bf16 autocast, with PyTorch's attention
+kernel and with the math kernel (``TranslationTask(sdpa_backend="math")``), on real Multi30k
+batches, in the same process, on the same weights.
+
+bf16 is ``torch.autocast(device, dtype=torch.bfloat16)``, what ``trainer.precision: bf16-mixed``
+wraps a step in: weights, gradients and Adam state stay fp32. Repetitions alternate between the
+variants, so machine noise hits all of them. Also reports each variant's loss on one batch with
+dropout off (the bf16 rounding). Prints JSON and a table.
+
+    flock /tmp/tx-cpu.lock python benchmarks/translation_precision.py \
+        --config experiments/translation/multi30k_en_de_tiny.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+from _common import ROOT, build, git_commit, machine  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+
+from tx_suite.utils.config import load_config  # noqa: E402
+
+VARIANTS = {"fp32": (None, None), "fp32_math": (None, "math"),
+            "bf16": ("bf16", None), "bf16_math": ("bf16", "math")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="experiments/translation/multi30k_en_de_tiny.yaml")
+    ap.add_argument("--batches", type=int, default=4, help="real training batches per timed pass")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per variant (alternating)")
+    args = ap.parse_args()
+
+    import pytorch_lightning as pl
+    import torch
+
+    cfg = load_config(Path(args.config))
+    pl.seed_everything(0, verbose=False)
+    dm = build(cfg["data"])
+    dm.setup("fit")
+    it = iter(dm.train_dataloader())
+    batches = [next(it) for _ in range(args.batches)]
+    task = build(cfg["model"])
+    model = task.model
+
+    def context(name: str) -> contextlib.ExitStack:
+        precision, kernel = VARIANTS[name]
+        task.hparams.sdpa_backend = kernel  # read by TranslationTask._loss
+        stack = contextlib.ExitStack()
+        if precision == "bf16":
+            stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
+        return stack
+
+    model.eval()
+    values = {}
+    with torch.no_grad():
+        for name in VARIANTS:
+            with context(name):
+                loss_sum, _, n = task._loss(batches[0])
+            values[name] = float(loss_sum / n)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
+
+    def run_pass(name: str) -> float:
+        t0 = time.perf_counter()
+        for b in batches:
+            opt.zero_grad(set_to_none=True)
+            with context(name):
+                loss_sum, _, n = task._loss(b)
+            (loss_sum / n).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        return (time.perf_counter() - t0) / len(batches)
+
+    for name in VARIANTS:
+        run_pass(name)  # warm-up: allocator, thread pool, bf16 weight casts
+    times = {k: [] for k in VARIANTS}
+    for _ in range(args.repeats):
+        for name in VARIANTS:
+            times[name].append(run_pass(name))
+    best = {k: min(v) for k, v in times.items()}
+    result = {"config": args.config, "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+              "machine": machine(), "tgt_shapes": [tuple(b["tgt_out"].shape) for b in batches],
+              "loss_per_token_eval": {k: round(v, 5) for k, v in values.items()},
+              "s_per_step": {k: [round(t, 3) for t in v] for k, v in times.items()},
+              "speedup_vs_fp32": {k: round(best["fp32"] / v, 3) for k, v in best.items()}}
+    print(json.dumps(result, indent=1))
+    print(f"\n{'variant':<10} {'s/step (best)':>13} {'vs fp32':>8} {'loss/token':>10}")
+    for k in VARIANTS:
+        print(f"{k:<10} {best[k]:>13.3f} {result['speedup_vs_fp32'][k]:>7.2f}x {values[k]:>10.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
