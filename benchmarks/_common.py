@@ -24,6 +24,20 @@ def build(spec: dict, **extra):
     return getattr(importlib.import_module(module), name)(**{**(spec.get("init_args") or {}), **extra})
 
 
+def translation_setup(config: str, n_batches: int):
+    """``(task, batches)``: the TranslationTask of an experiment config and its datamodule's first
+    ``n_batches`` real training batches, seed 0 (the step-timing benchmarks)."""
+    from tx_suite.utils.config import load_config
+
+    cfg = load_config(Path(config))
+    pl.seed_everything(0, verbose=False)
+    dm = build(cfg["data"])
+    dm.setup("fit")
+    it = iter(dm.train_dataloader())
+    batches = [next(it) for _ in range(n_batches)]
+    return build(cfg["model"]), batches
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,

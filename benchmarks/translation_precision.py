@@ -19,15 +19,13 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from _common import ROOT, build, git_commit, machine  # noqa: E402
+from _common import ROOT, git_commit, machine, translation_setup  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # tx_suite from this checkout, installed or not
 
-from tx_suite.utils.config import load_config  # noqa: E402
 
 VARIANTS = {"fp32": (None, None), "fp32_math": (None, "math"),
             "bf16": ("bf16", None), "bf16_math": ("bf16", "math")}
@@ -40,16 +38,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per variant (alternating)")
     args = ap.parse_args()
 
-    import pytorch_lightning as pl
     import torch
 
-    cfg = load_config(Path(args.config))
-    pl.seed_everything(0, verbose=False)
-    dm = build(cfg["data"])
-    dm.setup("fit")
-    it = iter(dm.train_dataloader())
-    batches = [next(it) for _ in range(args.batches)]
-    task = build(cfg["model"])
+    task, batches = translation_setup(args.config, args.batches)
     model = task.model
 
     def context(name: str) -> contextlib.ExitStack:

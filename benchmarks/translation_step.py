@@ -20,15 +20,12 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from _common import ROOT, build, git_commit, machine  # noqa: E402
+from _common import ROOT, git_commit, machine, translation_setup  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
-
-from tx_suite.utils.config import load_config  # noqa: E402
+sys.path.insert(0, str(ROOT))  # tx_suite from this checkout, installed or not
 
 
 def main() -> int:
@@ -38,19 +35,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per variant (alternating)")
     args = ap.parse_args()
 
-    import pytorch_lightning as pl
     import torch
     import torch.nn.functional as F
 
     from tx_suite.data.bpe import PAD_ID
 
-    cfg = load_config(Path(args.config))
-    pl.seed_everything(0, verbose=False)
-    dm = build(cfg["data"])
-    dm.setup("fit")
-    it = iter(dm.train_dataloader())
-    batches = [next(it) for _ in range(args.batches)]
-    task = build(cfg["model"])
+    task, batches = translation_setup(args.config, args.batches)
     model, eps = task.model, task.hparams.label_smoothing
 
     def torch_ce(b):
