@@ -5,6 +5,7 @@ Imported as ``_common`` (a script's own folder is first on ``sys.path``); not pa
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -22,6 +23,15 @@ def build(spec: dict, **extra):
     """Instantiate a ``{class_path, init_args}`` spec of an experiment YAML; ``extra`` overrides init_args."""
     module, name = spec["class_path"].rsplit(".", 1)
     return getattr(importlib.import_module(module), name)(**{**(spec.get("init_args") or {}), **extra})
+
+
+def step_benchmark_args(description: str) -> argparse.Namespace:
+    """Command line of the translation step-timing benchmarks: ``--config``, ``--batches``, ``--repeats``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--config", default="experiments/translation/multi30k_en_de_tiny.yaml")
+    ap.add_argument("--batches", type=int, default=4, help="real training batches per timed pass")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per variant (alternating)")
+    return ap.parse_args()
 
 
 def translation_setup(config: str, n_batches: int):

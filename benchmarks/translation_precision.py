@@ -13,7 +13,6 @@ dropout off (the bf16 rounding). Prints JSON and a table.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -22,7 +21,7 @@ import time
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from _common import ROOT, git_commit, machine, translation_setup  # noqa: E402
+from _common import ROOT, git_commit, machine, step_benchmark_args, translation_setup  # noqa: E402
 
 sys.path.insert(0, str(ROOT))  # tx_suite from this checkout, installed or not
 
@@ -32,11 +31,7 @@ VARIANTS = {"fp32": (None, None), "fp32_math": (None, "math"),
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="experiments/translation/multi30k_en_de_tiny.yaml")
-    ap.add_argument("--batches", type=int, default=4, help="real training batches per timed pass")
-    ap.add_argument("--repeats", type=int, default=3, help="timed passes per variant (alternating)")
-    args = ap.parse_args()
+    args = step_benchmark_args(__doc__.splitlines()[0])
 
     import torch
 

@@ -15,7 +15,6 @@ Repetitions alternate between the two, so machine noise hits both. Prints JSON a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,17 +22,13 @@ import time
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from _common import ROOT, git_commit, machine, translation_setup  # noqa: E402
+from _common import ROOT, git_commit, machine, step_benchmark_args, translation_setup  # noqa: E402
 
 sys.path.insert(0, str(ROOT))  # tx_suite from this checkout, installed or not
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="experiments/translation/multi30k_en_de_tiny.yaml")
-    ap.add_argument("--batches", type=int, default=4, help="real training batches per timed pass")
-    ap.add_argument("--repeats", type=int, default=3, help="timed passes per variant (alternating)")
-    args = ap.parse_args()
+    args = step_benchmark_args(__doc__.splitlines()[0])
 
     import torch
     import torch.nn.functional as F
