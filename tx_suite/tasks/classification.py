@@ -275,13 +275,9 @@ class ImageClassification(pl.LightningModule):
         """The EMA weights if kept, else the trained ones: what is evaluated and exported."""
         return self.ema.module if self.ema is not None else self.model
 
-    def attention_backend(self):
-        """Context that pins the SDPA kernel to ``sdpa_backend`` (a no-op when it is None)."""
-        return sdpa_backend_context(self.hparams.sdpa_backend)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` normalised images -> ``(B, num_classes)`` logits of the inference model."""
-        with self.attention_backend():
+        with sdpa_backend_context(self.hparams.sdpa_backend):
             return self.inference_model(x)
 
     # -- setup ----------------------------------------------------------------------------------
@@ -309,11 +305,11 @@ class ImageClassification(pl.LightningModule):
         x, y = batch
         if self.mixup_fn is not None:
             x, soft = self.mixup_fn(x, y)  # soft: (B, num_classes) mixed, smoothed targets
-            with self.attention_backend():
+            with sdpa_backend_context(self.hparams.sdpa_backend):
                 logits = self.model(x)
             loss = torch.sum(-soft * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
         else:
-            with self.attention_backend():
+            with sdpa_backend_context(self.hparams.sdpa_backend):
                 logits = self.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
             self.train_acc(logits, y)

@@ -134,10 +134,6 @@ class TextToImageTask(pl.LightningModule):
 
     # ---- training ------------------------------------------------------------------------------
 
-    def _attention_kernel(self):
-        """Context pinning the SDPA kernel to ``sdpa_backend`` (a no-op when it is None)."""
-        return sdpa_backend_context(self.hparams.sdpa_backend)
-
     def _losses(self, batch: dict, caption_dropout: float = 0.0):
         text = batch["text"]
         # Targets in full precision: under bf16 autocast the nearest-code search could flip codes.
@@ -146,7 +142,7 @@ class TextToImageTask(pl.LightningModule):
         if caption_dropout > 0:
             drop = torch.rand(text.size(0), device=text.device) < caption_dropout
             text = text.masked_fill(drop[:, None], self.model.pad_id)
-        with self._attention_kernel():
+        with sdpa_backend_context(self.hparams.sdpa_backend):
             out = self.model(text, codes)
         targets = text[:, 1:]
         if (targets != self.model.pad_id).any():
