@@ -180,3 +180,29 @@ def test_sdpa_backend_reaches_loss_and_decoding(run):
         task._loss(batch)
     with pytest.raises(RuntimeError):
         task.generate(batch["src"], batch["src_key_padding_mask"], beam_size=3)
+
+
+def test_bleu_every_n_epochs_with_bleu_monitor(tmp_path):
+    """BLEU every 2nd epoch and in the last one, here ended by max_steps; the checkpoint that
+    monitors val/bleu must not fail in epochs without it (Lightning's ModelCheckpoint raises)."""
+    from tx_suite.tasks.callbacks.run_checkpoint import RunCheckpoint
+
+    class Seen(pl.Callback):
+        bleu_epochs: list = []
+
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking and "val/bleu" in trainer.callback_metrics:
+                self.bleu_epochs.append(trainer.current_epoch)
+
+    pl.seed_everything(0)
+    ck = RunCheckpoint(dirpath=tmp_path / "checkpoints", filename="best", monitor="val/bleu", mode="max",
+                       save_last=True, save_top_k=1, enable_version_counter=False)
+    seen = Seen()
+    trainer = pl.Trainer(max_epochs=10, max_steps=12, limit_train_batches=4, limit_val_batches=1,
+                         num_sanity_val_steps=0, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[ck, seen])
+    with pytest.warns(UserWarning, match="val/bleu"):
+        trainer.fit(TranslationTask(**TINY, bleu_every_n_epochs=2), _dm(tmp_path / "cache"))
+    assert seen.bleu_epochs == [1, 2]  # epoch 2 (0-based) is the last: max_steps ends it
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
+    assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)["global_step"] in (8, 12)

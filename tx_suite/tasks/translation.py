@@ -44,7 +44,9 @@ class TranslationTask(pl.LightningModule):
         beam_size, length_penalty: test/predict decoding (see
             :func:`tx_suite.decoding.beam_search.beam_search`).
         max_len_a, max_len_b: output budget ``a * source_length + b`` tokens.
-        bleu_every_n_epochs: decode the validation set every n epochs (loss every epoch).
+        bleu_every_n_epochs: decode the validation set every n epochs and in the last epoch (by
+            ``max_epochs`` or ``max_steps``); the loss every epoch. Epochs without BLEU leave
+            ``best.ckpt`` (monitor ``val/bleu``) as it is.
         n_samples: sample translations kept for the sample callback.
         sdpa_backend: pin the attention kernel for training, evaluation and decoding (``"math"``,
             ``"flash"``, ``"efficient"``, ``"cudnn"``; ``None`` = PyTorch's choice). On CPU with
@@ -167,8 +169,10 @@ class TranslationTask(pl.LightningModule):
             return True
         if self.trainer.sanity_checking:
             return False
-        return (self.current_epoch + 1) % max(1, self.hparams.bleu_every_n_epochs) == 0 or (
-            self.trainer.max_epochs is not None and self.current_epoch + 1 >= self.trainer.max_epochs)
+        trainer = self.trainer
+        last_epoch = (trainer.max_epochs is not None and self.current_epoch + 1 >= trainer.max_epochs) or (
+            trainer.max_steps is not None and trainer.max_steps > 0 and self.global_step >= trainer.max_steps)
+        return (self.current_epoch + 1) % max(1, self.hparams.bleu_every_n_epochs) == 0 or last_epoch
 
     def _eval_start(self) -> None:
         self._eval = {"loss": 0.0, "nll": 0.0, "n": 0, "rows": [], "decode_s": 0.0}

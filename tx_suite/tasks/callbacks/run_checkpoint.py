@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
 
@@ -29,6 +30,10 @@ class RunCheckpoint(ModelCheckpoint):
             (:class:`tx_suite.utils.resumable_loader.ResumableDataLoader`).
         **kwargs: the arguments of :class:`~pytorch_lightning.callbacks.ModelCheckpoint`.
 
+    An epoch whose metrics lack the monitored key (a metric computed only every N epochs, such as
+    ``TranslationTask(bleu_every_n_epochs=N)``'s ``val/bleu``) keeps ``best.ckpt`` as it is and
+    still rewrites ``last.ckpt``; ModelCheckpoint would raise instead.
+
     The state key is ModelCheckpoint's, so checkpoints written before (or by a plain
     ModelCheckpoint) restore this callback's state.
     """
@@ -38,9 +43,16 @@ class RunCheckpoint(ModelCheckpoint):
         if last_every_n_train_steps is not None and last_every_n_train_steps < 1:
             raise ValueError(f"last_every_n_train_steps must be >= 1 or None, got {last_every_n_train_steps}")
         self.last_every_n_train_steps = last_every_n_train_steps
+        self._warned_missing = False
 
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
-        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        if self.monitor is None or self.monitor in monitor_candidates:
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+        elif not self._warned_missing:
+            self._warned_missing = True
+            rank_zero_warn(f"RunCheckpoint(monitor={self.monitor!r}): the key is missing at step "
+                           f"{trainer.global_step}; best.ckpt is chosen only at steps that log it "
+                           f"(logged now: {sorted(monitor_candidates)})")
         if self.save_last:
             # ModelCheckpoint saves last.ckpt only when this equals the current step.
             self._last_global_step_saved = trainer.global_step
