@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU checks of this project as one prepared run (~9 min), for a session that is lent a GPU:
+#   1. the Transformer-tiny en->de recipe (8000 updates, experiments/translation/
+#      multi30k_en_de_tiny_gpu.yaml) trained and scored on test_2016_flickr (issue #3's en->de
+#      target, ~5 h on 2 CPU cores), stopped after FIT_MINUTES at an epoch end if not done;
+#   2. benchmarks/core_throughput.py on the GPU (issue #2's GPU rows), in the time left.
+# Writes logs and JSON to $OUT (default runs/gpu_session); checkpoints stay in $RUN_DIR, so a
+# second call on the same machine can finish an unfinished fit with RESUME=1, or only score its
+# checkpoints with SCORE_ONLY=1.
+#
+#   bash benchmarks/gpu_session.sh                       # on the GPU machine, python3 with torch there
+#   SMOKE=1 bash benchmarks/gpu_session.sh               # CPU dry run: a few steps of everything (~3 min)
+#
+# Needs torch, pytorch-lightning, timm, tokenizers, sacrebleu, torchmetrics, einops, pyyaml
+# (not wandb or jsonargparse: the benchmark scripts drive Lightning directly).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu_session}
+RUN_DIR=${RUN_DIR:-/tmp/tx_gpu_tiny}
+FIT_MINUTES=${FIT_MINUTES:-5.5}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+t0=$(date +%s)
+
+fit_args=(--config experiments/translation/multi30k_en_de_tiny_gpu.yaml --out "$RUN_DIR" --max_minutes "$FIT_MINUTES")
+core_args=(--device cuda --steps 30)
+if [[ -n ${SMOKE:-} ]]; then
+    fit_args+=(--train_limit 1000 --max_epochs 2 --test_beams 1,2)
+    core_args=(--device cpu --quick --steps 2)
+fi
+[[ -n ${RESUME:-} ]] && fit_args+=(--resume)
+[[ -n ${SCORE_ONLY:-} ]] && fit_args+=(--skip_fit)
+
+{
+    date -u +"%F %T UTC"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    "$PY" -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'lightning', pl.__version__)"
+    echo "commit ${COMMIT:-unknown}"
+} > "$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+echo "== 1. tiny en->de: ${fit_args[*]}"
+timeout $((${FIT_MINUTES%.*} * 60 + 240)) "$PY" benchmarks/translation_train.py "${fit_args[@]}" > "$OUT/translation.log" 2>&1
+echo "rc=$? after $(( $(date +%s) - t0 )) s"
+grep -E '^\{"epoch' "$OUT/translation.log" | tail -3 | cut -c1-200
+tail -6 "$OUT/translation.log"
+cp "$RUN_DIR/result.json" "$OUT/translation_result.json" 2>/dev/null
+cp "$RUN_DIR/metrics.csv" "$OUT/translation_metrics.csv" 2>/dev/null
+
+left=$(( 560 - ($(date +%s) - t0) ))
+echo "== 2. core throughput (${left} s left)"
+if (( left > 60 )); then
+    timeout "$left" "$PY" benchmarks/core_throughput.py "${core_args[@]}" > "$OUT/core_throughput.log" 2>&1
+    echo "rc=$?"
+    tail -30 "$OUT/core_throughput.log"
+else
+    echo "skipped: too little time left"
+fi
+echo "done after $(( $(date +%s) - t0 )) s"
