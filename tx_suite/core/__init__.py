@@ -10,6 +10,7 @@ from .config import TransformerConfig
 from .decoder import Decoder
 from .decoder_layer import DecoderLayer
 from .drop_path import DropPath
+from .dropout import Dropout
 from .encoder import Encoder
 from .encoder_layer import EncoderLayer
 from .feed_forward import ACTIVATIONS, FeedForward, get_activation
@@ -26,7 +27,7 @@ from .positional import (
 from .recording import record_attention
 
 __all__ = [
-    "ACTIVATIONS", "Decoder", "DecoderCache", "DecoderLayer", "DecoderOnly", "DropPath", "Encoder",
+    "ACTIVATIONS", "Decoder", "DecoderCache", "DecoderLayer", "DecoderOnly", "DropPath", "Dropout", "Encoder",
     "EncoderDecoder", "EncoderLayer", "EncoderOnly", "FeedForward", "Grid2DPositionalEmbedding",
     "KVCache", "LayerCache", "LearnedPositionalEmbedding", "MultiHeadAttention", "RotaryEmbedding",
     "SinusoidalPositionalEncoding", "TransformerConfig", "causal_mask", "get_activation",

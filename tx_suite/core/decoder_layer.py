@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .drop_path import DropPath
+from .dropout import Dropout
 from .feed_forward import FeedForward
 from .kv_cache import LayerCache
 from .multi_head_attention import MultiHeadAttention
@@ -50,7 +51,7 @@ class DecoderLayer(nn.Module):
             self.norm2 = nn.LayerNorm(d_model, eps=norm_eps)
         self.ffn = FeedForward(d_model, d_ff, dropout, activation, bias=bias)
         self.norm3 = nn.LayerNorm(d_model, eps=norm_eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.drop_path = DropPath(drop_path)
 
     def forward(

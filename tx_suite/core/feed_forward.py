@@ -7,6 +7,8 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dropout import Dropout
+
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,  # Vaswani et al. 2017, Eq. 2
     "gelu": F.gelu,  # Hendrycks & Gimpel 2016; ViT (Dosovitskiy et al. 2020, §3.1)
@@ -54,7 +56,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(d_model, d_ff, bias=bias)
         self.act = get_activation(activation)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc2 = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:

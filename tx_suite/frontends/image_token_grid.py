@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..core.dropout import Dropout
 from ..core.positional import Grid2DPositionalEmbedding
 
 
@@ -34,7 +35,7 @@ class ImageTokenGrid(nn.Module):
         self.embedding = nn.Embedding(codebook_size, d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)
         self.pos = Grid2DPositionalEmbedding(height, width, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     @property
     def num_tokens(self) -> int:

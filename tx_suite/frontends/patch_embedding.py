@@ -7,6 +7,8 @@ from einops import rearrange
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
+from ..core.dropout import Dropout
+
 
 def _pair(x: int | tuple[int, int]) -> tuple[int, int]:
     return (x, x) if isinstance(x, int) else tuple(x)
@@ -56,7 +58,7 @@ class PatchEmbedding(nn.Module):
         self.proj = nn.Linear(in_chans * patch_size * patch_size, d_model)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.num_patches, d_model))
-        self.pos_drop = nn.Dropout(pos_dropout)
+        self.pos_drop = Dropout(pos_dropout)
         # ViT/timm init: positions N(0, 0.02) truncated; CLS near zero; projection N(0, 0.02).
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:

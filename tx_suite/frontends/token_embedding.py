@@ -6,6 +6,7 @@ import math
 
 from torch import Tensor, nn
 
+from ..core.dropout import Dropout
 from ..core.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
 POS_ENCODINGS = ("sinusoidal", "learned", "none")
@@ -59,7 +60,7 @@ class TokenEmbedding(nn.Module):
             "learned": lambda: LearnedPositionalEmbedding(max_len, d_model),
             "none": lambda: None,
         }[pos_encoding]()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     @property
     def weight(self) -> nn.Parameter:

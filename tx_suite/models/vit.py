@@ -9,7 +9,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
-from ..core import EncoderOnly, TransformerConfig
+from ..core import Dropout, EncoderOnly, TransformerConfig
 from ..frontends import PatchEmbedding
 
 GLOBAL_POOLS = ("token", "avg")
@@ -80,7 +80,7 @@ class VisionTransformer(nn.Module):
         )
         self.encoder = EncoderOnly(cfg, n_layers)
         self.fc_norm = nn.LayerNorm(d_model, eps=norm_eps) if global_pool == "avg" else nn.Identity()
-        self.head_drop = nn.Dropout(head_dropout)
+        self.head_drop = Dropout(head_dropout)
         self.head = nn.Linear(d_model, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 
