@@ -101,3 +101,32 @@ class StopBeforeDeadline(pl.Callback):
             trainer.should_stop = True
             print(json.dumps({"stopped": "max_minutes", "epoch": trainer.current_epoch}), flush=True)
         self.t_epoch = now
+
+
+def translation_pass(task, batches, opt, context) -> float:
+    """Mean seconds per training step of ``task`` over ``batches``: forward and loss inside
+    ``context()``, backward, gradient clipping at 1.0, ``opt.step()`` (the step-timing benchmarks)."""
+    import torch
+
+    params = list(task.model.parameters())
+    t0 = time.perf_counter()
+    for b in batches:
+        opt.zero_grad(set_to_none=True)
+        with context():
+            loss_sum, _, n = task._loss(b)
+        (loss_sum / n).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    return (time.perf_counter() - t0) / len(batches)
+
+
+def alternate(run, names, repeats: int) -> dict[str, list[float]]:
+    """``run(name)`` once per name as warm-up (allocator, thread pool, bf16 weight casts), then
+    ``repeats`` rounds over all names in turn, so machine noise hits every variant alike."""
+    for name in names:
+        run(name)
+    times = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            times[name].append(run(name))
+    return times

@@ -19,7 +19,8 @@ import time
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from _common import ROOT, git_commit, machine, step_benchmark_args, translation_setup  # noqa: E402
+from _common import (ROOT, alternate, git_commit, machine, step_benchmark_args, translation_pass,  # noqa: E402
+                     translation_setup)
 
 sys.path.insert(0, str(ROOT))  # tx_suite from this checkout, installed or not
 
@@ -55,23 +56,7 @@ def main() -> int:
             stack.enter_context(torch.autocast("cpu", dtype=torch.bfloat16))
         return stack
 
-    def run_pass(name: str) -> float:
-        t0 = time.perf_counter()
-        for b in batches:
-            opt.zero_grad(set_to_none=True)
-            with context(name):
-                loss_sum, _, n = task._loss(b)
-            (loss_sum / n).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-        return (time.perf_counter() - t0) / len(batches)
-
-    for name in VARIANTS:
-        run_pass(name)  # warm-up
-    times = {k: [] for k in VARIANTS}
-    for _ in range(args.repeats):
-        for name in VARIANTS:
-            times[name].append(run_pass(name))
+    times = alternate(lambda name: translation_pass(task, batches, opt, lambda: context(name)), VARIANTS, args.repeats)
     Dropout.forward = core_forward
     best = {k: min(v) for k, v in times.items()}
     result = {"config": args.config, "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"),

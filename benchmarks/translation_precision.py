@@ -21,7 +21,8 @@ import time
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from _common import ROOT, git_commit, machine, step_benchmark_args, translation_setup  # noqa: E402
+from _common import (ROOT, alternate, git_commit, machine, step_benchmark_args, translation_pass,  # noqa: E402
+                     translation_setup)
 
 sys.path.insert(0, str(ROOT))  # tx_suite from this checkout, installed or not
 
@@ -56,23 +57,7 @@ def main() -> int:
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
 
-    def run_pass(name: str) -> float:
-        t0 = time.perf_counter()
-        for b in batches:
-            opt.zero_grad(set_to_none=True)
-            with context(name):
-                loss_sum, _, n = task._loss(b)
-            (loss_sum / n).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-        return (time.perf_counter() - t0) / len(batches)
-
-    for name in VARIANTS:
-        run_pass(name)  # warm-up: allocator, thread pool, bf16 weight casts
-    times = {k: [] for k in VARIANTS}
-    for _ in range(args.repeats):
-        for name in VARIANTS:
-            times[name].append(run_pass(name))
+    times = alternate(lambda name: translation_pass(task, batches, opt, lambda: context(name)), VARIANTS, args.repeats)
     best = {k: min(v) for k, v in times.items()}
     result = {"config": args.config, "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "machine": machine(), "tgt_shapes": [tuple(b["tgt_out"].shape) for b in batches],
