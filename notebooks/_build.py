@@ -190,7 +190,7 @@ tiny_vit = [
     "--model.init_args.ema_decay=null", "--model.init_args.warmup_epochs=0", "--model.init_args.lr=2e-3",
     "--model.init_args.drop_path=0", "--data.init_args.limit_train=2560", "--data.init_args.val_size=500",
     "--data.init_args.batch_size=64", "--trainer.max_steps=40", "--trainer.val_check_interval=20",
-    "--trainer.limit_val_batches=2",
+    "--trainer.limit_val_batches=2", "--model.init_args.compile=false",  # 40 steps: not worth a build
 ]
 vit_ckpt = checkpoint(
     "TX_SUITE_VIT_CKPT", "mnist_vit",
@@ -304,6 +304,7 @@ short_vit = [
     "--trainer.log_every_n_steps=5", "--model.init_args.warmup_epochs=0", "--model.init_args.ema_decay=null",
     "--data.init_args.val_size=500", "--data.init_args.batch_size=64",
     "--trainer.callbacks=[]",  # no attention/report figures for these runs
+    "--model.init_args.compile=false",  # short runs: torch.compile's build would cost more than it saves
 ]
 if SMALL:
     short_vit += ["--model.init_args.d_model=64", "--model.init_args.d_ff=128", "--model.init_args.n_layers=3",

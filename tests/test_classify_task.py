@@ -85,3 +85,46 @@ def test_data_and_model_sizes_must_agree(tmp_path):
     task = tiny_task("timm", num_classes=7)
     with pytest.raises(ValueError, match="model.num_classes=7 but the data gives 10"):
         trainer(tmp_path, steps=1).fit(task, mnist(limit_train=64))
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager(tmp_path):
+    """``compile=True`` runs the training forward through torch.compile (inductor): same losses as
+    eager from the same weights and batches, and the same checkpoint keys. ~1 min on 2 cores."""
+    import torch._dynamo
+
+    pl.seed_everything(0, verbose=False)
+    eager = tiny_task("tx")
+    compiled = tiny_task("tx", compile=True)
+    compiled.load_state_dict(eager.state_dict())
+    losses = {}
+
+    class Record(pl.Callback):
+        def __init__(self, key):
+            self.key = key
+            losses[key] = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, idx):
+            losses[self.key].append(float(outputs["loss"]))
+
+    torch._dynamo.reset()
+    for key, task in (("eager", eager), ("compiled", compiled)):
+        pl.seed_everything(1, verbose=False)
+        tr = trainer(tmp_path, steps=6, limit_val_batches=0)
+        tr.callbacks.append(Record(key))
+        tr.fit(task, mnist(limit_train=64 * 6))
+    assert eager._compiled_forward is None and compiled._compiled_forward is not None
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # inductor really ran
+    assert losses["compiled"][0] == pytest.approx(losses["eager"][0], rel=1e-5)
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-3)
+    assert losses["eager"][-1] < losses["eager"][0]
+    assert compiled.state_dict().keys() == eager.state_dict().keys()
+
+
+def test_compile_without_a_cxx_compiler_says_so(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler.*compile: false"):
+        trainer(tmp_path, steps=1).fit(tiny_task("tx", compile=True), mnist(limit_train=64))
