@@ -25,10 +25,14 @@ def build(spec: dict, **extra):
     return getattr(importlib.import_module(module), name)(**{**(spec.get("init_args") or {}), **extra})
 
 
-def step_benchmark_args(description: str) -> argparse.Namespace:
-    """Command line of the translation step-timing benchmarks: ``--config``, ``--batches``, ``--repeats``."""
+def step_benchmark_args(description: str, config: str = "experiments/translation/multi30k_en_de_tiny.yaml",
+                        flags: dict[str, str] | None = None) -> argparse.Namespace:
+    """Command line of the translation step-timing benchmarks: ``--config`` (default ``config``),
+    ``--batches``, ``--repeats``, and a boolean option per ``flags`` entry (``{"--flag": help}``)."""
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--config", default="experiments/translation/multi30k_en_de_tiny.yaml")
+    ap.add_argument("--config", default=config)
+    for flag, help_text in (flags or {}).items():
+        ap.add_argument(flag, action="store_true", help=help_text)
     ap.add_argument("--batches", type=int, default=4, help="real training batches per timed pass")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per variant (alternating)")
     return ap.parse_args()

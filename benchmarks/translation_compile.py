@@ -24,12 +24,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:
-    skip_padding = "--no-skip-padding" not in sys.argv
-    argv = [a for a in sys.argv if a != "--no-skip-padding"]
-    if "--config" not in argv:
-        argv += ["--config", "experiments/translation/multi30k_en_de_tiny_bf16.yaml"]
-    sys.argv = argv
-    args = step_benchmark_args(__doc__.split("\n")[0])
+    args = step_benchmark_args(
+        __doc__.split("\n")[0], config="experiments/translation/multi30k_en_de_tiny_bf16.yaml",
+        flags={"--no-skip-padding": "run the layers on padded batches (one graph, no host sync)"})
+    skip_padding = not args.no_skip_padding
     from tx_suite.utils.config import load_config
 
     precision = str((load_config(ROOT / args.config).get("trainer") or {}).get("precision", "32-true"))
