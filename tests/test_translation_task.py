@@ -11,7 +11,8 @@ from tx_suite.cli.translate import load_translator, main as translate_main, tran
 from tx_suite.data.multi30k_datamodule import Multi30kDataModule
 from tx_suite.tasks.callbacks.translation_attention import TranslationAttentionMaps
 from tx_suite.tasks.callbacks.translation_averaging import (CheckpointAveraging, average_checkpoints,
-                                                           average_state_dicts)
+                                                           average_snapshots, average_state_dicts)
+from tx_suite.tasks.callbacks.translation_averaging import main as averaging_main
 from tx_suite.tasks.callbacks.translation_samples import TranslationSamples
 from tx_suite.tasks.translation import TranslationTask
 
@@ -115,6 +116,30 @@ def test_averaging_survives_resume(run, tmp_path):
     for k, v in expected.items():
         torch.testing.assert_close(got[k], v, rtol=0, atol=1e-7, msg=k)
     assert any(not torch.equal(got[k], last[k]) for k in last if last[k].is_floating_point())
+
+
+def test_average_snapshots_of_a_checkpoint(run, tmp_path, capsys):
+    # The last epoch's checkpoint keeps the snapshots of epochs 2 and 3 (last_n=2): all of them
+    # give the callback's averaged.ckpt, the newest one alone gives that epoch's own weights.
+    epochs = sorted((run["root"] / "checkpoints").glob("e*.ckpt"))
+    final = torch.load(epochs[-1], map_location="cpu", weights_only=True)
+    averaged = torch.load(run["averaged"], map_location="cpu", weights_only=True)["state_dict"]
+    both = average_snapshots(epochs[-1])
+    newest = average_snapshots(epochs[-1], last=1)
+    floats = [k for k, v in averaged.items() if v.is_floating_point()]
+    assert any(not torch.equal(averaged[k], final["state_dict"][k]) for k in floats)
+    for k in floats:
+        torch.testing.assert_close(both["state_dict"][k], averaged[k], rtol=0, atol=1e-7, msg=k)
+        torch.testing.assert_close(newest["state_dict"][k], final["state_dict"][k], rtol=0, atol=0, msg=k)
+    assert "optimizer_states" not in both and "CheckpointAveraging" not in both["callbacks"]
+    with pytest.raises(ValueError, match="holds 2 snapshots, fewer than the 3"):
+        average_snapshots(epochs[-1], last=3)
+    out = tmp_path / "avg1.ckpt"
+    assert averaging_main([str(out), "--snapshots", str(epochs[-1]), "--last", "1"]) == 0
+    restored = TranslationTask.load_from_checkpoint(out, weights_only=True)
+    assert torch.equal(restored.state_dict()[floats[0]], final["state_dict"][floats[0]])
+    assert averaging_main([str(out), "--snapshots", str(run["averaged"])]) == 2  # averaged.ckpt keeps none
+    assert capsys.readouterr().err.strip().endswith("holds no CheckpointAveraging snapshots")
 
 
 def test_translate_keeps_line_count_on_bad_input(run, tmp_path, capsys):

@@ -9,6 +9,8 @@ Two ways to use it:
 
 * :func:`average_checkpoints` on checkpoint files, or from the shell
   ``python -m tx_suite.tasks.callbacks.translation_averaging OUT.ckpt IN1.ckpt IN2.ckpt ...``;
+* :func:`average_snapshots` on the epoch snapshots that a checkpoint written by the callback
+  holds, for a shorter window than the run's (``... OUT.ckpt --snapshots last.ckpt --last 5``);
 * :class:`CheckpointAveraging`, a callback that keeps the weights of the last ``last_n`` epochs
   (in memory and in each checkpoint, so resuming does not lose them) and writes
   ``averaged.ckpt`` next to ``last.ckpt`` when training ends.
@@ -83,6 +85,43 @@ def average_checkpoints(paths: Sequence[str | Path], output: str | Path | None =
     for key in ("optimizer_states", "lr_schedulers"):
         out.pop(key, None)
     out["averaged_from"] = [str(p) for p in paths]
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(out, output)
+    return out
+
+
+SNAPSHOT_STATE_KEY = "CheckpointAveraging"  # the callback's state key in a checkpoint's "callbacks"
+
+
+def average_snapshots(path: str | Path, last: int | None = None, output: str | Path | None = None) -> dict:
+    """Average the last ``last`` (default: all) epoch snapshots that :class:`CheckpointAveraging`
+    stored in a checkpoint.
+
+    A run that kept the last 10 epochs (``last_n=10``) can so also be scored on the average of
+    its last 5, without the epoch files. The result is the checkpoint with its ``state_dict``
+    replaced by the average and its optimizer, scheduler and snapshot state removed, as
+    :func:`average_checkpoints` returns.
+
+    Raises:
+        tx_suite.utils.checkpoint.CheckpointError: the file is missing, corrupt or unsafe.
+        ValueError: the checkpoint holds no snapshots, fewer than ``last``, or ``last < 1``.
+    """
+    if last is not None and last < 1:
+        raise ValueError(f"last must be >= 1, got {last}")
+    ckpt = load_checkpoint(path)
+    snapshots = (ckpt.get("callbacks") or {}).get(SNAPSHOT_STATE_KEY, {}).get("snapshots") or []
+    if not snapshots:
+        raise ValueError(f"{path} holds no CheckpointAveraging snapshots")
+    last = len(snapshots) if last is None else last
+    if len(snapshots) < last:
+        raise ValueError(f"{path} holds {len(snapshots)} snapshots, fewer than the {last} asked for")
+    out = dict(ckpt)
+    out["state_dict"] = average_state_dicts(snapshots[-last:])
+    for key in ("optimizer_states", "lr_schedulers"):
+        out.pop(key, None)
+    out["callbacks"] = {k: v for k, v in ckpt["callbacks"].items() if k != SNAPSHOT_STATE_KEY}
+    out["averaged_from"] = [f"{path}: last {last} of {len(snapshots)} epoch snapshots"]
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         torch.save(out, output)
@@ -171,14 +210,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tx_suite.tasks.callbacks.translation_averaging",
                                  description="Average the weights of Lightning checkpoints.")
     ap.add_argument("output", help="averaged checkpoint to write")
-    ap.add_argument("inputs", nargs="+", help="checkpoints to average (e.g. the last 5 epochs)")
+    ap.add_argument("inputs", nargs="*", help="checkpoints to average (e.g. the last 5 epochs)")
+    ap.add_argument("--snapshots", metavar="CKPT",
+                    help="average the epoch snapshots kept in CKPT by CheckpointAveraging instead")
+    ap.add_argument("--last", type=int, default=None, help="with --snapshots: how many of the newest (default: all)")
     args = ap.parse_args(argv)
+    if bool(args.inputs) == bool(args.snapshots):
+        ap.error("give either checkpoint files or --snapshots CKPT")
     try:
-        average_checkpoints(args.inputs, args.output)
+        if args.snapshots:
+            out = average_snapshots(args.snapshots, args.last, args.output)
+            what = out["averaged_from"][0]
+        else:
+            average_checkpoints(args.inputs, args.output)
+            what = f"average of {len(args.inputs)} checkpoints"
     except ValueError as e:  # CheckpointError included
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.output} (average of {len(args.inputs)} checkpoints)")
+    print(f"wrote {args.output} ({what})")
     return 0
 
 
