@@ -5,7 +5,7 @@ last 5 checkpoints". Implemented like fairseq's ``scripts/average_checkpoints.py
 point tensor of the state dict is averaged (in float64 for accuracy), other tensors (integer
 buffers) are taken from the last checkpoint.
 
-Two ways to use it:
+Three ways to use it:
 
 * :func:`average_checkpoints` on checkpoint files, or from the shell
   ``python -m tx_suite.tasks.callbacks.translation_averaging OUT.ckpt IN1.ckpt IN2.ckpt ...``;
@@ -29,6 +29,9 @@ import torch
 from torch import Tensor
 
 from tx_suite.utils.checkpoint import load_checkpoint
+
+
+SNAPSHOT_STATE_KEY = "CheckpointAveraging"  # the callback's state key in a checkpoint's "callbacks"
 
 
 def average_state_dicts(state_dicts: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
@@ -62,7 +65,7 @@ def average_checkpoints(paths: Sequence[str | Path], output: str | Path | None =
     """Average the ``state_dict`` of Lightning checkpoint files.
 
     The result is the last checkpoint with its ``state_dict`` replaced by the average and its
-    optimizer/scheduler state removed (averaged weights do not match any optimizer state), so it
+    optimizer/scheduler state and averaging snapshots removed (averaged weights match neither), so it
     loads anywhere the last one does (``tx-suite test --ckpt_path``, ``tx-suite translate``).
 
     Args:
@@ -80,18 +83,23 @@ def average_checkpoints(paths: Sequence[str | Path], output: str | Path | None =
         if "state_dict" not in ckpt:
             raise ValueError(f"{p} is not a Lightning checkpoint (no state_dict)")
         ckpts.append(ckpt)
-    out = dict(ckpts[-1])
-    out["state_dict"] = average_state_dicts([c["state_dict"] for c in ckpts])
+    return _with_weights(ckpts[-1], average_state_dicts([c["state_dict"] for c in ckpts]),
+                         [str(p) for p in paths], output)
+
+
+def _with_weights(ckpt: dict, state_dict: dict[str, Tensor], sources: list[str],
+                  output: str | Path | None) -> dict:
+    """``ckpt`` with averaged weights, without the state that no longer matches them (optimizer,
+    scheduler, the averaging snapshots); written to ``output`` if given."""
+    out = dict(ckpt, state_dict=state_dict, averaged_from=sources)
     for key in ("optimizer_states", "lr_schedulers"):
         out.pop(key, None)
-    out["averaged_from"] = [str(p) for p in paths]
+    if "callbacks" in out:
+        out["callbacks"] = {k: v for k, v in out["callbacks"].items() if k != SNAPSHOT_STATE_KEY}
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         torch.save(out, output)
     return out
-
-
-SNAPSHOT_STATE_KEY = "CheckpointAveraging"  # the callback's state key in a checkpoint's "callbacks"
 
 
 def average_snapshots(path: str | Path, last: int | None = None, output: str | Path | None = None) -> dict:
@@ -116,16 +124,8 @@ def average_snapshots(path: str | Path, last: int | None = None, output: str | P
     last = len(snapshots) if last is None else last
     if len(snapshots) < last:
         raise ValueError(f"{path} holds {len(snapshots)} snapshots, fewer than the {last} asked for")
-    out = dict(ckpt)
-    out["state_dict"] = average_state_dicts(snapshots[-last:])
-    for key in ("optimizer_states", "lr_schedulers"):
-        out.pop(key, None)
-    out["callbacks"] = {k: v for k, v in ckpt["callbacks"].items() if k != SNAPSHOT_STATE_KEY}
-    out["averaged_from"] = [f"{path}: last {last} of {len(snapshots)} epoch snapshots"]
-    if output is not None:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(out, output)
-    return out
+    return _with_weights(ckpt, average_state_dicts(snapshots[-last:]),
+                         [f"{path}: last {last} of {len(snapshots)} epoch snapshots"], output)
 
 
 def _cpu_copy(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -217,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if bool(args.inputs) == bool(args.snapshots):
         ap.error("give either checkpoint files or --snapshots CKPT")
+    if args.last is not None and not args.snapshots:
+        ap.error("--last goes with --snapshots")
     try:
         if args.snapshots:
             out = average_snapshots(args.snapshots, args.last, args.output)
