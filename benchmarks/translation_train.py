@@ -49,6 +49,7 @@ def main() -> int:
     import pytorch_lightning as pl
     import torch
 
+    from tx_suite.tasks.callbacks.rng_state import RNGStateCallback
     from tx_suite.tasks.callbacks.run_checkpoint import RunCheckpoint
     from tx_suite.tasks.translation import TranslationTask
 
@@ -85,6 +86,8 @@ def main() -> int:
             print(json.dumps({"epoch": trainer.current_epoch, "elapsed_s": round(time.time() - self.t0), **m}),
                   flush=True)
 
+    # As the CLI does: a resumed segment draws the shuffles and dropout masks of an uninterrupted run.
+    callbacks.append(RNGStateCallback())
     callbacks.append(EpochPrinter())
     if args.max_minutes is not None:
         callbacks.append(StopBeforeDeadline(args.max_minutes))

@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     import pytorch_lightning as pl
     import torch
 
+    from tx_suite.tasks.callbacks.rng_state import RNGStateCallback
     from tx_suite.tasks.callbacks.run_checkpoint import RunCheckpoint
 
     run_args = {"config": str(args.config), "max_epochs": args.max_epochs, "limit_train": args.limit_train}
@@ -128,6 +129,8 @@ def main(argv=None) -> int:
     callbacks.append(RunCheckpoint(dirpath=args.out / "checkpoints", filename="best", monitor=ck.get("monitor"),
                                    mode=ck.get("mode", "min"), save_last=True, save_top_k=1,
                                    enable_version_counter=False))
+    # As the CLI does: a resumed segment draws the shuffles and dropout masks of an uninterrupted run.
+    callbacks.append(RNGStateCallback())
     if args.max_minutes:
         callbacks.append(StopBeforeDeadline(args.max_minutes))
     trainer = pl.Trainer(logger=segment_logger(args.out, epochs_before), default_root_dir=str(args.out),

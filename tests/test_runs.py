@@ -73,13 +73,18 @@ def test_fit_writes_a_complete_run_record(runs_dir):
     assert len(list((runs_dir / "tiny_mnist").iterdir())) == 2
 
 
-def test_resume_last_continues_the_same_run_exactly(runs_dir):
-    assert fit("--trainer.max_epochs=1") == 0
+@pytest.mark.parametrize("steps", [[], ["--trainer.max_steps=1000"]], ids=["epochs", "max_steps"])
+def test_resume_last_continues_the_same_run_exactly(runs_dir, recwarn, steps):
+    assert fit("--trainer.max_epochs=1", *steps) == 0
     run = only_run(runs_dir)
     assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == STEPS_PER_EPOCH
     first_rows = metric_rows(run)
 
-    assert fit("--trainer.max_epochs=2", "--ckpt_path", "last") == 0
+    recwarn.clear()
+    assert fit("--trainer.max_epochs=2", *steps, "--ckpt_path", "last") == 0
+    # With max_steps, Lightning replays the restored epoch end: no new save point, no warning
+    # about the monitored metric missing, and the epoch is not counted twice (it would stop here).
+    assert not [w for w in recwarn if "RunCheckpoint" in str(w.message)]
     assert only_run(runs_dir) == run  # resumed in place, no new run directory
     resumed = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] == 2 * STEPS_PER_EPOCH and resumed["epoch"] == 1
@@ -91,10 +96,12 @@ def test_resume_last_continues_the_same_run_exactly(runs_dir):
     assert info["resumes"][0]["ckpt_path"] == str(run / "checkpoints" / "last.ckpt")
     assert info["resumes"][0]["wandb"]["id"] == info["wandb"]["id"] == run.name  # same W&B run id
 
-    # Same weights as an uninterrupted 2-epoch run: optimizer state, loops and RNG (shuffle,
-    # dropout) were all restored.
-    assert fit("--trainer.max_epochs=2", "--experiment", "uninterrupted") == 0
+    # Same weights and epoch count as an uninterrupted 2-epoch run: optimizer state, loops and RNG
+    # (shuffle, dropout) were all restored.
+    assert fit("--trainer.max_epochs=2", *steps, "--experiment", "uninterrupted") == 0
     straight = load_checkpoint(only_run(runs_dir, "uninterrupted") / "checkpoints" / "last.ckpt")
+    fit_progress = [c["loops"]["fit_loop"]["epoch_progress"]["total"] for c in (straight, resumed)]
+    assert fit_progress[0] == fit_progress[1]
     for key, value in straight["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
 

@@ -10,6 +10,28 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
 
+def undo_replayed_epoch_count(trainer: pl.Trainer) -> bool:
+    """Before a resumed fit's first epoch: take back the epoch count that Lightning's replay of the
+    restored epoch end will add again. Returns whether it did.
+
+    With ``max_steps`` set, Lightning (2.6) resumes from a checkpoint written in
+    ``on_train_epoch_end`` by re-running ``FitLoop.on_advance_end``, whose
+    ``epoch_progress.increment_processed()`` was already counted in the checkpoint
+    (Lightning-AI/pytorch-lightning#19617 is the same family). Left alone, ``max_epochs=3``
+    resumed after epoch 1 trains only one more epoch. A no-op on Lightning versions without
+    ``FitLoop.restarted_on_epoch_end`` and on every other kind of restart.
+    """
+    loop = trainer.fit_loop
+    if not getattr(loop, "restarted_on_epoch_end", False) or trainer.max_steps == -1:
+        return False
+    progress = loop.epoch_progress
+    if progress.total.processed != progress.total.completed + 1:  # not the state this fix knows
+        return False
+    progress.total.processed -= 1
+    progress.current.processed -= 1
+    return True
+
+
 class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``last.ckpt`` is rewritten at every save point, improved or not,
     and optionally every N training steps within an epoch.
@@ -34,6 +56,13 @@ class RunCheckpoint(ModelCheckpoint):
     ``TranslationTask(bleu_every_n_epochs=N)``'s ``val/bleu``) keeps ``best.ckpt`` as it is and
     still rewrites ``last.ckpt``; ModelCheckpoint would raise instead.
 
+    Resuming from an epoch-end checkpoint with ``max_steps`` set (iteration-based training),
+    Lightning 2.6 replays that epoch's end. The replay is not a new save point (nothing trained
+    since the restore, no validation metrics), so nothing is written or warned about then. The
+    replay also counts the restored epoch as processed a second time, which would end a resumed
+    run one epoch before ``max_epochs`` and shift the sampler epoch; this callback takes that extra
+    count back (see :func:`undo_replayed_epoch_count`).
+
     The state key is ModelCheckpoint's, so checkpoints written before (or by a plain
     ModelCheckpoint) restore this callback's state.
     """
@@ -56,6 +85,14 @@ class RunCheckpoint(ModelCheckpoint):
         if self.save_last:
             # ModelCheckpoint saves last.ckpt only when this equals the current step.
             self._last_global_step_saved = trainer.global_step
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.ckpt_path is not None:
+            # The restored checkpoint was written at this step: Lightning's replay of its epoch end
+            # must not count as a new save point.
+            self._last_global_step_saved = trainer.global_step
+            undo_replayed_epoch_count(trainer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
