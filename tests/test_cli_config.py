@@ -34,6 +34,48 @@ def test_deep_merge_rules():
     assert base["a"]["y"] == [1, 2] and base["m"]["init_args"]["q"] == 2  # inputs untouched
 
 
+def test_merge_edits_an_inherited_callbacks_list(tmp_path):
+    write(tmp_path / "base.yaml", """
+        trainer:
+          callbacks:
+            - {class_path: pkg.Bar, init_args: {refresh_rate: 20}}
+            - {class_path: pkg.Maps, init_args: {n: 2, every: 1}}
+            - {class_path: pkg.Avg, init_args: {last_n: 5}}
+    """)
+    exp = write(tmp_path / "exp.yaml", """
+        _base_: base.yaml
+        trainer:
+          callbacks:
+            _merge_:
+              - {class_path: pkg.Maps, init_args: {every: 10}}
+              - {class_path: pkg.Bar, _remove_: true}
+              - {class_path: pkg.New}
+    """)
+    assert load_config(exp)["trainer"]["callbacks"] == [
+        {"class_path": "pkg.Maps", "init_args": {"n": 2, "every": 10}},  # one argument changed, order kept
+        {"class_path": "pkg.Avg", "init_args": {"last_n": 5}},
+        {"class_path": "pkg.New"},  # appended
+    ]
+    # Through the command line too: the expanded file jsonargparse reads has no _merge_ left.
+    out = expand_config_argv(["fit", "--config", str(exp)])
+    assert "_merge_" not in Path(out[2]).read_text()
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("- {class_path: pkg.Gone, _remove_: true}", "cannot remove pkg.Gone"),
+    ("- {init_args: {n: 1}}", "needs a class_path"),
+    ("- {class_path: pkg.Twice}", "2 inherited entries have class_path pkg.Twice"),
+])
+def test_merge_errors_name_the_file(tmp_path, edit, message):
+    write(tmp_path / "base.yaml", "trainer: {callbacks: [{class_path: pkg.Twice}, {class_path: pkg.Twice}]}\n")
+    exp = write(tmp_path / "exp.yaml", f"_base_: base.yaml\ntrainer:\n  callbacks:\n    _merge_:\n      {edit}\n")
+    with pytest.raises(ConfigError, match=f"exp.yaml: _merge_.*{message}"):
+        load_config(exp)
+    scalar = write(tmp_path / "scalar.yaml", "_base_: base.yaml\ntrainer: {_merge_: [{class_path: a.B}]}\n")
+    with pytest.raises(ConfigError, match="inherited value is dict"):
+        load_config(scalar)
+
+
 def test_bases_recursive_relative_and_later_wins(tmp_path):
     write(tmp_path / "base" / "root.yaml", """
         trainer: {max_epochs: 10, log_every_n_steps: 50}

@@ -52,8 +52,8 @@ class VQVAETask(pl.LightningModule):
         self.register_buffer("train_code_counts", torch.zeros(K, dtype=torch.long), persistent=False)
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        # Registered here rather than in the config so experiment configs need not repeat the
-        # base trainer's callback list (lists are replaced, not merged, by `_base_`).
+        # Registered here rather than in the config: it belongs to every VQ-VAE run, whatever
+        # callbacks list an experiment config states.
         if self.hparams.log_images <= 0:
             return []
         return [ReconstructionGrid(n_images=self.hparams.log_images)]

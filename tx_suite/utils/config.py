@@ -8,6 +8,9 @@ merged left to right; the file's own keys are merged last and win. Merge rules
 * dict + dict: merged key by key, recursively;
 * two dicts with different ``class_path`` values: the later subtree replaces the earlier one whole
   (the init_args of one class mean nothing to another);
+* a ``{_merge_: [...]}`` mapping over a list of ``class_path`` entries (``trainer.callbacks``)
+  edits that list instead of replacing it: each entry is merged into the one entry of the same
+  ``class_path`` (appended if there is none); an entry with ``_remove_: true`` deletes it;
 * anything else (lists, scalars, a dict over a scalar): the later value replaces the earlier one.
 
 :func:`expand_config_argv` applies this to a ``tx-suite`` command line before LightningCLI parses it.
@@ -26,6 +29,8 @@ from typing import Any
 import yaml
 
 BASE_KEY = "_base_"
+MERGE_KEY = "_merge_"
+REMOVE_KEY = "_remove_"
 CONFIG_FLAGS = ("--config", "-c")
 
 
@@ -55,15 +60,61 @@ def deep_merge(base: Any, override: Any) -> Any:
     """Merge ``override`` into ``base`` and return a new object (inputs are not modified).
 
     Dicts merge recursively; a dict whose ``class_path`` differs from the base's replaces it whole;
-    every other value (lists included) replaces the base value.
+    a ``{_merge_: [...]}`` mapping edits a base list of ``class_path`` entries
+    (:func:`merge_by_class_path`); every other value (lists included) replaces the base value.
+
+    Raises:
+        ConfigError: a ``_merge_`` edit that does not apply (see :func:`merge_by_class_path`).
     """
+    if _is_list_edit(override):
+        return merge_by_class_path([] if base is None else base, override[MERGE_KEY])
     if not (isinstance(base, dict) and isinstance(override, dict)):
         return copy.deepcopy(override)
     if "class_path" in base and "class_path" in override and base["class_path"] != override["class_path"]:
         return copy.deepcopy(override)
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        merged[key] = deep_merge(merged[key], value) if key in merged else copy.deepcopy(value)
+        merged[key] = deep_merge(merged.get(key), value) if key in merged or _is_list_edit(value) else copy.deepcopy(value)
+    return merged
+
+
+def _is_list_edit(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {MERGE_KEY}
+
+
+def merge_by_class_path(base: Any, edits: Any) -> list:
+    """Edit a list of ``{class_path, init_args}`` entries (a callbacks list) by ``class_path``.
+
+    Each edit is deep-merged into the base entry with the same ``class_path``, or appended when
+    there is none; an edit with ``_remove_: true`` deletes its entry. The order of the base list
+    is kept.
+
+    Raises:
+        ConfigError: the base is not a list, an edit has no ``class_path``, two base entries share
+            the edit's ``class_path`` (ambiguous), or a ``_remove_`` names no entry.
+    """
+    if not isinstance(base, list):
+        raise ConfigError(f"{MERGE_KEY} edits an inherited list, but the inherited value is {type(base).__name__}")
+    if not isinstance(edits, list):
+        raise ConfigError(f"{MERGE_KEY} takes a list of class_path entries, got {type(edits).__name__}")
+    merged = copy.deepcopy(base)
+    for edit in edits:
+        if not isinstance(edit, dict) or not isinstance(edit.get("class_path"), str):
+            raise ConfigError(f"{MERGE_KEY}: each entry needs a class_path, got {edit!r}")
+        name = edit["class_path"]
+        hits = [i for i, entry in enumerate(merged) if isinstance(entry, dict) and entry.get("class_path") == name]
+        if len(hits) > 1:
+            raise ConfigError(f"{MERGE_KEY}: {len(hits)} inherited entries have class_path {name}; restate the list")
+        remove = edit.get(REMOVE_KEY, False)
+        edit = {k: v for k, v in edit.items() if k != REMOVE_KEY}
+        if remove:
+            if not hits:
+                raise ConfigError(f"{MERGE_KEY}: cannot remove {name}: no inherited entry has that class_path")
+            del merged[hits[0]]
+        elif hits:
+            merged[hits[0]] = deep_merge(merged[hits[0]], edit)
+        else:
+            merged.append(copy.deepcopy(edit))
     return merged
 
 
@@ -105,12 +156,24 @@ def load_config(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
         if not base_path.is_file():
             raise ConfigError(f"{path}: _base_ file not found: {base} (looked at {base_path})")
         merged = deep_merge(merged, load_config(base_path, (*_chain, path)))
-    return deep_merge(merged, data)
+    try:
+        return deep_merge(merged, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
-def has_bases(path: str | Path) -> bool:
-    """True when the YAML file at ``path`` has a top-level ``_base_`` key."""
-    return BASE_KEY in _read_yaml(Path(path))
+def needs_expansion(path: str | Path) -> bool:
+    """True when the YAML file at ``path`` uses ``_base_`` or ``_merge_`` (jsonargparse knows neither)."""
+    data = _read_yaml(Path(path))
+    return BASE_KEY in data or _has_key(data, MERGE_KEY)
+
+
+def _has_key(value: Any, key: str) -> bool:
+    if isinstance(value, dict):
+        return key in value or any(_has_key(v, key) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_key(v, key) for v in value)
+    return False
 
 
 def _config_value_index(argv: list[str], i: int) -> tuple[str | None, int]:
@@ -144,9 +207,10 @@ def _cleanup_tmp_dirs() -> None:
 
 
 def expand_config_argv(argv: list[str]) -> list[str]:
-    """Replace each ``--config FILE`` that uses ``_base_`` by a temporary file holding the merge.
+    """Replace each ``--config FILE`` that uses ``_base_`` (or ``_merge_``) by a temporary file
+    holding the merge.
 
-    Files without ``_base_`` are passed through unchanged, so jsonargparse still resolves them
+    Other files are passed through unchanged, so jsonargparse still resolves them
     itself. The temporary files keep the original file names and are deleted at interpreter exit.
     The order of arguments is kept: later ``--config`` files and later ``--key=value`` overrides
     still win, as LightningCLI defines.
@@ -163,7 +227,7 @@ def expand_config_argv(argv: list[str]) -> list[str]:
         src = Path(path)
         if not src.is_file():
             raise ConfigError(f"config file not found: {path}")
-        if not has_bases(src):
+        if not needs_expansion(src):
             continue
         merged = load_config(src)
         if tmp_dir is None:
