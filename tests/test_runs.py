@@ -102,6 +102,9 @@ def test_resume_last_continues_the_same_run_exactly(runs_dir, recwarn, steps):
     straight = load_checkpoint(only_run(runs_dir, "uninterrupted") / "checkpoints" / "last.ckpt")
     fit_progress = [c["loops"]["fit_loop"]["epoch_progress"]["total"] for c in (straight, resumed)]
     assert fit_progress[0] == fit_progress[1]
+    logged = [[(r["step"], r["val/acc"]) for r in metric_rows(d) if r.get("val/acc")]
+              for d in (only_run(runs_dir, "uninterrupted"), run)]
+    assert logged[0] == logged[1]  # the same values at the same logger steps
     for key, value in straight["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][key]), key
 

@@ -9,27 +9,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
-
-def undo_replayed_epoch_count(trainer: pl.Trainer) -> bool:
-    """Before a resumed fit's first epoch: take back the epoch count that Lightning's replay of the
-    restored epoch end will add again. Returns whether it did.
-
-    With ``max_steps`` set, Lightning (2.6) resumes from a checkpoint written in
-    ``on_train_epoch_end`` by re-running ``FitLoop.on_advance_end``, whose
-    ``epoch_progress.increment_processed()`` was already counted in the checkpoint
-    (Lightning-AI/pytorch-lightning#19617 is the same family). Left alone, ``max_epochs=3``
-    resumed after epoch 1 trains only one more epoch. A no-op on Lightning versions without
-    ``FitLoop.restarted_on_epoch_end`` and on every other kind of restart.
-    """
-    loop = trainer.fit_loop
-    if not getattr(loop, "restarted_on_epoch_end", False) or trainer.max_steps == -1:
-        return False
-    progress = loop.epoch_progress
-    if progress.total.processed != progress.total.completed + 1:  # not the state this fix knows
-        return False
-    progress.total.processed -= 1
-    progress.current.processed -= 1
-    return True
+from tx_suite.tasks.callbacks import epoch_end_replay
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -58,10 +38,9 @@ class RunCheckpoint(ModelCheckpoint):
 
     Resuming from an epoch-end checkpoint with ``max_steps`` set (iteration-based training),
     Lightning 2.6 replays that epoch's end. The replay is not a new save point (nothing trained
-    since the restore, no validation metrics), so nothing is written or warned about then. The
-    replay also counts the restored epoch as processed a second time, which would end a resumed
-    run one epoch before ``max_epochs`` and shift the sampler epoch; this callback takes that extra
-    count back (see :func:`undo_replayed_epoch_count`).
+    since the restore, no validation metrics), so nothing is written or warned about then; the
+    epoch and logger-step counts the replay adds twice are taken back
+    (:mod:`tx_suite.tasks.callbacks.epoch_end_replay`).
 
     The state key is ModelCheckpoint's, so checkpoints written before (or by a plain
     ModelCheckpoint) restore this callback's state.
@@ -73,6 +52,7 @@ class RunCheckpoint(ModelCheckpoint):
             raise ValueError(f"last_every_n_train_steps must be >= 1 or None, got {last_every_n_train_steps}")
         self.last_every_n_train_steps = last_every_n_train_steps
         self._warned_missing = False
+        self._replay_at_step: Optional[int] = None
 
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
         if self.monitor is None or self.monitor in monitor_candidates:
@@ -88,11 +68,19 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
+        self._replay_at_step = None
         if trainer.ckpt_path is not None:
             # The restored checkpoint was written at this step: Lightning's replay of its epoch end
             # must not count as a new save point.
             self._last_global_step_saved = trainer.global_step
-            undo_replayed_epoch_count(trainer)
+            if epoch_end_replay.undo_epoch_count(trainer):
+                self._replay_at_step = trainer.global_step
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._replay_at_step is not None and trainer.global_step == self._replay_at_step:
+            epoch_end_replay.undo_step_count(trainer)
+        self._replay_at_step = None
+        super().on_train_epoch_end(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
