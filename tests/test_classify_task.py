@@ -1,5 +1,7 @@
 """The ImageClassification task on real MNIST: training, recipe (weight decay, schedule), EMA, Mixup."""
 
+import re
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -70,15 +72,30 @@ def test_optimizer_and_schedule(tmp_path, backbone):
     assert len(decayed) + len(plain) == len(names)
 
 
-def test_ema_and_mixup(tmp_path):
+EVAL_MODE_WARNING = "module(s) in eval mode at the start of training"
+
+
+def test_ema_and_mixup(tmp_path, recwarn):
     pl.seed_everything(0, verbose=False)
     task = tiny_task("timm", ema_decay=0.9, mixup={"mixup_alpha": 0.8, "cutmix_alpha": 1.0}, label_smoothing=0.1)
     tr = trainer(tmp_path, steps=8)
     tr.fit(task, mnist(limit_train=64 * 8))
+    # The EMA copy is in eval mode on purpose: Lightning's warning about it is hidden.
+    assert not [w for w in recwarn if EVAL_MODE_WARNING in str(w.message)]
     assert torch.isfinite(tr.callback_metrics["train/loss"])
     ema, live = task.ema.module.state_dict(), task.model.state_dict()
     assert not torch.equal(ema["head.weight"], live["head.weight"])
     assert task.inference_model is task.ema.module
+
+
+def test_eval_mode_warning_still_names_other_modules(tmp_path):
+    """Only the EMA copy is exempt: a frozen module elsewhere still gets Lightning's warning, and
+    the filter is gone after the fit."""
+    task = tiny_task("tx", ema_decay=0.9)
+    task.model.head.eval()
+    with pytest.warns(UserWarning, match=re.escape(EVAL_MODE_WARNING)):
+        trainer(tmp_path, steps=1).fit(task, mnist(limit_train=64))
+    assert task._ema_warning_filter is None
 
 
 def test_data_and_model_sizes_must_agree(tmp_path):

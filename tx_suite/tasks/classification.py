@@ -18,6 +18,7 @@ step; label smoothing (Szegedy et al. 2016, sec. 7); optional Mixup / CutMix
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -292,6 +293,8 @@ class ImageClassification(pl.LightningModule):
         self.last_acc_class: dict[str, torch.Tensor] = {}
         #: ``torch.compile`` of ``self.model.forward`` for training steps, built by ``on_fit_start``
         self._compiled_forward = None
+        #: the warnings filter that hides Lightning's eval-mode warning for the EMA copy, while active
+        self._ema_warning_filter: warnings.catch_warnings | None = None
 
     # -- inference ------------------------------------------------------------------------------
     @property
@@ -332,6 +335,25 @@ class ImageClassification(pl.LightningModule):
             if self.device.type == "cpu":
                 _check_cxx_compiler()
             self._compiled_forward = torch.compile(self.model.forward)
+        # The EMA copy stays in eval mode on purpose (it is only evaluated); Lightning warns about
+        # any eval-mode module when training starts, which every EMA run would print. Hide that
+        # warning until on_train_start, and only when the EMA copy is all it would report.
+        others = [n for n, m in self.named_modules() if not m.training and n != "ema" and not n.startswith("ema.")]
+        if self.ema is not None and not others and self._ema_warning_filter is None:
+            self._ema_warning_filter = warnings.catch_warnings()
+            self._ema_warning_filter.__enter__()
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
+    def on_train_start(self) -> None:
+        self._end_ema_warning_filter()
+
+    def teardown(self, stage: str) -> None:
+        self._end_ema_warning_filter()  # a fit that failed before training started
+
+    def _end_ema_warning_filter(self) -> None:
+        if self._ema_warning_filter is not None:
+            self._ema_warning_filter.__exit__(None, None, None)
+            self._ema_warning_filter = None
 
     def _train_logits(self, x: torch.Tensor) -> torch.Tensor:
         model = self.model if self._compiled_forward is None else self._compiled_forward
