@@ -75,7 +75,7 @@ def test_wrong_size_is_resized_with_a_note_or_refused(run, capsys):
     assert code == 0 and "resized 56x56 -> 28x28" in err and out.startswith(str(big))
     code, out, err = _classify(capsys, "--ckpt", run["ckpt"], "--no-resize", big)
     assert code == 1 and out == ""
-    assert err.strip() == f"classify: error: {big}: image is 56x56, the model takes 28x28 (drop --no_resize to resize it)"
+    assert err.strip() == f"tx-suite classify: error: {big}: image is 56x56, the model takes 28x28 (drop --no_resize to resize it)"
 
 
 def test_channel_mismatch_is_an_error_unless_converted(run, capsys):
@@ -100,16 +100,16 @@ def test_bad_files_get_one_line_errors_and_good_ones_still_run(run, capsys):
     assert code == 1
     lines = err.strip().splitlines()
     assert len(lines) == 3
-    assert lines[0] == f"classify: error: {text}: not an image file PIL can read"
-    assert lines[1] == f"classify: error: {missing}: no such file"
-    assert lines[2].startswith(f"classify: error: {cut}: cannot decode image")
+    assert lines[0] == f"tx-suite classify: error: {text}: not an image file PIL can read"
+    assert lines[1] == f"tx-suite classify: error: {missing}: no such file"
+    assert lines[2].startswith(f"tx-suite classify: error: {cut}: cannot decode image")
     assert out.startswith(str(run["pngs"][0]))  # the readable image is still classified
 
 
 def test_bad_checkpoint_is_one_line(run, capsys):
     code, out, err = _classify(capsys, "--ckpt", run["pngs"][0], run["pngs"][0])
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
-    assert err.startswith(f"classify: error: not a valid checkpoint (corrupt or not written by torch.save): {run['pngs'][0]}")
+    assert err.startswith(f"tx-suite classify: error: not a valid checkpoint (corrupt or not written by torch.save): {run['pngs'][0]}")
     code, _, err = _classify(capsys, "--ckpt", run["tmp"] / "nope.ckpt", run["pngs"][0])
     assert code == 2 and "checkpoint not found" in err
 

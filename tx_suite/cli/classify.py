@@ -24,6 +24,7 @@ import json
 import sys
 from pathlib import Path
 
+PROG = "tx-suite classify"
 MODE_CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 CHANNEL_MODES = {1: "L", 3: "RGB"}
 
@@ -110,7 +111,7 @@ def classify(model, images: list, topk: int = 3) -> list[list[tuple[str, float]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tx-suite classify", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, help="Lightning checkpoint of an image-classification run")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--topk", type=int, default=3, help="labels to print per image (default 3)")
@@ -123,18 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.topk < 1:
-        print("classify: error: --topk must be >= 1", file=sys.stderr)
+        print(f"{PROG}: error: --topk must be >= 1", file=sys.stderr)
         return 2
     from tx_suite.tasks.classification import load_classifier
 
     try:
         model = load_classifier(args.ckpt)
     except (FileNotFoundError, ValueError) as e:
-        print(f"classify: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     meta = model.meta
     if not meta:
-        print(f"classify: error: {args.ckpt} has no data metadata (classes, size); "
+        print(f"{PROG}: error: {args.ckpt} has no data metadata (classes, size); "
               "it was not saved by a run with a datamodule", file=sys.stderr)
         return 2
     loaded, failed = [], 0
@@ -142,11 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             img, note = load_image(path, meta["img_size"], meta["in_chans"], args.resize, args.convert)
         except ImageError as e:
-            print(f"classify: error: {e}", file=sys.stderr)
+            print(f"{PROG}: error: {e}", file=sys.stderr)
             failed += 1
             continue
         if note:
-            print(f"classify: note: {path}: {note}", file=sys.stderr)
+            print(f"{PROG}: note: {path}: {note}", file=sys.stderr)
         loaded.append((path, img))
     if loaded:
         results = classify(model, [img for _, img in loaded], args.topk)
