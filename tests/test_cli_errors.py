@@ -63,3 +63,17 @@ def test_debug_env_shows_the_original_exception(monkeypatch, runs_dir):
         main(["fit", "--config", TINY, "--data.init_args.data_dir=/nonexistent"])
     chain = [info.value, info.value.__cause__]
     assert any(isinstance(e, FileNotFoundError) for e in chain)
+
+
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_gpu_config_on_a_machine_without_one(capsys, runs_dir, monkeypatch, accelerator):
+    """GPU configs (cifar10_vit.yaml) name the setting and the way out, before any run directory."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    code, line = run_error(capsys, ["fit", "--config", TINY, f"--trainer.accelerator={accelerator}"])
+    assert code == 2
+    assert line.startswith(f"tx-suite fit: error: trainer.accelerator={accelerator} but this machine has no such device")
+    assert "--trainer.accelerator=cpu" in line
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())

@@ -94,6 +94,29 @@ def _is(entry: Any, *names: str) -> bool:
     return _class_path(entry).rsplit(".", 1)[-1] in names
 
 
+def check_accelerator(accelerator: Any) -> None:
+    """Fail early, with the fix, when a config asks for a GPU this machine does not have.
+
+    Lightning's own error ("No supported gpu backend found!") names neither the setting nor the
+    way out; GPU configs (``experiments/vision/cifar10_vit.yaml``) set ``trainer.accelerator: gpu``.
+
+    Raises:
+        ValueError: ``accelerator`` is ``"gpu"``, ``"cuda"`` or ``"mps"`` and no such device is
+            available.
+    """
+    if not isinstance(accelerator, str):
+        return  # an Accelerator instance or a class_path: Lightning decides
+    import torch
+
+    name = accelerator.lower()
+    cuda = torch.cuda.is_available()
+    mps = torch.backends.mps.is_available()
+    if (name == "gpu" and not (cuda or mps)) or (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        raise ValueError(f"trainer.accelerator={accelerator} but this machine has no such device "
+                         f"(torch.cuda.is_available() is {cuda}); add --trainer.accelerator=cpu to "
+                         "run on the CPU (slow for GPU-sized configs)")
+
+
 class TxSuiteCLI(LightningCLI):
     """LightningCLI for tx-suite; use :func:`run_cli` (or ``tx-suite``) rather than this class."""
 
@@ -167,6 +190,7 @@ class TxSuiteCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         subcommand = self.subcommand
         cfg = self.config[subcommand]
+        check_accelerator(cfg.trainer.get("accelerator"))
         experiment = validate_name(cfg.experiment or self._default_experiment)
         cfg.experiment = experiment
         runs_dir = Path(cfg.runs_dir)
