@@ -87,3 +87,27 @@ def test_torchrun_script_matches_one_process(single, runs_dir, subprocess_env):
     assert "GLOBAL_RANK: 1" in proc.stderr
     run = check_rank_zero_run(runs_dir, "tiny_mnist", "tr1")
     assert max_diff(weights(run), single) < 1e-6
+
+
+def test_vision_config_with_ema_trains_under_ddp(runs_dir, subprocess_env):
+    """The ViT task keeps an EMA copy of the model (every vision config): DDP must not expect
+    gradients for it (it failed with "parameters that were not used in producing the loss"), and
+    the checkpoint keeps the EMA weights beside the trained ones."""
+    env = {**subprocess_env, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    small = ["--model.init_args.d_model=32", "--model.init_args.n_layers=1", "--model.init_args.n_heads=2",
+             "--model.init_args.d_ff=64", "--model.init_args.compile=false", "--data.init_args.num_workers=0",
+             "--data.init_args.batch_size=16", "--trainer.max_steps=4", "--trainer.limit_val_batches=1",
+             "--trainer.enable_progress_bar=false"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tx_suite", "fit", "--config", "experiments/vision/mnist_vit.yaml", *small,
+         "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2", "--run_id", "v1"],
+        env=env, capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in proc.stderr
+    ckpt = load_checkpoint(runs_dir / "mnist_vit" / "v1" / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 4
+    state = ckpt["state_dict"]
+    ema = {k[len("ema.module."):]: v for k, v in state.items() if k.startswith("ema.module.")}
+    live = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    assert ema.keys() == live.keys() and not torch.equal(ema["head.weight"], live["head.weight"])

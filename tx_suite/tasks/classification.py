@@ -273,6 +273,10 @@ class ImageClassification(pl.LightningModule):
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(self.model, decay=ema_decay, use_warmup=True)
+            # ModelEmaV3 leaves the copy's requires_grad on: DDP would then expect gradients for it
+            # (and fail: "parameters that were not used in producing the loss"), and the model
+            # summary would count it as trainable.
+            self.ema.requires_grad_(False)
         self.metrics = nn.ModuleDict(
             {
                 stage: nn.ModuleDict(
