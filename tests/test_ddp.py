@@ -111,3 +111,22 @@ def test_vision_config_with_ema_trains_under_ddp(runs_dir, subprocess_env):
     ema = {k[len("ema.module."):]: v for k, v in state.items() if k.startswith("ema.module.")}
     live = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     assert ema.keys() == live.keys() and not torch.equal(ema["head.weight"], live["head.weight"])
+
+
+def test_translation_config_trains_under_ddp(runs_dir, subprocess_env, tmp_path):
+    """Multi30k's length-bucketed batch sampler shards itself over the ranks; Lightning could not
+    inject its DistributedSampler into it ("can't inject a (distributed) sampler"), so tx-suite
+    turns the injection off for data modules with ``shards_batches``."""
+    env = {**subprocess_env, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    small = ["--data.init_args.train_limit=2000", "--data.init_args.vocab_size=1000",
+             "--model.init_args.vocab_size=1000", f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+             "--trainer.max_steps=3", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "tx_suite", "fit", "--config", "experiments/translation/multi30k_de_en_quickstart.yaml",
+         *small, "--trainer.accelerator=cpu", "--trainer.strategy=ddp", "--trainer.devices=2", "--run_id", "t1"],
+        env=env, capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in proc.stderr
+    ckpt = load_checkpoint(runs_dir / "multi30k_de_en_quickstart" / "t1" / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 3

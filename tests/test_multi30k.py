@@ -89,6 +89,33 @@ def test_token_budget_batches_cover_every_index_once():
     assert waste < 0.1 * sum(sizes)
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_token_budget_batches_shard_over_ranks(world):
+    """Under DDP every rank takes every N-th batch of the same epoch list, padded so all ranks run
+    the same number of steps; together they cover every batch of one process."""
+    sizes = torch.randint(1, 40, (500,), generator=torch.Generator().manual_seed(0)).tolist()  # 215 batches
+    one = TokenBudgetBatchSampler(sizes, max_tokens=64, seed=1, num_replicas=1, rank=0)
+    ranks = [TokenBudgetBatchSampler(sizes, max_tokens=64, seed=1, num_replicas=world, rank=r) for r in range(world)]
+    for s in (one, *ranks):
+        s.set_epoch(3)
+    full = list(one)
+    shards = [list(s) for s in ranks]
+    n = -(-len(full) // world)
+    assert [len(x) for x in shards] == [len(s) for s in ranks] == [n] * world
+    assert len(full) % world != 0  # the padding is exercised
+    # Global step k of `world` ranks = batches k*world ... k*world + world - 1 of one process.
+    interleaved = [shards[r][k] for k in range(n) for r in range(world)]
+    assert interleaved[: len(full)] == full
+    assert interleaved[len(full):] == full[: n * world - len(full)]
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        TokenBudgetBatchSampler(sizes, max_tokens=64, num_replicas=2, rank=2)
+
+
+def test_token_budget_batches_pad_when_fewer_batches_than_ranks():
+    s = [TokenBudgetBatchSampler([5, 5, 5], max_tokens=64, shuffle=False, num_replicas=4, rank=r) for r in range(4)]
+    assert [list(x) for x in s] == [[[0, 1, 2]]] * 4
+
+
 @pytest.fixture(scope="module")
 def dm(tmp_path_factory):
     dm = Multi30kDataModule(train_limit=3000, vocab_size=1200, max_tokens=512, max_len=64,

@@ -249,12 +249,16 @@ class TxSuiteCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Add :class:`AtomicCheckpointIO` unless the config already names a CheckpointIO plugin."""
+        """Add :class:`AtomicCheckpointIO` unless the config already names a CheckpointIO plugin; turn
+        off Lightning's sampler injection for data modules that shard their own batches."""
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
         plugins = [] if plugins is None else (list(plugins) if isinstance(plugins, (list, tuple)) else [plugins])
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         kwargs["plugins"] = plugins
+        if getattr(self.datamodule, "shards_batches", False):
+            # Its batch sampler shards over the ranks itself; Lightning's injection would fail on it.
+            kwargs["use_distributed_sampler"] = False
         return super().instantiate_trainer(**kwargs)
 
     def after_instantiate_classes(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Sampler
 
 
@@ -28,13 +29,23 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         shuffle: randomize ties within equal sizes and the order of batches, differently each
             epoch (``set_epoch``, which Lightning calls); otherwise batches come in size order.
         seed: base seed for the shuffling.
+        num_replicas, rank: shard the batches over data-parallel processes (default: the
+            initialized ``torch.distributed`` process group, else 1 and 0). Every rank builds the
+            same list of batches (same seed and epoch) and takes batches ``rank, rank + N, ...``,
+            as fairseq shards its batches; the list is padded with its first batches to a
+            multiple of ``N``, so every rank runs the same number of steps (DDP needs that). A
+            global step of ``N`` ranks thus covers ``N`` consecutive batches of one process.
+            Lightning cannot inject its ``DistributedSampler`` into this sampler: train with
+            ``Trainer(use_distributed_sampler=False)`` (``tx-suite`` sets it for data modules
+            with ``shards_batches = True``).
 
     Raises:
-        ValueError: ``max_tokens`` or ``max_sentences`` is not positive.
+        ValueError: ``max_tokens`` or ``max_sentences`` is not positive, or ``rank`` is not in
+            ``[0, num_replicas)``.
     """
 
     def __init__(self, sizes: Sequence[int], max_tokens: int, max_sentences: int | None = None,
-                 shuffle: bool = True, seed: int = 0):
+                 shuffle: bool = True, seed: int = 0, num_replicas: int | None = None, rank: int | None = None):
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be positive, got {max_tokens}")
         if max_sentences is not None and max_sentences <= 0:
@@ -45,6 +56,11 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        distributed = dist.is_available() and dist.is_initialized()
+        self.num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
+        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} is not in [0, num_replicas={self.num_replicas})")
         # The batch boundaries depend only on the sorted size sequence, which shuffling ties does
         # not change, so the number of batches is fixed and len() is exact.
         self._n_batches = len(self._batches(torch.argsort(self.sizes, stable=True)))
@@ -70,17 +86,23 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
             batches.append(batch)
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _epoch_batches(self) -> list[list[int]]:
+        """All batches of this epoch, in order, before sharding (the same on every rank)."""
         if not self.shuffle:
-            yield from self._batches(torch.argsort(self.sizes, stable=True))
-            return
+            return self._batches(torch.argsort(self.sizes, stable=True))
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         perm = torch.randperm(len(self.sizes), generator=g)
         # Stable sort of a random permutation = sorted by size with random order among equal sizes.
         order = perm[torch.argsort(self.sizes[perm], stable=True)]
         batches = self._batches(order)
-        for j in torch.randperm(len(batches), generator=g).tolist():
-            yield batches[j]
+        return [batches[j] for j in torch.randperm(len(batches), generator=g).tolist()]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._epoch_batches()
+        if self.num_replicas > 1:
+            pad = len(self) * self.num_replicas - len(batches)
+            batches = (batches + [batches[i % len(batches)] for i in range(pad)])[self.rank::self.num_replicas]
+        yield from batches
 
     def __len__(self) -> int:
-        return self._n_batches
+        return -(-self._n_batches // self.num_replicas)  # ceil: the padded share of one rank
