@@ -40,6 +40,12 @@ def test_fit_test_translate_through_the_cli(runs_dir, tmp_path, capsys):
     assert (run / "val_samples.tsv").is_file() and list((run / "attention").glob("*.png"))
     assert main(["test", "--config", QUICK, *data, "--ckpt_path", "last", "--trainer.limit_test_batches=1"]) == 0
     assert "test/bleu" in capsys.readouterr().out
+    # predict writes its translations (bucketed batches) back in corpus order, with their indices
+    assert main(["predict", "--config", QUICK, *data, "--ckpt_path", "last", "--trainer.limit_predict_batches=2"]) == 0
+    (tsv,) = runs_dir.glob("multi30k_de_en_quickstart/*/predictions.tsv")
+    index = [int(line.split("\t")[0]) for line in tsv.read_text(encoding="utf-8").splitlines()]
+    assert len(index) > 10 and index == sorted(index) and len(set(index)) == len(index)
+    capsys.readouterr()  # predict's progress bar
     assert main(["translate", "--ckpt_path", "last", "--experiment", "multi30k_de_en_quickstart", "--beam_size", "2",
                  "Ein Hund.", ""]) == 0
     assert len(capsys.readouterr().out.split("\n")) == 3  # two lines, each ended by a newline

@@ -36,7 +36,8 @@ from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from tx_suite.cli.loggers import configure_loggers, finish_wandb, has_wandb, start_wandb
 from tx_suite.cli.parser import TxArgumentParser
 from tx_suite.cli.save_config import SaveRunConfig
-from tx_suite.tasks.callbacks import AtomicCheckpointIO, RNGStateCallback, RunCheckpoint, StopOnNonFiniteLoss
+from tx_suite.tasks.callbacks import (AtomicCheckpointIO, PredictionWriter, RNGStateCallback, RunCheckpoint,
+                                     StopOnNonFiniteLoss)
 from tx_suite.utils.checkpoint import load_checkpoint
 from tx_suite.utils.config import config_paths, expand_config_argv
 from tx_suite.utils.run_info import collect_run_info, write_json
@@ -130,7 +131,8 @@ class TxSuiteCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_callback", SaveRunConfig)
         kwargs.setdefault("seed_everything_default", DEFAULT_SEED)
-        kwargs.setdefault("trainer_defaults", {"callbacks": [StopOnNonFiniteLoss(), RNGStateCallback()]})
+        kwargs.setdefault("trainer_defaults",
+                          {"callbacks": [StopOnNonFiniteLoss(), RNGStateCallback(), PredictionWriter()]})
         super().__init__(**kwargs)
 
     # ------------------------------------------------------------------ parser
