@@ -145,3 +145,18 @@ def test_compile_without_a_cxx_compiler_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler.*compile: false"):
         trainer(tmp_path, steps=1).fit(tiny_task("tx", compile=True), mnist(limit_train=64))
+
+
+def test_predict_writes_top_class_per_image_in_dataset_order(tmp_path):
+    from tx_suite.tasks.callbacks import PredictionWriter
+
+    task = tiny_task("tx")
+    out = tmp_path / "pred"
+    tr = trainer(tmp_path, steps=1, callbacks=[PredictionWriter(out)], limit_predict_batches=2)
+    tr.predict(task, datamodule=mnist(batch_size=16), return_predictions=False)
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "index,label,probability" and len(rows) > 16
+    index, labels, probs = zip(*(r.split(",") for r in rows[1:]))
+    assert [int(i) for i in index] == list(range(len(rows) - 1))
+    classes = task.meta.get("classes") or list(range(10))  # names from the data when it has them
+    assert set(labels) <= {str(c) for c in classes} and all(0.1 <= float(p) <= 1 for p in probs)

@@ -342,8 +342,8 @@ class ImageClassification(pl.LightningModule):
         # The EMA copy stays in eval mode on purpose (it is only evaluated); Lightning warns about
         # any eval-mode module when training starts, which every EMA run would print. Hide that
         # warning until on_train_start, and only when the EMA copy is all it would report.
-        others = [n for n, m in self.named_modules() if not m.training and n != "ema" and not n.startswith("ema.")]
-        if self.ema is not None and not others and self._ema_warning_filter is None:
+        if self.ema is not None and self._ema_warning_filter is None and not any(
+                not m.training and n != "ema" and not n.startswith("ema.") for n, m in self.named_modules()):
             self._ema_warning_filter = warnings.catch_warnings()
             self._ema_warning_filter.__enter__()
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")

@@ -40,8 +40,6 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self, output_dir: str | Path | None = None) -> None:
         super().__init__(write_interval="epoch")
         self.output_dir = output_dir
-        #: the file written by the last ``predict``, if any
-        self.last_path: Path | None = None
 
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            predictions: Sequence[Any], batch_indices: Sequence[Any]) -> None:
@@ -84,5 +82,4 @@ class PredictionWriter(BasePredictionWriter):
         else:
             rank_zero_warn(f"PredictionWriter: cannot write predictions of type {type(first).__name__}; skipped")
             return
-        self.last_path = path
         print(f"predict: {len(pairs)} predictions in {path}", file=sys.stderr)
