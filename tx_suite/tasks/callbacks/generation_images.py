@@ -28,8 +28,9 @@ def log_image(trainer: pl.Trainer, key: str, image: torch.Tensor, caption: str |
     """Send ``image`` ``(3, H, W)`` in [0, 1] to W&B, or save it as a PNG; returns the PNG path."""
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[image], step=trainer.global_step,
-                             caption=[caption] if caption else None)
+            # Lightning's log_image wants a list for every keyword it is given: no caption=None.
+            extra = {"caption": [caption]} if caption else {}
+            logger.log_image(key=key, images=[image], step=trainer.global_step, **extra)
             return None
     path = run_dir(trainer) / "images" / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
