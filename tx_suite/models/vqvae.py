@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from vector_quantize_pytorch import VectorQuantize
 
@@ -87,12 +88,16 @@ class VQVAE(nn.Module):
         enc += [nn.ReLU(), nn.Conv2d(hidden, codebook_dim, 1)]
         self.encoder = nn.Sequential(*enc)
 
-        self.quantizer = VectorQuantize(
+        self._quantizer_kwargs = dict(
             dim=codebook_dim, codebook_size=codebook_size, decay=decay,
             commitment_weight=commitment_weight, kmeans_init=kmeans_init, kmeans_iters=10,
             threshold_ema_dead_code=threshold_ema_dead_code, rotation_trick=rotation_trick,
             accept_image_fmap=True,
         )
+        # Off until enable_codebook_sync(): the library would otherwise decide from whether a
+        # process group happens to exist at construction time.
+        self.quantizer = VectorQuantize(**self._quantizer_kwargs, sync_codebook=False)
+        self.codebook_synced = False
 
         dec: list[nn.Module] = [nn.Conv2d(codebook_dim, hidden, 3, padding=1)]
         dec += [ResidualBlock(hidden, res_channels) for _ in range(n_res_blocks)]
@@ -104,6 +109,33 @@ class VQVAE(nn.Module):
             if not last:
                 dec += [nn.ReLU()]
         self.decoder = nn.Sequential(*dec)
+
+    def enable_codebook_sync(self) -> bool:
+        """All-reduce the EMA codebook statistics over the ranks of the default process group.
+
+        Under data parallelism each rank quantizes a different shard of the batch; the EMA update
+        (van den Oord et al. 2017, Sec. A.1: cluster sizes and summed assignments) must add up the
+        statistics of all shards, exactly as one process on the whole batch would, and k-means
+        initialisation and dead-code replacement must draw from all shards. vector-quantize-pytorch
+        does this when its quantizer is built with ``sync_codebook=True``, which needs the process
+        group to exist. Lightning builds the model before it starts DDP, so this rebuilds the
+        quantizer (same state) once the group is up; call it from the task's ``configure_model``.
+
+        Returns:
+            Whether the codebook is now synchronised: False with one process or no process group
+            (nothing changes then).
+        """
+        if self.codebook_synced:
+            return True
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return False
+        state = self.quantizer.state_dict()
+        device = next(self.quantizer.buffers()).device
+        quantizer = VectorQuantize(**self._quantizer_kwargs, sync_codebook=True).to(device)
+        quantizer.load_state_dict(state)
+        self.quantizer = quantizer
+        self.codebook_synced = True
+        return True
 
     def grid_size(self, image_size: int = 32) -> int:
         """Side of the code grid for a square image of side ``image_size``."""

@@ -58,6 +58,10 @@ class VQVAETask(pl.LightningModule):
             return []
         return [ReconstructionGrid(n_images=self.hparams.log_images)]
 
+    def configure_model(self) -> None:
+        # Lightning calls this after the process group is up (DDP), before the optimizer exists.
+        self.model.enable_codebook_sync()
+
     def forward(self, images: torch.Tensor):
         return self.model(images)
 
