@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from tx_suite.cli.main import main
-from tx_suite.utils.config import ConfigError, deep_merge, expand_config_argv, load_config
+from tx_suite.utils.config import (ConfigError, deep_merge, default_experiment_name, expand_config_argv,
+                                   load_config)
 
 TESTS = Path(__file__).resolve().parent
 TINY = str(TESTS / "configs" / "tiny_mnist.yaml")
@@ -147,6 +148,16 @@ def test_print_config_shows_merged_values(capsys, runs_dir):
     assert cfg["experiment"] == "tiny_mnist" and cfg["seed_everything"] == 1234
     assert "_base_" not in cfg
     assert not runs_dir.exists()  # printing the config starts no run
+
+
+def test_trainer_only_diffs_do_not_rename_the_experiment(capsys, runs_dir, tmp_path):
+    scale = TESTS.parent / "experiments" / "scale"
+    assert default_experiment_name([TINY, str(scale / "ddp.yaml"), str(scale / "bf16.yaml")]) == "tiny_mnist"
+    mine = write(tmp_path / "my_lr.yaml", "model:\n  init_args:\n    lr: 0.01\n")
+    assert default_experiment_name([TINY, str(mine), str(scale / "bf16.yaml")]) == "my_lr"
+    assert default_experiment_name([str(scale / "bf16.yaml")]) == "bf16" and default_experiment_name([]) == "default"
+    code = main(["fit", "--config", TINY, "--config", str(scale / "bf16.yaml"), "--print_config"])
+    assert code == 0 and yaml.safe_load(capsys.readouterr().out)["experiment"] == "tiny_mnist"
 
 
 def test_deterministic_switch_and_seed_are_configurable(capsys, runs_dir):

@@ -3,7 +3,8 @@
 What this adds to :class:`pytorch_lightning.cli.LightningCLI` (see docs/cli.md):
 
 * ``_base_`` config inheritance, expanded before parsing (:mod:`tx_suite.utils.config`);
-* top-level keys ``experiment`` (default: the last config file's stem), ``runs_dir``, ``run_id``,
+* top-level keys ``experiment`` (default: the last config file's stem, skipping
+  trainer-only diffs such as ``experiments/scale/ddp.yaml``), ``runs_dir``, ``run_id``,
   ``tags`` and a ``checkpoint`` group (a ModelCheckpoint, :class:`RunCheckpoint`, writing ``best.ckpt`` and an
   always-current ``last.ckpt``);
 * one directory per run, ``<runs_dir>/<experiment>/<run_id>/``, shared by the trainer, the
@@ -39,7 +40,7 @@ from tx_suite.cli.save_config import SaveRunConfig
 from tx_suite.tasks.callbacks import (AtomicCheckpointIO, PredictionWriter, RNGStateCallback, RunCheckpoint,
                                      StopOnNonFiniteLoss)
 from tx_suite.utils.checkpoint import load_checkpoint
-from tx_suite.utils.config import config_paths, expand_config_argv
+from tx_suite.utils.config import config_paths, default_experiment_name, expand_config_argv
 from tx_suite.utils.run_info import collect_run_info, write_json
 from tx_suite.utils.runs import (
     CHECKPOINT_DIR,
@@ -357,7 +358,7 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
     # Lightning 2.6 + torch >= 2.10 warns on every run about its own use of a deprecated torch API.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     configs = config_paths(args)
-    default_experiment = Path(configs[-1]).stem if configs else "default"
+    default_experiment = default_experiment_name(configs)
     expanded = preprocess_argv(args)
     invoked_as = Path(sys.argv[0]).name if from_sys_argv and sys.argv else "tx-suite"
     if invoked_as == "__main__.py":

@@ -197,6 +197,25 @@ def config_paths(argv: list[str]) -> list[str]:
     return paths
 
 
+def default_experiment_name(config_files: list[str]) -> str:
+    """The experiment a command line runs: the stem of its last config file that says *what* to run.
+
+    A file that sets nothing but ``trainer`` keys (``experiments/scale/ddp.yaml``, ``bf16.yaml``)
+    says *how* to run an experiment and does not rename it, so ``--config mnist_vit.yaml --config
+    experiments/scale/ddp.yaml`` stays ``mnist_vit``. Falls back to the last file when every file is
+    trainer-only, and to ``"default"`` without config files. Unreadable files count as naming
+    files (the parser reports them).
+    """
+    for path in reversed(config_files):
+        try:
+            content = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return Path(path).stem
+        if not isinstance(content, dict) or not set(content) <= {"trainer"}:
+            return Path(path).stem
+    return Path(config_files[-1]).stem if config_files else "default"
+
+
 _TMP_DIRS: list[str] = []
 
 
