@@ -135,3 +135,33 @@ def test_fit_through_the_cli_then_generate(trained, subprocess_env, runs_dir, tm
     assert generate_main(["--ckpt", str(ckpt), "--caption", "top-left: tiny red 7", "--n", "2",
                           "--out", str(out)]) == 0
     assert Image.open(out).size[1] >= 32
+
+
+def test_predict_writes_samples_for_the_test_captions_and_vqvae_codes(trained, tmp_path):
+    """`tx-suite predict` on both stages: PNGs in dataset order, captions and codes beside them."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from tx_suite.tasks.callbacks.prediction_writer import PredictionWriter
+
+    dm = CaptionedMNISTDataModule(batch_size=4, train_size=64, val_size=16, test_size=8)
+    t2i = load_text_to_image(trained["ckpt"])
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[PredictionWriter(tmp_path / "t2i")])
+    trainer.predict(t2i, dm)
+    rows = [line.split("\t") for line in (tmp_path / "t2i" / "predictions.tsv").read_text().splitlines()]
+    dm.setup("predict")
+    assert rows[0] == ["index", "file", "caption"]
+    assert [r[2] for r in rows[1:]] == [dm.datasets["test"][i]["caption"] for i in range(8)]
+    first = Image.open(tmp_path / "t2i" / rows[1][1])
+    assert first.size == (32, 32)
+    # Reproducible: batch 0 is sampled with seed 0, as generate() does for the same caption.
+    again = t2i.generate([rows[1][2]], seed=0)[0]
+    assert torch.allclose(pil_to_tensor(first) / 255.0, again, atol=1 / 255)  # PNG: 8 bits
+
+    vq = VQVAETask.load_from_checkpoint(trained["vq"], weights_only=True)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[PredictionWriter(tmp_path / "vq")])
+    trainer.predict(vq, dm)
+    out = torch.load(tmp_path / "vq" / "predictions.pt", weights_only=True)
+    images = torch.stack([dm.datasets["test"][i]["image"] for i in range(8)])
+    assert out["index"].tolist() == list(range(8))
+    assert torch.equal(out["codes"], vq.model.eval().encode(images))
+    assert len(list((tmp_path / "vq" / "predictions").glob("*.png"))) == 8

@@ -192,6 +192,15 @@ class TextToImageTask(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """One image per caption of the batch, sampled with the ``sample_*`` options and seed
+        ``batch_idx`` (reproducible): ``{"image": (B, 3, H, W) in [0, 1], "caption": list[str]}``."""
+        hp = self.hparams
+        images = self.generate(batch["caption"], temperature=hp.sample_temperature,
+                               top_k=hp.sample_top_k, top_p=hp.sample_top_p,
+                               cfg_scale=hp.sample_cfg_scale, seed=batch_idx)
+        return {"image": images, "caption": list(batch["caption"])}
+
     def configure_optimizers(self):
         h = self.hparams
         # Weight decay on matrices of linear layers only, not on embeddings, positions, <boi>,

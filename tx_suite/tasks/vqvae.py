@@ -123,6 +123,12 @@ class VQVAETask(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_usage("test")
 
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Tokenize and reconstruct: ``codes`` ``(B, h, w)`` long and ``image`` ``(B, C, H, W)``
+        in [0, 1] (written by PredictionWriter as ``predictions.pt`` and PNGs)."""
+        out = self(batch["image"])
+        return {"image": out.recon.clamp(0, 1), "codes": out.codes}
+
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr,
                                 weight_decay=self.hparams.weight_decay)

@@ -28,7 +28,11 @@ class PredictionWriter(BasePredictionWriter):
       ``predictions.tsv`` with ``index<TAB>text`` lines;
     * it returns a ``(B, C)`` tensor of class probabilities (classification):
       ``predictions.csv`` with ``index, label, probability`` of the top class (``label`` is the
-      class name when the task knows them, ``pl_module.meta["classes"]``, else the class id).
+      class name when the task knows them, ``pl_module.meta["classes"]``, else the class id);
+    * it returns a dict with an ``image`` ``(B, 3, H, W)`` tensor in [0, 1] (text-to-image samples,
+      VQ-VAE reconstructions): ``predictions/<index>.png``, plus ``predictions.tsv`` with
+      ``index``, ``file`` and the dict's string fields (``caption``), plus ``predictions.pt``
+      (``{"index": (N,), key: (N, ...)}``) for its other tensor fields (VQ-VAE ``codes``).
 
     Other outputs are left to the caller, with a warning. Writes on global rank 0 only.
 
@@ -53,7 +57,7 @@ class PredictionWriter(BasePredictionWriter):
         batch_indices = batch_indices[0]
         pairs: list[tuple[int, Any]] = []
         for out, idx in zip(predictions, batch_indices):
-            rows = list(out) if isinstance(out, (list, tuple)) else list(out.unbind(0)) if torch.is_tensor(out) else None
+            rows = _rows(out)
             if rows is None or idx is None or len(rows) != len(idx):
                 rank_zero_warn(f"PredictionWriter: cannot write predictions of type {type(out).__name__}; skipped")
                 return
@@ -70,6 +74,8 @@ class PredictionWriter(BasePredictionWriter):
                 path = out_dir / "predictions.tsv"
                 lines = (f"{i}\t{' '.join(text.split())}" for i, text in pairs)
             path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        elif isinstance(first, dict) and torch.is_tensor(first.get("image")):
+            path = _write_images(out_dir, pairs)
         elif torch.is_tensor(first) and first.dim() == 1:
             classes = (getattr(pl_module, "meta", None) or {}).get("classes")
             path = out_dir / "predictions.csv"
@@ -83,3 +89,40 @@ class PredictionWriter(BasePredictionWriter):
             rank_zero_warn(f"PredictionWriter: cannot write predictions of type {type(first).__name__}; skipped")
             return
         print(f"predict: {len(pairs)} predictions in {path}", file=sys.stderr)
+
+
+def _rows(out: Any) -> list[Any] | None:
+    """One batch's output as one item per sample (a dict of per-sample values for dict outputs)."""
+    if isinstance(out, (list, tuple)):
+        return list(out)
+    if torch.is_tensor(out):
+        return list(out.unbind(0))
+    if isinstance(out, dict) and out:
+        columns = {k: list(v.unbind(0)) if torch.is_tensor(v) else list(v) for k, v in out.items()}
+        if len({len(c) for c in columns.values()}) == 1:
+            return [dict(zip(columns, values)) for values in zip(*columns.values())]
+    return None
+
+
+def _write_images(out_dir: Path, pairs: list[tuple[int, dict]]) -> Path:
+    """PNG per sample under ``predictions/``, an index TSV, and the other tensors in one file."""
+    from torchvision.utils import save_image
+
+    image_dir = out_dir / "predictions"
+    image_dir.mkdir(exist_ok=True)
+    width = max(6, len(str(pairs[-1][0])))
+    text_keys = [k for k, v in pairs[0][1].items() if isinstance(v, str)]
+    tensor_keys = [k for k, v in pairs[0][1].items() if torch.is_tensor(v) and k != "image"]
+    lines = ["\t".join(["index", "file", *text_keys])]
+    for i, row in pairs:
+        name = f"{i:0{width}d}.png"
+        save_image(row["image"].float().clamp(0, 1), image_dir / name)
+        lines.append("\t".join([str(i), f"predictions/{name}",
+                                *(" ".join(row[k].split()) for k in text_keys)]))
+    path = out_dir / "predictions.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if tensor_keys:
+        tensors = {"index": torch.tensor([i for i, _ in pairs])}
+        tensors.update({k: torch.stack([row[k].cpu() for _, row in pairs]) for k in tensor_keys})
+        torch.save(tensors, out_dir / "predictions.pt")
+    return path
