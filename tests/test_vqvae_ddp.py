@@ -75,3 +75,43 @@ def test_synced_kmeans_init_gives_every_rank_the_same_codebook(tmp_path, scenes)
     assert torch.equal(synced[0], synced[1])
     unsynced = two_ranks(tmp_path, scenes, {}, sync=False)
     assert not torch.allclose(unsynced[0], unsynced[1])
+
+
+def test_validate_under_ddp_reports_the_whole_val_set(runs_dir, subprocess_env):
+    """Two ranks each validate half the images: the logged loss and codebook usage are those of
+    the whole set (one process), not rank 0's half."""
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**subprocess_env, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    small = ["--config", "experiments/generation/vqvae_mnist.yaml", "--model.init_args.hidden=16",
+             "--model.init_args.res_channels=8", "--model.init_args.n_res_blocks=1",
+             "--model.init_args.codebook_size=64", "--model.init_args.codebook_dim=8",
+             "--model.init_args.log_images=0", "--data.init_args.train_size=64",
+             "--data.init_args.val_size=64", "--data.init_args.batch_size=16",
+             "--trainer.enable_progress_bar=false"]
+
+    def run(subcommand: str, *args: str) -> str:
+        # Overrides after the --config they override (a later --config would win over them).
+        proc = subprocess.run([sys.executable, "-m", "tx_suite", subcommand, *small, *args], env=env,
+                              capture_output=True, text=True, timeout=180, cwd=repo)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stderr
+
+    def logged(run_id: str) -> dict[str, float]:
+        rows = list(csv.DictReader((runs_dir / "vqvae_mnist" / run_id / "metrics.csv").open()))
+        return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v}
+
+    run("fit", "--trainer.max_steps=3", "--trainer.limit_val_batches=0", "--run_id", "f")
+    ckpt = str(runs_dir / "vqvae_mnist" / "f" / "checkpoints" / "last.ckpt")
+    run("validate", "--ckpt_path", ckpt, "--run_id", "one")
+    err = run("validate", "--ckpt_path", ckpt, "--run_id", "two", "--trainer.accelerator=cpu",
+              "--trainer.strategy=ddp", "--trainer.devices=2")
+    assert "GLOBAL_RANK: 1" in err  # two processes really ran
+    one, two = logged("one"), logged("two")
+    assert one.keys() == two.keys() >= {"val/recon_loss", "val/codebook_usage", "val/psnr"}
+    for k in one:
+        assert abs(one[k] - two[k]) <= 1e-5 * max(1.0, abs(one[k])), (k, one[k], two[k])

@@ -389,7 +389,7 @@ class ImageClassification(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         for metric in self.metrics[stage].values():
             metric.update(logits, y)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", batch_size=len(y), sync_dist=True)
         self.log(f"{stage}/acc", self.metrics[stage]["acc"], prog_bar=stage == "val")
         return {"logits": logits.detach(), "preds": logits.argmax(-1)}
 

@@ -63,19 +63,20 @@ class JudgeTask(pl.LightningModule):
     def _eval_step(self, batch: dict, stage: str) -> None:
         logits = self(batch["image"])
         n = len(batch["image"])
-        self.log(f"{stage}/loss", self._loss(logits, batch), prog_bar=True, batch_size=n)
+        self.log(f"{stage}/loss", self._loss(logits, batch), prog_bar=True, batch_size=n, sync_dist=True)
         correct_all = torch.ones_like(batch["digit"], dtype=torch.bool)
         for k in CLASSES:
             pred = logits[k].argmax(-1)
             correct_all &= pred == batch[k]
-            self.log(f"{stage}/acc_{k}", (pred == batch[k]).float().mean(), batch_size=n)
+            self.log(f"{stage}/acc_{k}", (pred == batch[k]).float().mean(), batch_size=n, sync_dist=True)
             for subset in SUBSETS:
                 mask = batch["heldout"] if subset == "heldout" else ~batch["heldout"]
                 if mask.any():
                     metric = self.metrics[f"{stage}_{k}_{subset}"]
                     metric.update(pred[mask], batch[k][mask])
                     self.log(f"{stage}/acc_{k}_{subset}", metric, batch_size=int(mask.sum()))
-        self.log(f"{stage}/acc_all", correct_all.float().mean(), prog_bar=True, batch_size=n)
+        self.log(f"{stage}/acc_all", correct_all.float().mean(), prog_bar=True, batch_size=n,
+                 sync_dist=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -171,9 +171,10 @@ class TextToImageTask(pl.LightningModule):
         text_loss, image_ce = self._losses(batch)
         image_loss = image_ce.mean()
         n = batch["text"].size(0)
-        self.log(f"{stage}/loss", self._total(text_loss, image_loss), prog_bar=True, batch_size=n)
-        self.log(f"{stage}/text_loss", text_loss, batch_size=n)
-        self.log(f"{stage}/image_loss", image_loss, batch_size=n)
+        self.log(f"{stage}/loss", self._total(text_loss, image_loss), prog_bar=True, batch_size=n,
+                 sync_dist=True)
+        self.log(f"{stage}/text_loss", text_loss, batch_size=n, sync_dist=True)
+        self.log(f"{stage}/image_loss", image_loss, batch_size=n, sync_dist=True)
         bits = image_ce.mean(1) / math.log(2)  # (B,) bits per image token of each image
         subsets = {"all": torch.ones_like(bits, dtype=torch.bool)}
         if "heldout" in batch:

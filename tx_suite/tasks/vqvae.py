@@ -88,7 +88,7 @@ class VQVAETask(pl.LightningModule):
         self.train_code_counts.zero_()
 
     def on_train_epoch_end(self) -> None:
-        usage, perplexity = self.usage_stats(self.train_code_counts)
+        usage, perplexity = self.usage_stats(self._all_ranks(self.train_code_counts))
         self.log("train/codebook_usage", usage)
         self.log("train/perplexity", perplexity)
 
@@ -96,7 +96,8 @@ class VQVAETask(pl.LightningModule):
         images = batch["image"]
         out = self(images)
         n = len(images)
-        self.log(f"{stage}/recon_loss", F.mse_loss(out.recon, images), prog_bar=True, batch_size=n)
+        self.log(f"{stage}/recon_loss", F.mse_loss(out.recon, images), prog_bar=True, batch_size=n,
+                 sync_dist=True)
         self.psnr[stage].update(out.recon.clamp(0, 1), images)
         self.log(f"{stage}/psnr", self.psnr[stage], prog_bar=True, batch_size=n)
         self.code_counts += torch.bincount(out.codes.flatten(), minlength=len(self.code_counts))
@@ -106,8 +107,13 @@ class VQVAETask(pl.LightningModule):
 
     on_test_epoch_start = on_validation_epoch_start
 
+    def _all_ranks(self, counts: torch.Tensor) -> torch.Tensor:
+        # Under DDP each rank saw its shard; the usage of the epoch is the sum. (The histogram
+        # image, drawn by a callback before this hook on rank 0 only, stays rank 0's shard.)
+        return self.trainer.strategy.reduce(counts.clone(), reduce_op="sum")
+
     def _log_usage(self, stage: str) -> None:
-        usage, perplexity = self.usage_stats(self.code_counts)
+        usage, perplexity = self.usage_stats(self._all_ranks(self.code_counts))
         self.log(f"{stage}/codebook_usage", usage)
         self.log(f"{stage}/perplexity", perplexity)
 
