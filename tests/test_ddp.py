@@ -89,10 +89,11 @@ def test_torchrun_script_matches_one_process(single, runs_dir, subprocess_env):
     assert max_diff(weights(run), single) < 1e-6
 
 
-def test_vision_config_with_ema_trains_under_ddp(runs_dir, subprocess_env):
+def test_vision_config_with_ema_trains_and_predicts_under_ddp(runs_dir, subprocess_env):
     """The ViT task keeps an EMA copy of the model (every vision config): DDP must not expect
     gradients for it (it failed with "parameters that were not used in producing the loss"), and
-    the checkpoint keeps the EMA weights beside the trained ones."""
+    the checkpoint keeps the EMA weights beside the trained ones. `predict` under DDP writes every
+    rank's predictions (it wrote rank 0's half)."""
     env = {**subprocess_env, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     small = ["--model.init_args.d_model=32", "--model.init_args.n_layers=1", "--model.init_args.n_heads=2",
              "--model.init_args.d_ff=64", "--model.init_args.compile=false", "--data.init_args.num_workers=0",
@@ -111,6 +112,26 @@ def test_vision_config_with_ema_trains_under_ddp(runs_dir, subprocess_env):
     ema = {k[len("ema.module."):]: v for k, v in state.items() if k.startswith("ema.module.")}
     live = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     assert ema.keys() == live.keys() and not torch.equal(ema["head.weight"], live["head.weight"])
+
+    # predict under DDP: each rank predicts every 2nd test image (DistributedSampler); rank 0
+    # writes them all, as one process predicting the same images (4 eval batches) would.
+    ckpt_args = ["--ckpt_path", str(runs_dir / "mnist_vit" / "v1" / "checkpoints" / "last.ckpt")]
+    csvs = {}
+    for run_id, devices in (("p2", ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.limit_predict_batches=2"]),
+                            ("p1", ["--trainer.devices=1", "--trainer.limit_predict_batches=4"])):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tx_suite", "predict", "--config", "experiments/vision/mnist_vit.yaml", *small,
+             "--trainer.accelerator=cpu", *devices, *ckpt_args, "--run_id", run_id],
+            env=env, capture_output=True, text=True, timeout=180, cwd=REPO,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        csvs[run_id] = (runs_dir / "mnist_vit" / run_id / "predictions.csv").read_text().splitlines()
+    n = len(csvs["p1"]) - 1
+    assert n >= 64 and [r.split(",")[0] for r in csvs["p2"][1:]] == [str(i) for i in range(n)]
+    for a, b in zip(csvs["p2"], csvs["p1"]):  # same labels; probabilities to float rounding
+        assert a.split(",")[:2] == b.split(",")[:2]
+        if a[0].isdigit():
+            assert abs(float(a.split(",")[2]) - float(b.split(",")[2])) < 1e-4
 
 
 def test_translation_config_trains_under_ddp(runs_dir, subprocess_env, tmp_path):

@@ -13,7 +13,9 @@ from typing import Any, Sequence
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 from pytorch_lightning.callbacks import BasePredictionWriter
+from pytorch_lightning.utilities import move_data_to_device
 from pytorch_lightning.utilities import rank_zero_warn
 
 
@@ -34,7 +36,8 @@ class PredictionWriter(BasePredictionWriter):
       ``index``, ``file`` and the dict's string fields (``caption``), plus ``predictions.pt``
       (``{"index": (N,), key: (N, ...)}``) for its other tensor fields (VQ-VAE ``codes``).
 
-    Other outputs are left to the caller, with a warning. Writes on global rank 0 only.
+    Other outputs are left to the caller, with a warning. Under DDP the ranks' predictions are
+    gathered and global rank 0 writes them all.
 
     Args:
         output_dir: where to write (default: ``trainer.default_root_dir``, the run directory under
@@ -47,22 +50,17 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            predictions: Sequence[Any], batch_indices: Sequence[Any]) -> None:
-        if not trainer.is_global_zero or not predictions:
+        pairs = _local_pairs(predictions, batch_indices)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Under DDP each rank predicted its shard: collect them all on rank 0. A sampler that
+            # pads the last batches with repeated samples (DistributedSampler) or an unsharded
+            # loader gives some indices twice; they are the same sample, kept once.
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, pairs)
+            pairs = None if any(g is None for g in gathered) else sorted(
+                dict(p for g in gathered for p in g).items(), key=lambda p: p[0])
+        if not trainer.is_global_zero or not pairs:
             return
-        # Lightning 2.6: batch_indices is (dataloaders x batches); predictions too, but for a single
-        # dataloader it is unwrapped to (batches).
-        if len(batch_indices) > 1:
-            rank_zero_warn("PredictionWriter: several predict dataloaders; writing the first one's")
-            predictions = predictions[0]
-        batch_indices = batch_indices[0]
-        pairs: list[tuple[int, Any]] = []
-        for out, idx in zip(predictions, batch_indices):
-            rows = _rows(out)
-            if rows is None or idx is None or len(rows) != len(idx):
-                rank_zero_warn(f"PredictionWriter: cannot write predictions of type {type(out).__name__}; skipped")
-                return
-            pairs.extend(zip((int(i) for i in idx), rows))
-        pairs.sort(key=lambda p: p[0])
         out_dir = Path(self.output_dir or trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         first = pairs[0][1]
@@ -89,6 +87,26 @@ class PredictionWriter(BasePredictionWriter):
             rank_zero_warn(f"PredictionWriter: cannot write predictions of type {type(first).__name__}; skipped")
             return
         print(f"predict: {len(pairs)} predictions in {path}", file=sys.stderr)
+
+
+def _local_pairs(predictions: Sequence[Any], batch_indices: Sequence[Any]) -> list[tuple[int, Any]] | None:
+    """This process's ``(dataset index, prediction)`` pairs in index order (tensors on the CPU);
+    None (with a warning) when the outputs are not something this writer understands."""
+    if not predictions:
+        return []
+    # Lightning 2.6: batch_indices is (dataloaders x batches); predictions too, but for a single
+    # dataloader it is unwrapped to (batches).
+    if len(batch_indices) > 1:
+        rank_zero_warn("PredictionWriter: several predict dataloaders; writing the first one's")
+        predictions = predictions[0]
+    pairs: list[tuple[int, Any]] = []
+    for out, idx in zip(predictions, batch_indices[0]):
+        rows = _rows(move_data_to_device(out, "cpu"))
+        if rows is None or idx is None or len(rows) != len(idx):
+            rank_zero_warn(f"PredictionWriter: cannot write predictions of type {type(out).__name__}; skipped")
+            return None
+        pairs.extend(zip((int(i) for i in idx), rows))
+    return sorted(pairs, key=lambda p: p[0])
 
 
 def _rows(out: Any) -> list[Any] | None:
