@@ -15,8 +15,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.callbacks import BasePredictionWriter
-from pytorch_lightning.utilities import move_data_to_device
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import move_data_to_device, rank_zero_warn
 
 
 class PredictionWriter(BasePredictionWriter):
