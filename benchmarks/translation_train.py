@@ -35,6 +35,9 @@ def main() -> int:
     ap.add_argument("--max_epochs", type=int, default=None)
     ap.add_argument("--train_limit", type=int, default=None, help="first N training pairs only (smoke runs)")
     ap.add_argument("--test_beams", default="1,5")
+    ap.add_argument("--tune_lenpen", default=None,
+                    help="comma-separated length penalties: for each checkpoint and beam > 1, test with the one "
+                         "that gives the best validation BLEU (tuned on valid, never on test, as fairseq does)")
     ap.add_argument("--skip_fit", action="store_true", help="only score the checkpoints already in --out")
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted run from <out>/checkpoints/last.ckpt (same config)")
@@ -113,20 +116,33 @@ def main() -> int:
         if not path.is_file():
             continue
         for beam in [int(b) for b in args.test_beams.split(",")]:
-            task = TranslationTask.load_from_checkpoint(path, weights_only=True, beam_size=beam)
+            tuned = {}
+            if args.tune_lenpen and beam > 1:
+                val_bleu = {}
+                for lp in [float(x) for x in args.tune_lenpen.split(",")]:
+                    task = TranslationTask.load_from_checkpoint(path, weights_only=True, val_beam_size=beam,
+                                                                length_penalty=lp, bleu_every_n_epochs=1)
+                    tester = pl.Trainer(default_root_dir=out / f"val_{name}_beam{beam}", logger=False,
+                                        enable_progress_bar=False, enable_model_summary=False)
+                    val_bleu[lp] = round(tester.validate(task, build(data_spec), verbose=False)[0]["val/bleu"], 2)
+                best = max(val_bleu, key=val_bleu.get)
+                tuned = {"length_penalty": best, "val_bleu_by_length_penalty": val_bleu}
+            task = TranslationTask.load_from_checkpoint(path, weights_only=True, beam_size=beam,
+                                                        **{k: v for k, v in tuned.items() if k == "length_penalty"})
             t0 = time.time()
             tester = pl.Trainer(default_root_dir=out / f"test_{name}_beam{beam}", logger=False,
                                 enable_progress_bar=False, enable_model_summary=False)
             m = tester.test(task, build(data_spec), verbose=False)[0]
             scores.append({"weights": name, "beam": beam, "wall_s": round(time.time() - t0, 1),
+                           "length_penalty": task.hparams.length_penalty, **tuned,
                            **{k.removeprefix("test/"): round(v, 2) for k, v in m.items()}})
     result["test"] = scores
     result["total_wall_s"] = round(time.time() - t_start, 1)
     print(json.dumps(result, indent=1))
-    print(f"\n{'weights':<9} {'beam':>4} {'BLEU':>6} {'BLEU lc':>7} {'chrF':>6} {'sent/s':>7}")
+    print(f"\n{'weights':<9} {'beam':>4} {'lenpen':>6} {'BLEU':>6} {'BLEU lc':>7} {'chrF':>6} {'sent/s':>7}")
     for s in scores:
-        print(f"{s['weights']:<9} {s['beam']:>4} {s['bleu']:>6.2f} {s['bleu_lc']:>7.2f} {s['chrf']:>6.2f} "
-              f"{s['sent_per_s']:>7.1f}")
+        print(f"{s['weights']:<9} {s['beam']:>4} {s['length_penalty']:>6} {s['bleu']:>6.2f} {s['bleu_lc']:>7.2f} "
+              f"{s['chrf']:>6.2f} {s['sent_per_s']:>7.1f}")
     (out / "result.json").write_text(json.dumps(result, indent=1))
     if "epochs" in result:  # one file per segment of a resumed run too
         (out / f"result_epoch_{result['epochs']}.json").write_text(json.dumps(result, indent=1))
