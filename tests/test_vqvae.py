@@ -102,4 +102,4 @@ def test_fit_logs_reconstructions_and_codebook_usage_to_wandb(tmp_path, monkeypa
                          enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, default_root_dir=tmp_path)
     trainer.fit(task, dm)
-    assert {"val/reconstructions", "val/codebook_usage", "val/psnr"} <= set(logged)
+    assert {"val/reconstructions", "val/code_histogram", "val/codebook_usage", "val/psnr"} <= set(logged)

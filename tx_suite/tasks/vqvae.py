@@ -33,7 +33,8 @@ class VQVAETask(pl.LightningModule):
     ``val/psnr`` (dB, 10 log10(1 / MSE) over the epoch), ``{train,val}/codebook_usage`` (fraction
     of the K codes used at least once in the epoch) and ``{train,val}/perplexity``
     (``exp(H(p))`` of the epoch's code histogram, from 1 up to K; Razavi et al. 2019).
-    ``code_counts`` holds the last validation epoch's histogram for the image callbacks.
+    ``code_counts`` holds the last validation epoch's histogram (summed over DDP ranks) for the
+    image callbacks.
     """
 
     def __init__(self, hidden: int = 64, res_channels: int = 32, n_res_blocks: int = 2,
@@ -108,12 +109,13 @@ class VQVAETask(pl.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def _all_ranks(self, counts: torch.Tensor) -> torch.Tensor:
-        # Under DDP each rank saw its shard; the usage of the epoch is the sum. (The histogram
-        # image, drawn by a callback before this hook on rank 0 only, stays rank 0's shard.)
+        # Under DDP each rank saw its shard; the usage of the epoch is the sum.
         return self.trainer.strategy.reduce(counts.clone(), reduce_op="sum")
 
     def _log_usage(self, stage: str) -> None:
-        usage, perplexity = self.usage_stats(self._all_ranks(self.code_counts))
+        # Kept summed: ReconstructionGrid draws the histogram after this hook (on_validation_end).
+        self.code_counts.copy_(self._all_ranks(self.code_counts))
+        usage, perplexity = self.usage_stats(self.code_counts)
         self.log(f"{stage}/codebook_usage", usage)
         self.log(f"{stage}/perplexity", perplexity)
 

@@ -73,7 +73,8 @@ def codebook_usage_plot(counts: torch.Tensor) -> torch.Tensor:
 
 class ReconstructionGrid(pl.Callback):
     """After each validation epoch, log ``n_images`` fixed val images above their VQ-VAE
-    reconstructions (``val/reconstructions``) and the code histogram (``val/codebook_usage``).
+    reconstructions (``val/reconstructions``) and the code histogram (``val/code_histogram``; not
+    ``val/codebook_usage``, the scalar the task logs: one W&B key cannot hold both).
 
     Expects the task to expose ``model`` (a VQVAE) and ``code_counts`` (see VQVAETask).
     """
@@ -82,7 +83,9 @@ class ReconstructionGrid(pl.Callback):
         self.n_images = n_images - n_images % nrow
         self.nrow = nrow
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before
+        # the task's, which sums code_counts over DDP ranks.
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         dataset = trainer.datamodule.datasets["val"]
@@ -92,7 +95,7 @@ class ReconstructionGrid(pl.Callback):
         grid = make_grid(interleave_rows(images, recon, self.nrow), nrow=self.nrow, padding=1,
                          pad_value=0.5)
         log_image(trainer, "val/reconstructions", grid, "rows: input, reconstruction")
-        log_image(trainer, "val/codebook_usage", codebook_usage_plot(pl_module.code_counts))
+        log_image(trainer, "val/code_histogram", codebook_usage_plot(pl_module.code_counts))
 
 
 class SampleGrid(pl.Callback):
