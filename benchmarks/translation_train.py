@@ -116,25 +116,23 @@ def main() -> int:
         if not path.is_file():
             continue
         for beam in [int(b) for b in args.test_beams.split(",")]:
-            tuned = {}
+            overrides, val_bleu = {}, {}
             if args.tune_lenpen and beam > 1:
-                val_bleu = {}
                 for lp in [float(x) for x in args.tune_lenpen.split(",")]:
                     task = TranslationTask.load_from_checkpoint(path, weights_only=True, val_beam_size=beam,
                                                                 length_penalty=lp, bleu_every_n_epochs=1)
                     tester = pl.Trainer(default_root_dir=out / f"val_{name}_beam{beam}", logger=False,
                                         enable_progress_bar=False, enable_model_summary=False)
                     val_bleu[lp] = round(tester.validate(task, build(data_spec), verbose=False)[0]["val/bleu"], 2)
-                best = max(val_bleu, key=val_bleu.get)
-                tuned = {"length_penalty": best, "val_bleu_by_length_penalty": val_bleu}
-            task = TranslationTask.load_from_checkpoint(path, weights_only=True, beam_size=beam,
-                                                        **{k: v for k, v in tuned.items() if k == "length_penalty"})
+                overrides["length_penalty"] = max(val_bleu, key=val_bleu.get)
+            task = TranslationTask.load_from_checkpoint(path, weights_only=True, beam_size=beam, **overrides)
             t0 = time.time()
             tester = pl.Trainer(default_root_dir=out / f"test_{name}_beam{beam}", logger=False,
                                 enable_progress_bar=False, enable_model_summary=False)
             m = tester.test(task, build(data_spec), verbose=False)[0]
             scores.append({"weights": name, "beam": beam, "wall_s": round(time.time() - t0, 1),
-                           "length_penalty": task.hparams.length_penalty, **tuned,
+                           "length_penalty": task.hparams.length_penalty,
+                           **({"val_bleu_by_length_penalty": val_bleu} if val_bleu else {}),
                            **{k.removeprefix("test/"): round(v, 2) for k, v in m.items()}})
     result["test"] = scores
     result["total_wall_s"] = round(time.time() - t_start, 1)
