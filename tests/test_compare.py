@@ -143,3 +143,25 @@ def test_paths_that_are_not_runs_are_one_line_errors(runs, tmp_path, capsys):
         assert main(["compare", *targets, "--no_plot"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("tx-suite compare: error: ") and message in err[0], err
+
+
+def test_runs_without_metrics_are_skipped_unless_named(runs, tmp_path, capsys):
+    """A fast_dev_run (Lightning gives it no logger) leaves a run directory without metrics.csv; it
+    must not break the comparison of the experiment it belongs to, nor of all runs."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs["a"], root / "tiny_mnist" / "good")
+    assert main(["fit", "--config", TINY, *QUIET, "--runs_dir", str(root), "--run_id", "dev",
+                 "--trainer.fast_dev_run=true"]) == 0
+    dev = root / "tiny_mnist" / "dev"
+    assert (dev / "run_info.json").is_file() and not (dev / "metrics.csv").exists()
+    capsys.readouterr()
+    for targets in ([], ["tiny_mnist"], [str(root / "tiny_mnist" / "*")]):
+        assert main(["compare", *targets, "--runs_dir", str(root), "--no_plot", "--json"]) == 0, targets
+        out, err = capsys.readouterr()
+        report = json.loads(out)
+        assert [r["run_id"] for r in report["runs"]] == ["good"] and report["skipped"] == [str(dev.resolve())], targets
+        assert "skipped 1 run(s) without metrics.csv" in err and "tiny_mnist/dev" in err, err
+    with pytest.warns(UserWarning, match="tiny_mnist/dev"):
+        assert [r.run_id for r in load_runs(["tiny_mnist"], root)] == ["good"]
+    assert main(["compare", str(dev), "--no_plot"]) == 2
+    assert "has no metrics.csv" in capsys.readouterr().err

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from tx_suite.utils.compare import (
+    METRICS_FILE,
     STAGES,
     config_diff,
     figure_png,
@@ -31,9 +32,10 @@ from tx_suite.utils.compare import (
     format_report,
     html_report,
     labels,
-    load_runs,
+    find_runs,
     plot_curves,
     shared_metrics,
+    skipped_message,
     summarize,
 )
 
@@ -61,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    runs = load_runs(args.targets, args.runs_dir)  # NotARunError -> one line, exit 2 (tx_suite.cli.main)
+    runs, skipped = find_runs(args.targets, args.runs_dir)  # NotARunError -> one line, exit 2 (tx_suite.cli.main)
+    if skipped:
+        print(f"tx-suite compare: {skipped_message(skipped)}", file=sys.stderr)
     if not runs:
-        print(f"tx-suite compare: no runs under {args.runs_dir}", file=sys.stderr)
+        print(f"tx-suite compare: no runs with {METRICS_FILE} to compare", file=sys.stderr)
         return 1
     if args.metrics:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 "config": {k: v[i] for k, v in diff.items()},
             })
         print(json.dumps({"metrics": metrics, "config_diff": list(diff), "run_info_diff": info_diff(runs),
-                          "runs": rows, "files": files}, indent=2, default=str))
+                          "runs": rows, "skipped": [str(p) for p in skipped], "files": files}, indent=2, default=str))
         return 0
     print(format_report(runs, metrics))
     for kind, path in files.items():

@@ -7,6 +7,7 @@ A run directory is ``<runs_dir>/<experiment>/<run_id>/`` as written by ``tx-suit
 
 * :func:`resolve_run_dirs`: run directories named by paths, experiment directories/names or globs;
 * :func:`load_run` / :func:`load_runs`: one :class:`Run` per directory (metric series, config, info);
+  runs without metrics found by expanding a name or glob are skipped (:func:`find_runs`);
 * :func:`summarize`: final and best value of each metric, per run;
 * :func:`config_diff`: the config keys (flattened, dotted) whose values differ between runs;
 * :func:`info_diff`: differences in seed, git commit and package versions (``run_info.json``);
@@ -31,6 +32,7 @@ import html
 import io
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,8 +147,20 @@ def resolve_run_dirs(targets: Sequence[str], runs_dir: str | Path = "runs") -> l
         NotARunError: a target does not exist, matches nothing, or is a directory that holds no
             run records (the message names it and says what a run directory looks like).
     """
+    return list(_resolve(targets, runs_dir))
+
+
+def _resolve(targets: Sequence[str], runs_dir: str | Path) -> dict[Path, bool]:
+    """``{run_dir: named}`` in order; ``named`` is True when a target was that run directory itself
+    (False when it was found by expanding an experiment, a glob or the whole ``runs_dir``)."""
     runs_dir = Path(runs_dir)
-    out: list[Path] = []
+    out: dict[Path, bool] = {}
+
+    def add(paths: Iterable[Path], named: bool) -> None:
+        for p in paths:
+            p = p.resolve()
+            out[p] = out.get(p, False) or named
+
     for target in list(targets) or [str(runs_dir)]:
         path = Path(target)
         if not path.exists() and any(c in target for c in "*?["):
@@ -154,14 +168,14 @@ def resolve_run_dirs(targets: Sequence[str], runs_dir: str | Path = "runs") -> l
             dirs = [p for p in matches if is_run_dir(p)] or [q for p in matches if p.is_dir() for q in _runs_below(p)]
             if not dirs:
                 raise NotARunError(f"no run directories match {target!r}")
-            out.extend(dirs)
+            add(dirs, False)
             continue
         if not path.exists() and not path.is_absolute() and len(path.parts) == 1 and (runs_dir / target).is_dir():
             path = runs_dir / target  # an experiment name
         if not path.exists():
             raise NotARunError(f"no such run, experiment or directory: {target} (runs are under {runs_dir}/<experiment>/<run_id>/)")
         if is_run_dir(path):
-            out.append(path)
+            add([path], True)
             continue
         below = _runs_below(path) if path.is_dir() else []
         if not below:
@@ -169,8 +183,8 @@ def resolve_run_dirs(targets: Sequence[str], runs_dir: str | Path = "runs") -> l
                 f"not a run directory: {target} (expected <runs_dir>/<experiment>/<run_id>/ with {METRICS_FILE}, "
                 f"{CONFIG_FILE} and {INFO_FILE}, or a directory of such runs)"
             )
-        out.extend(below)
-    return list(dict.fromkeys(p.resolve() for p in out))
+        add(below, False)
+    return out
 
 
 def load_run(path: str | Path) -> Run:
@@ -184,7 +198,8 @@ def load_run(path: str | Path) -> Run:
     if not is_run_dir(path):
         raise NotARunError(f"not a run directory: {path} (no {METRICS_FILE} or {INFO_FILE})")
     if not (path / METRICS_FILE).is_file():
-        raise NotARunError(f"run {path} has no {METRICS_FILE} (was it run with --trainer.logger=false?)")
+        raise NotARunError(f"run {path} has no {METRICS_FILE} (it failed before logging, or ran with "
+                           "--trainer.fast_dev_run or --trainer.logger=false)")
     info = json.loads((path / INFO_FILE).read_text()) if (path / INFO_FILE).is_file() else {}
     config = yaml.safe_load((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).is_file() else {}
     return Run(
@@ -197,9 +212,36 @@ def load_run(path: str | Path) -> Run:
     )
 
 
+def find_runs(targets: Sequence[str] = (), runs_dir: str | Path = "runs") -> tuple[list[Run], list[Path]]:
+    """``(runs, skipped)``: :func:`load_run` for every directory :func:`resolve_run_dirs` finds,
+    except runs without ``metrics.csv`` that were found by expanding an experiment, a glob or the
+    whole ``runs_dir`` (a run that failed before logging, a ``--trainer.fast_dev_run`` or a
+    ``--trainer.logger=false`` run): those are returned in ``skipped`` rather than failing the whole
+    comparison. A run directory named on its own still raises :class:`NotARunError`.
+    """
+    runs: list[Run] = []
+    skipped: list[Path] = []
+    for path, named in _resolve(targets, runs_dir).items():
+        if not named and not (path / METRICS_FILE).is_file():
+            skipped.append(path)
+        else:
+            runs.append(load_run(path))
+    return runs, skipped
+
+
 def load_runs(targets: Sequence[str] = (), runs_dir: str | Path = "runs") -> list[Run]:
-    """:func:`load_run` for every directory :func:`resolve_run_dirs` finds (same errors)."""
-    return [load_run(p) for p in resolve_run_dirs(targets, runs_dir)]
+    """The runs of :func:`find_runs` (same errors); skipped runs are reported with a warning."""
+    runs, skipped = find_runs(targets, runs_dir)
+    if skipped:
+        warnings.warn(skipped_message(skipped), stacklevel=2)
+    return runs
+
+
+def skipped_message(skipped: Sequence[Path]) -> str:
+    """One line naming the runs :func:`find_runs` skipped."""
+    names = ", ".join(f"{p.parent.name}/{p.name}" for p in skipped)
+    return (f"skipped {len(skipped)} run(s) without {METRICS_FILE} (failed before logging, fast_dev_run "
+            f"or --trainer.logger=false): {names}")
 
 
 # ---------------------------------------------------------------------------------------- summaries
