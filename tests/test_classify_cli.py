@@ -121,3 +121,16 @@ def test_checkpoint_written_by_lightning_cli_loads(run, tmp_path):
     ckpt["hyper_parameters"]["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
     torch.save(ckpt, tmp_path / "cli.ckpt")
     assert load_classifier(tmp_path / "cli.ckpt").meta["img_size"] == 28
+
+
+def test_experiment_best_names_the_newest_run(run, capsys, tmp_path):
+    import shutil
+
+    root = tmp_path / "runs"
+    (root / "mnist_vit" / "r1" / "checkpoints").mkdir(parents=True)
+    shutil.copy(run["ckpt"], root / "mnist_vit" / "r1" / "checkpoints" / "best.ckpt")
+    by_file = _classify(capsys, "--ckpt", run["ckpt"], "--json", run["pngs"][0])
+    by_name = _classify(capsys, "--ckpt", "mnist_vit:best", "--runs_dir", root, "--json", run["pngs"][0])
+    assert by_name == by_file and by_name[0] == 0
+    code, _, err = _classify(capsys, "--ckpt", "mnist_vit:last", "--runs_dir", root, run["pngs"][0])
+    assert code == 2 and "no " in err and "mnist_vit/*/checkpoints/last.ckpt" in err and "experiments/vision/mnist_vit.yaml" in err

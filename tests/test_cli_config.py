@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import textwrap
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import yaml
 
 from tx_suite.cli.main import main
 from tx_suite.utils.config import (ConfigError, deep_merge, default_experiment_name, expand_config_argv,
-                                   load_config)
+                                   integer_batch_limits, load_config)
 
 TESTS = Path(__file__).resolve().parent
 TINY = str(TESTS / "configs" / "tiny_mnist.yaml")
@@ -164,3 +165,22 @@ def test_deterministic_switch_and_seed_are_configurable(capsys, runs_dir):
     assert main(["fit", "--config", TINY, "--deterministic", "--seed_everything=7", "--print_config"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["trainer"]["deterministic"] is True and cfg["seed_everything"] == 7
+
+
+def test_integer_batch_limits_mean_batches_not_fractions(runs_dir, tmp_path):
+    """Lightning reads ``limit_val_batches=1`` as one batch and ``1.0`` as all of them; jsonargparse
+    parses both as 1.0 (Trainer's type is ``float | int``). Integers written in a config file or on
+    the command line must reach the Trainer, and the saved config, as integers."""
+    mine = write(tmp_path / "limits.yaml", "trainer:\n  limit_train_batches: 2\n  limit_test_batches: 1\n")
+    argv = ["--config", TINY, "--config", str(mine), "--trainer.limit_val_batches=1",
+            "--trainer.limit_test_batches", "1.0"]
+    assert integer_batch_limits(argv) == {"limit_train_batches": 2, "limit_val_batches": 1}
+    assert main(["fit", *argv, "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
+                 "--run_id", "r"]) == 0
+    run = runs_dir / "tiny_mnist" / "r"
+    saved = yaml.safe_load((run / "config.yaml").read_text())["trainer"]
+    assert (saved["limit_train_batches"], saved["limit_val_batches"], saved["limit_test_batches"]) == (2, 1, 1.0)
+    assert type(saved["limit_val_batches"]) is int and type(saved["limit_test_batches"]) is float
+    with (run / "metrics.csv").open() as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert max(steps) == 3  # 2 epochs x 2 batches (8 a epoch without the limit)

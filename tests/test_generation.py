@@ -137,6 +137,34 @@ def test_fit_through_the_cli_then_generate(trained, subprocess_env, runs_dir, tm
     assert Image.open(out).size[1] >= 32
 
 
+def test_runs_dir_option_also_resolves_experiment_checkpoint_references(trained, tmp_path, monkeypatch):
+    """`--runs_dir X` (no TX_SUITE_RUNS_DIR) must also be where a stage-2 config's
+    `tokenizer_ckpt: <experiment>:best` and `generate --ckpt <experiment>:last` look."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from tx_suite.cli.main import main
+
+    monkeypatch.delenv("TX_SUITE_RUNS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./runs to fall back on
+    root = tmp_path / "elsewhere"
+    (root / "vq_exp" / "r" / "checkpoints").mkdir(parents=True)
+    shutil.copy(trained["vq"], root / "vq_exp" / "r" / "checkpoints" / "best.ckpt")
+    config = Path(__file__).resolve().parents[1] / "experiments" / "generation" / "t2i_mnist.yaml"
+    tiny = [f"--model.init_args.{k}={v}" for k, v in TINY_TF.items()]
+    assert main(["fit", "--config", str(config), *tiny, "--runs_dir", str(root), "--run_id", "t",
+                 "--model.init_args.tokenizer_ckpt=vq_exp:best", "--model.init_args.samples_per_caption=1",
+                 "--data.init_args.train_size=32", "--data.init_args.val_size=32", "--data.init_args.batch_size=32",
+                 "--trainer.max_epochs=1", "--trainer.precision=32", "--trainer.logger=false",
+                 "--trainer.enable_progress_bar=false"]) == 0
+    assert "TX_SUITE_RUNS_DIR" not in os.environ  # set for the command only
+    out = tmp_path / "grid.png"
+    assert generate_main(["--runs_dir", str(root), "--ckpt", "t2i_mnist:last", "--tokenizer", "vq_exp:best",
+                          "--caption", "top-left: tiny red 7", "--n", "1", "--out", str(out)]) == 0
+    assert out.is_file()
+
+
 def test_predict_writes_samples_for_the_test_captions_and_vqvae_codes(trained, tmp_path):
     """`tx-suite predict` on both stages: PNGs in dataset order, captions and codes beside them."""
     from torchvision.transforms.functional import pil_to_tensor

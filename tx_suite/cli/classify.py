@@ -1,6 +1,7 @@
 """``tx-suite classify``: image files in, top-k labels with probabilities out.
 
     tx-suite classify --ckpt runs/mnist_vit/<run>/checkpoints/best.ckpt digit.png other.png --topk 3
+    tx-suite classify --ckpt mnist_vit:best digit.png     # the newest run of an experiment
 
 Images go through the checkpoint's own preprocessing (size, channels, normalisation saved by
 the task). Rules for files that do not match the model:
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -112,12 +114,15 @@ def classify(model, images: list, topk: int = 3) -> list[list[tuple[str, float]]
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", required=True, help="Lightning checkpoint of an image-classification run")
+    p.add_argument("--ckpt", required=True,
+                   help="Lightning checkpoint of an image-classification run: a file or EXPERIMENT:best|last")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--topk", type=int, default=3, help="labels to print per image (default 3)")
     p.add_argument("--no_resize", "--no-resize", dest="resize", action="store_false", help="error on a size mismatch")
     p.add_argument("--convert", action="store_true", help="convert images to the model's channel count")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument("--runs_dir", default=os.environ.get("TX_SUITE_RUNS_DIR", "runs"),
+                   help="root of the run directories for EXPERIMENT:best (default: $TX_SUITE_RUNS_DIR or runs)")
     return p
 
 
@@ -127,9 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: --topk must be >= 1", file=sys.stderr)
         return 2
     from tx_suite.tasks.classification import load_classifier
+    from tx_suite.utils.runs import resolve_checkpoint
 
     try:
-        model = load_classifier(args.ckpt)
+        model = load_classifier(resolve_checkpoint(args.ckpt, args.runs_dir, kind="classifier",
+                                                   hint="train it first: tx-suite fit --config experiments/vision/{name}.yaml"))
     except (FileNotFoundError, ValueError) as e:
         print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

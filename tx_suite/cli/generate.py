@@ -6,7 +6,7 @@ Example::
         --caption "top-right: big blue 3" --n 8 --cfg_scale 3 --out samples.png
 
 One row per caption, ``--n`` images per row. ``--ckpt`` and ``--tokenizer`` take a file or
-``<experiment>:best|last`` (the newest run under ``runs/<experiment>/``). With ``--judge`` (a
+``<experiment>:best|last`` (the newest run under ``<runs_dir>/<experiment>/``). With ``--judge`` (a
 Captioned MNIST judge checkpoint) each caption gets ``--candidates`` samples that are re-ranked by
 the judge's log-probability of the caption's attributes, and the best ``--n`` are kept.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=None,
                    help="samples drawn per caption before re-ranking (default 4 x --n)")
     p.add_argument("--batch_size", "--batch-size", type=int, default=64)
+    p.add_argument("--runs_dir", default=os.environ.get("TX_SUITE_RUNS_DIR", "runs"),
+                   help="root of the run directories for EXPERIMENT:best (default: $TX_SUITE_RUNS_DIR or runs)")
     return p
 
 
@@ -74,9 +77,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.judge is not None:
-        judge_path = resolve_checkpoint(args.judge, kind="judge")  # fail before the slow part
-    task = load_text_to_image(resolve_checkpoint(args.ckpt, kind="text-to-image"),
-                              tokenizer_ckpt=args.tokenizer)
+        judge_path = resolve_checkpoint(args.judge, args.runs_dir, kind="judge")  # fail before the slow part
+    tokenizer = None if args.tokenizer is None else str(resolve_checkpoint(args.tokenizer, args.runs_dir, kind="VQ-VAE"))
+    task = load_text_to_image(resolve_checkpoint(args.ckpt, args.runs_dir, kind="text-to-image"),
+                              tokenizer_ckpt=tokenizer)
     unknown = task.caption_tokenizer.unknown_rate(captions)
     n_draw = args.n if args.judge is None else (args.candidates or 4 * args.n)
     if n_draw < args.n:

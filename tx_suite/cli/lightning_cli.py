@@ -40,10 +40,12 @@ from tx_suite.cli.save_config import SaveRunConfig
 from tx_suite.tasks.callbacks import (AtomicCheckpointIO, PredictionWriter, RNGStateCallback, RunCheckpoint,
                                      StopOnNonFiniteLoss)
 from tx_suite.utils.checkpoint import load_checkpoint
-from tx_suite.utils.config import config_paths, default_experiment_name, expand_config_argv
+from tx_suite.utils.config import config_paths, default_experiment_name, expand_config_argv, integer_batch_limits
 from tx_suite.utils.run_info import collect_run_info, write_json
 from tx_suite.utils.runs import (
     CHECKPOINT_DIR,
+    DEFAULT_RUNS_DIR,
+    RUNS_DIR_ENV,
     find_checkpoint,
     new_run_id,
     run_dir_of_checkpoint,
@@ -52,7 +54,6 @@ from tx_suite.utils.runs import (
 from tx_suite.utils.wandb_mode import resolve_wandb_mode
 
 DEFAULT_SEED = 1234
-DEFAULT_RUNS_DIR = "runs"
 RUN_INFO = "run_info.json"
 
 
@@ -144,7 +145,7 @@ class TxSuiteCLI(LightningCLI):
                  "(default: the last --config file's name without .yaml).",
         )
         parser.add_argument(
-            "--runs_dir", type=str, default=os.environ.get("TX_SUITE_RUNS_DIR", DEFAULT_RUNS_DIR),
+            "--runs_dir", type=str, default=os.environ.get(RUNS_DIR_ENV, DEFAULT_RUNS_DIR),
             help="Root of the run directories (default: $TX_SUITE_RUNS_DIR or 'runs').",
         )
         parser.add_argument("--run_id", type=Optional[str], default=None,
@@ -197,6 +198,9 @@ class TxSuiteCLI(LightningCLI):
         experiment = validate_name(cfg.experiment or self._default_experiment)
         cfg.experiment = experiment
         runs_dir = Path(cfg.runs_dir)
+        # `<experiment>:best` references in the model config (a stage-2 tokenizer) and DDP processes
+        # started later resolve under the same root; restored by run_cli.
+        os.environ[RUNS_DIR_ENV] = str(runs_dir)
 
         run_dir = None
         if subcommand == "fit" and cfg.get("ckpt_path"):
@@ -253,12 +257,17 @@ class TxSuiteCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Add :class:`AtomicCheckpointIO` unless the config already names a CheckpointIO plugin; turn
-        off Lightning's sampler injection for data modules that shard their own batches."""
+        off Lightning's sampler injection for data modules that shard their own batches; keep
+        ``limit_*_batches`` written as integers (see :data:`BATCH_LIMIT_KEYS`)."""
         plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
         plugins = [] if plugins is None else (list(plugins) if isinstance(plugins, (list, tuple)) else [plugins])
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         kwargs["plugins"] = plugins
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        for key, value in integer_batch_limits(sys.argv[1:]).items():
+            if trainer_config.get(key) == value:  # jsonargparse made it a float: 1 batch would be 100 %
+                kwargs[key] = value
         if getattr(self.datamodule, "shards_batches", False):
             # Its batch sampler shards over the ranks itself; Lightning's injection would fail on it.
             kwargs["use_distributed_sampler"] = False
@@ -368,7 +377,7 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
     # Lightning's DDP launcher re-runs sys.argv for the other ranks: keep the real program (the
     # console script's path; `python -m tx_suite` is re-run with -m), with the expanded configs.
     program = sys.argv[0] if from_sys_argv and sys.argv and sys.argv[0] else "tx-suite"
-    saved_run_id_env = os.environ.get(RUN_ID_ENV)
+    saved_env = {k: os.environ.get(k) for k in (RUN_ID_ENV, RUNS_DIR_ENV)}
     try:
         with _patched_argv([program, *expanded]):
             TxSuiteCLI(default_experiment=default_experiment, state=state, args=None)
@@ -380,9 +389,10 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
         status = "finished" if exc.code in (0, None) else "interrupted"
         raise
     finally:
-        if saved_run_id_env is None:
-            os.environ.pop(RUN_ID_ENV, None)
-        else:
-            os.environ[RUN_ID_ENV] = saved_run_id_env
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         _finish(state, status)
     return 0

@@ -13,6 +13,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from tx_suite.models.vqvae import VQVAE
 from tx_suite.tasks.callbacks.generation_images import ReconstructionGrid
+from tx_suite.utils.runs import resolve_checkpoint as _resolve_checkpoint
 
 #: VQVAETask hyper-parameters that define the model (all of its __init__ but the optimiser's).
 MODEL_KEYS = ("hidden", "res_channels", "n_res_blocks", "downsample", "codebook_size",
@@ -146,30 +147,11 @@ class VQVAETask(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def resolve_checkpoint(spec: str | Path, runs_dir: str | Path = "runs", kind: str = "") -> Path:
-    """A checkpoint file from a path or from ``"<experiment>:best"`` / ``"<experiment>:last"``.
-
-    The experiment form picks the most recently written ``<runs_dir>/<experiment>/*/checkpoints/
-    {best,last}.ckpt`` (the run layout of ``tx-suite fit``), so a stage-2 config can name its
-    stage-1 tokenizer without knowing the run id.
-
-    Raises:
-        FileNotFoundError: no such file, or no run of the experiment has that checkpoint (the
-            message starts with ``kind``, e.g. "VQ-VAE checkpoint not found").
-    """
-    what = f"{kind} checkpoint" if kind else "checkpoint"
-    path = Path(spec)
-    if path.is_file():
-        return path
-    name, sep, which = str(spec).rpartition(":")
-    if sep and which in ("best", "last") and name and "/" not in name:
-        found = sorted(Path(runs_dir).glob(f"{name}/*/checkpoints/{which}.ckpt"),
-                       key=lambda p: p.stat().st_mtime)
-        if found:
-            return found[-1]
-        raise FileNotFoundError(f"{what} not found: {spec!r}: no {runs_dir}/{name}/*/checkpoints/{which}.ckpt "
-                                f"(train it first: tx-suite fit --config experiments/generation/{name}.yaml)")
-    raise FileNotFoundError(f"{what} not found: {spec}")
+def resolve_checkpoint(spec: str | Path, runs_dir: str | Path | None = None, kind: str = "") -> Path:
+    """:func:`tx_suite.utils.runs.resolve_checkpoint` with a hint to train the generation
+    experiment of that name (``experiments/generation/<name>.yaml``)."""
+    return _resolve_checkpoint(spec, runs_dir, kind,
+                               hint="train it first: tx-suite fit --config experiments/generation/{name}.yaml")
 
 
 def read_checkpoint(path: str | Path, kind: str, required: Sequence[str],

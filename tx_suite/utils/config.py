@@ -197,6 +197,52 @@ def config_paths(argv: list[str]) -> list[str]:
     return paths
 
 
+#: Trainer options typed ``float | int`` by Lightning, where ``1`` (one batch) and ``1.0`` (all
+#: batches) differ. jsonargparse tries ``float`` first, so ``--trainer.limit_val_batches=1`` would
+#: silently mean the whole set; :func:`integer_batch_limits` recovers what was written.
+BATCH_LIMIT_KEYS = tuple(f"limit_{s}_batches" for s in ("train", "val", "test", "predict"))
+
+
+def integer_batch_limits(argv: list[str]) -> dict[str, int]:
+    """The ``trainer.limit_*_batches`` whose last setting on this command line is an integer.
+
+    Walks ``argv`` in order as LightningCLI applies it: ``--config`` files (their ``trainer``
+    section, ``_base_`` merged) and ``--trainer.limit_X_batches=V`` / ``--trainer.limit_X_batches V``
+    overrides; later settings win. A value is an integer when YAML reads it as one (``1``, not
+    ``1.0``).
+    """
+    raw: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        path, idx = _config_value_index(argv, i)
+        if path is not None and token != path:
+            try:
+                trainer = load_config(path).get("trainer")
+            except ConfigError:
+                trainer = None  # jsonargparse reports the bad file itself
+            if isinstance(trainer, dict):
+                raw.update({k: trainer[k] for k in BATCH_LIMIT_KEYS if k in trainer})
+            i = idx + 1
+            continue
+        for key in BATCH_LIMIT_KEYS:
+            flag = f"--trainer.{key}"
+            if token.startswith(flag + "="):
+                raw[key] = _yaml_scalar(token[len(flag) + 1:])
+            elif token == flag and i + 1 < len(argv):
+                raw[key] = _yaml_scalar(argv[i + 1])
+                i += 1
+        i += 1
+    return {k: v for k, v in raw.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def _yaml_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def default_experiment_name(config_files: list[str]) -> str:
     """The experiment a command line runs: the stem of its last config file that says *what* to run.
 

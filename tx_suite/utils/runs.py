@@ -12,17 +12,28 @@ Layout of one run::
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import time
 from pathlib import Path
 
 CHECKPOINT_DIR = "checkpoints"
+#: Environment variable naming the runs root; ``tx-suite fit|validate|test|predict --runs_dir`` sets
+#: it for the duration of the command, so ``<experiment>:best`` references inside configs (a
+#: stage-2 model's tokenizer) resolve in the same root.
+RUNS_DIR_ENV = "TX_SUITE_RUNS_DIR"
+DEFAULT_RUNS_DIR = "runs"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class RunLookupError(FileNotFoundError):
     """No run/checkpoint matches a ``last``/``best`` request."""
+
+
+def default_runs_dir() -> str:
+    """``$TX_SUITE_RUNS_DIR`` if set, else ``runs`` (relative to the working directory)."""
+    return os.environ.get(RUNS_DIR_ENV) or DEFAULT_RUNS_DIR
 
 
 def validate_name(name: str, what: str = "experiment") -> str:
@@ -68,6 +79,34 @@ def find_checkpoint(runs_dir: str | Path, experiment: str, which: str = "last") 
             f"(train first with `tx-suite fit --config ...`, or pass a checkpoint file)"
         )
     return max(candidates, key=lambda p: (_newest_ckpt_mtime(p.parent.parent), p.parent.parent.name))
+
+
+def resolve_checkpoint(spec: str | Path, runs_dir: str | Path | None = None, kind: str = "",
+                       hint: str = "train it first with `tx-suite fit --config ...`") -> Path:
+    """A checkpoint file from a path or from ``"<experiment>:best"`` / ``"<experiment>:last"``.
+
+    The experiment form is :func:`find_checkpoint` (the newest run of the experiment that has that
+    checkpoint), so a stage-2 config or a command can name a checkpoint without knowing the run
+    id. ``runs_dir`` defaults to :func:`default_runs_dir`.
+
+    Raises:
+        FileNotFoundError: no such file, or no run of the experiment has that checkpoint (the
+            message starts with ``kind``, e.g. "VQ-VAE checkpoint not found", and ends with
+            ``hint``, where ``{name}`` stands for the experiment).
+    """
+    what = f"{kind} checkpoint" if kind else "checkpoint"
+    runs_dir = default_runs_dir() if runs_dir is None else runs_dir
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name, sep, which = str(spec).rpartition(":")
+    if sep and which in ("best", "last") and _NAME_RE.match(name):
+        try:
+            return find_checkpoint(runs_dir, name, which)
+        except RunLookupError:
+            raise FileNotFoundError(f"{what} not found: {spec!r}: no {Path(runs_dir) / name}/*/{CHECKPOINT_DIR}/"
+                                    f"{which}.ckpt ({hint.format(name=name)})") from None
+    raise FileNotFoundError(f"{what} not found: {spec}")
 
 
 def run_dir_of_checkpoint(ckpt_path: str | Path, runs_dir: str | Path) -> Path | None:
