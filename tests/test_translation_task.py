@@ -2,6 +2,7 @@
 checkpoint contents, and the translate command on awkward input."""
 
 import os
+import unicodedata
 
 import pytest
 import pytorch_lightning as pl
@@ -233,3 +234,20 @@ def test_bleu_every_n_epochs_with_bleu_monitor(tmp_path):
     assert seen.bleu_epochs == [1, 2]  # epoch 2 (0-based) is the last: max_steps ends it
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
     assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)["global_step"] in (8, 12)
+
+
+def test_translate_normalizes_invisible_and_unusual_whitespace(run):
+    """A byte-order mark, a tab, a no-break space, a zero-width space or a decomposed umlaut would
+    otherwise reach the encoder as byte tokens it never saw in training."""
+    from tx_suite.data.text_normalize import normalize_source
+    from tx_suite.data.translation_dataset import encode_source
+
+    model, tok, _ = load_translator(run["averaged"])
+    clean = "Ein Mann über dem Haus."
+    variants = ["\ufeff" + clean, "Ein\tMann über  dem Haus.", "Ein\u00a0Mann über\u200b dem Haus. ",
+                unicodedata.normalize("NFD", clean)]
+    assert all(normalize_source(v) == clean for v in variants) and normalize_source(" \ufeff\t") == ""
+    raw = [encode_source(tok, [v])[0].tolist() for v in variants]
+    assert all(r != encode_source(tok, [clean])[0].tolist() for r in raw)  # what the model got before
+    outs = translate_lines(model, tok, [clean, *variants, "\ufeff"], beam_size=2)
+    assert outs[1:-1] == [outs[0]] * len(variants) and outs[-1] == ""

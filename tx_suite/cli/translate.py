@@ -26,6 +26,7 @@ import torch
 
 from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer
 from tx_suite.data.translation_dataset import encode_source, pad_batch
+from tx_suite.data.text_normalize import normalize_source
 from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
@@ -77,12 +78,15 @@ def translate_lines(model: Seq2SeqTransformer, tok: BPETokenizer, lines: Sequenc
                     batch_size: int = 64, max_src_tokens: int = 256, warn=None) -> list[str]:
     """One translation per input line (same order, same count).
 
-    Blank lines give ``""`` without running the model. Sentences are batched by length; sources
-    above ``max_src_tokens`` tokens are truncated and reported through ``warn(message)``.
+    Lines are normalized first (:func:`~tx_suite.data.text_normalize.normalize_source`: NFC, no
+    byte-order mark or zero-width characters, single spaces). Blank lines give ``""`` without
+    running the model. Sentences are batched by length; sources above ``max_src_tokens`` tokens
+    are truncated and reported through ``warn(message)``.
     """
     device = next(model.parameters()).device
     out = [""] * len(lines)
-    todo = [i for i, s in enumerate(lines) if s.strip()]
+    lines = [normalize_source(s) for s in lines]
+    todo = [i for i, s in enumerate(lines) if s]
     srcs = dict(zip(todo, encode_source(tok, [lines[i] for i in todo])))
     for i, ids in srcs.items():
         if len(ids) > max_src_tokens:
