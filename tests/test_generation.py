@@ -193,3 +193,12 @@ def test_predict_writes_samples_for_the_test_captions_and_vqvae_codes(trained, t
     assert out["index"].tolist() == list(range(8))
     assert torch.equal(out["codes"], vq.model.eval().encode(images))
     assert len(list((tmp_path / "vq" / "predictions").glob("*.png"))) == 8
+
+
+def test_captions_file_with_bom_and_tabs_reads_clean(tmp_path):
+    from tx_suite.cli.generate import build_parser, read_captions
+
+    path = tmp_path / "captions.txt"
+    path.write_bytes("top-left:\ttiny red 7\r\n\r\n \u200b\ncenter: big blue 3\n".encode("utf-8-sig"))
+    args = build_parser().parse_args(["--ckpt", "x", "--captions_file", str(path), "--caption", " a\u00a0b "])
+    assert read_captions(args) == ["a b", "top-left: tiny red 7", "center: big blue 3"]

@@ -49,17 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_captions(args: argparse.Namespace) -> list[str]:
-    """Captions from ``--caption`` and ``--captions_file`` (blank lines skipped).
+    """Captions from ``--caption`` and ``--captions_file`` (blank lines skipped), normalized as
+    translation sources are (a file's byte-order mark or a zero-width space would be ``[UNK]``).
 
     Raises:
         FileNotFoundError: the captions file does not exist. ValueError: no captions.
     """
-    captions = list(args.caption)
+    from tx_suite.data.text_normalize import normalize_source
+
+    captions = [normalize_source(c) for c in args.caption]
     if args.captions_file is not None:
         if not args.captions_file.is_file():
             raise FileNotFoundError(f"captions file not found: {args.captions_file}")
-        lines = args.captions_file.read_text(encoding="utf-8").splitlines()
-        captions += [line.strip() for line in lines if line.strip()]
+        lines = args.captions_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        captions += [c for c in map(normalize_source, lines) if c]
     if not captions:
         raise ValueError("no captions: give --caption TEXT (repeatable) or --captions_file FILE")
     return captions
