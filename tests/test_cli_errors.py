@@ -77,3 +77,16 @@ def test_gpu_config_on_a_machine_without_one(capsys, runs_dir, monkeypatch, acce
     assert line.startswith(f"tx-suite fit: error: trainer.accelerator={accelerator} but this machine has no such device")
     assert "--trainer.accelerator=cpu" in line
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_missing_config_names_the_runs_own_config(capsys, runs_dir, tmp_path):
+    run = tmp_path / "runs" / "exp" / "r1"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("seed_everything: 1\n")
+    ckpt = run / "checkpoints" / "best.ckpt"
+    ckpt.write_bytes(b"")
+    code, line = run_error(capsys, ["test", "--ckpt_path", str(ckpt)])
+    assert code == 2 and "required: test.data, test.model" in line
+    assert f"give the run's config: --config {run / 'config.yaml'}" in line
+    code, line = run_error(capsys, ["fit"])
+    assert code == 2 and "give an experiment config: --config experiments/" in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.cli import LightningArgumentParser
@@ -25,6 +26,21 @@ def condense_parser_error(message: str) -> str:
     return ": ".join(parts) or message.strip()
 
 
+def _missing_config_hint(message: str, argv: list[str]) -> str:
+    """For "required: fit.data, fit.model": where to find a config (the run's own, if --ckpt_path
+    names a checkpoint inside a run directory)."""
+    if "required" not in message or not re.search(r"\.(data|model)\b", message):
+        return ""
+    ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("--ckpt_path=")), None)
+    if ckpt is None and "--ckpt_path" in argv[:-1]:
+        ckpt = argv[argv.index("--ckpt_path") + 1]
+    if ckpt:
+        run_config = Path(ckpt).resolve().parent.parent / "config.yaml"
+        if run_config.is_file():
+            return f"; give the run's config: --config {run_config}"
+    return "; give an experiment config: --config experiments/<task>/<experiment>.yaml"
+
+
 class TxArgumentParser(LightningArgumentParser):
     """Parser whose errors are one line (``TX_SUITE_DEBUG=1`` shows jsonargparse's full message)."""
 
@@ -40,5 +56,6 @@ class TxArgumentParser(LightningArgumentParser):
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"{prog}: error: {condense_parser_error(message)} (see `{prog} --help`)\n")
+        hint = _missing_config_hint(message, sys.argv[1:])
+        sys.stderr.write(f"{prog}: error: {condense_parser_error(message)}{hint} (see `{prog} --help`)\n")
         raise SystemExit(2)
