@@ -66,7 +66,7 @@ class Multi30kDataModule(pl.LightningDataModule):
             for lang in (src_lang, tgt_lang):
                 check_names(split, lang)
 
-    #: the train loader shards its batches over DDP ranks itself (:class:`TokenBudgetBatchSampler`);
+    #: its loaders shard their batches over DDP ranks themselves (:class:`TokenBudgetBatchSampler`);
     #: the Trainer must not inject a ``DistributedSampler`` (``use_distributed_sampler=False``,
     #: which ``tx-suite`` sets for such data modules)
     shards_batches = True
@@ -132,10 +132,10 @@ class Multi30kDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.dataset(split)
         budget = self.hparams.max_tokens if train else (self.hparams.eval_max_tokens or self.hparams.max_tokens)
-        # Training batches are sharded over data-parallel ranks (the sampler reads the process
-        # group); evaluation is not, so every rank scores the whole split and BLEU is corpus-level.
-        shard = {} if train else {"num_replicas": 1, "rank": 0}
-        sampler = TokenBudgetBatchSampler(ds.sizes(), budget, shuffle=train, seed=self.hparams.seed, **shard)
+        # Batches are sharded over data-parallel ranks (the sampler reads the process group), for
+        # evaluation too: TranslationTask gathers the ranks' hypotheses before corpus-level BLEU,
+        # and PredictionWriter gathers predictions.
+        sampler = TokenBudgetBatchSampler(ds.sizes(), budget, shuffle=train, seed=self.hparams.seed)
         return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_translation,
                           num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
 

@@ -175,13 +175,13 @@ class TranslationTask(pl.LightningModule):
         return (self.current_epoch + 1) % max(1, self.hparams.bleu_every_n_epochs) == 0 or last_epoch
 
     def _eval_start(self) -> None:
-        self._eval = {"loss": 0.0, "nll": 0.0, "n": 0, "rows": [], "decode_s": 0.0}
+        self._eval = {"batches": [], "rows": [], "decode_s": 0.0}
 
     def _eval_step(self, batch: dict, stage: str) -> None:
         loss_sum, nll_sum, n = self._loss(batch)
-        self._eval["loss"] += float(loss_sum)
-        self._eval["nll"] += float(nll_sum)
-        self._eval["n"] += n
+        # Keyed by the batch's sentence indices: under DDP the sampler pads the ranks' shards with
+        # repeated batches, which _gather_eval counts once.
+        self._eval["batches"].append((tuple(batch["index"].tolist()), float(loss_sum), float(nll_sum), n))
         if self._decode_now(stage):
             beam = self.hparams.beam_size if stage == "test" else self.hparams.val_beam_size
             t0 = time.perf_counter()
@@ -191,19 +191,39 @@ class TranslationTask(pl.LightningModule):
                 {"index": int(i), "source": s, "reference": r, "hypothesis": h}
                 for i, s, r, h in zip(batch["index"].tolist(), batch["src_text"], batch["tgt_text"], hyps)]
 
-    def _eval_end(self, stage: str) -> dict[str, float]:
+    def _gather_eval(self) -> tuple[list[tuple], list[dict], float]:
+        """This epoch's (batches, rows, decoding seconds) of every data-parallel rank, each batch
+        and sentence once; the seconds are the slowest rank's (the ranks decode in parallel)."""
         e = self._eval
-        if not e or e["n"] == 0:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1):
+            return e["batches"], e["rows"], e["decode_s"]
+        parts: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, (e["batches"], e["rows"], e["decode_s"]))
+        batches = list({b[0]: b for p in parts for b in p[0]}.values())
+        rows = list({r["index"]: r for p in parts for r in p[1]}.values())
+        return batches, rows, max(p[2] for p in parts)
+
+    def _eval_end(self, stage: str) -> dict[str, float]:
+        """Corpus-level scores of the whole split. Under DDP each rank evaluated a shard of the
+        batches (:class:`~tx_suite.data.multi30k_datamodule.Multi30kDataModule`); the shards are
+        gathered first, so every rank logs the same values, those of one process."""
+        if not getattr(self, "_eval", None):
             return {}
-        out = {"loss": e["loss"] / e["n"], "nll": e["nll"] / e["n"]}
+        batches, rows, decode_s = self._gather_eval()
+        n = sum(b[3] for b in batches)
+        if n == 0:
+            return {}
+        out = {"loss": sum(b[1] for b in batches) / n, "nll": sum(b[2] for b in batches) / n}
         out["ppl"] = math.exp(min(out["nll"], 50.0))
-        rows = sorted(e["rows"], key=lambda r: r["index"])
+        rows = sorted(rows, key=lambda r: r["index"])
         if rows:
             out.update(translation_scores([r["hypothesis"] for r in rows], [r["reference"] for r in rows]))
-            out["sent_per_s"] = len(rows) / max(e["decode_s"], 1e-9)
+            out["sent_per_s"] = len(rows) / max(decode_s, 1e-9)
             self.val_samples = rows[: self.hparams.n_samples]
         for k, v in out.items():
-            self.log(f"{stage}/{k}", v, prog_bar=k in ("loss", "bleu"), batch_size=1)
+            # sync_dist averages values that are already equal on every rank (no warning, no change).
+            self.log(f"{stage}/{k}", v, prog_bar=k in ("loss", "bleu"), batch_size=1, sync_dist=True)
         self._last_rows = rows
         return out
 
@@ -224,7 +244,7 @@ class TranslationTask(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         out = self._eval_end("test")
-        if not out:
+        if not out or not self.trainer.is_global_zero:
             return
         run_dir = Path(self.trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
