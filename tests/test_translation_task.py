@@ -251,3 +251,17 @@ def test_translate_normalizes_invisible_and_unusual_whitespace(run):
     assert all(r != encode_source(tok, [clean])[0].tolist() for r in raw)  # what the model got before
     outs = translate_lines(model, tok, [clean, *variants, "\ufeff"], beam_size=2)
     assert outs[1:-1] == [outs[0]] * len(variants) and outs[-1] == ""
+
+
+def test_translate_progress_bar_only_on_a_terminal(run, monkeypatch):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    model, tok, _ = load_translator(run["averaged"])
+    for stream, shown in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr("sys.stderr", stream)
+        translate_lines(model, tok, ["Ein Hund.", "Zwei Männer."], beam_size=1, progress=True)
+        assert ("2/2 [" in stream.getvalue()) is shown, stream.getvalue()

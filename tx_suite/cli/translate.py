@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer
 from tx_suite.data.translation_dataset import encode_source, pad_batch
@@ -75,13 +76,14 @@ def read_lines(data: bytes) -> list[str]:
 @torch.no_grad()
 def translate_lines(model: Seq2SeqTransformer, tok: BPETokenizer, lines: Sequence[str], beam_size: int = 5,
                     length_penalty: float = 1.0, max_len_a: float = 1.2, max_len_b: int = 10,
-                    batch_size: int = 64, max_src_tokens: int = 256, warn=None) -> list[str]:
+                    batch_size: int = 64, max_src_tokens: int = 256, warn=None, progress: bool = False) -> list[str]:
     """One translation per input line (same order, same count).
 
     Lines are normalized first (:func:`~tx_suite.data.text_normalize.normalize_source`: NFC, no
     byte-order mark or zero-width characters, single spaces). Blank lines give ``""`` without
     running the model. Sentences are batched by length; sources above ``max_src_tokens`` tokens
-    are truncated and reported through ``warn(message)``.
+    are truncated and reported through ``warn(message)``. ``progress``: a tqdm bar of sentences on
+    stderr (shown only when stderr is a terminal).
     """
     device = next(model.parameters()).device
     out = [""] * len(lines)
@@ -94,6 +96,7 @@ def translate_lines(model: Seq2SeqTransformer, tok: BPETokenizer, lines: Sequenc
                 warn(f"line {i + 1}: {len(ids)} tokens, truncated to {max_src_tokens}")
             srcs[i] = torch.cat([ids[: max_src_tokens - 1], torch.tensor([EOS_ID])])
     order = sorted(todo, key=lambda i: len(srcs[i]))
+    bar = tqdm(total=len(order), unit="sent", file=sys.stderr, disable=None if progress else True, leave=False)
     for start in range(0, len(order), batch_size):
         idx = order[start: start + batch_size]
         src, mask = pad_batch([srcs[i] for i in idx])
@@ -106,6 +109,8 @@ def translate_lines(model: Seq2SeqTransformer, tok: BPETokenizer, lines: Sequenc
         for i, h in zip(idx, tok.decode_batch(hyp)):
             # A newline inside a translation would break the one-line-per-input contract.
             out[i] = h.replace("\r", " ").replace("\n", " ")
+        bar.update(len(idx))
+    bar.close()
     return out
 
 
@@ -170,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hyps = translate_lines(
         model, tok, lines, beam_size=pick("beam_size", 5), length_penalty=pick("length_penalty", 1.0),
         max_len_a=pick("max_len_a", 1.2), max_len_b=pick("max_len_b", 10), batch_size=args.batch_size,
-        max_src_tokens=args.max_src_tokens, warn=lambda m: print(f"{PROG}: warning: {m}", file=sys.stderr))
+        max_src_tokens=args.max_src_tokens, warn=lambda m: print(f"{PROG}: warning: {m}", file=sys.stderr),
+        progress=True)
     text = "".join(h + "\n" for h in hyps)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
