@@ -30,6 +30,14 @@ def test_help_lists_every_command_without_importing_lightning(subprocess_env):
         assert f"\n  {name} " in proc.stdout
 
 
+def test_version_names_the_packages(capsys):
+    from importlib.metadata import version
+
+    assert cli_main.main(["--version"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"tx-suite {version('tx-suite')} (torch {version('torch')}, pytorch-lightning ")
+
+
 def test_python_dash_m_matches_the_console_script(subprocess_env):
     proc = subprocess.run([sys.executable, "-m", "tx_suite", "--help"], env=subprocess_env,
                           capture_output=True, text=True, timeout=60)

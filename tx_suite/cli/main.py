@@ -62,7 +62,7 @@ def usage() -> str:
         f"  {PROG} test --config EXP.yaml --ckpt_path best",
         "",
         f"`{PROG} <command> --help` shows the options of a command; docs/cli.md has the details.",
-        "Set TX_SUITE_DEBUG=1 to see full tracebacks.",
+        f"Set TX_SUITE_DEBUG=1 to see full tracebacks; `{PROG} --version` for versions.",
     ]
     return "\n".join(lines)
 
@@ -104,6 +104,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return types
 
 
+def version_line() -> str:
+    """``tx-suite X.Y.Z (torch A, pytorch-lightning B, Python C)``: what bug reports need first."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (f"{PROG} {v('tx-suite')} (torch {v('torch')}, pytorch-lightning {v('pytorch-lightning')}, "
+            f"Python {platform.python_version()})")
+
+
 def root_cause(err: BaseException) -> BaseException:
     """Follow ``raise ... from`` links to the original error (jsonargparse wraps instantiation errors)."""
     seen = set()
@@ -119,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0 if args else EXIT_USAGE
+    if args[0] in ("-V", "--version"):
+        print(version_line())
+        return 0
     command = args[0]
     if command in COMMANDS:
         try:
