@@ -49,3 +49,5 @@ def test_fit_test_translate_through_the_cli(runs_dir, tmp_path, capsys):
     assert main(["translate", "--ckpt_path", "last", "--experiment", "multi30k_de_en_quickstart", "--beam_size", "2",
                  "Ein Hund.", ""]) == 0
     assert len(capsys.readouterr().out.split("\n")) == 3  # two lines, each ended by a newline
+    assert main(["translate", "--ckpt_path", "multi30k_de_en_quickstart:last", "--beam_size", "2", "Ein Hund."]) == 0
+    assert capsys.readouterr().out.count("\n") == 1

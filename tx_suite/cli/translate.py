@@ -32,7 +32,7 @@ from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
 from tx_suite.utils.checkpoint import load_checkpoint
-from tx_suite.utils.runs import find_checkpoint
+from tx_suite.utils.runs import find_checkpoint, resolve_checkpoint
 
 PROG = "tx-suite translate"
 
@@ -115,31 +115,34 @@ def translate_lines(model: Seq2SeqTransformer, tok: BPETokenizer, lines: Sequenc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=PROG, description="Translate sentences with a trained translation checkpoint.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("sentences", nargs="*", help="sentences to translate (default: read --input or stdin)")
+    ap = argparse.ArgumentParser(prog=PROG, description="Translate sentences with a trained translation checkpoint.")
+    ap.add_argument("sentences", nargs="*", help="sentences to translate (none: read --input or stdin)")
     ap.add_argument("--ckpt_path", required=True,
-                    help="checkpoint file, or last/best of the newest run of --experiment")
+                    help="checkpoint file, EXPERIMENT:last|best, or last/best with --experiment (the newest run's)")
     ap.add_argument("--experiment", default=None, help="experiment whose newest run --ckpt_path last|best means")
     ap.add_argument("--runs_dir", default=os.environ.get("TX_SUITE_RUNS_DIR", "runs"),
                     help="root of the run directories (default: $TX_SUITE_RUNS_DIR or runs)")
     ap.add_argument("-i", "--input", default=None, help="input file, one sentence per line ('-' = stdin)")
     ap.add_argument("-o", "--output", default=None, help="output file (default: stdout)")
-    ap.add_argument("--batch_size", type=int, default=64, help="sentences per batch")
+    ap.add_argument("--batch_size", type=int, default=64, help="sentences per batch (default 64)")
     ap.add_argument("--beam_size", type=int, default=None, help="beam size (1 = greedy; default: the checkpoint's)")
     ap.add_argument("--length_penalty", type=float, default=None, help="beam length penalty (default: the checkpoint's)")
-    ap.add_argument("--max_len_a", type=float, default=None, help="output budget a * source length + b")
+    ap.add_argument("--max_len_a", type=float, default=None, help="output budget a * source length + b (default: the checkpoint's)")
     ap.add_argument("--max_len_b", type=int, default=None, help="output budget a * source length + b")
-    ap.add_argument("--max_src_tokens", type=int, default=256, help="longer sources are truncated (with a warning)")
-    ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    ap.add_argument("--max_src_tokens", type=int, default=256, help="longer sources are truncated, with a warning (default 256)")
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     return ap
 
 
 def _resolve_checkpoint(ckpt: str, experiment: str | None, runs_dir: str) -> str:
+    """``last``/``best`` of ``--experiment``, ``EXPERIMENT:last|best`` (as classify and generate
+    take it), or a file."""
     if ckpt not in ("last", "best"):
-        return ckpt
+        return str(resolve_checkpoint(ckpt, runs_dir, kind="translation",
+                                      hint="train it first: tx-suite fit --config experiments/translation/{name}.yaml"))
     if not experiment:
-        raise TranslateError(f"--ckpt_path {ckpt} needs --experiment (e.g. multi30k_de_en_quickstart)")
+        raise TranslateError(f"--ckpt_path {ckpt} needs --experiment (e.g. multi30k_de_en_quickstart), "
+                             f"or write --ckpt_path EXPERIMENT:{ckpt}")
     return str(find_checkpoint(runs_dir, experiment, ckpt))
 
 
