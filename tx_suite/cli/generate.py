@@ -25,24 +25,25 @@ PROG = "tx-suite generate"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="text-to-image checkpoint (file or EXPERIMENT:best)")
+    p.add_argument("--ckpt", required=True, help="text-to-image checkpoint (file or EXPERIMENT:best|last)")
     p.add_argument("--tokenizer", default=None,
                    help="stage-1 VQ-VAE checkpoint (default: the one recorded in --ckpt)")
     p.add_argument("--caption", action="append", default=[], help="a caption (repeatable)")
     p.add_argument("--captions_file", "--captions-file", type=Path, default=None, help="file with one caption a line")
-    p.add_argument("--out", type=Path, default=Path("samples.png"), help="output PNG grid")
-    p.add_argument("--n", type=int, default=8, help="images per caption (one grid row)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top_k", "--top-k", type=int, default=None)
-    p.add_argument("--top_p", "--top-p", type=float, default=None)
+    p.add_argument("--out", type=Path, default=Path("samples.png"), help="output PNG grid (default samples.png)")
+    p.add_argument("--n", type=int, default=8, help="images per caption, one grid row (default 8)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of image tokens (default 1)")
+    p.add_argument("--top_k", "--top-k", type=int, default=None, help="sample from the k most likely tokens (default: all)")
+    p.add_argument("--top_p", "--top-p", type=float, default=None,
+                   help="nucleus sampling: the smallest set of tokens with this probability mass (default: off)")
     p.add_argument("--cfg_scale", "--cfg-scale", type=float, default=1.0,
-                   help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="classifier-free guidance scale (default 1 = off)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same images (default 0)")
     p.add_argument("--no_cache", "--no-cache", action="store_true", help="recompute the prefix at every step")
     p.add_argument("--judge", default=None, help="re-rank with this Captioned MNIST judge checkpoint")
     p.add_argument("--candidates", type=int, default=None,
                    help="samples drawn per caption before re-ranking (default 4 x --n)")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=64)
+    p.add_argument("--batch_size", "--batch-size", type=int, default=64, help="sequences sampled at once (default 64)")
     p.add_argument("--runs_dir", default=os.environ.get("TX_SUITE_RUNS_DIR", "runs"),
                    help="root of the run directories for EXPERIMENT:best (default: $TX_SUITE_RUNS_DIR or runs)")
     return p
