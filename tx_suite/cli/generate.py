@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> dict:
     captions = read_captions(args)
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.judge is not None:
         judge_path = resolve_checkpoint(args.judge, args.runs_dir, kind="judge")  # fail before the slow part
     tokenizer = None if args.tokenizer is None else str(resolve_checkpoint(args.tokenizer, args.runs_dir, kind="VQ-VAE"))
