@@ -165,3 +165,9 @@ def test_runs_without_metrics_are_skipped_unless_named(runs, tmp_path, capsys):
         assert [r.run_id for r in load_runs(["tiny_mnist"], root)] == ["good"]
     assert main(["compare", str(dev), "--no_plot"]) == 2
     assert "has no metrics.csv" in capsys.readouterr().err
+
+
+def test_unknown_metric_is_named(runs, capsys):
+    assert main(["compare", str(runs["a"]), "--metrics", "val/acc,val/nope", "--no_plot"]) == 0
+    err = capsys.readouterr().err
+    assert "no run logged val/nope; logged: " in err and "val/acc" in err.split("logged: ")[1]

@@ -71,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.metrics:
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        logged = {m for r in runs for m in r.series}
+        unknown = [m for m in metrics if m not in logged]
+        if unknown:
+            print(f"tx-suite compare: no run logged {', '.join(unknown)}; logged: "
+                  f"{', '.join(sorted(m for m in logged if m.startswith(STAGES)))}", file=sys.stderr)
     else:
         metrics = shared_metrics(runs)
         others = sorted({m for r in runs for m in r.series if m.startswith(STAGES)} - set(metrics))
