@@ -26,7 +26,7 @@ def test_help_lists_every_command_without_importing_lightning(subprocess_env):
     )
     proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    for name in ("fit", "validate", "test", "predict", "translate", "classify", "generate", "compare"):
+    for name in ("fit", "validate", "test", "predict", "translate", "classify", "generate", "compare", "average"):
         assert f"\n  {name} " in proc.stdout
 
 

@@ -141,6 +141,14 @@ def test_average_snapshots_of_a_checkpoint(run, tmp_path, capsys):
     assert torch.equal(restored.state_dict()[floats[0]], final["state_dict"][floats[0]])
     assert averaging_main([str(out), "--snapshots", str(run["averaged"])]) == 2  # averaged.ckpt keeps none
     assert capsys.readouterr().err.strip().endswith("holds no CheckpointAveraging snapshots")
+    # the same through `tx-suite average`, with two checkpoint files
+    from tx_suite.cli.main import main as cli_main
+
+    assert cli_main(["average", str(tmp_path / "avg2.ckpt"), str(epochs[-1]), str(epochs[-2])]) == 0
+    two = torch.load(tmp_path / "avg2.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    older = torch.load(epochs[-2], map_location="cpu", weights_only=True)["state_dict"]
+    k = floats[0]
+    torch.testing.assert_close(two[k], (final["state_dict"][k] + older[k]) / 2, rtol=0, atol=1e-7)
 
 
 def test_translate_keeps_line_count_on_bad_input(run, tmp_path, capsys):

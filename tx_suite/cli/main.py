@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "classify": "tx_suite.cli.classify:main",
     "generate": "tx_suite.cli.generate:main",
     "compare": "tx_suite.cli.compare:main",
+    "average": "tx_suite.cli.average:main",
 }
 
 #: One-line descriptions for ``tx-suite --help``.
@@ -35,6 +36,7 @@ DESCRIPTIONS: dict[str, str] = {
     "classify": "classify images with a trained vision checkpoint",
     "generate": "generate images from text with a trained text-to-image checkpoint",
     "compare": "compare the metrics of runs under runs/ side by side",
+    "average": "average the weights of checkpoints (the last N epochs)",
 }
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")

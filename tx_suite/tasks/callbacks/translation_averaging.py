@@ -206,9 +206,8 @@ class CheckpointAveraging(pl.Callback):
             print(f"averaged the last {len(self.snapshots)} epoch weights into {self.path}", file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tx_suite.tasks.callbacks.translation_averaging",
-                                 description="Average the weights of Lightning checkpoints.")
+def main(argv: Sequence[str] | None = None, prog: str = "python -m tx_suite.tasks.callbacks.translation_averaging") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description="Average the weights of Lightning checkpoints.")
     ap.add_argument("output", help="averaged checkpoint to write")
     ap.add_argument("inputs", nargs="*", help="checkpoints to average (e.g. the last 5 epochs)")
     ap.add_argument("--snapshots", metavar="CKPT",
@@ -227,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             average_checkpoints(args.inputs, args.output)
             what = f"average of {len(args.inputs)} checkpoints"
     except ValueError as e:  # CheckpointError included
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output} ({what})")
     return 0
