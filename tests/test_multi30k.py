@@ -146,3 +146,15 @@ def test_datamodule_batches(dm):
     assert seen == len(dm.dataset("train")) > 2900
     val = next(iter(dm.val_dataloader()))
     assert dm.tokenizer.decode(val["src"][0]) == val["src_text"][0]
+
+
+def test_lowercase_option_lowercases_every_split_and_its_bpe(dm, tmp_path):
+    lc = Multi30kDataModule(train_limit=3000, vocab_size=1200, max_tokens=512, max_len=64,
+                            cache_dir=str(tmp_path), lowercase=True)
+    lc.setup("fit")
+    val_cased, val_lc = dm.dataset("val"), lc.dataset("val")
+    assert val_lc.src_text == [s.lower() for s in val_cased.src_text] != val_cased.src_text
+    assert val_lc.tgt_text == [t.lower() for t in val_cased.tgt_text]
+    vocab = [lc.tokenizer.id_to_token(i) for i in range(lc.vocab_size)]
+    assert not any(c.isupper() for v in vocab if not v.startswith(("<", "[")) for c in v)
+    assert any(c.isupper() for i in range(dm.vocab_size) for c in dm.tokenizer.id_to_token(i))

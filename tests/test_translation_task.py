@@ -273,3 +273,16 @@ def test_translate_progress_bar_only_on_a_terminal(run, monkeypatch):
         monkeypatch.setattr("sys.stderr", stream)
         translate_lines(model, tok, ["Ein Hund.", "Zwei Männer."], beam_size=1, progress=True)
         assert ("0/2 [" in stream.getvalue()) is shown, stream.getvalue()  # drawn at the start
+
+
+def test_translate_lowercases_input_for_a_model_trained_on_lowercased_text(run, tmp_path, capsys):
+    ckpt = torch.load(run["averaged"], map_location="cpu", weights_only=True)
+    assert load_translator(run["averaged"])[2]["lowercase"] is False
+    ckpt.setdefault("datamodule_hyper_parameters", {})["lowercase"] = True  # as Multi30kDataModule(lowercase=True)
+    torch.save(ckpt, tmp_path / "lc.ckpt")
+    assert load_translator(tmp_path / "lc.ckpt")[2]["lowercase"] is True
+    outs = []
+    for text in ("Ein Hund rennt über die Wiese.", "ein hund rennt über die wiese."):
+        assert translate_main(["--ckpt_path", str(tmp_path / "lc.ckpt"), "--beam_size", "2", text]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and outs[0].strip()

@@ -55,6 +55,8 @@ def load_translator(path: str | Path, device: str = "cpu") -> tuple[Seq2SeqTrans
     if "state_dict" not in ckpt or "tokenizer" not in ckpt:
         raise TranslateError(f"{path} is not a translation checkpoint (needs state_dict and tokenizer)")
     hparams = dict(ckpt.get("hyper_parameters") or {})
+    # A model trained on lowercased text (Multi30kDataModule(lowercase=True)) reads lowercased input.
+    hparams["lowercase"] = bool((ckpt.get("datamodule_hyper_parameters") or {}).get("lowercase", False))
     names = set(inspect.signature(Seq2SeqTransformer).parameters)
     model = Seq2SeqTransformer(**{k: v for k, v in hparams.items() if k in names})
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
@@ -76,18 +78,20 @@ def read_lines(data: bytes) -> list[str]:
 @torch.no_grad()
 def translate_lines(model: Seq2SeqTransformer, tok: BPETokenizer, lines: Sequence[str], beam_size: int = 5,
                     length_penalty: float = 1.0, max_len_a: float = 1.2, max_len_b: int = 10,
-                    batch_size: int = 64, max_src_tokens: int = 256, warn=None, progress: bool = False) -> list[str]:
+                    batch_size: int = 64, max_src_tokens: int = 256, warn=None, progress: bool = False,
+                    lowercase: bool = False) -> list[str]:
     """One translation per input line (same order, same count).
 
     Lines are normalized first (:func:`~tx_suite.data.text_normalize.normalize_source`: NFC, no
-    byte-order mark or zero-width characters, single spaces). Blank lines give ``""`` without
-    running the model. Sentences are batched by length; sources above ``max_src_tokens`` tokens
-    are truncated and reported through ``warn(message)``. ``progress``: a tqdm bar of sentences on
+    byte-order mark or zero-width characters, single spaces), and lowercased for a model trained
+    on lowercased text (``lowercase``: :func:`load_translator`'s ``hparams["lowercase"]``). Blank
+    lines give ``""`` without running the model. Sentences are batched by length; sources above
+    ``max_src_tokens`` tokens are truncated and reported through ``warn(message)``. ``progress``: a tqdm bar of sentences on
     stderr (shown only when stderr is a terminal).
     """
     device = next(model.parameters()).device
     out = [""] * len(lines)
-    lines = [normalize_source(s) for s in lines]
+    lines = [normalize_source(s.lower() if lowercase else s) for s in lines]
     todo = [i for i, s in enumerate(lines) if s]
     srcs = dict(zip(todo, encode_source(tok, [lines[i] for i in todo])))
     for i, ids in srcs.items():
@@ -179,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, tok, lines, beam_size=pick("beam_size", 5), length_penalty=pick("length_penalty", 1.0),
         max_len_a=pick("max_len_a", 1.2), max_len_b=pick("max_len_b", 10), batch_size=args.batch_size,
         max_src_tokens=args.max_src_tokens, warn=lambda m: print(f"{PROG}: warning: {m}", file=sys.stderr),
-        progress=True)
+        progress=True, lowercase=hp["lowercase"])
     text = "".join(h + "\n" for h in hyps)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")

@@ -41,6 +41,10 @@ class Multi30kDataModule(pl.LightningDataModule):
         download: allow fetching non-bundled splits from the canonical location.
         num_workers: DataLoader workers (0: batches are built in the main process; they are cheap).
         seed: seed of the batch shuffling.
+        lowercase: lowercase both sides of every split before anything else (BPE, training,
+            scoring), as Multi30k's tokenized ``*.lc.norm.tok.*`` files that published tokenized
+            BLEU scores use; case-sensitive BLEU then equals lowercased BLEU. The flag is saved in
+            checkpoints, and ``tx-suite translate`` lowercases its input for such models.
 
     Raises:
         ValueError: bad language/split names or sizes (at construction, before any work).
@@ -50,7 +54,8 @@ class Multi30kDataModule(pl.LightningDataModule):
                  val_split: str = "val", test_split: str = "test_2016_flickr", data_dir: str | None = None,
                  cache_dir: str | None = None, vocab_size: int = 8000, min_frequency: int = 2,
                  max_tokens: int = 4096, eval_max_tokens: int | None = None, max_len: int = 128,
-                 train_limit: int | None = None, download: bool = True, num_workers: int = 0, seed: int = 0):
+                 train_limit: int | None = None, download: bool = True, num_workers: int = 0, seed: int = 0,
+                 lowercase: bool = False):
         super().__init__()
         if src_lang == tgt_lang:
             raise ValueError(f"src_lang and tgt_lang are both {src_lang!r}")
@@ -76,8 +81,11 @@ class Multi30kDataModule(pl.LightningDataModule):
 
     def _read(self, split: str) -> tuple[list[str], list[str]]:
         h = self.hparams
-        return read_pair(split, h.src_lang, h.tgt_lang, data_dir=self.data_dir, cache_dir=self.cache_dir,
-                         download=h.download)
+        src, tgt = read_pair(split, h.src_lang, h.tgt_lang, data_dir=self.data_dir, cache_dir=self.cache_dir,
+                             download=h.download)
+        if h.lowercase:
+            src, tgt = [s.lower() for s in src], [t.lower() for t in tgt]
+        return src, tgt
 
     def _train_text(self) -> tuple[list[str], list[str]]:
         src, tgt = self._read(self.hparams.train_split)
