@@ -134,3 +134,18 @@ def test_experiment_best_names_the_newest_run(run, capsys, tmp_path):
     assert by_name == by_file and by_name[0] == 0
     code, _, err = _classify(capsys, "--ckpt", "mnist_vit:last", "--runs_dir", root, run["pngs"][0])
     assert code == 2 and "no " in err and "mnist_vit/*/checkpoints/last.ckpt" in err and "experiments/vision/mnist_vit.yaml" in err
+
+
+def test_a_directory_means_its_image_files(run, capsys, tmp_path):
+    import shutil
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i, png in enumerate(run["pngs"][:3]):
+        shutil.copy(png, folder / f"{2 - i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    code, out, _ = _classify(capsys, "--ckpt", run["ckpt"], "--topk", "1", folder)
+    assert code == 0 and [line.split(":")[0] for line in out.splitlines()] == [str(folder / f"{i}.png") for i in range(3)]
+    (tmp_path / "empty").mkdir()
+    code, _, err = _classify(capsys, "--ckpt", run["ckpt"], tmp_path / "empty")
+    assert code == 1 and "a directory without image files" in err

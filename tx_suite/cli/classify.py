@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 PROG = "tx-suite classify"
@@ -55,7 +56,7 @@ def load_image(path: str | Path, img_size: int, in_chans: int, resize: bool = Tr
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise ImageError(f"{path}: is a directory, not an image") from None
+        raise ImageError(f"{path}: a directory without image files ({', '.join(IMAGE_SUFFIXES)})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file PIL can read") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
@@ -112,11 +113,27 @@ def classify(model, images: list, topk: int = 3) -> list[list[tuple[str, float]]
     ]
 
 
+#: File name endings read from a directory argument (PIL reads more; name those files directly).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def expand_dirs(paths: Sequence[str]) -> list[str]:
+    """``paths`` with each directory replaced by its image files (by suffix, sorted by name; not
+    recursive). A directory without any stays, so that it gets its one-line error."""
+    out: list[str] = []
+    for path in paths:
+        p = Path(path)
+        found = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES) \
+            if p.is_dir() else []
+        out.extend(found or [path])
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True,
                    help="Lightning checkpoint of an image-classification run: a file or EXPERIMENT:best|last")
-    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or directories of them")
     p.add_argument("--topk", type=int, default=3, help="labels to print per image (default 3)")
     p.add_argument("--no_resize", "--no-resize", dest="resize", action="store_false", help="error on a size mismatch")
     p.add_argument("--convert", action="store_true", help="convert images to the model's channel count")
@@ -146,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
               "it was not saved by a run with a datamodule", file=sys.stderr)
         return 2
     loaded, failed = [], 0
-    for path in args.images:
+    for path in expand_dirs(args.images):
         try:
             img, note = load_image(path, meta["img_size"], meta["in_chans"], args.resize, args.convert)
         except ImageError as e:
