@@ -149,3 +149,15 @@ def test_a_directory_means_its_image_files(run, capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, err = _classify(capsys, "--ckpt", run["ckpt"], tmp_path / "empty")
     assert code == 1 and "a directory without image files" in err
+
+
+def test_batched_classification_equals_one_batch(run):
+    from tx_suite.cli.classify import classify, load_image
+
+    model = load_classifier(run["ckpt"])
+    meta = model.meta
+    imgs = [load_image(p, meta["img_size"], meta["in_chans"], True, False)[0] for p in run["pngs"]]
+    assert len(imgs) >= 3
+    one, batched = classify(model, imgs, 3), classify(model, imgs, 3, batch_size=2)
+    assert [[c for c, _ in t] for t in one] == [[c for c, _ in t] for t in batched]
+    assert max(abs(p - q) for a, b in zip(one, batched) for (_, p), (_, q) in zip(a, b)) < 1e-5

@@ -88,7 +88,7 @@ def load_image(path: str | Path, img_size: int, in_chans: int, resize: bool = Tr
     return img, ("; ".join(notes) or None)
 
 
-def classify(model, images: list, topk: int = 3) -> list[list[tuple[str, float]]]:
+def classify(model, images: list, topk: int = 3, batch_size: int = 256) -> list[list[tuple[str, float]]]:
     """Top-``topk`` (label, probability) per PIL image, with the checkpoint's preprocessing.
 
     Args:
@@ -101,9 +101,12 @@ def classify(model, images: list, topk: int = 3) -> list[list[tuple[str, float]]
 
     meta = model.meta
     tf = build_eval_transform(meta["img_size"], meta["mean"], meta["std"])
-    x = torch.stack([tf(img) for img in images])  # (N, C, H, W)
+    chunks = []
     with torch.no_grad():
-        probs = model(x).float().softmax(-1)  # (N, num_classes)
+        for start in range(0, len(images), batch_size):  # a directory may hold thousands of images
+            x = torch.stack([tf(img) for img in images[start:start + batch_size]])  # (n, C, H, W)
+            chunks.append(model(x).float().softmax(-1))  # (n, num_classes)
+    probs = torch.cat(chunks)  # (N, num_classes)
     k = min(topk, probs.shape[-1])
     top = probs.topk(k, dim=-1)
     classes = meta["classes"]
