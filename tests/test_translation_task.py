@@ -169,6 +169,10 @@ def test_translate_keeps_line_count_on_bad_input(run, tmp_path, capsys):
 
 
 def test_translate_errors_are_one_line(run, tmp_path, capsys):
+    for device, message in (("gpu7", "is not a torch device"), ("cuda:99", "--device cuda:99 but")):
+        assert translate_main(["--ckpt_path", str(run["averaged"]), "--device", device, "x"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
     assert translate_main(["--ckpt_path", str(tmp_path / "missing.ckpt"), "x"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     bad = tmp_path / "bad.ckpt"

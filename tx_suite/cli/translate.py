@@ -138,6 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def check_device(name: str) -> str | None:
+    """Why ``name`` cannot be used as a torch device here, or None if it can."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {name} but torch.cuda.is_available() is False here; use --device cpu"
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        return f"--device {name} but this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        return f"--device {name} but MPS is not available here; use --device cpu"
+    return None
+
+
 def _resolve_checkpoint(ckpt: str, experiment: str | None, runs_dir: str) -> str:
     """``last``/``best`` of ``--experiment``, ``EXPERIMENT:last|best`` (as classify and generate
     take it), or a file."""
@@ -154,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1 or (args.beam_size is not None and args.beam_size < 1) or args.max_src_tokens < 2:
         print(f"{PROG}: error: --batch_size and --beam_size must be >= 1, --max_src_tokens >= 2", file=sys.stderr)
+        return 2
+    device_error = check_device(args.device)
+    if device_error:
+        print(f"{PROG}: error: {device_error}", file=sys.stderr)
         return 2
     try:
         ckpt = _resolve_checkpoint(args.ckpt_path, args.experiment, args.runs_dir)
