@@ -107,6 +107,8 @@ def test_bad_files_get_one_line_errors_and_good_ones_still_run(run, capsys):
 
 
 def test_bad_checkpoint_is_one_line(run, capsys):
+    code, _, err = _classify(capsys, "--ckpt", run["ckpt"], "--device", "gpu7", run["pngs"][0])
+    assert code == 2 and "is not a torch device" in err
     code, out, err = _classify(capsys, "--ckpt", run["pngs"][0], run["pngs"][0])
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith(f"tx-suite classify: error: not a valid checkpoint (corrupt or not written by torch.save): {run['pngs'][0]}")

@@ -99,6 +99,8 @@ def test_generate_command_writes_a_grid_and_reports_errors(trained, tmp_path, ca
     assert code == 2 and "VQ-VAE checkpoint not found" in err and len(err.strip().splitlines()) == 1
     code = generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "x", "--batch_size", "0", "--out", str(out)])
     assert code == 2 and "--batch_size must be >= 1" in capsys.readouterr().err
+    code = generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "x", "--device", "gpu7", "--out", str(out)])
+    assert code == 2 and "is not a torch device" in capsys.readouterr().err
     code = generate_main(["--ckpt", "no_such_experiment:best", "--caption", "x"])
     assert code == 2 and "no runs/no_such_experiment" in capsys.readouterr().err
 

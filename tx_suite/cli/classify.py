@@ -105,7 +105,7 @@ def classify(model, images: list, topk: int = 3, batch_size: int = 256) -> list[
     with torch.no_grad():
         for start in range(0, len(images), batch_size):  # a directory may hold thousands of images
             x = torch.stack([tf(img) for img in images[start:start + batch_size]])  # (n, C, H, W)
-            chunks.append(model(x).float().softmax(-1))  # (n, num_classes)
+            chunks.append(model(x.to(model.device)).float().softmax(-1).cpu())  # (n, num_classes)
     probs = torch.cat(chunks)  # (N, num_classes)
     k = min(topk, probs.shape[-1])
     top = probs.topk(k, dim=-1)
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_resize", "--no-resize", dest="resize", action="store_false", help="error on a size mismatch")
     p.add_argument("--convert", action="store_true", help="convert images to the model's channel count")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--runs_dir", default=os.environ.get("TX_SUITE_RUNS_DIR", "runs"),
                    help="root of the run directories for EXPERIMENT:best (default: $TX_SUITE_RUNS_DIR or runs)")
     return p
@@ -151,8 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.topk < 1:
         print(f"{PROG}: error: --topk must be >= 1", file=sys.stderr)
         return 2
+    from tx_suite.cli.devices import check_device
     from tx_suite.tasks.classification import load_classifier
     from tx_suite.utils.runs import resolve_checkpoint
+
+    device_error = check_device(args.device)
+    if device_error:
+        print(f"{PROG}: error: {device_error}", file=sys.stderr)
+        return 2
 
     try:
         model = load_classifier(resolve_checkpoint(args.ckpt, args.runs_dir, kind="classifier",
@@ -160,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    model.to(args.device)
     meta = model.meta
     if not meta:
         print(f"{PROG}: error: {args.ckpt} has no data metadata (classes, size); "

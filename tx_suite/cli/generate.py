@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=None,
                    help="samples drawn per caption before re-ranking (default 4 x --n)")
     p.add_argument("--batch_size", "--batch-size", type=int, default=64, help="sequences sampled at once (default 64)")
+    p.add_argument("--device", default="cpu", help="torch device to sample on, e.g. cpu or cuda (default cpu)")
     p.add_argument("--runs_dir", default=os.environ.get("TX_SUITE_RUNS_DIR", "runs"),
                    help="root of the run directories for EXPERIMENT:best (default: $TX_SUITE_RUNS_DIR or runs)")
     return p
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> dict:
     import torch
     from torchvision.utils import make_grid, save_image
 
+    from tx_suite.cli.devices import check_device
     from tx_suite.decoding.sampling import rerank
     from tx_suite.tasks.text_to_image import load_text_to_image
     from tx_suite.tasks.vqvae import resolve_checkpoint
@@ -82,11 +84,16 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
+    device_error = check_device(args.device)
+    if device_error:
+        raise ValueError(device_error)
     if args.judge is not None:
         judge_path = resolve_checkpoint(args.judge, args.runs_dir, kind="judge")  # fail before the slow part
     tokenizer = None if args.tokenizer is None else str(resolve_checkpoint(args.tokenizer, args.runs_dir, kind="VQ-VAE"))
     task = load_text_to_image(resolve_checkpoint(args.ckpt, args.runs_dir, kind="text-to-image"),
                               tokenizer_ckpt=tokenizer)
+    task.to(args.device)
+    task.vqvae.to(args.device)  # a plain attribute, not a submodule (see TextToImageTask)
     unknown = task.caption_tokenizer.unknown_rate(captions)
     n_draw = args.n if args.judge is None else (args.candidates or 4 * args.n)
     if n_draw < args.n:
@@ -99,11 +106,11 @@ def run(args: argparse.Namespace) -> dict:
     if args.judge is not None:
         from tx_suite.tasks.judge import caption_scores, load_judge
 
-        scores = caption_scores(load_judge(judge_path), images,
+        scores = caption_scores(load_judge(judge_path).to(args.device), images,
                                 [c for c in captions for _ in range(n_draw)])
         images = rerank(images, scores, n_draw, keep=args.n)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(make_grid(images, nrow=args.n, padding=1, pad_value=0.5), args.out)
+    save_image(make_grid(images.cpu(), nrow=args.n, padding=1, pad_value=0.5), args.out)
     return {"out": str(args.out), "captions": len(captions), "images_sampled": len(captions) * n_draw,
             "seconds": round(seconds, 3), "images_per_s": round(len(captions) * n_draw / seconds, 2),
             "unknown_token_rate": round(unknown, 4), "reranked": args.judge is not None}

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from tx_suite.cli.devices import check_device
 from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer
 from tx_suite.data.translation_dataset import encode_source, pad_batch
 from tx_suite.data.text_normalize import normalize_source
@@ -136,21 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max_src_tokens", type=int, default=256, help="longer sources are truncated, with a warning (default 256)")
     ap.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     return ap
-
-
-def check_device(name: str) -> str | None:
-    """Why ``name`` cannot be used as a torch device here, or None if it can."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        return f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)"
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return f"--device {name} but torch.cuda.is_available() is False here; use --device cpu"
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        return f"--device {name} but this machine has {torch.cuda.device_count()} CUDA device(s)"
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        return f"--device {name} but MPS is not available here; use --device cpu"
-    return None
 
 
 def _resolve_checkpoint(ckpt: str, experiment: str | None, runs_dir: str) -> str:
