@@ -125,8 +125,8 @@ def caption_scores(judge: SceneJudge, images: torch.Tensor, captions: list[str])
 
     attrs = [parse_caption(c) for c in captions]
     logp = judge_predictions(judge, images)
-    score = torch.zeros(len(attrs))
+    score = torch.zeros(len(attrs), device=images.device)
     for k in CLASSES:
-        target = torch.tensor([getattr(a, k) for a in attrs])
+        target = torch.tensor([getattr(a, k) for a in attrs], device=images.device)
         score += logp[k].gather(1, target[:, None]).squeeze(1)
     return score
