@@ -206,3 +206,35 @@ def test_captions_file_with_bom_and_tabs_reads_clean(tmp_path):
     path.write_bytes("top-left:\ttiny red 7\r\n\r\n \u200b\ncenter: big blue 3\n".encode("utf-8-sig"))
     args = build_parser().parse_args(["--ckpt", "x", "--captions_file", str(path), "--caption", " a\u00a0b "])
     assert read_captions(args) == ["a b", "top-left: tiny red 7", "center: big blue 3"]
+
+
+def test_judge_scores_and_generate_reranks(trained, tmp_path, capsys):
+    """`generate --judge`: the re-ranking score is the judge's summed log-probability of the
+    caption's four attributes, and the command keeps the best --n of --candidates."""
+    from tx_suite.data.captions import parse_caption
+    from tx_suite.tasks.judge import CLASSES, JudgeTask, caption_scores, load_judge
+
+    torch.manual_seed(0)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
+    trainer.strategy.connect(JudgeTask(width=8))
+    trainer.save_checkpoint(tmp_path / "judge.ckpt")
+    judge = load_judge(str(tmp_path / "judge.ckpt"))
+    images = trained["images"][:4]
+    captions = ["top-left: tiny red 7", "center: large green 0", "top-right: big blue 3", "top-left: tiny red 7"]
+    with torch.no_grad():
+        logits = judge.eval()(images)
+    expected = [sum(float(logits[k][i].log_softmax(-1)[getattr(parse_caption(c), k)]) for k in CLASSES)
+                for i, c in enumerate(captions)]
+    with torch.no_grad():
+        got = caption_scores(judge, images, captions)
+    assert torch.allclose(got, torch.tensor(expected), atol=1e-5)
+
+    out = tmp_path / "best.png"
+    assert generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "top-left: tiny red 7", "--n", "2",
+                          "--judge", str(tmp_path / "judge.ckpt"), "--candidates", "5", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["reranked"] and summary["images_sampled"] == 5
+    assert Image.open(out).size == (2 * 33 + 1, 33 + 1)  # the best 2 in one row
+    assert generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "x", "--n", "2",
+                          "--judge", str(tmp_path / "judge.ckpt"), "--candidates", "1", "--out", str(out)]) == 2
+    assert "--candidates (1) must be >= --n (2)" in capsys.readouterr().err
