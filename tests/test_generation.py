@@ -238,3 +238,30 @@ def test_judge_scores_and_generate_reranks(trained, tmp_path, capsys):
     assert generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "x", "--n", "2",
                           "--judge", str(tmp_path / "judge.ckpt"), "--candidates", "1", "--out", str(out)]) == 2
     assert "--candidates (1) must be >= --n (2)" in capsys.readouterr().err
+
+
+def test_judge_task_learns_scene_attributes(tmp_path):
+    """The fidelity judge (judge_mnist.yaml's task) trains on real scenes: a few steps lower the
+    validation loss, and val metrics are split by seen / held-out digit-colour combinations."""
+    from tx_suite.tasks.judge import JudgeTask
+
+    pl.seed_everything(0)
+    dm = CaptionedMNISTDataModule(batch_size=32, train_size=640, val_size=128, test_size=32, train_combos="all")
+    dm.setup("fit")
+    batch = dm.collate([dm.datasets["val"][i] for i in range(128)])
+    task = JudgeTask(width=8, lr=3e-3, blur_prob=0.5)
+
+    def val_loss() -> float:
+        task.eval()
+        with torch.no_grad():
+            loss = float(task._loss(task(batch["image"]), batch))
+        task.train()
+        return loss
+
+    before = val_loss()
+    trainer = pl.Trainer(max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer.fit(task, dm)
+    assert val_loss() < 0.8 * before  # measured 6.42 -> 4.70
+    logged = set(trainer.callback_metrics)
+    assert {"val/acc_all", "val/acc_digit", "val/acc_colour_seen", "val/loss"} <= logged
