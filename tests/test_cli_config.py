@@ -167,7 +167,7 @@ def test_deterministic_switch_and_seed_are_configurable(capsys, runs_dir):
     assert cfg["trainer"]["deterministic"] is True and cfg["seed_everything"] == 7
 
 
-def test_integer_batch_limits_mean_batches_not_fractions(runs_dir, tmp_path):
+def test_integer_batch_limits_mean_batches_not_fractions(runs_dir, tmp_path, capsys):
     """Lightning reads ``limit_val_batches=1`` as one batch and ``1.0`` as all of them; jsonargparse
     parses both as 1.0 (Trainer's type is ``float | int``). Integers written in a config file or on
     the command line must reach the Trainer, and the saved config, as integers."""
@@ -175,6 +175,9 @@ def test_integer_batch_limits_mean_batches_not_fractions(runs_dir, tmp_path):
     argv = ["--config", TINY, "--config", str(mine), "--trainer.limit_val_batches=1",
             "--trainer.limit_test_batches", "1.0"]
     assert integer_batch_limits(argv) == {"limit_train_batches": 2, "limit_val_batches": 1}
+    assert main(["fit", *argv, "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert (printed["limit_train_batches"], printed["limit_val_batches"], printed["limit_test_batches"]) == (2, 1, 1.0)
     assert main(["fit", *argv, "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
                  "--run_id", "r"]) == 0
     run = runs_dir / "tiny_mnist" / "r"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pytorch_lightning.cli import LightningArgumentParser
+
+from tx_suite.utils.config import integer_batch_limits
 
 _NOISE = re.compile(
     r"^(Does not validate against any of the Union subtypes|Subtypes:|Errors:|- Expected a <class 'NoneType'>"
@@ -48,6 +52,25 @@ class TxArgumentParser(LightningArgumentParser):
         kwargs.setdefault("allow_abbrev", False)  # --trainer.max_epoch must not mean max_epochs
         kwargs.setdefault("prog", "tx-suite")  # not sys.argv[0], which may be .../__main__.py
         super().__init__(*args, **kwargs)
+
+    def dump(self, cfg: Any, *args: Any, **kwargs: Any) -> str:  # type: ignore[override]
+        """jsonargparse's dump, with the ``trainer.limit_*_batches`` written as integers on this
+        command line kept integers (``--print_config``, the saved ``config.yaml``): its
+        ``float | int`` type would print ``1`` (one batch) as ``1.0`` (all batches)."""
+        out = super().dump(cfg, *args, **kwargs)
+        limits = integer_batch_limits(sys.argv[1:])
+        fmt = str(kwargs.get("format", "parser_mode"))
+        if not limits or not isinstance(out, str) or fmt not in ("parser_mode", "yaml", "json", "json_indented"):
+            return out
+        data = json.loads(out) if fmt.startswith("json") else yaml.safe_load(out)
+        section = data.get("trainer") if isinstance(data, dict) else None
+        if not isinstance(section, dict) or not any(
+                isinstance(section.get(k), float) and section[k] == v for k, v in limits.items()):
+            return out
+        section.update({k: v for k, v in limits.items() if isinstance(section.get(k), float) and section[k] == v})
+        if fmt.startswith("json"):
+            return json.dumps(data, indent=2 if fmt == "json_indented" else None)
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
     def error(self, message: str, ex: Exception | None = None):  # type: ignore[override]
         from tx_suite.cli.main import debug_enabled
