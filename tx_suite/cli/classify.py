@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from tx_suite.utils.runs import default_runs_dir
 
 PROG = "tx-suite classify"
 MODE_CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--convert", action="store_true", help="convert images to the model's channel count")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--runs_dir", default=os.environ.get("TX_SUITE_RUNS_DIR", "runs"),
+    p.add_argument("--runs_dir", default=default_runs_dir(),
                    help="root of the run directories for EXPERIMENT:best (default: $TX_SUITE_RUNS_DIR or runs)")
     return p
 

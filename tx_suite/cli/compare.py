@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from tx_suite.utils.compare import (
     skipped_message,
     summarize,
 )
+from tx_suite.utils.runs import default_runs_dir
 
 PNG_NAME = "curves.png"
 HTML_NAME = "report.html"
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("targets", nargs="*",
                         help="run directories, experiment directories or names, or globs (default: all runs)")
-    parser.add_argument("--runs_dir", default=os.environ.get("TX_SUITE_RUNS_DIR", "runs"),
+    parser.add_argument("--runs_dir", default=default_runs_dir(),
                         help="root of the run directories (default: $TX_SUITE_RUNS_DIR or runs)")
     parser.add_argument("--metrics", default=None,
                         help="comma-separated metric names (default: every train/, val/, test/ metric all runs share)")

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from tx_suite.utils.runs import default_runs_dir
 
 PROG = "tx-suite generate"
 
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples drawn per caption before re-ranking (default 4 x --n)")
     p.add_argument("--batch_size", "--batch-size", type=int, default=64, help="sequences sampled at once (default 64)")
     p.add_argument("--device", default="cpu", help="torch device to sample on, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--runs_dir", default=os.environ.get("TX_SUITE_RUNS_DIR", "runs"),
+    p.add_argument("--runs_dir", default=default_runs_dir(),
                    help="root of the run directories for EXPERIMENT:best (default: $TX_SUITE_RUNS_DIR or runs)")
     return p
 

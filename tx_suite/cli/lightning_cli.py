@@ -44,8 +44,8 @@ from tx_suite.utils.config import config_paths, default_experiment_name, expand_
 from tx_suite.utils.run_info import collect_run_info, write_json
 from tx_suite.utils.runs import (
     CHECKPOINT_DIR,
-    DEFAULT_RUNS_DIR,
     RUNS_DIR_ENV,
+    default_runs_dir,
     find_checkpoint,
     new_run_id,
     run_dir_of_checkpoint,
@@ -145,7 +145,7 @@ class TxSuiteCLI(LightningCLI):
                  "(default: the last --config file's name without .yaml).",
         )
         parser.add_argument(
-            "--runs_dir", type=str, default=os.environ.get(RUNS_DIR_ENV, DEFAULT_RUNS_DIR),
+            "--runs_dir", type=str, default=default_runs_dir(),
             help="Root of the run directories (default: $TX_SUITE_RUNS_DIR or 'runs').",
         )
         parser.add_argument("--run_id", type=Optional[str], default=None,

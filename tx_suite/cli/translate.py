@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
 from tx_suite.utils.checkpoint import load_checkpoint
-from tx_suite.utils.runs import find_checkpoint, resolve_checkpoint
+from tx_suite.utils.runs import default_runs_dir, find_checkpoint, resolve_checkpoint
 
 PROG = "tx-suite translate"
 
@@ -125,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ckpt_path", required=True,
                     help="checkpoint file, EXPERIMENT:last|best, or last/best with --experiment (the newest run's)")
     ap.add_argument("--experiment", default=None, help="experiment whose newest run --ckpt_path last|best means")
-    ap.add_argument("--runs_dir", default=os.environ.get("TX_SUITE_RUNS_DIR", "runs"),
+    ap.add_argument("--runs_dir", default=default_runs_dir(),
                     help="root of the run directories (default: $TX_SUITE_RUNS_DIR or runs)")
     ap.add_argument("-i", "--input", default=None, help="input file, one sentence per line ('-' = stdin)")
     ap.add_argument("-o", "--output", default=None, help="output file (default: stdout)")
