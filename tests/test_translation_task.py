@@ -169,6 +169,12 @@ def test_translate_keeps_line_count_on_bad_input(run, tmp_path, capsys):
 
 
 def test_translate_errors_are_one_line(run, tmp_path, capsys):
+    nested = tmp_path / "new" / "dir" / "out.txt"  # made for the output
+    assert translate_main(["--ckpt_path", str(run["averaged"]), "-o", str(nested), "Ein Hund."]) == 0
+    assert nested.read_text().count("\n") == 1
+    (tmp_path / "file").write_text("")
+    assert translate_main(["--ckpt_path", str(run["averaged"]), "-o", str(tmp_path / "file" / "out.txt"), "x"]) == 2
+    assert "cannot write" in capsys.readouterr().err
     for device, message in (("gpu7", "is not a torch device"), ("cuda:99", "--device cuda:99 but")):
         assert translate_main(["--ckpt_path", str(run["averaged"]), "--device", device, "x"]) == 2
         err = capsys.readouterr().err

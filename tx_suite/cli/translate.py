@@ -179,6 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         lines = read_lines(sys.stdin.buffer.read())
 
+    if args.output:  # before the slow part: an unwritable output must not cost the translations
+        try:
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).touch()
+        except OSError as e:
+            print(f"{PROG}: error: cannot write {args.output}: {e.strerror}", file=sys.stderr)
+            return 2
+
     def pick(name: str, default):
         value = getattr(args, name)
         return value if value is not None else hp.get(name, default)
