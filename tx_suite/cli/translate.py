@@ -86,8 +86,8 @@ def translate_lines(model: Seq2SeqTransformer, tok: BPETokenizer, lines: Sequenc
     byte-order mark or zero-width characters, single spaces), and lowercased for a model trained
     on lowercased text (``lowercase``: :func:`load_translator`'s ``hparams["lowercase"]``). Blank
     lines give ``""`` without running the model. Sentences are batched by length; sources above
-    ``max_src_tokens`` tokens are truncated and reported through ``warn(message)``. ``progress``: a tqdm bar of sentences on
-    stderr (shown only when stderr is a terminal).
+    ``max_src_tokens`` tokens are truncated and reported through ``warn(message)``.
+    ``progress``: a tqdm bar of sentences on stderr (shown only when stderr is a terminal).
     """
     device = next(model.parameters()).device
     out = [""] * len(lines)
