@@ -175,6 +175,12 @@ def test_integer_batch_limits_mean_batches_not_fractions(runs_dir, tmp_path, cap
     argv = ["--config", TINY, "--config", str(mine), "--trainer.limit_val_batches=1",
             "--trainer.limit_test_batches", "1.0"]
     assert integer_batch_limits(argv) == {"limit_train_batches": 2, "limit_val_batches": 1}
+    # A whole trainer section, inline or as a file, counts too; later settings still win.
+    section = write(tmp_path / "trainer.yaml", "limit_predict_batches: 3\nmax_epochs: 2\n")
+    assert integer_batch_limits(["--trainer={limit_val_batches: 1, limit_test_batches: 2.0}",
+                                 "--trainer", str(section), "--trainer.limit_val_batches=0.5"]) \
+        == {"limit_predict_batches": 3}
+    assert integer_batch_limits(['--trainer={"limit_val_batches": 1}']) == {"limit_val_batches": 1}
     assert main(["fit", *argv, "--print_config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)["trainer"]
     assert (printed["limit_train_batches"], printed["limit_val_batches"], printed["limit_test_batches"]) == (2, 1, 1.0)

@@ -207,8 +207,8 @@ def integer_batch_limits(argv: list[str]) -> dict[str, int]:
     """The ``trainer.limit_*_batches`` whose last setting on this command line is an integer.
 
     Walks ``argv`` in order as LightningCLI applies it: ``--config`` files (their ``trainer``
-    section, ``_base_`` merged) and ``--trainer.limit_X_batches=V`` / ``--trainer.limit_X_batches V``
-    overrides; later settings win. A value is an integer when YAML reads it as one (``1``, not
+    section, ``_base_`` merged), whole ``--trainer`` sections (inline YAML/JSON or a file) and
+    ``--trainer.limit_X_batches=V`` / ``--trainer.limit_X_batches V`` overrides; later settings win. A value is an integer when YAML reads it as one (``1``, not
     ``1.0``).
     """
     raw: dict[str, Any] = {}
@@ -224,6 +224,24 @@ def integer_batch_limits(argv: list[str]) -> dict[str, int]:
             if isinstance(trainer, dict):
                 raw.update({k: trainer[k] for k in BATCH_LIMIT_KEYS if k in trainer})
             i = idx + 1
+            continue
+        if token == "--trainer" or token.startswith("--trainer="):
+            # A whole trainer section: inline YAML/JSON (``--trainer='{limit_val_batches: 1}'``)
+            # or a file (jsonargparse accepts both).
+            if token == "--trainer":
+                i += 1
+                value = argv[i] if i < len(argv) else ""
+            else:
+                value = token[len("--trainer="):]
+            trainer = _yaml_scalar(value)
+            if isinstance(trainer, str) and Path(trainer).is_file():
+                try:
+                    trainer = load_config(trainer)
+                except ConfigError:
+                    trainer = None
+            if isinstance(trainer, dict):
+                raw.update({k: trainer[k] for k in BATCH_LIMIT_KEYS if k in trainer})
+            i += 1
             continue
         for key in BATCH_LIMIT_KEYS:
             flag = f"--trainer.{key}"
