@@ -28,7 +28,9 @@ class TranslationTask(pl.LightningModule):
     the batches of :mod:`tx_suite.data.translation_dataset`. The tokenizer is stored in every
     checkpoint, so a checkpoint alone is enough to translate (``tx-suite translate``).
 
-    Logged metrics: ``train/loss`` (label-smoothed, per token), ``train/nll``, ``train/tokens_per_s``;
+    Logged metrics: ``train/loss`` (label-smoothed, per token), ``train/nll`` (under DDP both rank
+    0's, as Lightning logs steps), ``train/tokens_per_s`` (source + target tokens without padding,
+    summed over the ranks);
     ``{val,test}/loss``, ``/nll``, ``/ppl``, ``/bleu`` (case-sensitive sacreBLEU), ``/bleu_lc``,
     ``/chrf``, ``/sent_per_s`` (decoding speed). Test hypotheses are written to
     ``<run dir>/test_hypotheses.txt`` in corpus order.
@@ -123,7 +125,9 @@ class TranslationTask(pl.LightningModule):
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         now = time.perf_counter()
         if self._t_batch is not None and self._n_prev:
-            self.log("train/tokens_per_s", self._n_prev / (now - self._t_batch), batch_size=1)
+            # Summed over DDP ranks: the throughput of the whole job, not of rank 0.
+            self.log("train/tokens_per_s", self._n_prev / (now - self._t_batch), batch_size=1,
+                     sync_dist=True, reduce_fx="sum")
         self._t_batch = now
         # Source + target tokens, padding excluded: what the model actually reads.
         self._n_prev = int((~batch["src_key_padding_mask"]).sum() + (~batch["tgt_key_padding_mask"]).sum())
