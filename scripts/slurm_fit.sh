@@ -33,17 +33,18 @@ NODES="${SLURM_NNODES:?}"
 TASKS_PER_NODE="${SLURM_NTASKS_PER_NODE%%(*}"  # "4(x2)" -> "4"
 TX_SUITE="${TX_SUITE:-tx-suite}"              # e.g. TX_SUITE="python -m tx_suite"
 
-# The experiment name, as tx-suite derives it: the last --config file's name (or --experiment).
-EXPERIMENT=""
-prev=""
-for arg in "$@"; do
-  case "$prev" in --config|-c) EXPERIMENT="$(basename "$arg" .yaml)";; --experiment) EXPERIMENT="$arg";; esac
-  case "$arg" in --config=*) EXPERIMENT="$(basename "${arg#--config=}" .yaml)";; --experiment=*) EXPERIMENT="${arg#--experiment=}";; esac
-  prev="$arg"
-done
-: "${EXPERIMENT:?pass at least one --config}"
+# The experiment and runs directory exactly as tx-suite resolves them (trainer-only configs such as
+# experiments/scale/ddp.yaml do not rename the experiment; --experiment, --runs_dir, configs that
+# set them): ask it. This also stops a bad config here, before srun starts every rank.
+if ! CONFIG="$(${TX_SUITE} fit "$@" --print_config)"; then
+  echo "slurm_fit.sh: '${TX_SUITE} fit $* --print_config' failed (message above); nothing started" >&2
+  exit 2
+fi
+top_level() { sed -n "s/^$1: //p" <<<"${CONFIG}" | sed -e "s/^'\(.*\)'\$/\1/" -e 's/^"\(.*\)"$/\1/'; }
+EXPERIMENT="$(top_level experiment)"
+RUNS_DIR="$(top_level runs_dir)"
+: "${EXPERIMENT:?no experiment name in the resolved config}" "${RUNS_DIR:?no runs_dir in the resolved config}"
 
-RUNS_DIR="${TX_SUITE_RUNS_DIR:-runs}"
 RUN_ID="slurm-${SLURM_JOB_ID}"
 RUN_DIR="${RUNS_DIR}/${EXPERIMENT}/${RUN_ID}"
 RESUME=()

@@ -8,6 +8,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,34 +71,46 @@ def sbatch_value(script: str, option: str) -> str:
     return re.search(rf"^#SBATCH --{option}=(\S+)", script, re.M).group(1)
 
 
-def slurm_dry_run(runs_dir: Path, *args: str) -> list[str]:
+def slurm_dry_run(runs_dir: Path, *args: str, returncode: int = 0) -> list[str]:
     env = {**os.environ, "DRY_RUN": "1", "SLURM_JOB_ID": "123", "SLURM_NNODES": "2",
-           "SLURM_NTASKS_PER_NODE": "4(x2)", "SLURM_SUBMIT_DIR": str(REPO), "TX_SUITE_RUNS_DIR": str(runs_dir)}
+           "SLURM_NTASKS_PER_NODE": "4(x2)", "SLURM_SUBMIT_DIR": str(REPO), "TX_SUITE_RUNS_DIR": str(runs_dir),
+           "TX_SUITE": f"{sys.executable} -m tx_suite", "WANDB_MODE": "disabled",
+           "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm_fit.sh"), *args], env=env,
-                          capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == returncode, proc.stderr
     return shlex.split(proc.stdout)
 
 
-def test_slurm_script_passes_matching_counts_and_resumes_a_requeued_job(runs_dir, capsys):
+def test_slurm_script_passes_matching_counts_and_resumes_a_requeued_job(runs_dir, tmp_path, capsys):
     script = (REPO / "scripts" / "slurm_fit.sh").read_text()
     assert sbatch_value(script, "ntasks-per-node") == sbatch_value(script, "gpus-per-node")  # one process per GPU
 
-    cmd = slurm_dry_run(runs_dir, "--config", TINY, "--config", str(SCALE / "ddp.yaml"))
-    assert cmd[:4] == ["srun", "--kill-on-bad-exit=1", "tx-suite", "fit"]
-    config = print_config(capsys, *cmd[4:])
+    ddp = str(SCALE / "ddp.yaml")
+    cmd = slurm_dry_run(runs_dir, "--config", TINY, "--config", ddp)
+    assert cmd[:6] == ["srun", "--kill-on-bad-exit=1", sys.executable, "-m", "tx_suite", "fit"]
+    config = print_config(capsys, *cmd[6:])
     # devices arrives as the string "4", which Lightning parses as 4 devices, like --trainer.devices=4
     assert config["trainer"]["num_nodes"] == 2 and int(config["trainer"]["devices"]) == 4
     assert config["run_id"] == "slurm-123" and config["trainer"]["strategy"] == "ddp"
 
+    # A requeued job continues in place. The run lives under the experiment tx-suite names (the
+    # trainer-only ddp.yaml does not rename it), in the runs_dir it resolves (--runs_dir too).
     last = runs_dir / "tiny_mnist" / "slurm-123" / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
     last.write_bytes(b"")
-    cmd = slurm_dry_run(runs_dir, "--config", TINY)
-    assert cmd[-2:] == ["--ckpt_path", str(last)] and "--run_id=slurm-123" in cmd  # requeued: continue in place
+    cmd = slurm_dry_run(runs_dir, "--config", TINY, "--config", ddp)
+    assert cmd[-2:] == ["--ckpt_path", str(last)] and "--run_id=slurm-123" in cmd
+    other = tmp_path / "elsewhere" / "tiny_mnist" / "slurm-123" / "checkpoints" / "last.ckpt"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"")
+    cmd = slurm_dry_run(runs_dir, "--config", TINY, "--runs_dir", str(tmp_path / "elsewhere"))
+    assert cmd[-2:] == ["--ckpt_path", str(other)]
     last.unlink()
     cmd = slurm_dry_run(runs_dir, "--config", TINY, "--experiment", "tiny_mnist")
     assert "--run_id=slurm-123-r1" in cmd and "--ckpt_path" not in cmd  # died before any checkpoint: new run
+    # A bad config stops the script before srun starts anything.
+    assert slurm_dry_run(runs_dir, "--config", TINY, "--trainer.max_epochz=1", returncode=2) == []
 
 
 @pytest.mark.parametrize("env, rank", [
