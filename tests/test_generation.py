@@ -259,9 +259,9 @@ def test_judge_task_learns_scene_attributes(tmp_path):
         return loss
 
     before = val_loss()
-    trainer = pl.Trainer(max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_steps=60, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
     trainer.fit(task, dm)
-    assert val_loss() < 0.8 * before  # measured 6.42 -> 4.70
+    assert val_loss() < 0.8 * before  # measured 6.42 -> 3.36 (seeds 0-2: 3.32-3.37; 40 steps: 4.8-5.2)
     logged = set(trainer.callback_metrics)
     assert {"val/acc_all", "val/acc_digit", "val/acc_colour_seen", "val/loss"} <= logged

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tx_suite.cli.main import main
+from tx_suite.data.multi30k_datamodule import Multi30kDataModule
 from tx_suite.utils.checkpoint import load_checkpoint
 from tx_suite.utils.compare import load_run
 from tx_suite.utils.resumable_loader import ResumableDataLoader
@@ -95,3 +96,75 @@ def test_resumable_loader_skips_served_batches_and_keeps_the_order():
     before = torch.get_rng_state()
     iter(loader)
     assert torch.equal(torch.get_rng_state(), before)  # no global RNG draw when an epoch starts
+
+
+def test_translation_loader_resumes_mid_epoch(tmp_path):
+    """The Multi30k training loader (token-budget batches) skips the batches a checkpoint says were
+    served, in the same epoch order, and only for the epoch it resumes."""
+    dm = Multi30kDataModule(vocab_size=800, train_limit=400, max_tokens=1024, cache_dir=str(tmp_path))
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    loader.batch_sampler.set_epoch(3)
+    full = [b["index"].tolist() for b in loader]
+    assert len(full) == len(loader) > 4
+    it = iter(loader)
+    next(it), next(it), next(it)
+    state = loader.state_dict()
+    assert state == {"epoch": 3, "batches_served": 3}
+
+    fresh = dm.train_dataloader()
+    fresh.load_state_dict(state)
+    it = iter(fresh)
+    fresh.batch_sampler.set_epoch(3)  # as Lightning: the iterator exists before the epoch is set
+    assert [b["index"].tolist() for b in it] == full[3:]
+    assert [b["index"].tolist() for b in fresh] == full  # the next pass is whole again
+    assert dm.val_dataloader().batch_sampler.start_batch == 0  # evaluation loaders stay plain
+
+    # Lightning sets the epoch through loader.sampler / loader.batch_sampler.sampler only; before
+    # `TokenBudgetBatchSampler.sampler` existed, every epoch repeated epoch 0's batches.
+    from lightning_fabric.utilities.data import _set_sampler_epoch
+
+    fresh = dm.train_dataloader()
+    _set_sampler_epoch(fresh, 4)
+    assert fresh.batch_sampler.epoch == 4 and [b["index"].tolist() for b in fresh] != full
+
+
+TRANSLATION = ["fit", "--config", "experiments/translation/multi30k_de_en_quickstart.yaml",
+               "--model.init_args.vocab_size=800", "--model.init_args.d_model=32", "--model.init_args.n_heads=2",
+               "--model.init_args.d_ff=64", "--model.init_args.n_encoder_layers=1",
+               "--model.init_args.n_decoder_layers=1", "--data.init_args.vocab_size=800",
+               "--data.init_args.train_limit=300", "--data.init_args.max_tokens=1024",
+               "--trainer.max_steps=16", "--trainer.max_time=null", "--trainer.limit_val_batches=0",
+               "--trainer.enable_progress_bar=false", "--checkpoint.last_every_n_train_steps=3",
+               "--trainer.logger=false", "--trainer.callbacks=[]"]
+
+
+def test_translation_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(runs_dir, subprocess_env, tmp_path):
+    """Token-budget batches, dropout 0.1: killed after step 13, resumed from step 12 (mid-epoch),
+    the run ends with the uninterrupted run's weights, bit for bit."""
+    args = [*TRANSLATION, f"--data.init_args.cache_dir={tmp_path}"]
+    repo = Path(__file__).resolve().parents[1]
+    env = {**subprocess_env, "WANDB_MODE": "disabled"}
+
+    def fit(run_id: str, *extra: str, returncode: int = 0) -> None:
+        proc = subprocess.run([sys.executable, "-m", "tx_suite", *args, "--run_id", run_id, *extra], env=env,
+                              capture_output=True, text=True, timeout=300, cwd=repo)
+        assert proc.returncode == returncode, proc.stderr[-2000:]
+
+    kill = '--trainer.callbacks+={"class_path": "cli_fixtures.KillAtStep", "init_args": {"step": %d}}' % KILL_AT
+    fit("killed", kill, returncode=-signal.SIGKILL)
+    exp = runs_dir / "multi30k_de_en_quickstart"
+    last = exp / "killed" / "checkpoints" / "last.ckpt"
+    ckpt = load_checkpoint(last)
+    state = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    dm = Multi30kDataModule(vocab_size=800, train_limit=300, max_tokens=1024, cache_dir=str(tmp_path))
+    dm.setup("fit")
+    per_epoch = len(dm.train_dataloader())
+    assert ckpt["global_step"] == 12 and state == {"epoch": 12 // per_epoch, "batches_served": 12 % per_epoch}
+    assert state["epoch"] >= 1 and state["batches_served"] > 0  # mid-epoch, past the first epoch
+    fit("killed", "--ckpt_path", str(last))
+    fit("uninterrupted")
+    weights, ref = (load_checkpoint(exp / r / "checkpoints" / "last.ckpt") for r in ("killed", "uninterrupted"))
+    assert weights["global_step"] == ref["global_step"] == 16
+    for name, tensor in ref["state_dict"].items():
+        assert torch.equal(weights["state_dict"][name], tensor), name

@@ -37,8 +37,8 @@ from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from tx_suite.cli.loggers import configure_loggers, finish_wandb, has_wandb, start_wandb
 from tx_suite.cli.parser import TxArgumentParser
 from tx_suite.cli.save_config import SaveRunConfig
-from tx_suite.tasks.callbacks import (AtomicCheckpointIO, PredictionWriter, RNGStateCallback, RunCheckpoint,
-                                     StopOnNonFiniteLoss)
+from tx_suite.tasks.callbacks import (AtomicCheckpointIO, PredictionWriter, RestoreLoaderState, RNGStateCallback,
+                                     RunCheckpoint, StopOnNonFiniteLoss)
 from tx_suite.utils.checkpoint import load_checkpoint
 from tx_suite.utils.config import config_paths, default_experiment_name, expand_config_argv, integer_batch_limits
 from tx_suite.utils.run_info import collect_run_info, write_json
@@ -134,7 +134,8 @@ class TxSuiteCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", SaveRunConfig)
         kwargs.setdefault("seed_everything_default", DEFAULT_SEED)
         kwargs.setdefault("trainer_defaults",
-                          {"callbacks": [StopOnNonFiniteLoss(), RNGStateCallback(), PredictionWriter()]})
+                          {"callbacks": [StopOnNonFiniteLoss(), RNGStateCallback(), RestoreLoaderState(),
+                                        PredictionWriter()]})
         super().__init__(**kwargs)
 
     # ------------------------------------------------------------------ parser

@@ -27,7 +27,8 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         max_tokens: budget of padded tokens per batch.
         max_sentences: optional cap on the number of sentences per batch.
         shuffle: randomize ties within equal sizes and the order of batches, differently each
-            epoch (``set_epoch``, which Lightning calls); otherwise batches come in size order.
+            epoch (``set_epoch``, which Lightning calls through :attr:`sampler`); otherwise
+            batches come in size order.
         seed: base seed for the shuffling.
         num_replicas, rank: shard the batches over data-parallel processes (default: the
             initialized ``torch.distributed`` process group, else 1 and 0). Every rank builds the
@@ -38,6 +39,15 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
             Lightning cannot inject its ``DistributedSampler`` into this sampler: train with
             ``Trainer(use_distributed_sampler=False)`` (``tx-suite`` sets it for data modules
             with ``shards_batches = True``).
+
+    Attributes:
+        sampler: an object whose ``set_epoch`` sets this sampler's epoch. Lightning calls
+            ``set_epoch`` on ``loader.sampler`` and ``loader.batch_sampler.sampler`` each epoch,
+            never on a custom batch sampler itself; without this every epoch would repeat the
+            first epoch's batches in the same order.
+        start_batch: number of this rank's batches to skip on the next ``iter()`` (then reset to
+            0); :class:`tx_suite.utils.resumable_loader.ResumableDataLoader` sets it to resume an
+            epoch mid-way.
 
     Raises:
         ValueError: ``max_tokens`` or ``max_sentences`` is not positive, or ``rank`` is not in
@@ -56,6 +66,8 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self.start_batch = 0
+        self.sampler = _EpochSetter(self)
         distributed = dist.is_available() and dist.is_initialized()
         self.num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
         self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
@@ -98,11 +110,24 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
         return [batches[j] for j in torch.randperm(len(batches), generator=g).tolist()]
 
     def __iter__(self) -> Iterator[list[int]]:
+        # A generator: the epoch and the skip are read at the first next(), after Lightning's
+        # set_epoch (it creates the DataLoader iterator before it sets the epoch).
+        start, self.start_batch = self.start_batch, 0
         batches = self._epoch_batches()
         if self.num_replicas > 1:
             pad = len(self) * self.num_replicas - len(batches)
             batches = (batches + [batches[i % len(batches)] for i in range(pad)])[self.rank::self.num_replicas]
-        yield from batches
+        yield from batches[start:]
 
     def __len__(self) -> int:
         return -(-self._n_batches // self.num_replicas)  # ceil: the padded share of one rank
+
+
+class _EpochSetter:
+    """Where Lightning looks for ``set_epoch`` (``batch_sampler.sampler``); forwards it."""
+
+    def __init__(self, batch_sampler: TokenBudgetBatchSampler) -> None:
+        self._batch_sampler = batch_sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self._batch_sampler.set_epoch(epoch)

@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from tx_suite.data.captions_tokenizer import CaptionTokenizer
+from tx_suite.utils.resumable_loader import ResumableDataLoader
 
 
 class CaptionedImagesDataModule(pl.LightningDataModule):
@@ -28,7 +29,9 @@ class CaptionedImagesDataModule(pl.LightningDataModule):
         return batch
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+        # The (shuffled) training loader resumes mid-epoch where a checkpoint left it.
+        loader_cls = ResumableDataLoader if shuffle else DataLoader
+        return loader_cls(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
                           num_workers=self.hparams.num_workers, collate_fn=self.collate,
                           persistent_workers=self.hparams.num_workers > 0)
 

@@ -12,6 +12,7 @@ from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, UNK_ID, BPETokenizer
 from tx_suite.data.bucketing import TokenBudgetBatchSampler
 from tx_suite.data.multi30k import check_names, default_data_dir, read_pair, split_path
 from tx_suite.data.translation_dataset import TranslationDataset, collate_translation
+from tx_suite.utils.resumable_loader import ResumableDataLoader
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,9 @@ class Multi30kDataModule(pl.LightningDataModule):
         # evaluation too: TranslationTask gathers the ranks' hypotheses before corpus-level BLEU,
         # and PredictionWriter gathers predictions.
         sampler = TokenBudgetBatchSampler(ds.sizes(), budget, shuffle=train, seed=self.hparams.seed)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate_translation,
+        # The training loader resumes mid-epoch where a checkpoint left it (--ckpt_path last).
+        loader_cls = ResumableDataLoader if train else DataLoader
+        return loader_cls(ds, batch_sampler=sampler, collate_fn=collate_translation,
                           num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

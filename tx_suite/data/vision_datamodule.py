@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from tx_suite.data.vision_transforms import build_eval_transform, build_train_transform, check_augment
+from tx_suite.utils.resumable_loader import ResumableDataLoader
 
 #: Repository root (``tx_suite/data/`` -> two levels up); ``data/`` is looked up here when a
 #: relative ``data_dir`` does not exist below the working directory.
@@ -123,7 +124,10 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             self.test_set = self._dataset(False, self.eval_transform())
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        # The (shuffled) training loader resumes mid-epoch where a checkpoint left it, and orders
+        # data by seed + epoch, the same on 1 or N processes.
+        loader_cls = ResumableDataLoader if shuffle else DataLoader
+        return loader_cls(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,

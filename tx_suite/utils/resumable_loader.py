@@ -79,28 +79,39 @@ class ResumableDataLoader(DataLoader):
     and restores it on ``--ckpt_path``. ``len()`` is always the full epoch's number of batches
     (Lightning counts the skipped ones as already done).
 
+    Either it builds a :class:`ResumableSampler` (``batch_size``, ``shuffle``, ``seed``,
+    ``drop_last``), or it takes a ``batch_sampler`` of your own that orders each epoch
+    deterministically (seed + ``set_epoch``) and skips its first ``start_batch`` batches on the
+    next ``iter()`` (as :class:`tx_suite.data.bucketing.TokenBudgetBatchSampler` does).
+
     Args:
         dataset: a sized (map-style) dataset.
         batch_size: samples per batch on this process (under DDP: per rank).
         shuffle, seed, drop_last: see :class:`ResumableSampler` (``drop_last`` also drops a last
             incomplete batch, as in ``DataLoader``).
+        batch_sampler: a resumable batch sampler (see above) instead of the built-in sampler; then
+            ``batch_size``, ``shuffle`` and ``drop_last`` must stay at their defaults.
         **kwargs: other ``DataLoader`` arguments (``num_workers``, ``collate_fn``, ``pin_memory``,
-            ...); ``sampler`` and ``batch_sampler`` are not accepted.
+            ...); ``sampler`` is not accepted.
 
     Raises:
-        TypeError: ``sampler`` or ``batch_sampler`` was given.
+        TypeError: ``sampler`` was given, or a ``batch_sampler`` without ``start_batch``.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int = 1, shuffle: bool = False, seed: int | None = None,
-                 drop_last: bool = False, **kwargs: Any) -> None:
-        if kwargs.get("sampler") is not None or kwargs.get("batch_sampler") is not None:
-            raise TypeError("ResumableDataLoader builds its own sampler; do not pass sampler/batch_sampler")
-        kwargs.pop("sampler", None)
-        kwargs.pop("batch_sampler", None)
-        sampler = ResumableSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-        # Own generator: iter() draws the workers' base seed from it instead of the global RNG.
-        kwargs.setdefault("generator", torch.Generator().manual_seed(sampler.seed))
-        super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kwargs)
+                 drop_last: bool = False, batch_sampler: Any = None, **kwargs: Any) -> None:
+        if kwargs.pop("sampler", None) is not None:
+            raise TypeError("ResumableDataLoader builds its own sampler; do not pass sampler")
+        if batch_sampler is not None:
+            if not hasattr(batch_sampler, "start_batch"):
+                raise TypeError(f"{type(batch_sampler).__name__} cannot resume mid-epoch: it has no `start_batch`")
+            # Own generator: iter() draws the workers' base seed from it instead of the global RNG.
+            kwargs.setdefault("generator", torch.Generator().manual_seed(int(getattr(batch_sampler, "seed", 0))))
+            super().__init__(dataset, batch_sampler=batch_sampler, **kwargs)
+        else:
+            sampler = ResumableSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+            kwargs.setdefault("generator", torch.Generator().manual_seed(sampler.seed))
+            super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kwargs)
         self._served = 0  # batches of the current epoch handed out (skipped ones included)
         self._resume_at = 0  # batches to skip on the next iter(), from load_state_dict
 
@@ -108,7 +119,10 @@ class ResumableDataLoader(DataLoader):
         # Eager (not a generator function): the skip applies to the iterator created now, even if
         # no batch is ever drawn from it, and a stale skip never leaks into a later epoch.
         skip, self._resume_at = self._resume_at, 0
-        self.sampler.start_index = skip * self.batch_size
+        if isinstance(self.sampler, ResumableSampler):
+            self.sampler.start_index = skip * self.batch_size
+        else:
+            self.batch_sampler.start_batch = skip
         self._served = skip
         return self._count(super().__iter__())
 
@@ -119,7 +133,8 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         """``{"epoch", "batches_served"}``: where the current epoch stands (ints only: weights_only-safe)."""
-        return {"epoch": int(self.sampler.epoch), "batches_served": int(self._served)}
+        epoch = getattr(self.sampler, "epoch", getattr(self.batch_sampler, "epoch", 0))
+        return {"epoch": int(epoch), "batches_served": int(self._served)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Make the next ``iter()`` skip the batches already served in the saved epoch."""
