@@ -208,8 +208,8 @@ def integer_batch_limits(argv: list[str]) -> dict[str, int]:
 
     Walks ``argv`` in order as LightningCLI applies it: ``--config`` files (their ``trainer``
     section, ``_base_`` merged), whole ``--trainer`` sections (inline YAML/JSON or a file) and
-    ``--trainer.limit_X_batches=V`` / ``--trainer.limit_X_batches V`` overrides; later settings win. A value is an integer when YAML reads it as one (``1``, not
-    ``1.0``).
+    ``--trainer.limit_X_batches=V`` / ``--trainer.limit_X_batches V`` overrides; later settings
+    win. A value is an integer when YAML reads it as one (``1``, not ``1.0``).
     """
     raw: dict[str, Any] = {}
     i = 0
