@@ -90,3 +90,42 @@ def test_missing_config_names_the_runs_own_config(capsys, runs_dir, tmp_path):
     assert f"give the run's config: --config {run / 'config.yaml'}" in line
     code, line = run_error(capsys, ["fit"])
     assert code == 2 and "give an experiment config: --config experiments/" in line
+
+
+def test_our_message_wins_over_the_low_level_cause(capsys, runs_dir, monkeypatch):
+    """A download offline: the socket's gaierror is the root cause, but the line shown is the
+    ConnectionError tx-suite raised from it ("... are you offline?"); before, only the gaierror."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    cifar = str(Path(__file__).resolve().parents[1] / "experiments" / "vision" / "cifar10_vit.yaml")
+    code, line = run_error(capsys, ["fit", "--config", cifar, "--trainer.accelerator=cpu", "--trainer.fast_dev_run=true",
+                                    "--data.init_args.download=true", "--data.init_args.data_dir=" + str(runs_dir)])
+    assert code == 1
+    assert "error (ConnectionError): cannot reach www.cs.toronto.edu" in line and "are you offline?" in line
+
+
+def test_root_cause_prefers_errors_raised_by_tx_suite(tmp_path):
+    from tx_suite.cli.main import root_cause
+    from tx_suite.models.vit import read_timm_checkpoint
+
+    text = tmp_path / "notes.pth"
+    text.write_text("not weights")
+    try:
+        try:
+            read_timm_checkpoint(text)  # ValueError("cannot read weights ...") from torch's unpickling error
+        except ValueError as ours:
+            raise RuntimeError("wrapper from a library") from ours
+    except RuntimeError as outer:
+        shown = root_cause(outer)
+        assert isinstance(shown, ValueError) and str(shown).startswith(f"cannot read weights from {text}")
+    try:
+        try:
+            raise KeyError("low level")  # raised here, in the tests: not tx-suite's
+        except KeyError as low:
+            raise RuntimeError("wrapper") from low
+    except RuntimeError as outer:
+        assert isinstance(root_cause(outer), KeyError)  # no message of ours: the original error

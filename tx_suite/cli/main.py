@@ -121,13 +121,29 @@ def version_line() -> str:
             f"Python {platform.python_version()})")
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)).rsplit(os.sep, 1)[0]  # .../tx_suite
+
+
+def _raised_here(err: BaseException) -> bool:
+    """Whether ``err`` was raised by tx-suite's own code (its message was written for the user)."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep)
+
+
 def root_cause(err: BaseException) -> BaseException:
-    """Follow ``raise ... from`` links to the original error (jsonargparse wraps instantiation errors)."""
-    seen = set()
-    while err.__cause__ is not None and id(err) not in seen:
+    """The error to show: along the ``raise ... from`` chain, the outermost one raised by tx-suite
+    itself (``ConnectionError("cannot reach ...; are you offline?") from gaierror`` shows ours),
+    else the original error (jsonargparse and Lightning wrap instantiation errors in their own)."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
         seen.add(id(err))
+        chain.append(err)
         err = err.__cause__
-    return err
+    return next((e for e in chain if _raised_here(e)), chain[-1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
