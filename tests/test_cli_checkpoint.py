@@ -94,6 +94,27 @@ def test_cli_refuses_payload_checkpoint(capsys, runs_dir, evil_ckpt):
     assert any(line.startswith("tx-suite test: error: refusing to load") for line in err.splitlines())
 
 
+def test_cli_names_what_is_wrong_with_a_checkpoint(capsys, runs_dir, tmp_path):
+    """A plain state_dict, or a checkpoint of another task, is refused before any run directory is
+    made (they used to fail with "error: 'pytorch-lightning_version'" or a datamodule error)."""
+    weights = tmp_path / "weights.pth"
+    torch.save({"w": torch.zeros(2)}, weights)
+    assert main(["test", "--config", TINY, "--ckpt_path", str(weights)]) == 2
+    assert f"{weights} is not a Lightning checkpoint" in capsys.readouterr().err
+
+    assert main(["fit", "--config", TINY, "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",
+                 "--run_id", "r"]) == 0
+    ckpt = load_checkpoint(runs_dir / "tiny_mnist" / "r" / "checkpoints" / "last.ckpt")
+    ckpt["hyper_parameters"]["_class_path"] = "tx_suite.tasks.translation.TranslationTask"
+    other = tmp_path / "translation.ckpt"
+    torch.save(ckpt, other)
+    capsys.readouterr()
+    assert main(["test", "--config", TINY, "--ckpt_path", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a TranslationTask checkpoint, but the config's model is TinyMNISTClassifier" in err
+    assert sorted(p.name for p in (runs_dir / "tiny_mnist").iterdir()) == ["r"]  # nothing left behind
+
+
 def test_atomic_checkpoint_io_roundtrip_and_refusal(tmp_path, evil_ckpt):
     io = AtomicCheckpointIO()
     ckpt = {"state_dict": {"w": torch.randn(4, 4)}, "epoch": 3}

@@ -39,7 +39,7 @@ from tx_suite.cli.parser import TxArgumentParser
 from tx_suite.cli.save_config import SaveRunConfig
 from tx_suite.tasks.callbacks import (AtomicCheckpointIO, PredictionWriter, RestoreLoaderState, RNGStateCallback,
                                      RunCheckpoint, StopOnNonFiniteLoss)
-from tx_suite.utils.checkpoint import load_checkpoint
+from tx_suite.utils.checkpoint import CheckpointError, load_checkpoint
 from tx_suite.utils.config import config_paths, default_experiment_name, expand_config_argv, integer_batch_limits
 from tx_suite.utils.run_info import collect_run_info, write_json
 from tx_suite.utils.runs import (
@@ -120,6 +120,14 @@ def check_accelerator(accelerator: Any) -> None:
                          "run on the CPU (slow for GPU-sized configs)")
 
 
+def _class_path(model: Any) -> str | None:
+    """The ``class_path`` of a parsed ``model`` config section (a Namespace or dict), if any."""
+    if model is None:
+        return None
+    value = model.get("class_path") if hasattr(model, "get") else getattr(model, "class_path", None)
+    return value if isinstance(value, str) else None
+
+
 class TxSuiteCLI(LightningCLI):
     """LightningCLI for tx-suite; use :func:`run_cli` (or ``tx-suite``) rather than this class."""
 
@@ -179,11 +187,19 @@ class TxSuiteCLI(LightningCLI):
             _log(f"--ckpt_path {ckpt_path} -> {resolved}")
             ckpt_path = cfg.ckpt_path = str(resolved)
         ckpt = load_checkpoint(ckpt_path)
+        if not isinstance(ckpt.get("state_dict"), dict) or "pytorch-lightning_version" not in ckpt:
+            raise CheckpointError(f"{ckpt_path} is not a Lightning checkpoint (no state_dict / pytorch-lightning_version); "
+                                  "--ckpt_path takes a checkpoints/*.ckpt file a tx-suite run wrote")
         hparams = dict(ckpt.get("hyper_parameters", {}))
         hparams.pop("_instantiator", None)
         if not hparams:
             return
         if "_class_path" in hparams:
+            stored, configured = hparams["_class_path"], _class_path(cfg.get("model"))
+            if configured and stored != configured:
+                raise CheckpointError(f"{ckpt_path} holds a {stored.rsplit('.', 1)[-1]} checkpoint, but the config's model "
+                                      f"is {configured.rsplit('.', 1)[-1]}; pass the config it was trained with "
+                                      "(its run's config.yaml)")
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
