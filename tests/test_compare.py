@@ -167,6 +167,26 @@ def test_runs_without_metrics_are_skipped_unless_named(runs, tmp_path, capsys):
     assert "has no metrics.csv" in capsys.readouterr().err
 
 
+def test_evaluation_runs_are_left_out_of_an_experiments_training_runs(runs, tmp_path, capsys):
+    """fit, then test of its checkpoint: the experiment holds both, which share no metric; comparing
+    the experiment shows the fit runs and names the test run as skipped (naming it includes it)."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs["a"], root / "tiny_mnist" / "a")
+    shutil.copytree(runs["b"], root / "tiny_mnist" / "b")
+    ckpt = root / "tiny_mnist" / "a" / "checkpoints" / "last.ckpt"
+    assert main(["test", "--config", TINY, *QUIET, "--runs_dir", str(root), "--run_id", "t", "--ckpt_path", str(ckpt)]) == 0
+    test_run = root / "tiny_mnist" / "t"
+    capsys.readouterr()
+    assert main(["compare", "tiny_mnist", "--runs_dir", str(root), "--no_plot", "--json"]) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert sorted(r["run_id"] for r in report["runs"]) == ["a", "b"] and report["skipped"] == [str(test_run.resolve())]
+    assert "skipped 1 test run(s): tiny_mnist/t" in err
+    assert any(m.startswith("val/") for m in report["metrics"]), report["metrics"]
+    assert main(["compare", str(test_run), "--runs_dir", str(root), "--no_plot", "--json"]) == 0
+    assert [r["run_id"] for r in json.loads(capsys.readouterr().out)["runs"]] == ["t"]
+
+
 def test_unknown_metric_is_named(runs, capsys):
     assert main(["compare", str(runs["a"]), "--metrics", "val/acc,val/nope", "--no_plot"]) == 0
     err = capsys.readouterr().err

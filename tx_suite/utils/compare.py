@@ -212,17 +212,41 @@ def load_run(path: str | Path) -> Run:
     )
 
 
+def _subcommand(path: Path) -> str | None:
+    """The ``tx-suite`` sub-command that made a run (``run_info.json``), if recorded."""
+    try:
+        return json.loads((path / INFO_FILE).read_text()).get("subcommand")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _skip_reason(path: Path) -> str:
+    sub = _subcommand(path)
+    if sub and sub != "fit":
+        return f"{sub} run(s)"
+    return f"run(s) without {METRICS_FILE} (failed before logging, fast_dev_run or --trainer.logger=false)"
+
+
 def find_runs(targets: Sequence[str] = (), runs_dir: str | Path = "runs") -> tuple[list[Run], list[Path]]:
     """``(runs, skipped)``: :func:`load_run` for every directory :func:`resolve_run_dirs` finds,
-    except runs without ``metrics.csv`` that were found by expanding an experiment, a glob or the
-    whole ``runs_dir`` (a run that failed before logging, a ``--trainer.fast_dev_run`` or a
-    ``--trainer.logger=false`` run): those are returned in ``skipped`` rather than failing the whole
-    comparison. A run directory named on its own still raises :class:`NotARunError`.
+    except, among those found by expanding an experiment, a glob or the whole ``runs_dir``:
+
+    * runs without ``metrics.csv`` (a run that failed before logging, a ``--trainer.fast_dev_run``
+      or a ``--trainer.logger=false`` run), which would fail the whole comparison;
+    * ``validate``/``test``/``predict`` runs when ``fit`` runs are among them: they log other
+      metrics (``test/...``) than training runs, so a table of both shares no metric at all.
+
+    Those are returned in ``skipped``. A run directory named on its own is always loaded (and
+    still raises :class:`NotARunError` without ``metrics.csv``).
     """
+    found = _resolve(targets, runs_dir)
+    with_metrics = {p for p in found if (p / METRICS_FILE).is_file()}
+    any_fit = any(_subcommand(p) in ("fit", None) for p, named in found.items() if not named and p in with_metrics)
     runs: list[Run] = []
     skipped: list[Path] = []
-    for path, named in _resolve(targets, runs_dir).items():
-        if not named and not (path / METRICS_FILE).is_file():
+    for path, named in found.items():
+        evaluation = any_fit and _subcommand(path) not in ("fit", None)
+        if not named and (path not in with_metrics or evaluation):
             skipped.append(path)
         else:
             runs.append(load_run(path))
@@ -238,10 +262,12 @@ def load_runs(targets: Sequence[str] = (), runs_dir: str | Path = "runs") -> lis
 
 
 def skipped_message(skipped: Sequence[Path]) -> str:
-    """One line naming the runs :func:`find_runs` skipped."""
-    names = ", ".join(f"{p.parent.name}/{p.name}" for p in skipped)
-    return (f"skipped {len(skipped)} run(s) without {METRICS_FILE} (failed before logging, fast_dev_run "
-            f"or --trainer.logger=false): {names}")
+    """One line naming the runs :func:`find_runs` skipped, grouped by why (name a run to include it)."""
+    groups: dict[str, list[str]] = {}
+    for p in skipped:
+        groups.setdefault(_skip_reason(p), []).append(f"{p.parent.name}/{p.name}")
+    parts = [f"{len(names)} {reason}: {', '.join(names)}" for reason, names in groups.items()]
+    return f"skipped {'; '.join(parts)} (name a run directory to include it)"
 
 
 # ---------------------------------------------------------------------------------------- summaries
