@@ -208,6 +208,17 @@ def test_captions_file_with_bom_and_tabs_reads_clean(tmp_path):
     assert read_captions(args) == ["a b", "top-left: tiny red 7", "center: big blue 3"]
 
 
+def test_captions_from_stdin_and_a_directory_is_named(tmp_path, monkeypatch):
+    import io
+
+    from tx_suite.cli.generate import build_parser, read_captions
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("\ufeffsmall green 4\n\nbig red 1\n"))
+    assert read_captions(build_parser().parse_args(["--ckpt", "x", "--captions_file", "-"])) == ["small green 4", "big red 1"]
+    with pytest.raises(IsADirectoryError, match="captions file is a directory"):
+        read_captions(build_parser().parse_args(["--ckpt", "x", "--captions_file", str(tmp_path)]))
+
+
 def test_judge_scores_and_generate_reranks(trained, tmp_path, capsys):
     """`generate --judge`: the re-ranking score is the judge's summed log-probability of the
     caption's four attributes, and the command keeps the best --n of --candidates."""

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None,
                    help="stage-1 VQ-VAE checkpoint (default: the one recorded in --ckpt)")
     p.add_argument("--caption", action="append", default=[], help="a caption (repeatable)")
-    p.add_argument("--captions_file", "--captions-file", type=Path, default=None, help="file with one caption a line")
+    p.add_argument("--captions_file", "--captions-file", type=Path, default=None, help="file with one caption a line ('-': standard input)")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="output PNG grid (default samples.png)")
     p.add_argument("--n", type=int, default=8, help="images per caption, one grid row (default 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of image tokens (default 1)")
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nucleus sampling: the smallest set of tokens with this probability mass (default: off)")
     p.add_argument("--cfg_scale", "--cfg-scale", type=float, default=1.0,
                    help="classifier-free guidance scale (default 1 = off)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same images (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed, captions and --batch_size give the same images (default 0)")
     p.add_argument("--no_cache", "--no-cache", action="store_true", help="recompute the prefix at every step")
     p.add_argument("--judge", default=None, help="re-rank with this Captioned MNIST judge checkpoint")
     p.add_argument("--candidates", type=int, default=None,
@@ -56,15 +56,21 @@ def read_captions(args: argparse.Namespace) -> list[str]:
     translation sources are (a file's byte-order mark or a zero-width space would be ``[UNK]``).
 
     Raises:
-        FileNotFoundError: the captions file does not exist. ValueError: no captions.
+        FileNotFoundError: the captions file does not exist. IsADirectoryError: it is a directory.
+        ValueError: no captions.
     """
     from tx_suite.data.text_normalize import normalize_source
 
     captions = [normalize_source(c) for c in args.caption]
     if args.captions_file is not None:
-        if not args.captions_file.is_file():
+        if str(args.captions_file) == "-":
+            lines = sys.stdin.read().splitlines()
+        elif args.captions_file.is_dir():
+            raise IsADirectoryError(f"captions file is a directory: {args.captions_file}")
+        elif not args.captions_file.is_file():
             raise FileNotFoundError(f"captions file not found: {args.captions_file}")
-        lines = args.captions_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        else:
+            lines = args.captions_file.read_text(encoding="utf-8", errors="replace").splitlines()
         captions += [c for c in map(normalize_source, lines) if c]
     if not captions:
         raise ValueError("no captions: give --caption TEXT (repeatable) or --captions_file FILE")
@@ -121,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = run(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+    except (FileNotFoundError, IsADirectoryError, ValueError, RuntimeError) as err:
         print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
