@@ -133,7 +133,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(runs_dir, capsys):
     last = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert last["global_step"] == STEPS_PER_EPOCH  # the epoch-0 checkpoint, not the NaN state
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
-    assert json.loads((run / "run_info.json").read_text())["status"] == "failed"
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "failed"
+    assert info["error"].startswith("NonFiniteLossError: ") and f"global step {nan_step}" in info["error"]
 
 
 def test_logger_false_still_writes_run_dir(runs_dir):

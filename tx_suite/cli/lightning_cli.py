@@ -337,6 +337,8 @@ def _finish(state: dict[str, Any], status: str) -> None:
     target = info["resumes"][-1] if info.get("resumes") else info
     target["end_time"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     target["status"] = status
+    if state.get("error"):
+        target["error"] = state["error"]
     if state.get("wandb_mode"):
         target["wandb"] = {"mode": state.get("wandb_mode"), "id": state.get("wandb_id"), "dir": state.get("wandb_dir")}
     write_json(Path(run_dir) / RUN_INFO, info)
@@ -404,6 +406,12 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
         raise
     except SystemExit as exc:  # Lightning exits with status 1 after a graceful Ctrl-C shutdown
         status = "finished" if exc.code in (0, None) else "interrupted"
+        raise
+    except Exception as exc:
+        from tx_suite.cli.main import one_line, root_cause
+
+        cause = root_cause(exc)
+        state["error"] = f"{type(cause).__name__}: {one_line(cause)}"  # why, in run_info.json
         raise
     finally:
         for key, value in saved_env.items():
