@@ -91,6 +91,10 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.candidates is not None and args.judge is None:
+        raise ValueError("--candidates needs --judge (the judge re-ranks the candidates)")
+    if args.out.is_dir() or args.out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise ValueError(f"--out must be an image file name ending in .png or .jpg, got {args.out}")
     device_error = check_device(args.device)
     if device_error:
         raise ValueError(device_error)
