@@ -40,6 +40,13 @@ def _unsafe_reason(err: BaseException) -> str | None:
     return None
 
 
+def _brief(text: str, limit: int = 160) -> str:
+    """The first sentence of a library's error message, at most ``limit`` characters (torch appends
+    paragraphs of advice after the cause)."""
+    first = text.strip().split(". ", 1)[0].rstrip(".")
+    return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint/weight file with ``torch.load(path, weights_only=True)``.
 
@@ -75,10 +82,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         detail = " ".join(str(err).split())
         if "WeightsUnpickler error:" in detail:  # drop torch's generic advice around the cause
             detail = detail.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
-        detail = detail.strip()[:160]
+        detail = _brief(detail)
         raise CheckpointError(f"not a valid checkpoint (corrupt or not written by torch.save): {p} ({detail})") from None
     except Exception as err:  # noqa: BLE001 - torch raises many types on corrupt input (IndexError, EOFError, ...)
-        detail = " ".join(str(err).split())[:160]
+        detail = _brief(" ".join(str(err).split()))
         raise CheckpointError(f"not a valid checkpoint (corrupt, truncated or not a torch file): {p} ({detail})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"not a checkpoint: {p} holds a {type(obj).__name__}, expected a dict/state_dict")
