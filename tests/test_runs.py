@@ -144,3 +144,20 @@ def test_logger_false_still_writes_run_dir(runs_dir):
     assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert not (run / "metrics.csv").exists() and not (run / "wandb").exists()
     assert fit("--trainer.max_epochs=1", "--run_id", "nolog") == 2  # never overwrite a run
+
+
+def test_checkpoint_references_say_what_is_wrong(tmp_path):
+    from tx_suite.utils.runs import resolve_checkpoint
+
+    ckpt = tmp_path / "exp" / "r1" / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    assert resolve_checkpoint("exp:best", tmp_path) == ckpt
+    cases = {"exp:bestt": "EXPERIMENT:best or EXPERIMENT:last, not :bestt",
+             str(ckpt.parent): "is a directory (give a .ckpt file in it",
+             "exp:last": f"no {tmp_path / 'exp'}/*/checkpoints/last.ckpt",
+             str(tmp_path / "none.ckpt"): f"checkpoint not found: {tmp_path / 'none.ckpt'}"}
+    for spec, message in cases.items():
+        with pytest.raises(FileNotFoundError) as err:
+            resolve_checkpoint(spec, tmp_path, kind="classifier")
+        assert str(err.value).startswith("classifier checkpoint not found") and message in str(err.value), spec

@@ -106,6 +106,11 @@ def resolve_checkpoint(spec: str | Path, runs_dir: str | Path | None = None, kin
         except RunLookupError:
             raise FileNotFoundError(f"{what} not found: {spec!r}: no {Path(runs_dir) / name}/*/{CHECKPOINT_DIR}/"
                                     f"{which}.ckpt ({hint.format(name=name)})") from None
+    if path.is_dir():
+        raise FileNotFoundError(f"{what} not found: {spec} is a directory (give a .ckpt file in it, "
+                                "e.g. checkpoints/best.ckpt)")
+    if sep and _NAME_RE.match(name) and not path.parent.name:
+        raise FileNotFoundError(f"{what} not found: {spec} (EXPERIMENT:best or EXPERIMENT:last, not :{which})")
     raise FileNotFoundError(f"{what} not found: {spec}")
 
 
