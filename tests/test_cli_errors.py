@@ -129,3 +129,12 @@ def test_root_cause_prefers_errors_raised_by_tx_suite(tmp_path):
             raise RuntimeError("wrapper") from low
     except RuntimeError as outer:
         assert isinstance(root_cause(outer), KeyError)  # no message of ours: the original error
+
+
+def test_empty_config_file_and_directory_are_named(capsys, runs_dir, tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    code, line = run_error(capsys, ["fit", "--config", TINY, "--config", str(empty)])
+    assert code == 2 and line == f"tx-suite fit: error: config file is empty: {empty}"  # was "Unexpected config"
+    code, line = run_error(capsys, ["fit", "--config", str(tmp_path)])
+    assert code == 2 and line == f"tx-suite fit: error: config path is a directory, not a YAML file: {tmp_path}"

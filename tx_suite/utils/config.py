@@ -308,8 +308,12 @@ def expand_config_argv(argv: list[str]) -> list[str]:
         if path is None or out[i] == path:
             continue
         src = Path(path)
+        if src.is_dir():
+            raise ConfigError(f"config path is a directory, not a YAML file: {path}")
         if not src.is_file():
             raise ConfigError(f"config file not found: {path}")
+        if not _read_yaml(src):  # jsonargparse would only say "Unexpected config"
+            raise ConfigError(f"config file is empty: {path}")
         if not needs_expansion(src):
             continue
         merged = load_config(src)
