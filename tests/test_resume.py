@@ -129,20 +129,31 @@ def test_translation_loader_resumes_mid_epoch(tmp_path):
     assert fresh.batch_sampler.epoch == 4 and [b["index"].tolist() for b in fresh] != full
 
 
+QUIET_FIT = ["--trainer.enable_progress_bar=false", "--checkpoint.last_every_n_train_steps=3",
+             "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.limit_val_batches=0"]
 TRANSLATION = ["fit", "--config", "experiments/translation/multi30k_de_en_quickstart.yaml",
                "--model.init_args.vocab_size=800", "--model.init_args.d_model=32", "--model.init_args.n_heads=2",
                "--model.init_args.d_ff=64", "--model.init_args.n_encoder_layers=1",
                "--model.init_args.n_decoder_layers=1", "--data.init_args.vocab_size=800",
                "--data.init_args.train_limit=300", "--data.init_args.max_tokens=1024",
-               "--trainer.max_steps=16", "--trainer.max_time=null", "--trainer.limit_val_batches=0",
-               "--trainer.enable_progress_bar=false", "--checkpoint.last_every_n_train_steps=3",
-               "--trainer.logger=false", "--trainer.callbacks=[]"]
+               "--trainer.max_steps=16", "--trainer.max_time=null", *QUIET_FIT]
+# 10 batches an epoch; DropPath, RandomAffine and EMA weights all on.
+VISION = ["fit", "--config", "experiments/vision/mnist_vit.yaml", "--model.init_args.d_model=32",
+          "--model.init_args.n_layers=1", "--model.init_args.n_heads=2", "--model.init_args.d_ff=64",
+          "--model.init_args.compile=false", "--data.init_args.limit_train=640", "--data.init_args.batch_size=64",
+          "--data.init_args.val_size=100", "--trainer.max_steps=16", "--checkpoint.monitor=train/loss", *QUIET_FIT]
 
 
-def test_translation_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(runs_dir, subprocess_env, tmp_path):
-    """Token-budget batches, dropout 0.1: killed after step 13, resumed from step 12 (mid-epoch),
-    the run ends with the uninterrupted run's weights, bit for bit."""
-    args = [*TRANSLATION, f"--data.init_args.cache_dir={tmp_path}"]
+@pytest.mark.parametrize("task", ["translation", "vision"])
+def test_real_task_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(runs_dir, subprocess_env, tmp_path, task):
+    """Killed after step 13, resumed from step 12 (mid-epoch, past the first epoch): the run ends
+    with the uninterrupted run's weights, bit for bit. Translation: token-budget batches, dropout
+    0.1. Vision: DropPath, random augmentation, EMA weights (updated in optimizer_step: at batch
+    end, Lightning's mid-epoch checkpoint ran before the update and the resumed EMA lagged)."""
+    if task == "translation":
+        args, exp = [*TRANSLATION, f"--data.init_args.cache_dir={tmp_path}"], "multi30k_de_en_quickstart"
+    else:
+        args, exp = VISION, "mnist_vit"
     repo = Path(__file__).resolve().parents[1]
     env = {**subprocess_env, "WANDB_MODE": "disabled"}
 
@@ -153,18 +164,20 @@ def test_translation_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(run
 
     kill = '--trainer.callbacks+={"class_path": "cli_fixtures.KillAtStep", "init_args": {"step": %d}}' % KILL_AT
     fit("killed", kill, returncode=-signal.SIGKILL)
-    exp = runs_dir / "multi30k_de_en_quickstart"
-    last = exp / "killed" / "checkpoints" / "last.ckpt"
+    last = runs_dir / exp / "killed" / "checkpoints" / "last.ckpt"
     ckpt = load_checkpoint(last)
     state = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
-    dm = Multi30kDataModule(vocab_size=800, train_limit=300, max_tokens=1024, cache_dir=str(tmp_path))
-    dm.setup("fit")
-    per_epoch = len(dm.train_dataloader())
+    if task == "translation":
+        dm = Multi30kDataModule(vocab_size=800, train_limit=300, max_tokens=1024, cache_dir=str(tmp_path))
+        dm.setup("fit")
+        per_epoch = len(dm.train_dataloader())
+    else:
+        per_epoch = 10
     assert ckpt["global_step"] == 12 and state == {"epoch": 12 // per_epoch, "batches_served": 12 % per_epoch}
     assert state["epoch"] >= 1 and state["batches_served"] > 0  # mid-epoch, past the first epoch
     fit("killed", "--ckpt_path", str(last))
     fit("uninterrupted")
-    weights, ref = (load_checkpoint(exp / r / "checkpoints" / "last.ckpt") for r in ("killed", "uninterrupted"))
+    weights, ref = (load_checkpoint(runs_dir / exp / r / "checkpoints" / "last.ckpt") for r in ("killed", "uninterrupted"))
     assert weights["global_step"] == ref["global_step"] == 16
     for name, tensor in ref["state_dict"].items():
         assert torch.equal(weights["state_dict"][name], tensor), name

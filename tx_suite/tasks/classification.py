@@ -379,9 +379,14 @@ class ImageClassification(pl.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Here, not in on_train_batch_end: Lightning runs the callbacks' batch-end hooks (a mid-epoch
+        # ModelCheckpoint save) before the module's, so a checkpoint would miss this step's update.
         if self.ema is not None:
-            self.ema.update(self.model, step=self.global_step)
+            # global_step counts this step only after optimizer_step returns: + 1 numbers the
+            # updates 1, 2, ... (the warm-up's step), as when this ran at batch end.
+            self.ema.update(self.model, step=self.global_step + 1)
 
     def _eval_step(self, stage: str, batch) -> dict:
         x, y = batch
