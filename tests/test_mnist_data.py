@@ -83,3 +83,18 @@ def test_extraction_is_cached(tmp_path):
     stamp = target.stat().st_mtime_ns
     extract_mnist(DATA, tmp_path)
     assert target.stat().st_mtime_ns == stamp
+
+
+def test_augment_values_of_the_wrong_kind_name_their_key():
+    from tx_suite.data.vision_transforms import check_augment
+
+    good = {"random_crop_padding": 4, "hflip": 0.5, "affine_scale": [0.9, 1.1], "auto_augment": "cifar10",
+            "random_erasing": 0.25, "affine_degrees": None}
+    assert check_augment(good) == good
+    for bad, message in [({"hflip": "yes_please"}, "augment.hflip must be a probability in [0, 1], got 'yes_please'"),
+                         ({"hflip": True}, "augment.hflip must be a probability"),  # 1.0 would flip every image
+                         ({"affine_scale": 0.9}, "augment.affine_scale must be a pair [min, max], got 0.9"),
+                         ({"random_crop_padding": -1}, "augment.random_crop_padding must be a number of pixels")]:
+        with pytest.raises(ValueError) as err:
+            check_augment(bad)
+        assert str(err.value).startswith(message), err.value

@@ -46,16 +46,39 @@ TORCHVISION_POLICIES = {
 }
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: What each augment key takes (a check, and the wording of its error).
+_AUGMENT_TYPES = {
+    "random_crop_padding": ("a number of pixels >= 0", lambda v: _is_number(v) and v >= 0),
+    "hflip": ("a probability in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1),
+    "affine_degrees": ("a number of degrees", _is_number),
+    "affine_translate": ("a fraction in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1),
+    "affine_scale": ("a pair [min, max]", lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+                     and all(_is_number(x) and x > 0 for x in v)),
+    "affine_shear": ("a number of degrees", _is_number),
+    "auto_augment": ("a policy name (string)", lambda v: isinstance(v, str)),
+    "random_erasing": ("a probability in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1),
+}
+
+
 def check_augment(augment: dict | None) -> dict:
-    """Return ``augment`` as a dict, rejecting unknown keys.
+    """Return ``augment`` as a dict, rejecting unknown keys and values of the wrong kind.
 
     Raises:
-        ValueError: a key is not one of :data:`AUGMENT_KEYS` (the message lists the valid ones).
+        ValueError: a key is not one of :data:`AUGMENT_KEYS` (the message lists the valid ones), or
+            its value is not what the key takes (the message names the key); ``None`` = off.
     """
     augment = dict(augment or {})
     unknown = sorted(set(augment) - set(AUGMENT_KEYS))
     if unknown:
         raise ValueError(f"unknown augment key(s) {unknown}; valid keys: {list(AUGMENT_KEYS)}")
+    for key, value in augment.items():
+        what, ok = _AUGMENT_TYPES[key]
+        if value is not None and not ok(value):
+            raise ValueError(f"augment.{key} must be {what}, got {value!r}")
     return augment
 
 
