@@ -100,6 +100,13 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(device_error)
     if args.judge is not None:
         judge_path = resolve_checkpoint(args.judge, args.runs_dir, kind="judge")  # fail before the slow part
+        from tx_suite.data.captions import parse_caption
+
+        for caption in captions:
+            try:
+                parse_caption(caption)
+            except ValueError as err:
+                raise ValueError(f"--judge scores Captioned MNIST captions (digit, colour, size, position): {err}") from None
     tokenizer = None if args.tokenizer is None else str(resolve_checkpoint(args.tokenizer, args.runs_dir, kind="VQ-VAE"))
     task = load_text_to_image(resolve_checkpoint(args.ckpt, args.runs_dir, kind="text-to-image"),
                               tokenizer_ckpt=tokenizer)
