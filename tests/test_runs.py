@@ -161,3 +161,12 @@ def test_checkpoint_references_say_what_is_wrong(tmp_path):
         with pytest.raises(FileNotFoundError) as err:
             resolve_checkpoint(spec, tmp_path, kind="classifier")
         assert str(err.value).startswith("classifier checkpoint not found") and message in str(err.value), spec
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(runs_dir, capsys):
+    assert fit("--trainer.max_epochs=1") == 0
+    capsys.readouterr()
+    assert fit("--trainer.max_epochs=1", "--ckpt_path", "last") == 0
+    assert "nothing to train: the checkpoint is at step 8" in capsys.readouterr().err
+    assert fit("--trainer.max_epochs=2", "--ckpt_path", "last") == 0
+    assert "nothing to train" not in capsys.readouterr().err

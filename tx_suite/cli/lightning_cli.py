@@ -187,6 +187,7 @@ class TxSuiteCLI(LightningCLI):
             _log(f"--ckpt_path {ckpt_path} -> {resolved}")
             ckpt_path = cfg.ckpt_path = str(resolved)
         ckpt = load_checkpoint(ckpt_path)
+        self._ckpt_global_step = ckpt.get("global_step")
         if not isinstance(ckpt.get("state_dict"), dict) or "pytorch-lightning_version" not in ckpt:
             raise CheckpointError(f"{ckpt_path} is not a Lightning checkpoint (no state_dict / pytorch-lightning_version); "
                                   "--ckpt_path takes a checkpoints/*.ckpt file a tx-suite run wrote")
@@ -289,6 +290,13 @@ class TxSuiteCLI(LightningCLI):
             # Its batch sampler shards over the ranks itself; Lightning's injection would fail on it.
             kwargs["use_distributed_sampler"] = False
         return super().instantiate_trainer(**kwargs)
+
+    def after_fit(self) -> None:
+        """Say so when a resumed fit had nothing left to train (it would otherwise end silently)."""
+        start = getattr(self, "_ckpt_global_step", None)
+        if start is not None and self.trainer.global_step == start and self.trainer.is_global_zero:
+            _log(f"nothing to train: the checkpoint is at step {start}, epoch {self.trainer.current_epoch}, "
+                 "already at trainer.max_epochs/max_steps; raise them to train further")
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand is None or not self.state.get("rank_zero", True):
