@@ -191,3 +191,17 @@ def test_unknown_metric_is_named(runs, capsys):
     assert main(["compare", str(runs["a"]), "--metrics", "val/acc,val/nope", "--no_plot"]) == 0
     err = capsys.readouterr().err
     assert "no run logged val/nope; logged: " in err and "val/acc" in err.split("logged: ")[1]
+
+
+def test_config_diff_leaves_out_values_that_name_the_run(tmp_path):
+    from tx_suite.utils.compare import Run
+
+    def run(run_id: str, lr: float) -> Run:
+        path = tmp_path / "exp" / run_id
+        config = {"model": {"init_args": {"lr": lr}}, "run_id": run_id,
+                  "trainer": {"default_root_dir": str(path),
+                              "logger": [{"init_args": {"save_dir": str(path)}},
+                                         {"init_args": {"name": f"exp/{run_id}", "id": run_id}}]}}
+        return Run(path=path, experiment="exp", run_id=run_id, series={}, config=config)
+
+    assert config_diff([run("a", 1e-3), run("b", 3e-3)]) == {"model.init_args.lr": [1e-3, 3e-3]}

@@ -349,7 +349,8 @@ def _run_specific(value: Any, run: Run) -> bool:
     """True for values that name the run itself (its directory, id): they always differ."""
     if not isinstance(value, str) or not value:
         return False
-    return str(run.path) in value or value == run.run_id or value.endswith(f"/{run.experiment}/{run.run_id}")
+    named = f"{run.experiment}/{run.run_id}"  # the W&B run name
+    return str(run.path) in value or value in (run.run_id, named) or value.endswith(f"/{named}")
 
 
 def config_diff(runs: Sequence[Run]) -> dict[str, list[Any]]:
