@@ -52,6 +52,7 @@ def main() -> int:
     import pytorch_lightning as pl
     import torch
 
+    from tx_suite.tasks.callbacks.loader_state import RestoreLoaderState
     from tx_suite.tasks.callbacks.rng_state import RNGStateCallback
     from tx_suite.tasks.callbacks.run_checkpoint import RunCheckpoint
     from tx_suite.tasks.translation import TranslationTask
@@ -91,6 +92,7 @@ def main() -> int:
 
     # As the CLI does: a resumed segment draws the shuffles and dropout masks of an uninterrupted run.
     callbacks.append(RNGStateCallback())
+    callbacks.append(RestoreLoaderState())  # as tx-suite fit: a mid-epoch resume continues the epoch
     callbacks.append(EpochPrinter())
     if args.max_minutes is not None:
         callbacks.append(StopBeforeDeadline(args.max_minutes))

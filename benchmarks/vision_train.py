@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     import pytorch_lightning as pl
     import torch
 
+    from tx_suite.tasks.callbacks.loader_state import RestoreLoaderState
     from tx_suite.tasks.callbacks.rng_state import RNGStateCallback
     from tx_suite.tasks.callbacks.run_checkpoint import RunCheckpoint
 
@@ -131,6 +132,7 @@ def main(argv=None) -> int:
                                    enable_version_counter=False))
     # As the CLI does: a resumed segment draws the shuffles and dropout masks of an uninterrupted run.
     callbacks.append(RNGStateCallback())
+    callbacks.append(RestoreLoaderState())  # as tx-suite fit: a mid-epoch resume continues the epoch
     if args.max_minutes:
         callbacks.append(StopBeforeDeadline(args.max_minutes))
     trainer = pl.Trainer(logger=segment_logger(args.out, epochs_before), default_root_dir=str(args.out),
