@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tx_suite.cli.main import main
 from tx_suite.utils.checkpoint import load_checkpoint
@@ -205,3 +206,12 @@ def test_config_diff_leaves_out_values_that_name_the_run(tmp_path):
         return Run(path=path, experiment="exp", run_id=run_id, series={}, config=config)
 
     assert config_diff([run("a", 1e-3), run("b", 3e-3)]) == {"model.init_args.lr": [1e-3, 3e-3]}
+
+
+def test_a_resumed_run_compares_with_its_newest_config(runs, tmp_path):
+    run = tmp_path / "tiny_mnist" / "r"
+    shutil.copytree(runs["a"], run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["trainer"]["max_epochs"] = 7  # as a resume with --trainer.max_epochs=7 records it
+    (run / "config.resume-20261203-120000.yaml").write_text(yaml.safe_dump(config))
+    assert load_run(run).config["trainer"]["max_epochs"] == 7

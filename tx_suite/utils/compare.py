@@ -64,7 +64,8 @@ class Run:
         experiment, run_id: its two path components (``run_info.json`` wins for the experiment).
         series: ``{metric: [(step, value), ...]}`` sorted by step; when a step was logged twice (a
             resumed run re-did steps after a crash) the later row wins.
-        config: the resolved ``config.yaml`` (``{}`` if missing).
+        config: the resolved ``config.yaml``, or for a resumed run its newest
+            ``config.resume-<time>.yaml`` (``{}`` if missing).
         info: ``run_info.json`` (``{}`` if missing).
     """
 
@@ -201,7 +202,9 @@ def load_run(path: str | Path) -> Run:
         raise NotARunError(f"run {path} has no {METRICS_FILE} (it failed before logging, or ran with "
                            "--trainer.fast_dev_run or --trainer.logger=false)")
     info = json.loads((path / INFO_FILE).read_text()) if (path / INFO_FILE).is_file() else {}
-    config = yaml.safe_load((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).is_file() else {}
+    # A resumed run's newest config (config.resume-<time>.yaml, names sort by time) is what it ran last.
+    configs = [p for p in [path / CONFIG_FILE, *sorted(path.glob("config.resume-*.yaml"))] if p.is_file()]
+    config = yaml.safe_load(configs[-1].read_text()) if configs else {}
     return Run(
         path=path,
         experiment=str(info.get("experiment") or path.parent.name),
