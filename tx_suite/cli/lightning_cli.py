@@ -196,11 +196,12 @@ class TxSuiteCLI(LightningCLI):
         if not hparams:
             return
         if "_class_path" in hparams:
-            stored, configured = hparams["_class_path"], _class_path(cfg.get("model"))
+            # Class names, not paths: a config may name the class by a shorter import path.
+            stored = str(hparams["_class_path"]).rsplit(".", 1)[-1]
+            configured = (_class_path(cfg.get("model")) or "").rsplit(".", 1)[-1]
             if configured and stored != configured:
-                raise CheckpointError(f"{ckpt_path} holds a {stored.rsplit('.', 1)[-1]} checkpoint, but the config's model "
-                                      f"is {configured.rsplit('.', 1)[-1]}; pass the config it was trained with "
-                                      "(its run's config.yaml)")
+                raise CheckpointError(f"{ckpt_path} holds a {stored} checkpoint, but the config's model is {configured}; "
+                                      "pass the config it was trained with (its run's config.yaml)")
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
