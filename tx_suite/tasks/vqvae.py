@@ -166,10 +166,12 @@ def read_checkpoint(path: str | Path, kind: str, required: Sequence[str],
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{kind} checkpoint not found: {path}")
+    from tx_suite.utils.checkpoint import CheckpointError, load_checkpoint
+
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        raise ValueError(f"cannot read {kind} checkpoint {path}: {type(err).__name__}: {err}") from None
+        ckpt = load_checkpoint(path, map_location=map_location)  # weights_only, with a one-line reason
+    except CheckpointError as err:
+        raise ValueError(f"cannot read {kind} checkpoint: {err}") from None
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict/hyper_parameters)")
