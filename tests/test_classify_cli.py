@@ -123,6 +123,10 @@ def test_checkpoint_written_by_lightning_cli_loads(run, tmp_path):
     ckpt["hyper_parameters"]["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
     torch.save(ckpt, tmp_path / "cli.ckpt")
     assert load_classifier(tmp_path / "cli.ckpt").meta["img_size"] == 28
+    ckpt["hyper_parameters"]["_class_path"] = "tx_suite.tasks.translation.TranslationTask"
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(ValueError, match="is a TranslationTask checkpoint, not an image classifier"):
+        load_classifier(tmp_path / "other.ckpt")
 
 
 def test_experiment_best_names_the_newest_run(run, capsys, tmp_path):

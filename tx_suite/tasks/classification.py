@@ -471,6 +471,9 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> ImageClassif
     ckpt = load_checkpoint(path, map_location=map_location)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict / hyper_parameters)")
+    stored = str(ckpt["hyper_parameters"].get("_class_path", "")).rsplit(".", 1)[-1]
+    if stored and stored != ImageClassification.__name__:
+        raise ValueError(f"{path} is a {stored} checkpoint, not an image classifier (ImageClassification)")
     hparams = init_kwargs(ckpt["hyper_parameters"])
     hparams["pretrained"] = None
     try:
