@@ -88,10 +88,20 @@ def test_generate_command_writes_a_grid_and_reports_errors(trained, tmp_path, ca
                           "--caption", "center: large green 0", "--n", "3", "--top-k", "20",
                           "--cfg-scale", "2", "--out", str(out)])
     assert code == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["captions"] == 3 and summary["images_sampled"] == 9
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["captions"] == 3 and summary["images_sampled"] == 9 and summary["truncated_captions"] == 0
+    assert "note:" not in captured.err
     with Image.open(out) as im:
         assert im.size == (3 * 33 + 1, 3 * 33 + 1)  # 3 x 3 cells of 32 px, 1 px padding
+    long = " ".join(["top-right: big blue 3"] * 20)
+    assert generate_main(["--ckpt", str(trained["ckpt"]), "--caption", long, "--caption", "center: large green 0",
+                          "--n", "1", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["truncated_captions"] == 1
+    assert "1 caption(s) longer than the model's 16 text tokens" in captured.err
+    assert generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "zzq xqv wvv", "--n", "1", "--out", str(out)]) == 0
+    assert "100% of the caption tokens are unknown" in capsys.readouterr().err
 
     code = generate_main(["--ckpt", str(trained["ckpt"]), "--tokenizer", str(tmp_path / "no.ckpt"),
                           "--caption", "x", "--out", str(out)])

@@ -113,6 +113,13 @@ def run(args: argparse.Namespace) -> dict:
     task.to(args.device)
     task.vqvae.to(args.device)  # a plain attribute, not a submodule (see TextToImageTask)
     unknown = task.caption_tokenizer.unknown_rate(captions)
+    truncated = task.caption_tokenizer.n_truncated(captions)
+    if truncated:
+        print(f"{PROG}: note: {truncated} caption(s) longer than the model's {task.caption_tokenizer.max_len} text "
+              "tokens were cut to that length", file=sys.stderr)
+    if unknown > 0.25:
+        print(f"{PROG}: note: {unknown:.0%} of the caption tokens are unknown to this model's vocabulary "
+              "(another dataset's captions, or not text?)", file=sys.stderr)
     n_draw = args.n if args.judge is None else (args.candidates or 4 * args.n)
     if n_draw < args.n:
         raise ValueError(f"--candidates ({n_draw}) must be >= --n ({args.n})")
@@ -131,7 +138,7 @@ def run(args: argparse.Namespace) -> dict:
     save_image(make_grid(images.cpu(), nrow=args.n, padding=1, pad_value=0.5), args.out)
     return {"out": str(args.out), "captions": len(captions), "images_sampled": len(captions) * n_draw,
             "seconds": round(seconds, 3), "images_per_s": round(len(captions) * n_draw / seconds, 2),
-            "unknown_token_rate": round(unknown, 4), "reranked": args.judge is not None}
+            "unknown_token_rate": round(unknown, 4), "truncated_captions": truncated, "reranked": args.judge is not None}
 
 
 def main(argv: list[str] | None = None) -> int:

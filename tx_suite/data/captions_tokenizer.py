@@ -104,6 +104,10 @@ class CaptionTokenizer:
         """``(B, T)`` ids -> captions (special tokens dropped)."""
         return self.tokenizer.decode_batch(ids.tolist(), skip_special_tokens=True)
 
+    def n_truncated(self, texts: Sequence[str]) -> int:
+        """How many of ``texts`` have more than ``max_len`` tokens (:meth:`encode` cuts them)."""
+        return sum(len(e.ids) > self.max_len for e in self.tokenizer.encode_batch(list(texts)))
+
     def unknown_rate(self, texts: Sequence[str]) -> float:
         """Fraction of (untruncated) tokens of ``texts`` that are ``[UNK]``."""
         encs = self.tokenizer.encode_batch(list(texts))
