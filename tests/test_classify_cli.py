@@ -89,6 +89,18 @@ def test_channel_mismatch_is_an_error_unless_converted(run, capsys):
     a, b = (line.split(": ", 1)[1] for line in out.splitlines())
     assert a == b  # gray -> RGB -> gray is lossless
 
+    palette = run["tmp"] / "palette_gray.png"  # gray pixels stored as a palette image (mode P)
+    Image.open(run["pngs"][0]).convert("P").save(palette)
+    assert Image.open(palette).mode == "P"
+    code, out, err = _classify(capsys, "--ckpt", run["ckpt"], palette, run["pngs"][0])
+    assert code == 0 and err == ""  # taken as gray: no channel error, no conversion note
+    a, b = (line.split(": ", 1)[1] for line in out.splitlines())
+    assert a == b
+    colour = run["tmp"] / "palette_colour.png"
+    Image.new("RGB", (28, 28), (200, 0, 0)).convert("P", palette=Image.ADAPTIVE).save(colour)
+    code, _, err = _classify(capsys, "--ckpt", run["ckpt"], colour)
+    assert code == 1 and "3 channel(s) (RGB)" in err  # a coloured palette is still colour
+
 
 def test_bad_files_get_one_line_errors_and_good_ones_still_run(run, capsys):
     text = run["tmp"] / "notes.png"

@@ -10,7 +10,7 @@ the task). Rules for files that do not match the model:
   so a non-square image is stretched) with a note on stderr; ``--no_resize`` makes it an error.
 - **Channels**: an image with another channel count (e.g. RGB for the 1-channel MNIST model) is
   an error; ``--convert`` converts it (PIL ``convert("L")`` / ``convert("RGB")``). Palette and
-  1-bit images are expanded first (to RGB(A) / L).
+  1-bit images are expanded first (to RGB(A) / L; a palette of grays to L).
 - **Unreadable** files (missing, not an image, truncated) are errors.
 
 Each error is one line on stderr naming the file; the other images are still classified. The
@@ -65,6 +65,9 @@ def load_image(path: str | Path, img_size: int, in_chans: int, resize: bool = Tr
     notes = []
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        bands = img.split()[:3]
+        if img.mode == "RGB" and bands[0].tobytes() == bands[1].tobytes() == bands[2].tobytes():
+            img = bands[0]  # a palette of grays (how some tools save gray PNGs) is a gray image
     elif img.mode == "1":
         img = img.convert("L")
     if img.mode not in MODE_CHANNELS:
