@@ -144,6 +144,7 @@ class TxSuiteCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults",
                           {"callbacks": [StopOnNonFiniteLoss(), RNGStateCallback(), RestoreLoaderState(),
                                         PredictionWriter()]})
+        self._ckpt_global_step: int | None = None  # of --ckpt_path, set while parsing (after_fit reads it)
         super().__init__(**kwargs)
 
     # ------------------------------------------------------------------ parser
@@ -294,7 +295,7 @@ class TxSuiteCLI(LightningCLI):
 
     def after_fit(self) -> None:
         """Say so when a resumed fit had nothing left to train (it would otherwise end silently)."""
-        start = getattr(self, "_ckpt_global_step", None)
+        start = self._ckpt_global_step
         if start is not None and self.trainer.global_step == start and self.trainer.is_global_zero:
             _log(f"nothing to train: the checkpoint is at step {start}, epoch {self.trainer.current_epoch}, "
                  "already at trainer.max_epochs/max_steps; raise them to train further")

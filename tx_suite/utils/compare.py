@@ -244,12 +244,12 @@ def find_runs(targets: Sequence[str] = (), runs_dir: str | Path = "runs") -> tup
     """
     found = _resolve(targets, runs_dir)
     with_metrics = {p for p in found if (p / METRICS_FILE).is_file()}
-    any_fit = any(_subcommand(p) in ("fit", None) for p, named in found.items() if not named and p in with_metrics)
+    training = {p for p in found if _subcommand(p) in ("fit", None)}  # None: no or an older run_info.json
+    any_fit = any(not named and p in with_metrics and p in training for p, named in found.items())
     runs: list[Run] = []
     skipped: list[Path] = []
     for path, named in found.items():
-        evaluation = any_fit and _subcommand(path) not in ("fit", None)
-        if not named and (path not in with_metrics or evaluation):
+        if not named and (path not in with_metrics or (any_fit and path not in training)):
             skipped.append(path)
         else:
             runs.append(load_run(path))
