@@ -71,6 +71,28 @@ def test_fully_masked_rows_give_zeros_on_both_paths(qkv):
     torch.testing.assert_close(slow, fast, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_fully_masked_rows_keep_gradients_finite_on_the_weights_path(qkv, kind):
+    # softmax over an all -inf row is NaN; it must not reach q, k or v through the backward pass
+    q, k, v = (t.clone().requires_grad_() for t in qkv)
+    allowed = torch.ones(B, 1, T, S, dtype=torch.bool)
+    allowed[:, :, 2] = False
+    mask = allowed if kind == "bool" else torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+    out, _ = scaled_dot_product_attention(q, k, v, attn_mask=mask, need_weights=True)
+    out.sum().backward()
+    assert all(t.grad.isfinite().all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_weights_path_takes_a_float32_mask_with_half_inputs(qkv, dtype):
+    q, k, v = (t.to(dtype) for t in qkv)
+    bias = torch.randn(1, H, T, S)  # float32, as an ALiBi-style bias usually is
+    fast, _ = scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    slow, w = scaled_dot_product_attention(q, k, v, attn_mask=bias, need_weights=True)
+    assert slow.dtype == w.dtype == dtype
+    torch.testing.assert_close(slow.float(), fast.float(), atol=2e-2, rtol=0)
+
+
 def _pair(d_model=32, n_heads=4, cross=False):
     torch.manual_seed(0)
     ref = nn.MultiheadAttention(d_model, n_heads, batch_first=True).eval()

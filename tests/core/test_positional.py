@@ -23,6 +23,9 @@ def test_sinusoidal_matches_the_paper_formula():
 def test_sinusoidal_module_offsets_and_grows():
     pe = SinusoidalPositionalEncoding(8, max_len=4)
     assert torch.equal(pe(3, offset=10), sinusoidal_table(13, 8)[10:])
+    # growing keeps the module's dtype: a bf16 model decoding past max_len must stay bf16
+    pe = SinusoidalPositionalEncoding(8, max_len=4).to(torch.bfloat16)
+    assert pe(3, offset=10).dtype == torch.bfloat16
 
 
 def test_learned_and_grid_positions():

@@ -33,3 +33,13 @@ def test_encoder_decoder_equals_torch_transformer(norm_first, activation):
     assert (got[real] - expected[real]).abs().max() <= 1e-5
     # the unmasked encoder path as well
     assert (ours.encode(src) - ref.encoder(src)).abs().max() <= 1e-5
+
+
+def test_bias_free_transformer_loads_strictly():
+    # torch's bias=False drops the LayerNorm biases too, so ours must have none to load strictly
+    torch.manual_seed(0)
+    ref = nn.Transformer(16, 4, 1, 1, 32, dropout=0.0, batch_first=True, bias=False).eval()
+    ours = EncoderDecoder(TransformerConfig(d_model=16, n_heads=4, d_ff=32, bias=False, final_norm=True), 1, 1).eval()
+    ours.load_state_dict(convert_torch_transformer(ref.state_dict()))
+    src, tgt = torch.randn(2, 5, 16), torch.randn(2, 4, 16)
+    assert (ours(src, tgt) - ref(src, tgt, tgt_mask=~causal_mask(4))).abs().max() <= 1e-5

@@ -62,10 +62,12 @@ def scaled_dot_product_attention(
         if attn_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
         else:
-            scores = scores + attn_mask
-    weights = torch.softmax(scores, dim=-1)
+            # A float32 bias on half-precision q/k would promote the scores and break ``weights @ v``.
+            scores = scores + attn_mask.to(scores.dtype)
     # A fully masked row is softmax(-inf, ..., -inf) = NaN; torch's kernels return zeros there.
-    weights = torch.nan_to_num(weights, nan=0.0)
+    # Filling before the softmax (not nan_to_num after it) also keeps NaN out of the backward pass.
+    dead = torch.isneginf(scores).all(dim=-1, keepdim=True)  # (B, H, Tq, 1)
+    weights = torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     return weights @ v, weights

@@ -25,7 +25,7 @@ class TransformerConfig:
         norm_first: pre-norm ``x + f(LN(x))`` (Xiong et al. 2020; ViT) instead of the paper's
             post-norm ``LN(x + f(x))``.
         norm_eps: LayerNorm epsilon (1e-5 in torch, 1e-6 in timm's ViT).
-        bias: biases in linear layers.
+        bias: biases in linear layers and LayerNorms (as ``torch.nn.Transformer(bias=False)``).
         drop_path: stochastic-depth rate of the last layer, rising linearly from 0 at the first
             (Huang et al. 2016; DeiT).
         final_norm: LayerNorm after the last layer; None means "iff ``norm_first``" (a pre-norm

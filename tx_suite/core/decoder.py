@@ -34,7 +34,7 @@ class Decoder(nn.Module):
             DecoderLayer(**cfg.layer_kwargs(), drop_path=p, rope=rope, cross_attention=cross_attention)
             for p in drop_path_rates(cfg.drop_path, n_layers)
         )
-        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.use_final_norm else nn.Identity()
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias) if cfg.use_final_norm else nn.Identity()
         xavier_init_(self)
 
     def new_cache(self) -> DecoderCache:

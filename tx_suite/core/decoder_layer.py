@@ -44,13 +44,13 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, n_heads, attn_dropout, bias=bias, rope=rope)
-        self.norm1 = nn.LayerNorm(d_model, eps=norm_eps)
+        self.norm1 = nn.LayerNorm(d_model, eps=norm_eps, bias=bias)
         self.cross_attn = None
         if cross_attention:
             self.cross_attn = MultiHeadAttention(d_model, n_heads, attn_dropout, bias=bias, cross_attention=True)
-            self.norm2 = nn.LayerNorm(d_model, eps=norm_eps)
+            self.norm2 = nn.LayerNorm(d_model, eps=norm_eps, bias=bias)
         self.ffn = FeedForward(d_model, d_ff, dropout, activation, bias=bias)
-        self.norm3 = nn.LayerNorm(d_model, eps=norm_eps)
+        self.norm3 = nn.LayerNorm(d_model, eps=norm_eps, bias=bias)
         self.dropout = Dropout(dropout)
         self.drop_path = DropPath(drop_path)
 

@@ -48,8 +48,8 @@ class EncoderLayer(nn.Module):
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, n_heads, attn_dropout, bias=bias, rope=rope)
         self.ffn = FeedForward(d_model, d_ff, dropout, activation, bias=bias)
-        self.norm1 = nn.LayerNorm(d_model, eps=norm_eps)
-        self.norm2 = nn.LayerNorm(d_model, eps=norm_eps)
+        self.norm1 = nn.LayerNorm(d_model, eps=norm_eps, bias=bias)
+        self.norm2 = nn.LayerNorm(d_model, eps=norm_eps, bias=bias)
         self.dropout = Dropout(dropout)
         self.drop_path = DropPath(drop_path)
 

@@ -24,7 +24,8 @@ class TokenEmbedding(nn.Module):
     Args:
         vocab_size: number of token ids ``V``.
         d_model: width ``D``.
-        pad_id: padding id (its row stays zero and gets no gradient), or None.
+        pad_id: padding id, or None. Its row starts at zero and gets no gradient from the lookup;
+            a tied output projection still trains it, which is harmless (padded keys are masked).
         pos_encoding: ``"sinusoidal"`` (§3.5), ``"learned"`` or ``"none"`` (e.g. with rotary
             embeddings inside attention).
         max_len: learned table size / sinusoidal rows precomputed.

@@ -41,5 +41,5 @@ class SinusoidalPositionalEncoding(nn.Module):
         """Encodings of positions ``offset .. offset + length - 1``: ``(length, D)``."""
         end = offset + length
         if end > self.table.size(0):
-            self.table = sinusoidal_table(max(end, 2 * self.table.size(0)), self.d_model).to(self.table.device)
+            self.table = sinusoidal_table(max(end, 2 * self.table.size(0)), self.d_model).to(self.table)
         return self.table[offset:end]
