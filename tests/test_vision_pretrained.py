@@ -92,3 +92,24 @@ def test_pretrained_timm_offline_fails_fast(monkeypatch):
     with pytest.raises(ConnectionError, match="cannot reach huggingface.co"):
         ImageClassification(backbone="tx", timm_model="vit_tiny_patch16_224", pretrained="timm", img_size=224,
                             in_chans=3, num_classes=10)
+
+
+def test_fine_tuned_checkpoint_needs_no_pretrained_file(tmp_path, runs_dir, capsys):
+    """The checkpoint holds every weight: testing or resuming a fine-tuned run must not re-read
+    its `pretrained` source (deleted here; offline, `pretrained: timm` would fail the same way)."""
+    from tx_suite.cli.main import main
+
+    weights = tmp_path / "start.pth"
+    torch.save(timm_vit(depth=1).state_dict(), weights)
+    size = ["--config", "experiments/vision/mnist_vit.yaml", "--model.init_args.d_model=32",
+            "--model.init_args.n_layers=1", "--model.init_args.n_heads=4", "--model.init_args.d_ff=64",
+            "--model.init_args.compile=false", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+    assert main(["fit", *size, f"--model.init_args.pretrained={weights}", "--data.init_args.limit_train=128",
+                 "--data.init_args.batch_size=64", "--data.init_args.val_size=64", "--trainer.max_epochs=1",
+                 "--trainer.limit_val_batches=1"]) == 0
+    weights.unlink()
+    assert main(["test", *size, "--ckpt_path", "last", "--trainer.limit_test_batches=1"]) == 0
+    assert main(["fit", *size, "--ckpt_path", "last", f"--model.init_args.pretrained={weights}",
+                 "--data.init_args.limit_train=128", "--data.init_args.batch_size=64", "--data.init_args.val_size=64",
+                 "--trainer.max_epochs=2", "--trainer.limit_val_batches=1"]) == 0
+    assert "not loading model.pretrained" in capsys.readouterr().err

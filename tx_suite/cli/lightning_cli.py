@@ -194,6 +194,14 @@ class TxSuiteCLI(LightningCLI):
                                   "--ckpt_path takes a checkpoints/*.ckpt file a tx-suite run wrote")
         hparams = dict(ckpt.get("hyper_parameters", {}))
         hparams.pop("_instantiator", None)
+        # Starting weights (a fine-tuning run's `pretrained`) are in the checkpoint's state_dict;
+        # re-reading their source would fail once the file is gone or the machine is offline.
+        hparams.pop("pretrained", None)
+        model_cfg = cfg.get("model")
+        init_args = model_cfg.get("init_args") if isinstance(model_cfg, Namespace) else None
+        if isinstance(init_args, Namespace) and init_args.get("pretrained"):
+            _log(f"--ckpt_path: not loading model.pretrained ({init_args.pretrained}); the checkpoint holds the weights")
+            init_args.pretrained = None
         if not hparams:
             return
         if "_class_path" in hparams:
