@@ -78,8 +78,23 @@ def test_bad_weights_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         task(tmp_path / "nope.pth")
     (tmp_path / "junk.pth").write_bytes(b"\x00junk" * 10)
-    with pytest.raises(ValueError, match="cannot read weights from .*junk.pth"):
+    with pytest.raises(ValueError, match="not a valid checkpoint.*junk.pth") as info:
         task(tmp_path / "junk.pth")
+    assert "weights_only=False" not in str(info.value)  # torch's advice to load it unsafely
+    (tmp_path / "note.pth").write_text("weights\n")  # text: torch reads it as a pickle and refuses
+    with pytest.raises(ValueError, match="note.pth") as info:
+        task(tmp_path / "note.pth")
+    assert "weights_only=False" not in str(info.value)
+    # deeper than the model: the extra blocks must not be dropped silently
+    torch.save(timm_vit(depth=3).state_dict(), tmp_path / "deep.pth")
+    with pytest.raises(ValueError, match="3 blocks, the model has 2: set n_layers to 3"):
+        task(tmp_path / "deep.pth")
+    # a tx-suite Lightning checkpoint is not timm weights: say so, not "lack cls_token ..."
+    lightning = {"state_dict": {f"model.{k}": v for k, v in timm_vit().state_dict().items()},
+                 "pytorch-lightning_version": "2.6.0"}
+    torch.save(lightning, tmp_path / "run.ckpt")
+    with pytest.raises(ValueError, match="run.ckpt is a Lightning checkpoint.*--ckpt_path"):
+        task(tmp_path / "run.ckpt")
 
 
 def test_pretrained_timm_offline_fails_fast(monkeypatch):

@@ -200,7 +200,7 @@ def read_timm_checkpoint(path: str | Path) -> dict[str, Tensor]:
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file cannot be read as a state dict of tensors.
+        ValueError: the file cannot be read as a state dict of tensors, or is a Lightning checkpoint.
     """
     from timm.models import load_state_dict
 
@@ -210,9 +210,16 @@ def read_timm_checkpoint(path: str | Path) -> dict[str, Tensor]:
     try:
         sd = load_state_dict(str(path), weights_only=True)
     except Exception as e:  # pickle, zip and safetensors errors have many types
+        if path.suffix != ".safetensors":
+            from tx_suite.utils.checkpoint import load_checkpoint
+
+            load_checkpoint(path)  # its CheckpointError (a ValueError) says why, without torch's "retry unsafely"
         raise ValueError(f"cannot read weights from {path}: {type(e).__name__}: {_first_line(e)}") from e
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
         raise ValueError(f"{path} does not hold a state_dict of tensors")
+    if any(k.startswith("model.") for k in sd):  # timm's own names never start so; a LightningModule's do
+        raise ValueError(f"{path} is a Lightning checkpoint (weights named model.*), not timm ViT weights: "
+                         "evaluate or resume it with --ckpt_path")
     return sd
 
 
@@ -250,6 +257,10 @@ def fit_timm_state_dict(state_dict: dict[str, Tensor], timm_vit: nn.Module) -> d
     sd = dict(state_dict)
     if key in sd and sd[key].ndim == 4 and sd[key].shape[1] != want[key].shape[1]:
         sd[key] = adapt_input_conv(want[key].shape[1], sd[key])
+    depth = sum(1 for k in want if re.fullmatch(r"blocks\.\d+\.norm1\.weight", k))
+    have = sum(1 for k in sd if re.fullmatch(r"blocks\.\d+\.norm1\.weight", k))
+    if have > depth:  # dropping blocks silently would fine-tune a different network than the one named
+        raise ValueError(f"pretrained weights have {have} blocks, the model has {depth}: set n_layers to {have}")
     out = {}
     for k, v in timm_filter(sd, timm_vit).items():
         if k not in want:
