@@ -78,6 +78,20 @@ def test_wrong_size_is_resized_with_a_note_or_refused(run, capsys):
     assert err.strip() == f"tx-suite classify: error: {big}: image is 56x56, the model takes 28x28 (drop --no_resize to resize it)"
 
 
+
+def test_resize_matches_the_datamodules_eval_transform(run):
+    """A model trained at another size than the files' (e.g. MNIST at 56) must see the same
+    pixels from classify as from test/predict: the eval transform's bicubic T.Resize."""
+    import numpy as np
+    import torchvision.transforms as T
+
+    from tx_suite.cli.classify import load_image
+
+    for size in (56, 20):
+        got, note = load_image(run["pngs"][0], size, 1)
+        want = T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True)(Image.open(run["pngs"][0]))
+        assert note and np.array_equal(np.asarray(got), np.asarray(want))
+
 def test_channel_mismatch_is_an_error_unless_converted(run, capsys):
     rgb = run["tmp"] / "rgb.png"
     Image.open(run["pngs"][0]).convert("RGB").save(rgb)

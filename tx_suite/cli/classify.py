@@ -6,7 +6,7 @@
 Images go through the checkpoint's own preprocessing (size, channels, normalisation saved by
 the task). Rules for files that do not match the model:
 
-- **Size**: an image of another size is resized to the model's (bilinear, antialiased; both sides,
+- **Size**: an image of another size is resized to the model's (bicubic, antialiased, as the datamodule resizes; both sides,
   so a non-square image is stretched) with a note on stderr; ``--no_resize`` makes it an error.
 - **Channels**: an image with another channel count (e.g. RGB for the 1-channel MNIST model) is
   an error; ``--convert`` converts it (PIL ``convert("L")`` / ``convert("RGB")``). Palette and
@@ -88,7 +88,7 @@ def load_image(path: str | Path, img_size: int, in_chans: int, resize: bool = Tr
                 "(drop --no_resize to resize it)"
             )
         notes.append(f"resized {img.size[0]}x{img.size[1]} -> {img_size}x{img_size}")
-        img = img.resize((img_size, img_size), Image.Resampling.BILINEAR, reducing_gap=None)
+        img = img.resize((img_size, img_size), Image.Resampling.BICUBIC)  # as the eval transform (T.Resize on PIL)
     return img, ("; ".join(notes) or None)
 
 
