@@ -104,6 +104,14 @@ def test_data_and_model_sizes_must_agree(tmp_path):
         trainer(tmp_path, steps=1).fit(task, mnist(limit_train=64))
 
 
+def test_mixup_with_an_odd_batch_size_is_refused_before_training(tmp_path):
+    task = tiny_task("timm", mixup={"mixup_alpha": 0.8})
+    dm = mnist(limit_train=64)
+    dm.batch_size = 31
+    with pytest.raises(ValueError, match="model.mixup needs an even data.batch_size, got 31"):
+        trainer(tmp_path, steps=1).fit(task, dm)
+
+
 @pytest.mark.slow
 def test_compile_trains_like_eager(tmp_path):
     """``compile=True`` runs the training forward through torch.compile (inductor): same losses as

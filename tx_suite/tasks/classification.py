@@ -322,6 +322,10 @@ class ImageClassification(pl.LightningModule):
             theirs = len(meta["classes"]) if key == "num_classes" else meta[key]
             if theirs != ours:
                 raise ValueError(f"model.{key}={ours} but the data gives {theirs}; set model.{key}: {theirs}")
+        batch_size = getattr(dm, "batch_size", None)
+        if stage == "fit" and self.mixup_fn is not None and isinstance(batch_size, int) and batch_size % 2:
+            # timm's Mixup pairs each image with its mirror in the batch; found here, not after the sanity check
+            raise ValueError(f"model.mixup needs an even data.batch_size, got {batch_size}")
         self.meta = meta
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
