@@ -50,3 +50,63 @@ def test_cifar_train_transform_runs_on_real_rgb_images(policy):
 def test_unknown_policy_is_named():
     with pytest.raises(ValueError, match="unknown auto_augment 'autoaug'"):
         CIFAR10DataModule(augment={"auto_augment": "autoaug"}).train_transform()
+
+
+def _fake_cifar(root):
+    """A 20-image CIFAR-10-format archive in ``root`` and a datamodule class whose MD5 list is its own
+    (torchvision's constants are for the real 170 MB files, which tests cannot download)."""
+    import hashlib
+    import pickle
+    import tarfile
+
+    import numpy as np
+    from torchvision.datasets import CIFAR10
+
+    src = root / "src" / "fake-batches-py"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = ["data_batch_1", "test_batch"]
+    for name in names:
+        batch = {"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), "labels": list(range(10))}
+        (src / name).write_bytes(pickle.dumps(batch))
+    (src / "batches.meta").write_bytes(pickle.dumps({"label_names": CIFAR10DataModule.classes}))
+    archive = root / "fake-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname=src.name)
+    md5 = {n: hashlib.md5((src / n).read_bytes()).hexdigest() for n in [*names, "batches.meta"]}
+
+    class FakeCIFAR(CIFAR10):
+        base_folder, filename = src.name, archive.name
+        url = "https://www.cs.toronto.edu/~kriz/fake-python.tar.gz"
+        tgz_md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+        train_list, test_list = [["data_batch_1", md5["data_batch_1"]]], [["test_batch", md5["test_batch"]]]
+        meta = {"filename": "batches.meta", "key": "label_names", "md5": md5["batches.meta"]}
+
+    class FakeDataModule(CIFAR10DataModule):
+        dataset_cls = FakeCIFAR
+
+    return FakeDataModule, root / src.name
+
+
+def test_archive_in_data_dir_is_extracted_offline_and_a_corrupt_folder_is_named(tmp_path, monkeypatch):
+    import socket
+
+    def offline(*a, **k):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    dm_cls, folder = _fake_cifar(tmp_path)
+    dm = dm_cls(data_dir=str(tmp_path), val_size=2)
+    dm.setup("fit")  # no download flag and no network: the archive next to the folder is enough
+    assert len(dm.train_set) == 8 and (folder / "data_batch_1").is_file()
+
+    (folder / "data_batch_1").write_bytes(b"truncated")
+    (tmp_path / "fake-python.tar.gz").rename(tmp_path / "moved.tar.gz")  # only the corrupt folder is left
+    with pytest.raises(FileNotFoundError) as err:
+        dm_cls(data_dir=str(tmp_path), val_size=2).setup("fit")
+    msg = str(err.value)
+    assert "incomplete or corrupt" in msg and str(folder) in msg and "download=True" not in msg
+    (tmp_path / "moved.tar.gz").rename(tmp_path / "fake-python.tar.gz")  # archive back: re-extracted over it
+    dm = dm_cls(data_dir=str(tmp_path), val_size=2)
+    dm.setup("fit")
+    assert len(dm.train_set) == 8
