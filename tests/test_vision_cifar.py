@@ -110,3 +110,22 @@ def test_archive_in_data_dir_is_extracted_offline_and_a_corrupt_folder_is_named(
     dm = dm_cls(data_dir=str(tmp_path), val_size=2)
     dm.setup("fit")
     assert len(dm.train_set) == 8
+
+
+@pytest.mark.parametrize("policy", ["rand-m10-inc1", "rand-m0", "v0"])
+def test_posterize_to_zero_bits_gives_a_black_image(policy):
+    """timm's Posterize levels reach 0 bits (inc1 at magnitude 10, or mstd drawing 10); Pillow 13
+    refuses 0 and the data worker died at random mid-epoch (1 image in ~300 for rand-m9-mstd0.5-inc1)."""
+    from PIL import Image
+
+    from tx_suite.data.vision_transforms import _policy
+
+    tf = _policy(policy, 32, (0.5, 0.5, 0.5))
+    ops = getattr(tf, "ops", None) or [op for sub in tf.policy for op in sub]
+    posterize = [op for op in ops if op.name.startswith("Posterize")]
+    img = Image.new("RGB", (32, 32), (200, 100, 50))
+    zero_bits = [op for op in posterize if op.level_fn(op.magnitude, op.hparams)[0] == 0]
+    assert zero_bits  # the case exists in this policy
+    for op in zero_bits:
+        op.prob = 1.0
+        assert op(img).getextrema() == ((0, 0), (0, 0), (0, 0))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from PIL import ImageOps
 from torchvision import transforms as T
 
 AUGMENT_KEYS = (
@@ -82,6 +83,26 @@ def check_augment(augment: dict | None) -> dict:
     return augment
 
 
+def _posterize(img, bits_to_keep: int, **_):
+    """timm's ``posterize`` that also takes 0 bits: a black image, as TF's ``(x >> 8) << 8`` and
+    older Pillow gave. timm's levels reach 0 (``inc1`` at magnitude 10, which ``mstd`` draws now
+    and then); Pillow 13 raises ``ValueError`` there, which killed a training run at random."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _zero_bit_posterize_ok(transform):
+    """Swap :func:`_posterize` into the Posterize ops of a timm RandAugment / AutoAugment / AugMix."""
+    ops = getattr(transform, "ops", None) or [op for sub in getattr(transform, "policy", []) for op in sub]
+    for op in ops:
+        if op.name.startswith("Posterize"):
+            op.aug_fn = _posterize
+    return transform
+
+
 def _policy(name: str, img_size: int, mean: Sequence[float]):
     """An AutoAugment-family transform on PIL images from a policy name or timm config string."""
     if name in TORCHVISION_POLICIES:
@@ -96,11 +117,11 @@ def _policy(name: str, img_size: int, mean: Sequence[float]):
     fill = tuple(round(255 * m) for m in mean)
     hparams = {"translate_const": int(img_size * 0.45), "img_mean": fill[0] if len(fill) == 1 else fill}
     if name.startswith("rand"):
-        return rand_augment_transform(name, hparams)
+        return _zero_bit_posterize_ok(rand_augment_transform(name, hparams))
     if name.startswith("augmix"):
-        return augment_and_mix_transform(name, hparams)
+        return _zero_bit_posterize_ok(augment_and_mix_transform(name, hparams))
     if name.split("-")[0] in ("v0", "v0r", "original", "originalr"):
-        return auto_augment_transform(name, hparams)
+        return _zero_bit_posterize_ok(auto_augment_transform(name, hparams))
     raise ValueError(
         f"unknown auto_augment {name!r}: use one of {sorted(TORCHVISION_POLICIES)} or a timm string "
         "such as 'rand-m9-mstd0.5-inc1', 'original-mstd0.5', 'augmix-m5-w4-d2'"
