@@ -39,7 +39,13 @@ def test_fit_test_translate_through_the_cli(runs_dir, tmp_path, capsys):
     assert {"best.ckpt", "last.ckpt", "averaged.ckpt"} <= {p.name for p in (run / "checkpoints").iterdir()}
     assert (run / "val_samples.tsv").is_file() and list((run / "attention").glob("*.png"))
     assert main(["test", "--config", QUICK, *data, "--ckpt_path", "last", "--trainer.limit_test_batches=1"]) == 0
-    assert "test/bleu" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "test/bleu" in out and ", beam 5," in out + err
+    # test-time decoding options on the command line win over the checkpoint's hyper-parameters
+    assert main(["test", "--config", QUICK, *data, "--ckpt_path", "last", "--trainer.limit_test_batches=1",
+                 "--model.init_args.beam_size=1"]) == 0
+    out, err = capsys.readouterr()
+    assert ", beam 1," in out + err and "model.beam_size over the checkpoint's" in err
     # predict writes its translations (bucketed batches) back in corpus order, with their indices
     assert main(["predict", "--config", QUICK, *data, "--ckpt_path", "last", "--trainer.limit_predict_batches=2"]) == 0
     (tsv,) = runs_dir.glob("multi30k_de_en_quickstart/*/predictions.tsv")

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -84,6 +85,16 @@ def launcher_rank() -> int:
             return int(os.environ[var])
     local, node = (int(os.environ.get(v, "0") or 0) for v in ("LOCAL_RANK", "NODE_RANK"))
     return local + node  # Lightning's launcher sets only these; nonzero means "not the main process"
+
+
+def explicit_model_keys(argv: list[str]) -> set[str]:
+    """Names set by ``--model.init_args.K`` / ``--model.K`` arguments (``=value`` or a separate value)."""
+    keys = set()
+    for arg in argv:
+        m = re.match(r"--model\.(?:init_args\.)?([A-Za-z_]\w*)(?:=|$)", arg)
+        if m and m.group(1) not in ("class_path", "init_args", "dict_kwargs"):
+            keys.add(m.group(1))
+    return keys
 
 
 def _class_path(entry: Any) -> str:
@@ -202,6 +213,14 @@ class TxSuiteCLI(LightningCLI):
         if isinstance(init_args, Namespace) and init_args.get("pretrained"):
             _log(f"--ckpt_path: not loading model.pretrained ({init_args.pretrained}); the checkpoint holds the weights")
             init_args.pretrained = None
+        # The checkpoint's values override the config files (the architecture must match the
+        # weights), but not a --model.* argument on the command line: that is a deliberate choice,
+        # e.g. test-time decoding (--model.init_args.beam_size=1) as docs/translation.md shows.
+        explicit = sorted(set(hparams) & explicit_model_keys(sys.argv[1:]))
+        for key in explicit:
+            hparams.pop(key)
+        if explicit:
+            _log(f"--ckpt_path: the command line's model.{', model.'.join(explicit)} over the checkpoint's")
         if not hparams:
             return
         if "_class_path" in hparams:
