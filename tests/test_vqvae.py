@@ -90,10 +90,10 @@ def test_fit_logs_reconstructions_and_codebook_usage_to_wandb(tmp_path, monkeypa
 
     from tx_suite.data.captioned_mnist_datamodule import CaptionedMNISTDataModule
 
-    logged: list[str] = []
+    logged: dict = {}
     log_metrics = WandbLogger.log_metrics
     monkeypatch.setattr(WandbLogger, "log_metrics",
-                        lambda self, metrics, step=None: (logged.extend(metrics), log_metrics(self, metrics, step))[1])
+                        lambda self, metrics, step=None: (logged.update(metrics), log_metrics(self, metrics, step))[1])
     dm = CaptionedMNISTDataModule(batch_size=16, train_size=32, val_size=16, test_size=16)
     task = VQVAETask(hidden=16, res_channels=8, n_res_blocks=1, codebook_size=32, codebook_dim=8,
                      log_images=8)
@@ -103,3 +103,9 @@ def test_fit_logs_reconstructions_and_codebook_usage_to_wandb(tmp_path, monkeypa
                          num_sanity_val_steps=0, default_root_dir=tmp_path)
     trainer.fit(task, dm)
     assert {"val/reconstructions", "val/code_histogram", "val/codebook_usage", "val/psnr"} <= set(logged)
+    # what W&B stores: wandb.Image once cast [0, 1] float tensors to uint8, all black
+    import numpy as np
+
+    for key in ("val/reconstructions", "val/code_histogram"):
+        pixels = np.asarray(logged[key][0].image)
+        assert pixels.max() > 200 and pixels.min() < 50, key

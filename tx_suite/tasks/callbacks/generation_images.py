@@ -12,6 +12,7 @@ from typing import Sequence
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import WandbLogger
+from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid, save_image
 
 
@@ -30,7 +31,9 @@ def log_image(trainer: pl.Trainer, key: str, image: torch.Tensor, caption: str |
         if isinstance(logger, WandbLogger):
             # Lightning's log_image wants a list for every keyword it is given: no caption=None.
             extra = {"caption": [caption]} if caption else {}
-            logger.log_image(key=key, images=[image], step=trainer.global_step, **extra)
+            # wandb.Image casts a float tensor straight to uint8 (all black); a PIL image is unambiguous.
+            pil = to_pil_image(image.detach().float().clamp(0, 1).cpu())
+            logger.log_image(key=key, images=[pil], step=trainer.global_step, **extra)
             return None
     path = run_dir(trainer) / "images" / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
