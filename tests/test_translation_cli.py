@@ -57,3 +57,13 @@ def test_fit_test_translate_through_the_cli(runs_dir, tmp_path, capsys):
     assert len(capsys.readouterr().out.split("\n")) == 3  # two lines, each ended by a newline
     assert main(["translate", "--ckpt_path", "multi30k_de_en_quickstart:last", "--beam_size", "2", "Ein Hund."]) == 0
     assert capsys.readouterr().out.count("\n") == 1
+
+
+def test_data_vocabulary_smaller_than_the_models_trains(runs_dir, tmp_path):
+    """docs: model.vocab_size >= data.vocab_size is enough. Lightning refused to log the two
+    different vocab_size values (``Error while merging hparams``) before training."""
+    tiny = ["--model.init_args.vocab_size=800", "--model.init_args.d_model=32", "--model.init_args.n_heads=2",
+            "--model.init_args.d_ff=64", "--model.init_args.n_encoder_layers=1", "--model.init_args.n_decoder_layers=1"]
+    assert main(["fit", "--config", QUICK, *tiny, "--data.init_args.vocab_size=600", "--data.init_args.train_limit=500",
+                 f"--data.init_args.cache_dir={tmp_path}", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                 "--trainer.limit_val_batches=1"]) == 0

@@ -37,7 +37,9 @@ class CaptionedMNISTDataModule(CaptionedImagesDataModule):
                  heldout_pairs: Sequence[str] | None = None, train_combos: str = "seen",
                  eval_combos: str = "all", text_len: int = 16, num_workers: int = 0):
         super().__init__()
-        self.save_hyperparameters()
+        # logger=False: the CLI logs the whole config; Lightning refuses a key (vocab_size, text_len)
+        # that both the model and the data save with different values, though they may differ
+        self.save_hyperparameters(logger=False)
         self.heldout_pairs = sorted(parse_pairs(DEFAULT_HELDOUT_PAIRS if heldout_pairs is None
                                                 else heldout_pairs))
         # The templates fix the vocabulary, so the tokenizer needs no training data.

@@ -36,7 +36,9 @@ class EmojiDataModule(CaptionedImagesDataModule):
                  tokenizer: str = "bpe", vocab_size: int = 1024, text_len: int = 24,
                  num_workers: int = 0):
         super().__init__()
-        self.save_hyperparameters()
+        # logger=False: the CLI logs the whole config; Lightning refuses a key (vocab_size, text_len)
+        # that both the model and the data save with different values, though they may differ
+        self.save_hyperparameters(logger=False)
         self.datasets: dict[str, EmojiDataset] = {}
         train = self._dataset("train", train_vendors)
         self.datasets["train"] = train

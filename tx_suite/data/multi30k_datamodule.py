@@ -62,7 +62,9 @@ class Multi30kDataModule(pl.LightningDataModule):
             raise ValueError(f"src_lang and tgt_lang are both {src_lang!r}")
         if max_tokens < max_len:
             raise ValueError(f"max_tokens ({max_tokens}) must be >= max_len ({max_len}) so a longest pair fits")
-        self.save_hyperparameters()
+        # logger=False: the CLI logs the whole config; Lightning refuses a key (vocab_size, text_len)
+        # that both the model and the data save with different values, though they may differ
+        self.save_hyperparameters(logger=False)
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.cache_dir = Path(cache_dir) if cache_dir else self.data_dir / "cache"
         self._tokenizer: BPETokenizer | None = None
