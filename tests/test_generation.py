@@ -171,7 +171,7 @@ def test_runs_dir_option_also_resolves_experiment_checkpoint_references(trained,
     shutil.copy(trained["vq"], root / "vq_exp" / "r" / "checkpoints" / "best.ckpt")
     config = Path(__file__).resolve().parents[1] / "experiments" / "generation" / "t2i_mnist.yaml"
     tiny = [f"--model.init_args.{k}={v}" for k, v in TINY_TF.items()]
-    assert main(["fit", "--config", str(config), *tiny, "--runs_dir", str(root), "--run_id", "t",
+    assert main(["fit", "--config", str(config), *tiny, "--runs_dir", "elsewhere", "--run_id", "t",
                  "--model.init_args.tokenizer_ckpt=vq_exp:best", "--model.init_args.samples_per_caption=1",
                  "--data.init_args.train_size=32", "--data.init_args.val_size=32", "--data.init_args.batch_size=32",
                  "--trainer.max_epochs=1", "--trainer.precision=32", "--trainer.logger=false",
@@ -181,6 +181,16 @@ def test_runs_dir_option_also_resolves_experiment_checkpoint_references(trained,
     assert generate_main(["--runs_dir", str(root), "--ckpt", "t2i_mnist:last", "--tokenizer", "vq_exp:best",
                           "--caption", "top-left: tiny red 7", "--n", "1", "--out", str(out)]) == 0
     assert out.is_file()
+    # without --tokenizer, from another directory: the recorded stage-1 path must not depend on
+    # the working directory of training (it was `elsewhere/vq_exp/...`); a moved runs/ is found too
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    stage2 = root / "t2i_mnist" / "t" / "checkpoints" / "last.ckpt"
+    assert generate_main(["--ckpt", str(stage2), "--caption", "top-left: tiny red 7", "--n", "1",
+                          "--out", str(out)]) == 0
+    root.rename(tmp_path / "moved")
+    assert generate_main(["--ckpt", str(tmp_path / "moved" / "t2i_mnist" / "t" / "checkpoints" / "last.ckpt"),
+                          "--caption", "top-left: tiny red 7", "--n", "1", "--out", str(out)]) == 0
 
 
 def test_predict_writes_samples_for_the_test_captions_and_vqvae_codes(trained, tmp_path):

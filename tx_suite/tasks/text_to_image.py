@@ -19,6 +19,7 @@ from tx_suite.tasks.callbacks.generation_images import SampleGrid
 from tx_suite.tasks.sdpa_backend import check_sdpa_backend, sdpa_backend_context
 from tx_suite.tasks.vqvae import codebook_fingerprint, load_vqvae, read_checkpoint, resolve_checkpoint
 from tx_suite.utils.checkpoint import init_kwargs
+from tx_suite.utils.runs import CHECKPOINT_DIR
 
 #: TextToImageTask hyper-parameters that define the transformer.
 MODEL_KEYS = ("text_vocab_size", "text_len", "d_model", "n_heads", "d_ff", "n_layers", "dropout")
@@ -40,7 +41,7 @@ class TextToImageTask(pl.LightningModule):
     Args:
         tokenizer_ckpt: stage-1 :class:`~tx_suite.tasks.vqvae.VQVAETask` checkpoint: a file, or
             ``"<experiment>:best"`` / ``"<experiment>:last"`` for the newest such checkpoint
-            under ``runs/<experiment>/``. Stored resolved, and identified by its codebook
+            under ``runs/<experiment>/``. Stored as an absolute path, and identified by its codebook
             fingerprint so a different tokenizer is refused when the model is loaded.
         text_vocab_size, text_len: caption vocabulary size (upper bound) and padded length;
             they must match the datamodule's tokenizer.
@@ -77,7 +78,8 @@ class TextToImageTask(pl.LightningModule):
         self.save_hyperparameters()
         check_sdpa_backend(sdpa_backend)
         path = resolve_checkpoint(tokenizer_ckpt, kind="VQ-VAE")
-        self.hparams["tokenizer_ckpt"] = str(path)
+        # Absolute: a relative path would only resolve from the directory training ran in.
+        self.hparams["tokenizer_ckpt"] = str(Path(path).resolve())
         vqvae = load_vqvae(path)
         # A plain attribute, not a submodule: the frozen tokenizer stays out of this model's
         # state_dict, optimiser and train()/eval() switching (stage 2 loads it by path).
@@ -272,13 +274,25 @@ def check_fingerprint(checkpoint: dict, fingerprint: str, tokenizer_path: str) -
             f"model was trained with (codebook {expected}); pass the matching stage-1 checkpoint")
 
 
+def _relocated_tokenizer(recorded: str, stage2: Path) -> str:
+    """The recorded stage-1 path, or its run under the stage-2 checkpoint's runs root when the
+    recorded one is gone: a runs/ directory moved or copied whole, or a path recorded relative to
+    another working directory. The codebook fingerprint still checks that it is the same VQ-VAE."""
+    rec, s2 = Path(recorded), stage2.resolve()
+    if rec.is_file() or len(rec.parts) < 4 or rec.parent.name != CHECKPOINT_DIR or s2.parent.name != CHECKPOINT_DIR:
+        return recorded
+    candidate = s2.parents[3] / Path(*rec.parts[-4:])  # <runs>/<experiment>/<run_id>/checkpoints/<file>
+    return str(candidate) if candidate.is_file() else recorded
+
+
 def load_text_to_image(path: str | Path, tokenizer_ckpt: str | None = None,
                        map_location: str | torch.device = "cpu") -> TextToImageTask:
     """A trained :class:`TextToImageTask` in eval mode, with its VQ-VAE and caption tokenizer.
 
     Args:
         path: the stage-2 checkpoint.
-        tokenizer_ckpt: the stage-1 checkpoint; default: the path recorded at training time.
+        tokenizer_ckpt: the stage-1 checkpoint; default: the path recorded at training time or,
+            when that file is gone, the same run under the stage-2 checkpoint's runs directory.
 
     Raises:
         FileNotFoundError: a checkpoint is missing (the message says which).
@@ -290,6 +304,8 @@ def load_text_to_image(path: str | Path, tokenizer_ckpt: str | None = None,
     hparams = init_kwargs(ckpt["hyper_parameters"])
     if tokenizer_ckpt is not None:
         hparams["tokenizer_ckpt"] = tokenizer_ckpt
+    else:
+        hparams["tokenizer_ckpt"] = _relocated_tokenizer(hparams["tokenizer_ckpt"], Path(path))
     if "caption_tokenizer" not in ckpt:
         raise ValueError(f"{path} has no caption tokenizer (it was saved without a datamodule)")
     try:
