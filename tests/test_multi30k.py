@@ -50,6 +50,23 @@ def test_unbundled_split_offline_fails_clearly(tmp_path, offline):
     assert time.monotonic() - t0 < 2
     with pytest.raises(Multi30kError, match="download=False"):
         split_path("test_2017_mscoco", "en", cache_dir=tmp_path, download=False)
+    # Czech has no bundled test_2017_flickr: the advice lists what exists for the language
+    with pytest.raises(Multi30kError, match=r"Bundled cs splits: train, val, test_2016_flickr;"):
+        split_path("test_2017_flickr", "cs", cache_dir=tmp_path)
+    assert issubclass(Multi30kError, FileNotFoundError)  # the CLI's bad-input class: one line, exit 2
+
+
+def test_truncated_fetched_split_is_named(tmp_path):
+    import gzip
+
+    from tx_suite.data.multi30k import read_lines
+
+    raw = tmp_path / "multi30k" / "task1" / "raw"
+    raw.mkdir(parents=True)
+    data = gzip.compress("Ein Hund läuft.\n".encode() * 50)
+    (raw / "test_2018_flickr.de.gz").write_bytes(data[: len(data) // 2])  # no checksum is recorded for it
+    with pytest.raises(Multi30kError, match=r"cannot read .*test_2018_flickr\.de\.gz .*delete it"):
+        read_lines(split_path("test_2018_flickr", "de", cache_dir=tmp_path))
 
 
 def test_hanging_network_times_out(tmp_path, monkeypatch):

@@ -31,8 +31,13 @@ RELDIR = "multi30k/task1/raw"
 DOWNLOAD_TIMEOUT = 10.0
 
 
-class Multi30kError(RuntimeError):
-    """A Multi30k file is not available (unknown split/language, missing and offline, not found)."""
+class Multi30kError(FileNotFoundError):
+    """A Multi30k file is not available (missing and offline, not found) or cannot be read."""
+
+
+def _bundled(data_dir: Path, lang: str) -> str:
+    names = [s for s in BUNDLED_SPLITS if (data_dir / RELDIR / f"{s}.{lang}.gz").is_file()]
+    return ", ".join(names) or "none"
 
 
 def default_data_dir() -> Path:
@@ -125,12 +130,12 @@ def split_path(split: str, lang: str, data_dir: str | Path | None = None, cache_
     url = URL.format(split=split, lang=lang)
     if not download:
         raise Multi30kError(f"Multi30k {split}.{lang} is not bundled ({data_dir / rel} missing) and download=False; "
-                            f"bundled splits: {', '.join(BUNDLED_SPLITS)}")
+                            f"bundled {lang} splits: {_bundled(data_dir, lang)}")
     try:
         _fetch(url, cache_dir / rel, timeout)
     except Multi30kError as e:
         raise Multi30kError(f"Multi30k {split}.{lang} is not bundled and could not be fetched ({e}). "
-                            f"Bundled splits: {', '.join(BUNDLED_SPLITS)}; when offline use one of those.") from None
+                            f"Bundled {lang} splits: {_bundled(data_dir, lang)}; when offline use one of those.") from None
     return cache_dir / rel
 
 
@@ -139,9 +144,16 @@ def read_lines(path: str | Path) -> list[str]:
 
     Splits on ``\\n`` only: ``str.splitlines`` would also split on rare separators such as U+2028
     inside a sentence and break the line alignment between languages.
+
+    Raises:
+        Multi30kError: the file is truncated, not gzip or not UTF-8 (names it).
     """
-    with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
-        text = f.read()
+    try:
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as f:
+            text = f.read()
+    except (OSError, EOFError, UnicodeDecodeError) as e:  # truncated or not gzip/UTF-8 (no checksum caught it)
+        raise Multi30kError(f"cannot read {path} ({type(e).__name__}: {e}); delete it, it is fetched again "
+                            "when online") from None
     if text.endswith("\n"):
         text = text[:-1]
     return [line.rstrip("\r") for line in text.split("\n")] if text else []
