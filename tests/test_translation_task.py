@@ -296,3 +296,22 @@ def test_translate_lowercases_input_for_a_model_trained_on_lowercased_text(run, 
         assert translate_main(["--ckpt_path", str(tmp_path / "lc.ckpt"), "--beam_size", "2", text]) == 0
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1] and outs[0].strip()
+
+
+def test_attention_maps_go_to_wandb_one_sentence_per_key(run, tmp_path, monkeypatch):
+    """Figure sizes follow sentence lengths: several sentences under one W&B key were shown
+    distorted (W&B warned 'Images sizes do not match' every epoch)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    logged = []
+    monkeypatch.setattr(WandbLogger, "log_image",
+                        lambda self, key, images, step=None, **kw: logged.append((key, {im.size for im in images})))
+    callback = TranslationAttentionMaps(n_sentences=2)
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0,
+                         default_root_dir=tmp_path,
+                         logger=WandbLogger(save_dir=str(tmp_path), mode="disabled"), enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, callbacks=[callback])
+    trainer.fit(TranslationTask(**TINY), _dm(run["cache"]))
+    keys = [key for key, _ in logged]
+    assert sorted(keys) == sorted(f"val/attention/{kind}_layer0/s{i}" for kind in ("encoder_self", "cross") for i in (0, 1))
+    assert all(len(sizes) == 1 for _, sizes in logged)

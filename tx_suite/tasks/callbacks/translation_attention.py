@@ -152,6 +152,9 @@ class TranslationAttentionMaps(pl.Callback):
                         fig.savefig(path, dpi=100)
                         _close(fig)
                         self.saved.append(str(path))
+                # One key per sentence: figure sizes follow sentence lengths, and W&B shows a list
+                # of images of different sizes under one key distorted (it warns every epoch).
                 for lg in wandb:
-                    lg.log_image(f"val/attention/{kind}_layer{li}", images, step=trainer.global_step,
-                                 caption=captions)
+                    for i, (image, caption) in enumerate(zip(images, captions)):
+                        lg.log_image(f"val/attention/{kind}_layer{li}/s{i}", [image], step=trainer.global_step,
+                                     caption=[caption])
