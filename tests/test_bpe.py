@@ -1,5 +1,7 @@
 """Joint BPE: fixed special ids, exact round trip, unknown characters, on-disk cache."""
 
+import os
+
 import pytest
 
 from tx_suite.data.bpe import BPETokenizer, cache_key
@@ -49,6 +51,9 @@ def test_cache_is_keyed_by_settings(corpus, tmp_path):
     a = BPETokenizer.load_or_train(corpus, tmp_path, vocab_size=600)
     files = list((tmp_path / "bpe").glob("*.json"))
     assert len(files) == 1
+    mask = os.umask(0)
+    os.umask(mask)
+    assert files[0].stat().st_mode & 0o777 == 0o666 & ~mask  # as open() makes it, not mkstemp's 0600
     b = BPETokenizer.load_or_train(corpus, tmp_path, vocab_size=600)  # read back, not retrained
     assert b.to_str() == a.to_str()
     BPETokenizer.load_or_train(corpus, tmp_path, vocab_size=700)

@@ -123,6 +123,13 @@ def test_atomic_checkpoint_io_roundtrip_and_refusal(tmp_path, evil_ckpt):
     loaded = io.load_checkpoint(target)
     assert loaded["epoch"] == 3 and torch.equal(loaded["state_dict"]["w"], ckpt["state_dict"]["w"])
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
+    # the mode open() would give (mkstemp's 0600 made checkpoints private to their writer)
+    old_mask = os.umask(0o027)
+    try:
+        io.save_checkpoint(ckpt, target)
+    finally:
+        os.umask(old_mask)
+    assert target.stat().st_mode & 0o777 == 0o640
     path, marker = evil_ckpt
     with pytest.raises(CheckpointError):
         io.load_checkpoint(path)  # Lightning's resume path goes through this plugin

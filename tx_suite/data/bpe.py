@@ -21,6 +21,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from tx_suite.utils.file_mode import match_umask
+
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 N_BYTES = 256
@@ -124,6 +126,7 @@ class BPETokenizer:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        match_umask(fd)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(self.to_str())
         os.replace(tmp, path)

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from tx_suite.data.checksums import verify
+from tx_suite.utils.file_mode import match_umask
 
 LANGUAGES = ("en", "de", "fr", "cs")
 #: Splits shipped in ``data/`` (cs has no test_2017_flickr).
@@ -94,6 +95,7 @@ def _fetch(url: str, dest: Path, timeout: float) -> None:
         raise Multi30kError(f"{url} did not return a gzip file ({e})") from e
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
+    match_umask(fd)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, dest)

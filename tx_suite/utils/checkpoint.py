@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from tx_suite.utils.file_mode import match_umask
+
 
 class CheckpointError(ValueError):
     """A checkpoint or weight file is missing, corrupt, not a checkpoint, or unsafe to load."""
@@ -128,6 +130,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        match_umask(fd)
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
