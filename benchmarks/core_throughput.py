@@ -18,16 +18,19 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from tx_suite.core import EncoderDecoder, TransformerConfig, causal_mask
-from tx_suite.models import VisionTransformer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tx_suite from this checkout, installed or not
+from tx_suite.core import EncoderDecoder, TransformerConfig, causal_mask  # noqa: E402
+from tx_suite.models import VisionTransformer  # noqa: E402
 
 
 def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10) -> float:

@@ -18,22 +18,26 @@ import json
 import math
 import platform
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from tx_suite.data.captioned_mnist import CaptionedMNIST
-from tx_suite.decoding.sampling import rerank, sample_image_tokens
-from tx_suite.models.text_to_image import TextToImageTransformer
-from tx_suite.tasks.judge import CLASSES, caption_scores, judge_predictions, load_judge
-from tx_suite.tasks.text_to_image import load_text_to_image
-from tx_suite.tasks.vqvae import load_vqvae, resolve_checkpoint
-from tx_suite.utils.checkpoint import init_kwargs, load_checkpoint
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tx_suite from this checkout, installed or not
+from tx_suite.data.captioned_mnist import CaptionedMNIST  # noqa: E402
+from tx_suite.decoding.sampling import rerank, sample_image_tokens  # noqa: E402
+from tx_suite.models.text_to_image import TextToImageTransformer  # noqa: E402
+from tx_suite.tasks.judge import CLASSES, caption_scores, judge_predictions, load_judge  # noqa: E402
+from tx_suite.tasks.text_to_image import load_text_to_image  # noqa: E402
+from tx_suite.tasks.vqvae import load_vqvae, resolve_checkpoint  # noqa: E402
+from tx_suite.utils.checkpoint import init_kwargs, load_checkpoint  # noqa: E402
 
 
 def machine() -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, cwd=ROOT,
                                 text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = None

@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the first round")
     p.add_argument("--precision", help="override trainer.precision (e.g. 32-true)")
     args = p.parse_args(argv)
+    if args.steps <= args.skip:
+        p.error(f"--steps ({args.steps}) must exceed --skip ({args.skip}): the first round keeps steps after the warm-up")
 
     import pytorch_lightning as pl
 
