@@ -297,9 +297,12 @@ With `TX_SUITE_NOTEBOOK_SMALL=1` the model is tiny and each run takes 40 steps.
 """),
     code(SETUP),
     code("""
+import time
+
 steps = 40 if SMALL else 400
+EXPERIMENT = time.strftime("nb3_lr_%Y%m%d_%H%M%S")  # one per execution: the run ids below repeat
 short_vit = [
-    "--config", "experiments/vision/mnist_vit.yaml", "--experiment", "nb3_lr", *QUIET,
+    "--config", "experiments/vision/mnist_vit.yaml", "--experiment", EXPERIMENT, *QUIET,
     "--runs_dir", str(RUNS_DIR), f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps // 4}",
     "--trainer.log_every_n_steps=5", "--model.init_args.warmup_epochs=0", "--model.init_args.ema_decay=null",
     "--data.init_args.val_size=500", "--data.init_args.batch_size=64",
@@ -316,14 +319,14 @@ for lr in (3e-4, 3e-3):
 ## The table
 
 `load_runs` accepts run directories, experiment names or directories, and globs. The report has
-one column per run: status, steps, the **final** and **best** value of each metric the runs share
+one column per run: status, the last logged step (a 40-step run ends at step 39), the **final** and **best** value of each metric the runs share
 (best = min for losses, max for accuracy; the checkpoint's mode for the monitored metric), then
 the config keys whose values differ (paths that only name the run itself are left out).
 """),
     code("""
 from tx_suite.utils.compare import config_diff, format_report, info_diff, load_runs, summarize
 
-runs = load_runs(["nb3_lr"], runs_dir=RUNS_DIR)
+runs = load_runs([EXPERIMENT], runs_dir=RUNS_DIR)
 metrics = ["train/loss", "val/loss", "val/acc"]  # the task also logs per-class val/acc_0..9
 print(format_report(runs, metrics))
 """),
@@ -355,19 +358,27 @@ show(plot_curves(runs, metrics))
 """),
     code("""
 out = RUNS_DIR / "_compare"
-assert tx_suite(["compare", "nb3_lr", "--runs_dir", str(RUNS_DIR), "--out", str(out), "--metrics", ",".join(metrics)]) == 0
+assert tx_suite(["compare", EXPERIMENT, "--runs_dir", str(RUNS_DIR), "--out", str(out), "--metrics", ",".join(metrics)]) == 0
 print(sorted(p.name for p in out.iterdir()), (out / "report.html").stat().st_size, "bytes")
 """),
 ]
 
 
-def build(name: str, cells) -> None:
+NOTEBOOKS = {
+    "01_self_attention_step_by_step.ipynb": self_attention,
+    "02_attention_maps.ipynb": attention_maps,
+    "03_comparing_runs.ipynb": comparing_runs,
+}
+
+
+def build(name: str, cells, out: Path = HERE) -> None:
     nb = new_notebook(cells=cells)
+    for i, cell in enumerate(nb.cells):  # stable ids: a rebuild changes the files only where cells change
+        cell.id = f"{name[:2]}-{i:02d}"
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, HERE / name)
+    nbformat.write(nb, out / name)
 
 
 if __name__ == "__main__":
-    build("01_self_attention_step_by_step.ipynb", self_attention)
-    build("02_attention_maps.ipynb", attention_maps)
-    build("03_comparing_runs.ipynb", comparing_runs)
+    for name, cells in NOTEBOOKS.items():
+        build(name, cells)
