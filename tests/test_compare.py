@@ -60,7 +60,7 @@ def test_json_table_matches_the_checkpoints_and_shows_the_differing_key(runs, tm
         assert row["metrics"]["val/loss"]["final"] == pytest.approx(final["val/loss"], abs=1e-6)
         assert row["metrics"]["val/acc"]["best"] == pytest.approx(best_score(path), abs=1e-6) == row["best"]
         assert row["metrics"]["val/loss"]["mode"] == "min" and row["metrics"]["val/acc"]["mode"] == "max"
-        assert row["config"] == {"model.init_args.lr": lr} and row["status"] == "finished" and row["steps"] == 15
+        assert row["config"] == {"model.init_args.lr": lr} and row["status"] == "finished" and row["last_step"] == 15
         # lr 1e-2 gets worse in epoch 2: last.ckpt must still be the final state, not the best epoch's
         assert load_checkpoint(path / "checkpoints" / "last.ckpt")["global_step"] == 16
     assert by_id["lr3e-3"]["metrics"]["val/loss"]["final"] != by_id["lr1e-2"]["metrics"]["val/loss"]["final"]

@@ -1,7 +1,7 @@
 """``tx-suite compare``: runs side by side, from their local run records (no Lightning, no W&B).
 
 Reads ``metrics.csv``, ``config.yaml`` and ``run_info.json`` of each run directory
-(:mod:`tx_suite.utils.compare`) and prints, one column per run: status, steps, the final and best
+(:mod:`tx_suite.utils.compare`) and prints, one column per run: status, last logged step, the final and best
 value of every metric the runs share, the config keys whose values differ, and differences in
 seed, git commit or package versions (``run_info.json``). It also writes the
 learning curves as a PNG and a self-contained HTML report (table + inline PNG).
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             monitor, _ = run.monitor
             rows.append({
                 "label": label, "experiment": run.experiment, "run_id": run.run_id, "path": str(run.path),
-                "subcommand": run.info.get("subcommand"), "status": run.status, "steps": run.steps,
+                "subcommand": run.info.get("subcommand"), "status": run.status, "last_step": run.last_step,
                 "monitor": monitor, "best": (summary[label].get(monitor) or {}).get("best") if monitor else None,
                 "last": {m: v[-1][1] for m, v in run.series.items()},
                 "metrics": summary[label],

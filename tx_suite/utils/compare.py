@@ -86,7 +86,9 @@ class Run:
         return (self.info.get("resumes") or [self.info])[-1].get("status")
 
     @property
-    def steps(self) -> int:
+    def last_step(self) -> int:
+        """Step of the last logged value: Lightning's ``global_step`` when it was logged, which
+        for a training step is the count of optimizer steps before it (a 40-step run ends at 39)."""
         return max((s for values in self.series.values() for s, _ in values), default=0)
 
     @property
@@ -473,14 +475,14 @@ def _fmt(value: Any) -> str:
 def report_rows(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
     """The comparison as a table: header (``""``, ``""``, one column per run) and rows of strings.
 
-    Rows: status, steps, then ``final`` and ``best`` for each metric (``best`` as ``value @step``),
+    Rows: status, last logged step, then ``final`` and ``best`` for each metric (``best`` as ``value @step``),
     then one row per differing config key and per differing ``run_info.json`` field
     (:func:`info_diff`: seed, git commit, package versions).
     """
     metrics = shared_metrics(runs) if metrics is None else list(metrics)
     names = labels(runs)
     summary = summarize(runs, metrics)
-    rows = [["status", "", *[_fmt(r.status) for r in runs]], ["steps", "", *[str(r.steps) for r in runs]]]
+    rows = [["status", "", *[_fmt(r.status) for r in runs]], ["last step", "", *[str(r.last_step) for r in runs]]]
     for m in metrics:
         cells = [summary[n].get(m) for n in names]
         rows.append([m, "final", *[_fmt(c["final"]) if c else "-" for c in cells]])
