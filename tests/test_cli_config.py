@@ -157,6 +157,9 @@ def test_trainer_only_diffs_do_not_rename_the_experiment(capsys, runs_dir, tmp_p
     mine = write(tmp_path / "my_lr.yaml", "model:\n  init_args:\n    lr: 0.01\n")
     assert default_experiment_name([TINY, str(mine), str(scale / "bf16.yaml")]) == "my_lr"
     assert default_experiment_name([str(scale / "bf16.yaml")]) == "bf16" and default_experiment_name([]) == "default"
+    # a trainer-only diff over a trainer-only base is still trainer-only (it read the raw file)
+    cpu = write(tmp_path / "ddp_cpu.yaml", f"_base_: [{scale / 'ddp.yaml'}]\ntrainer: {{accelerator: cpu, devices: 2}}\n")
+    assert default_experiment_name([TINY, str(cpu)]) == "tiny_mnist"
     code = main(["fit", "--config", TINY, "--config", str(scale / "bf16.yaml"), "--print_config"])
     assert code == 0 and yaml.safe_load(capsys.readouterr().out)["experiment"] == "tiny_mnist"
 
@@ -193,3 +196,34 @@ def test_integer_batch_limits_mean_batches_not_fractions(runs_dir, tmp_path, cap
     with (run / "metrics.csv").open() as f:
         steps = [int(row["step"]) for row in csv.DictReader(f)]
     assert max(steps) == 3  # 2 epochs x 2 batches (8 a epoch without the limit)
+
+
+def test_merge_under_a_section_the_bases_lack_and_without_bases(tmp_path):
+    base = write(tmp_path / "base.yaml", "model:\n  init_args: {lr: 0.1}\n")  # no trainer section
+    exp = write(tmp_path / "exp.yaml", "_base_: base.yaml\ntrainer:\n  callbacks:\n    _merge_:\n"
+                                       "      - class_path: a.B\n")
+    assert load_config(exp)["trainer"]["callbacks"] == [{"class_path": "a.B"}]  # was left as {_merge_: ...}
+    # no _base_: an edit would silently replace an earlier --config's list, so it is refused
+    alone = write(tmp_path / "alone.yaml", "trainer:\n  callbacks:\n    _merge_:\n      - class_path: a.B\n")
+    with pytest.raises(ConfigError, match="alone.yaml: _merge_ edits a list inherited through _base_"):
+        load_config(alone)
+
+
+def test_non_utf8_config_is_named(tmp_path, capsys, runs_dir):
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("trainer:\n  max_epochs: 1\n# caf\xe9\n".encode("latin-1"))
+    assert main(["fit", "--config", TINY, "--config", str(bad), "--print_config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{bad} is not UTF-8 text" in err
+
+
+def test_seed_everything_true_picks_a_random_seed(capsys, runs_dir, monkeypatch):
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    seeds = set()
+    for _ in range(2):
+        assert main(["fit", "--config", TINY, "--seed_everything=true", "--trainer.fast_dev_run=true",
+                     "--trainer.enable_progress_bar=false", "--trainer.logger=false"]) == 0
+        monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    for info in runs_dir.glob("*/*/run_info.json"):
+        seeds.add(yaml.safe_load(info.read_text())["seed"])
+    assert len(seeds) == 2 and 0 not in seeds  # Lightning 2.6 seeds 0 for `true`

@@ -170,3 +170,38 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(runs_dir, capsys
     assert "nothing to train: the checkpoint is at step 8" in capsys.readouterr().err
     assert fit("--trainer.max_epochs=2", "--ckpt_path", "last") == 0
     assert "nothing to train" not in capsys.readouterr().err
+
+
+def test_fast_dev_run_leaves_no_checkpoint_for_last_to_find(runs_dir, capsys):
+    """Lightning documents that fast_dev_run saves no checkpoint, yet wrote last.ckpt at train end:
+    the next `--ckpt_path last` resumed that 1-step smoke test instead of the real run."""
+    assert fit("--trainer.max_epochs=1", "--run_id=real") == 0
+    assert fit("--trainer.fast_dev_run=true", "--run_id=smoke") == 0
+    assert not (runs_dir / "tiny_mnist" / "smoke" / "checkpoints").exists()
+    assert fit("--trainer.max_epochs=2", "--ckpt_path", "last") == 0
+    assert "real/checkpoints/last.ckpt" in capsys.readouterr().err
+
+
+def test_ckpt_path_last_with_a_run_id_resumes_that_run(runs_dir, capsys):
+    assert fit("--trainer.max_epochs=1", "--run_id=a") == 0
+    assert fit("--trainer.max_epochs=1", "--run_id=b") == 0  # the newest
+    config_a = runs_dir / "tiny_mnist" / "a" / "config.yaml"  # it names run_id: a
+    assert main(["fit", "--config", str(config_a), *QUIET, "--trainer.max_epochs=2", "--ckpt_path", "last"]) == 0
+    assert "tiny_mnist/a/checkpoints/last.ckpt" in capsys.readouterr().err
+    assert load_checkpoint(runs_dir / "tiny_mnist" / "a" / "checkpoints" / "last.ckpt")["epoch"] == 1
+    assert load_checkpoint(runs_dir / "tiny_mnist" / "b" / "checkpoints" / "last.ckpt")["epoch"] == 0
+    assert fit("--run_id=nope", "--ckpt_path", "last") == 2
+    assert "with run_id nope: no " in capsys.readouterr().err
+
+
+def test_runs_dir_with_a_tilde_is_one_directory(tmp_path, monkeypatch, capsys):
+    """`--runs_dir=~/x` (the shell leaves that ~ alone): Lightning expanded it for checkpoints and
+    metrics, tx-suite did not for run_info.json, and `--ckpt_path last` then found nothing."""
+    monkeypatch.delenv("TX_SUITE_RUNS_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert fit("--trainer.max_epochs=1", "--runs_dir=~/x", "--trainer.limit_val_batches=1") == 0
+    (run,) = (tmp_path / "home" / "x" / "tiny_mnist").iterdir()
+    assert {"run_info.json", "config.yaml", "checkpoints"} <= {p.name for p in run.iterdir()}
+    assert not (tmp_path / "~").exists()
+    assert fit("--trainer.max_epochs=2", "--runs_dir=~/x", "--ckpt_path", "last") == 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.runs_dir = os.path.expanduser(args.runs_dir)  # `--runs_dir=~/x`: the shell leaves that ~ alone
     runs, skipped = find_runs(args.targets, args.runs_dir)  # NotARunError -> one line, exit 2 (tx_suite.cli.main)
     if skipped:
         print(f"tx-suite compare: {skipped_message(skipped)}", file=sys.stderr)

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import shlex
 import sys
@@ -47,6 +48,7 @@ from tx_suite.utils.runs import (
     CHECKPOINT_DIR,
     RUNS_DIR_ENV,
     default_runs_dir,
+    experiment_dir,
     find_checkpoint,
     new_run_id,
     run_dir_of_checkpoint,
@@ -195,7 +197,13 @@ class TxSuiteCLI(LightningCLI):
             return
         if ckpt_path in ("last", "best"):
             experiment = validate_name(cfg.get("experiment") or self._default_experiment)
-            resolved = find_checkpoint(cfg.runs_dir, experiment, ckpt_path)
+            if cfg.get("run_id"):  # that run's, not the newest run's (a run's config.yaml names its run_id)
+                resolved = experiment_dir(cfg.runs_dir, experiment) / validate_name(cfg.run_id, "run_id") / \
+                    CHECKPOINT_DIR / f"{ckpt_path}.ckpt"
+                if not resolved.is_file():
+                    raise CheckpointError(f"--ckpt_path {ckpt_path} with run_id {cfg.run_id}: no {resolved}")
+            else:
+                resolved = find_checkpoint(cfg.runs_dir, experiment, ckpt_path)
             _log(f"--ckpt_path {ckpt_path} -> {resolved}")
             ckpt_path = cfg.ckpt_path = str(resolved)
         ckpt = load_checkpoint(ckpt_path)
@@ -237,6 +245,15 @@ class TxSuiteCLI(LightningCLI):
             sys.stderr.write(f"tx-suite: error: the hyperparameters stored in {ckpt_path} do not fit the model config\n")
             raise
 
+    def _set_seed(self) -> None:
+        # `seed_everything: true` should pick a random seed; Lightning 2.6 picks 0 every time. DDP
+        # ranks started later inherit rank 0's choice through PL_GLOBAL_SEED.
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if cfg.get("seed_everything") is True:
+            inherited = os.environ.get("PL_GLOBAL_SEED")
+            cfg["seed_everything"] = int(inherited) if inherited else random.SystemRandom().randrange(2**32)
+        super()._set_seed()
+
     # ---------------------------------------------------------- run directory
     def before_instantiate_classes(self) -> None:
         subcommand = self.subcommand
@@ -244,7 +261,9 @@ class TxSuiteCLI(LightningCLI):
         check_accelerator(cfg.trainer.get("accelerator"))
         experiment = validate_name(cfg.experiment or self._default_experiment)
         cfg.experiment = experiment
-        runs_dir = Path(cfg.runs_dir)
+        # Lightning expands `~` in its own paths; without this a run would be split over ./~ and $HOME.
+        runs_dir = Path(cfg.runs_dir).expanduser()
+        cfg.runs_dir = str(runs_dir)
         # `<experiment>:best` references in the model config (a stage-2 tokenizer) and DDP processes
         # started later resolve under the same root; restored by run_cli.
         os.environ[RUNS_DIR_ENV] = str(runs_dir)

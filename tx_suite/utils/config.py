@@ -68,13 +68,15 @@ def deep_merge(base: Any, override: Any) -> Any:
     """
     if _is_list_edit(override):
         return merge_by_class_path([] if base is None else base, override[MERGE_KEY])
+    if base is None and isinstance(override, dict) and _has_key(override, MERGE_KEY):
+        base = {}  # no inherited section: its `_merge_` lists edit empty lists, as one level up
     if not (isinstance(base, dict) and isinstance(override, dict)):
         return copy.deepcopy(override)
     if "class_path" in base and "class_path" in override and base["class_path"] != override["class_path"]:
         return copy.deepcopy(override)
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        merged[key] = deep_merge(merged.get(key), value) if key in merged or _is_list_edit(value) else copy.deepcopy(value)
+        merged[key] = deep_merge(merged.get(key), value) if key in merged or _has_key(value, MERGE_KEY) else copy.deepcopy(value)
     return merged
 
 
@@ -126,6 +128,8 @@ def _read_yaml(path: Path) -> dict:
     except yaml.YAMLError as err:
         detail = " ".join(str(err).split())
         raise ConfigError(f"invalid YAML in {path}: {detail}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -150,6 +154,10 @@ def load_config(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
         raise ConfigError(f"{path}: _base_ must be a path or a list of paths, got {bases!r}")
+    if not bases and _has_key(data, MERGE_KEY):
+        # Without this it would edit an empty list and silently replace an earlier --config's list.
+        raise ConfigError(f"{path}: _merge_ edits a list inherited through _base_, and this file has no _base_ "
+                          "(it does not reach lists of earlier --config files)")
     merged: dict = {}
     for base in bases:
         base_path = (path.parent / base).resolve()
@@ -272,10 +280,10 @@ def default_experiment_name(config_files: list[str]) -> str:
     """
     for path in reversed(config_files):
         try:
-            content = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            content = load_config(path)  # with its _base_ files: a diff over ddp.yaml is trainer-only too
+        except (OSError, ConfigError):
             return Path(path).stem
-        if not isinstance(content, dict) or not set(content) <= {"trainer"}:
+        if not set(content) <= {"trainer"}:
             return Path(path).stem
     return Path(config_files[-1]).stem if config_files else "default"
 

@@ -32,8 +32,8 @@ class RunLookupError(FileNotFoundError):
 
 
 def default_runs_dir() -> str:
-    """``$TX_SUITE_RUNS_DIR`` if set, else ``runs`` (relative to the working directory)."""
-    return os.environ.get(RUNS_DIR_ENV) or DEFAULT_RUNS_DIR
+    """``$TX_SUITE_RUNS_DIR`` if set (``~`` expanded), else ``runs`` (relative to the working directory)."""
+    return os.path.expanduser(os.environ.get(RUNS_DIR_ENV) or DEFAULT_RUNS_DIR)
 
 
 def validate_name(name: str, what: str = "experiment") -> str:
@@ -54,7 +54,7 @@ def new_run_id(now: float | None = None) -> str:
 
 
 def experiment_dir(runs_dir: str | Path, experiment: str) -> Path:
-    return Path(runs_dir) / validate_name(experiment)
+    return Path(runs_dir).expanduser() / validate_name(experiment)
 
 
 def _newest_ckpt_mtime(run_dir: Path) -> float:
@@ -104,7 +104,7 @@ def resolve_checkpoint(spec: str | Path, runs_dir: str | Path | None = None, kin
         try:
             return find_checkpoint(runs_dir, name, which)
         except RunLookupError:
-            raise FileNotFoundError(f"{what} not found: {spec!r}: no {Path(runs_dir) / name}/*/{CHECKPOINT_DIR}/"
+            raise FileNotFoundError(f"{what} not found: {spec!r}: no {Path(runs_dir).expanduser() / name}/*/{CHECKPOINT_DIR}/"
                                     f"{which}.ckpt ({hint.format(name=name)})") from None
     if path.is_dir():
         raise FileNotFoundError(f"{what} not found: {spec} is a directory (give a .ckpt file in it, "
@@ -117,7 +117,7 @@ def resolve_checkpoint(spec: str | Path, runs_dir: str | Path | None = None, kin
 def run_dir_of_checkpoint(ckpt_path: str | Path, runs_dir: str | Path) -> Path | None:
     """The run directory holding ``ckpt_path`` if it is ``<runs_dir>/<exp>/<id>/checkpoints/*.ckpt``."""
     ckpt = Path(ckpt_path).resolve()
-    root = Path(runs_dir).resolve()
+    root = Path(runs_dir).expanduser().resolve()
     if ckpt.parent.name != CHECKPOINT_DIR:
         return None
     run_dir = ckpt.parent.parent

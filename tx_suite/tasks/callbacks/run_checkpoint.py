@@ -76,6 +76,13 @@ class RunCheckpoint(ModelCheckpoint):
             if epoch_end_replay.undo_epoch_count(trainer):
                 self._replay_at_step = trainer.global_step
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning 2.6 writes last.ckpt here even for fast_dev_run, which documents that it saves
+        # none; that 1-step smoke test's last.ckpt would then be what `--ckpt_path last` resumes.
+        if trainer.fast_dev_run:
+            return
+        super().on_train_end(trainer, pl_module)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._replay_at_step is not None and trainer.global_step == self._replay_at_step:
             epoch_end_replay.undo_step_count(trainer)
