@@ -48,8 +48,11 @@ RUNS_DIR="$(top_level runs_dir)"
 RUN_ID="slurm-${SLURM_JOB_ID}"
 RUN_DIR="${RUNS_DIR}/${EXPERIMENT}/${RUN_ID}"
 RESUME=()
-if [[ -f "${RUN_DIR}/checkpoints/last.ckpt" ]]; then
-  RESUME=(--ckpt_path "${RUN_DIR}/checkpoints/last.ckpt")   # requeued: continue in place
+# The newest last.ckpt of this job's runs: slurm-<id>, or slurm-<id>-rN after a start that died
+# before its first checkpoint (a later requeue must continue rN, not start again).
+LAST="$(ls -t "${RUN_DIR}/checkpoints/last.ckpt" "${RUN_DIR}"-r*/checkpoints/last.ckpt 2>/dev/null | head -n 1 || true)"
+if [[ -n "${LAST}" ]]; then
+  RESUME=(--ckpt_path "${LAST}")                             # requeued: continue in place
 elif [[ -e "${RUN_DIR}" ]]; then
   RUN_ID="${RUN_ID}-r${SLURM_RESTART_COUNT:-1}"              # died before its first checkpoint
 fi

@@ -109,6 +109,12 @@ def test_slurm_script_passes_matching_counts_and_resumes_a_requeued_job(runs_dir
     last.unlink()
     cmd = slurm_dry_run(runs_dir, "--config", TINY, "--experiment", "tiny_mnist")
     assert "--run_id=slurm-123-r1" in cmd and "--ckpt_path" not in cmd  # died before any checkpoint: new run
+    # that r1 run checkpointed and was preempted: the next requeue continues it
+    r1 = runs_dir / "tiny_mnist" / "slurm-123-r1" / "checkpoints" / "last.ckpt"
+    r1.parent.mkdir(parents=True)
+    r1.write_bytes(b"")
+    cmd = slurm_dry_run(runs_dir, "--config", TINY, "--experiment", "tiny_mnist")
+    assert cmd[-2:] == ["--ckpt_path", str(r1)]
     # A bad config stops the script before srun starts anything.
     assert slurm_dry_run(runs_dir, "--config", TINY, "--trainer.max_epochz=1", returncode=2) == []
 
