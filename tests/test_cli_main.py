@@ -75,11 +75,11 @@ def test_compare_reports_last_and_best(tmp_path, capsys):
     make_run(tmp_path, "b", "r2", [0.2, 0.4])
     assert compare_main(["--runs_dir", str(tmp_path), "--json"]) == 0
     rows = {r["experiment"]: r for r in json.loads(capsys.readouterr().out)["runs"]}
-    assert rows["a"]["last"]["val/acc"] == 0.8 and rows["a"]["best"] == 0.9 and rows["a"]["steps"] == 30
+    assert rows["a"]["last"]["val/acc"] == 0.8 and rows["a"]["best"] == 0.9 and rows["a"]["last_step"] == 30
     assert rows["b"]["best"] == 0.4 and rows["b"]["last"]["train/loss"] == pytest.approx(0.5)
     assert compare_main(["a", "--runs_dir", str(tmp_path), "--no_plot"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["r1"] and table[2].split() == ["steps", "30"]
+    assert table[0].split() == ["r1"] and table[2].split() == ["last", "step", "30"]
     val_acc = table.index(next(line for line in table if line.startswith("val/acc")))
     assert table[val_acc].split() == ["val/acc", "final", "0.8"] and table[val_acc + 1].split() == ["best", "0.9", "@20"]
     with pytest.raises(FileNotFoundError):

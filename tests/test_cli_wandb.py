@@ -143,3 +143,12 @@ def test_offline_fit_writes_wandb_run_and_touches_no_network(runs_dir, subproces
     assert info["wandb"]["dir"] == str(offline_run)
     assert f"wandb sync {offline_run}" in proc.stderr
     assert (run / "metrics.csv").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    # config.yaml keeps the logger as configured: this run's offline choices (log_model off, its
+    # id, the tags folded in) would otherwise stick to every re-run of the file
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["tags"] == ["offline-test"]
+    for entry in saved["trainer"]["logger"] or []:
+        init = entry.get("init_args") or {}
+        assert init.get("log_model", True) is True and init.get("id") is None and not init.get("tags"), entry

@@ -19,6 +19,7 @@ What this adds to :class:`pytorch_lightning.cli.LightningCLI` (see docs/cli.md):
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -302,6 +303,9 @@ class TxSuiteCLI(LightningCLI):
         trainer = cfg.trainer
         trainer.default_root_dir = str(run_dir)
         cfg.checkpoint.dirpath = str(run_dir / CHECKPOINT_DIR)
+        # The run's own logger settings (W&B id, mode, log_model off when offline, tags folded in)
+        # are decided per run: config.yaml keeps the logger as given, so re-running it decides anew.
+        self.save_config_kwargs["logger_as_given"] = copy.deepcopy(trainer.logger)
         trainer.logger = configure_loggers(
             trainer.logger, run_dir=run_dir, experiment=experiment, subcommand=subcommand,
             tags=list(cfg.tags or []), wandb_mode=mode, wandb_id=wandb_id,

@@ -5,13 +5,29 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from pytorch_lightning import LightningModule, Trainer
 from pytorch_lightning.cli import SaveConfigCallback
 
+_UNSET = object()
+
+
 class SaveRunConfig(SaveConfigCallback):
     """Writes the resolved config to ``<run_dir>/config.yaml`` (``config.resume-<time>.yaml`` when a
-    resumed run already has one) and adds it to the W&B run's config."""
+    resumed run already has one) and adds it to the W&B run's config.
+
+    Args:
+        logger_as_given: ``trainer.logger`` before the CLI filled in this run's logger settings;
+            saved in its place, so that re-running ``config.yaml`` (online, with other tags) is
+            the experiment again rather than this run's W&B decisions.
+    """
+
+    def __init__(self, *args, logger_as_given: Any = _UNSET, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if logger_as_given is not _UNSET:
+            self.config = self.config.clone()
+            self.config["trainer"]["logger"] = logger_as_given
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.already_saved:
