@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tx_suite.cli.lightning_cli import launcher_rank
@@ -135,3 +136,10 @@ def test_launcher_rank(monkeypatch, env, rank):
     assert (launcher_rank() == 0) == (rank == 0)
     if "RANK" in env or "SLURM_PROCID" in env:
         assert launcher_rank() == rank
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without a GPU")
+def test_fsdp_without_a_gpu_says_fsdp_needs_one(runs_dir, capsys):
+    assert main(["fit", "--config", TINY, "--config", str(SCALE / "fsdp.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "FSDP strategy" in err and "CUDA GPUs only" in err  # not "add --trainer.accelerator=cpu", a dead end

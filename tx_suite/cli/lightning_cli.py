@@ -111,7 +111,7 @@ def _is(entry: Any, *names: str) -> bool:
     return _class_path(entry).rsplit(".", 1)[-1] in names
 
 
-def check_accelerator(accelerator: Any) -> None:
+def check_accelerator(accelerator: Any, strategy: Any = None) -> None:
     """Fail early, with the fix, when a config asks for a GPU this machine does not have.
 
     Lightning's own error ("No supported gpu backend found!") names neither the setting nor the
@@ -129,6 +129,10 @@ def check_accelerator(accelerator: Any) -> None:
     cuda = torch.cuda.is_available()
     mps = torch.backends.mps.is_available()
     if (name == "gpu" and not (cuda or mps)) or (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        if "fsdp" in (_class_path(strategy) or str(strategy or "")).lower():
+            raise ValueError(f"trainer.accelerator={accelerator} but this machine has no such device; the FSDP "
+                             "strategy (experiments/scale/fsdp.yaml) runs on CUDA GPUs only: drop it to run on "
+                             "the CPU, e.g. with experiments/scale/ddp.yaml --trainer.accelerator=cpu")
         raise ValueError(f"trainer.accelerator={accelerator} but this machine has no such device "
                          f"(torch.cuda.is_available() is {cuda}); add --trainer.accelerator=cpu to "
                          "run on the CPU (slow for GPU-sized configs)")
@@ -259,7 +263,7 @@ class TxSuiteCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         subcommand = self.subcommand
         cfg = self.config[subcommand]
-        check_accelerator(cfg.trainer.get("accelerator"))
+        check_accelerator(cfg.trainer.get("accelerator"), cfg.trainer.get("strategy"))
         experiment = validate_name(cfg.experiment or self._default_experiment)
         cfg.experiment = experiment
         # Lightning expands `~` in its own paths; without this a run would be split over ./~ and $HOME.
