@@ -205,3 +205,13 @@ def test_runs_dir_with_a_tilde_is_one_directory(tmp_path, monkeypatch, capsys):
     assert {"run_info.json", "config.yaml", "checkpoints"} <= {p.name for p in run.iterdir()}
     assert not (tmp_path / "~").exists()
     assert fit("--trainer.max_epochs=2", "--runs_dir=~/x", "--ckpt_path", "last") == 0
+
+
+def test_test_with_a_runs_saved_config_makes_a_run_of_its_own(runs_dir, capsys):
+    """A run's config.yaml names its run_id; `test --config <it>` hit 'run directory already exists'."""
+    assert fit("--trainer.max_epochs=1", "--run_id=a") == 0
+    config_a = runs_dir / "tiny_mnist" / "a" / "config.yaml"
+    assert main(["test", "--config", str(config_a), *QUIET, "--ckpt_path", "best"]) == 0
+    assert "tiny_mnist/a/checkpoints/best.ckpt" in capsys.readouterr().err
+    assert len(list((runs_dir / "tiny_mnist").iterdir())) == 2
+    assert main(["test", "--config", str(config_a), *QUIET, "--ckpt_path", "best", "--run_id=a"]) == 2  # explicit

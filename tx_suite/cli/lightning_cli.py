@@ -282,7 +282,13 @@ class TxSuiteCLI(LightningCLI):
             experiment = cfg.experiment = run_dir.parent.name
         rank_zero = launcher_rank() == 0
         if run_dir is None:
-            run_id = cfg.run_id or (None if rank_zero else os.environ.get(RUN_ID_ENV))
+            # Other ranks take rank 0's choice (it may have replaced the config's run_id, below).
+            run_id = cfg.run_id if rank_zero else (os.environ.get(RUN_ID_ENV) or cfg.run_id)
+            if (rank_zero and run_id and subcommand != "fit" and (runs_dir / experiment / run_id).exists()
+                    and not any(a == "--run_id" or a.startswith("--run_id=") for a in sys.argv[1:])):
+                # A run's config.yaml names its run_id: testing with it makes a run of its own.
+                _log(f"run_id {run_id} (from a config file) is an existing run; this {subcommand} run gets a new id")
+                run_id = None
             run_id = validate_name(run_id, "run_id") if run_id else new_run_id()
             run_dir = runs_dir / experiment / run_id
             if rank_zero and run_dir.exists():  # other ranks find rank 0's directory already made
