@@ -50,6 +50,11 @@ def test_unknown_key_inside_config_file(capsys, runs_dir, tmp_path):
     """))
     code, line = run_error(capsys, ["fit", "--config", str(bad)])
     assert code == 2 and "Option 'hiden' is not accepted" in line
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("trainer:\n  max_epoch: 3\n")  # with --print_config the root parser reports it
+    code, line = run_error(capsys, ["fit", "--config", TINY, "--config", str(typo), "--print_config"])
+    assert code == 2 and line.startswith("tx-suite fit: error:") and "max_epoch" in line
+    assert line.endswith("(see `tx-suite fit --help`)")
 
 
 def test_unknown_command(capsys):

@@ -79,6 +79,9 @@ class TxArgumentParser(LightningArgumentParser):
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
+        argv = sys.argv[1:]
+        if parser is self and " " not in prog and argv and argv[0] in ("fit", "validate", "test", "predict"):
+            prog = f"{prog} {argv[0]}"  # a config file's error comes from the root parser: name the sub-command
         hint = _missing_config_hint(message, sys.argv[1:])
         sys.stderr.write(f"{prog}: error: {condense_parser_error(message)}{hint} (see `{prog} --help`)\n")
         raise SystemExit(2)
