@@ -49,7 +49,6 @@ from tx_suite.utils.runs import (
     CHECKPOINT_DIR,
     RUNS_DIR_ENV,
     default_runs_dir,
-    experiment_dir,
     find_checkpoint,
     new_run_id,
     run_dir_of_checkpoint,
@@ -202,13 +201,8 @@ class TxSuiteCLI(LightningCLI):
             return
         if ckpt_path in ("last", "best"):
             experiment = validate_name(cfg.get("experiment") or self._default_experiment)
-            if cfg.get("run_id"):  # that run's, not the newest run's (a run's config.yaml names its run_id)
-                resolved = experiment_dir(cfg.runs_dir, experiment) / validate_name(cfg.run_id, "run_id") / \
-                    CHECKPOINT_DIR / f"{ckpt_path}.ckpt"
-                if not resolved.is_file():
-                    raise CheckpointError(f"--ckpt_path {ckpt_path} with run_id {cfg.run_id}: no {resolved}")
-            else:
-                resolved = find_checkpoint(cfg.runs_dir, experiment, ckpt_path)
+            # With a run_id (a run's config.yaml names its own), that run's checkpoint, not the newest run's.
+            resolved = find_checkpoint(cfg.runs_dir, experiment, ckpt_path, run_id=cfg.get("run_id"))
             _log(f"--ckpt_path {ckpt_path} -> {resolved}")
             ckpt_path = cfg.ckpt_path = str(resolved)
         ckpt = load_checkpoint(ckpt_path)

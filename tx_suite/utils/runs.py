@@ -62,16 +62,21 @@ def _newest_ckpt_mtime(run_dir: Path) -> float:
     return max((p.stat().st_mtime for p in ckpts), default=0.0)
 
 
-def find_checkpoint(runs_dir: str | Path, experiment: str, which: str = "last") -> Path:
-    """The ``{which}.ckpt`` of the newest run of ``experiment`` that has one.
+def find_checkpoint(runs_dir: str | Path, experiment: str, which: str = "last", run_id: str | None = None) -> Path:
+    """The ``{which}.ckpt`` of the newest run of ``experiment`` that has one, or of run ``run_id``.
 
     "Newest" is the run whose checkpoints were written most recently, so a resumed older run
     counts as new again. Runs without checkpoints (test/predict runs) are skipped.
 
     Raises:
-        RunLookupError: no run of the experiment has ``checkpoints/{which}.ckpt``.
+        RunLookupError: no run of the experiment (or run ``run_id``) has ``checkpoints/{which}.ckpt``.
     """
     exp_dir = experiment_dir(runs_dir, experiment)
+    if run_id:
+        path = exp_dir / validate_name(run_id, "run_id") / CHECKPOINT_DIR / f"{which}.ckpt"
+        if not path.is_file():
+            raise RunLookupError(f"--ckpt_path {which} with run_id {run_id}: no {path}")
+        return path
     candidates = [p for p in exp_dir.glob(f"*/{CHECKPOINT_DIR}/{which}.ckpt") if p.is_file()]
     if not candidates:
         raise RunLookupError(
