@@ -217,6 +217,17 @@ def test_non_utf8_config_is_named(tmp_path, capsys, runs_dir):
     assert len(err.splitlines()) == 1 and f"{bad} is not UTF-8 text" in err
 
 
+def test_duplicate_keys_are_refused_but_merge_keys_may_override(tmp_path, capsys, runs_dir):
+    # PyYAML and jsonargparse keep the last of two equal keys silently; a plain file (no _base_)
+    # goes to jsonargparse as it is, so the check must not depend on inheritance.
+    dup = write(tmp_path / "dup.yaml", "trainer:\n  max_epochs: 3\n  min_epochs: 1\n  max_epochs: 1\n")
+    assert main(["fit", "--config", TINY, "--config", str(dup), "--print_config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "duplicate key 'max_epochs' (first on line 2), again on line 4" in err
+    anchors = write(tmp_path / "anchors.yaml", "a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  p: 3\n")
+    assert load_config(anchors)["b"] == {"p": 3, "q": 2}
+
+
 def test_seed_everything_true_picks_a_random_seed(capsys, runs_dir, monkeypatch):
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     seeds = set()
