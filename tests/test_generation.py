@@ -62,6 +62,16 @@ def test_a_few_steps_on_real_scenes_lower_the_image_loss(trained):
     assert trained["after"] < 0.8 * trained["before"], (trained["before"], trained["after"])
 
 
+def test_an_image_does_not_depend_on_batch_size_or_later_captions(trained):
+    task = load_text_to_image(trained["ckpt"])
+    caps = ["top-left: tiny red 7", "bottom-right: big blue 2", "top-right: big green 7"]
+    whole = task.generate(caps, seed=5, batch_size=3, top_k=8)
+    one_by_one = task.generate(caps, seed=5, batch_size=1, top_k=8)
+    torch.testing.assert_close(whole, one_by_one)
+    torch.testing.assert_close(task.generate(caps[:1], seed=5, top_k=8), whole[:1])  # later captions dropped
+    assert not torch.equal(task.generate(caps, seed=6, top_k=8), whole)
+
+
 def test_checkpoint_round_trip_and_tokenizer_checks(trained):
     task = load_text_to_image(trained["ckpt"])
     assert task.caption_tokenizer is not None and not task.model.training

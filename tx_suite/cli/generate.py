@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nucleus sampling: the smallest set of tokens with this probability mass (default: off)")
     p.add_argument("--cfg_scale", "--cfg-scale", type=float, default=1.0,
                    help="classifier-free guidance scale (default 1 = off)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed, captions and --batch_size give the same images (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: each image has its own generator from (seed, its row), so the same seed and caption at the same row give the same image whatever --batch_size (default 0)")
     p.add_argument("--no_cache", "--no-cache", action="store_true", help="recompute the prefix at every step")
     p.add_argument("--judge", default=None, help="re-rank with this Captioned MNIST judge checkpoint")
     p.add_argument("--candidates", type=int, default=None,

@@ -10,10 +10,14 @@ the reference the cached path must reproduce exactly for a fixed seed.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol, Sequence, Union
 
 import torch
 from torch import Tensor
+
+
+#: One generator for the whole batch, or one per row (a row's draws then do not depend on the others).
+Generators = Optional[Union[torch.Generator, Sequence[torch.Generator]]]
 
 
 class ImageTokenModel(Protocol):
@@ -64,27 +68,33 @@ def guided_logits(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+                top_p: float | None = None, generator: Generators = None) -> Tensor:
     """Draw one token per row: ``(B, K)`` logits -> ``(B,)`` long.
 
-    ``temperature = 0`` is greedy (argmax).
+    ``temperature = 0`` is greedy (argmax). ``generator`` is one RNG for the batch or a sequence
+    of ``B``, one per row, so that a row's draw does not depend on which rows share its batch.
 
     Raises:
-        ValueError: negative temperature (and see :func:`filter_logits`).
+        ValueError: negative temperature, a generator sequence whose length is not ``B`` (and see
+            :func:`filter_logits`).
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature == 0:
         return logits.argmax(-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if len(generator) != probs.size(0):
+        raise ValueError(f"{len(generator)} generators for {probs.size(0)} rows")
+    return torch.cat([torch.multinomial(p[None], 1, generator=g)[0] for p, g in zip(probs, generator)])
 
 
 @torch.no_grad()
 def sample_image_tokens(model: ImageTokenModel, text: Tensor, *, temperature: float = 1.0,
                         top_k: int | None = None, top_p: float | None = None,
                         cfg_scale: float = 1.0, null_text: Tensor | None = None,
-                        use_cache: bool = True, generator: torch.Generator | None = None) -> Tensor:
+                        use_cache: bool = True, generator: Generators = None) -> Tensor:
     """Sample a full grid of image tokens for each caption.
 
     Args:
@@ -95,7 +105,7 @@ def sample_image_tokens(model: ImageTokenModel, text: Tensor, *, temperature: fl
         null_text: ``(L,)`` or ``(B, L)`` tokens of the empty caption the model was trained
             with under caption dropout (all padding).
         use_cache: incremental decoding with the decoder's KV cache.
-        generator: torch RNG for reproducible samples.
+        generator: torch RNG for reproducible samples, or ``B`` of them, one per caption.
 
     Returns:
         ``(B, N)`` long codes in raster order.

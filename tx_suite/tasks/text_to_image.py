@@ -243,6 +243,10 @@ class TextToImageTask(pl.LightningModule):
         """Images for ``captions``: ``(len(captions) * n_per_caption, 3, H, W)`` in [0, 1],
         the ``n_per_caption`` images of caption ``i`` at rows ``i * n .. (i + 1) * n - 1``.
 
+        Image ``row`` is drawn with its own generator seeded :func:`row_seed` ``(seed, row)``, so
+        the same seed gives the same image for the same caption at the same row, whatever
+        ``batch_size`` and the captions after it (``seed=None``: the global RNG).
+
         Raises:
             RuntimeError: no caption tokenizer attached (train with a datamodule first).
         """
@@ -253,16 +257,27 @@ class TextToImageTask(pl.LightningModule):
         self.model.eval()
         text = self.caption_tokenizer.encode(list(captions)).to(self.device)
         text = text.repeat_interleave(n_per_caption, dim=0)  # (C, L) -> (C * n, L)
-        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        # One generator per image, seeded from (seed, row): an image does not change with
+        # batch_size or with the captions after it.
+        gens = ([torch.Generator(device=self.device).manual_seed(row_seed(seed, r)) for r in range(len(text))]
+                if seed is not None else None)
         images = []
-        for chunk in text.split(batch_size):
+        for start in range(0, len(text), batch_size):
+            chunk = text[start:start + batch_size]
             codes = sample_image_tokens(self.model, chunk, temperature=temperature, top_k=top_k,
                                         top_p=top_p, cfg_scale=cfg_scale, null_text=self.null_text(),
-                                        use_cache=use_cache, generator=gen)
+                                        use_cache=use_cache,
+                                        generator=gens[start:start + batch_size] if gens else None)
             h, w = self.model.grid
             images.append(self.vqvae.decode(codes.view(-1, h, w)))  # (b, N) -> (b, h, w)
         self.model.train(was_training)
         return torch.cat(images)
+
+
+def row_seed(seed: int, row: int) -> int:
+    """The seed of image ``row`` of a ``generate(..., seed=seed)`` call: distinct for every
+    (seed, row) below a million rows, so seed 1 is not seed 0 shifted by one image."""
+    return (seed * 1_000_003 + row) % 2**63
 
 
 def check_fingerprint(checkpoint: dict, fingerprint: str, tokenizer_path: str) -> None:
