@@ -46,6 +46,14 @@ def test_fit_test_translate_through_the_cli(runs_dir, tmp_path, capsys):
                  "--model.init_args.beam_size=1"]) == 0
     out, err = capsys.readouterr()
     assert ", beam 1," in out + err and "model.beam_size over the checkpoint's" in err
+    # in a config file too, for what does not shape the weights; the architecture stays the checkpoint's
+    beam1 = tmp_path / "beam1.yaml"
+    beam1.write_text("model:\n  init_args:\n    beam_size: 1\n    d_model: 64\n")
+    assert main(["test", "--config", QUICK, *data, "--config", str(beam1), "--experiment", "multi30k_de_en_quickstart", "--ckpt_path", "last",
+                 "--trainer.limit_test_batches=1"]) == 0
+    out, err = capsys.readouterr()
+    assert ", beam 1," in out + err and "the config's model.beam_size=1 over the checkpoint's" in err
+    assert "the checkpoint's model.d_ff=64, model.d_model=32," in err and "over the config's (the weights" in err
     # predict writes its translations (bucketed batches) back in corpus order, with their indices
     assert main(["predict", "--config", QUICK, *data, "--ckpt_path", "last", "--trainer.limit_predict_batches=2"]) == 0
     (tsv,) = runs_dir.glob("multi30k_de_en_quickstart/*/predictions.tsv")

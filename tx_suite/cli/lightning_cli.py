@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import json
 import logging
 import os
@@ -43,7 +44,8 @@ from tx_suite.cli.save_config import SaveRunConfig
 from tx_suite.tasks.callbacks import (AtomicCheckpointIO, PredictionWriter, RestoreLoaderState, RNGStateCallback,
                                      RunCheckpoint, StopOnNonFiniteLoss)
 from tx_suite.utils.checkpoint import CheckpointError, load_checkpoint
-from tx_suite.utils.config import config_paths, default_experiment_name, expand_config_argv, integer_batch_limits
+from tx_suite.utils.config import (ConfigError, config_paths, default_experiment_name, expand_config_argv,
+                                  integer_batch_limits, load_config)
 from tx_suite.utils.run_info import collect_run_info, write_json
 from tx_suite.utils.runs import (
     CHECKPOINT_DIR,
@@ -99,15 +101,57 @@ def explicit_model_keys(argv: list[str]) -> set[str]:
     return keys
 
 
-def _class_path(entry: Any) -> str:
+def _class_path(entry: Any) -> str | None:
+    """The ``class_path`` of a parsed config entry (a Namespace or dict), the class of an instance,
+    or None (no entry, a plain string such as ``strategy: ddp``, no class_path)."""
+    if entry is None or isinstance(entry, str):
+        return None
     if isinstance(entry, (Namespace, dict)):
-        return str(entry.get("class_path", ""))
+        value = entry.get("class_path")
+        return value if isinstance(value, str) else None
     return type(entry).__module__ + "." + type(entry).__qualname__
+
+
+def _import_class(class_path: str | None) -> type | None:
+    """The class a parsed config names, or None when it cannot be imported (jsonargparse reports that)."""
+    if not class_path or "." not in class_path:
+        return None
+    module, name = class_path.rsplit(".", 1)
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """A config value comparable with a checkpoint's hyper-parameter (Namespaces and tuples unwrapped)."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def config_file_model_keys(argv: list[str]) -> set[str]:
+    """Names under ``model`` (or ``model.init_args``) in the ``--config`` files of a command line,
+    with their ``_base_`` files; unreadable files are skipped (the parser reports them)."""
+    keys: set[str] = set()
+    for path in config_paths(argv):
+        try:
+            model = load_config(path).get("model")
+        except (ConfigError, OSError):
+            continue
+        if not isinstance(model, dict):
+            continue
+        init_args = model.get("init_args")
+        keys |= set(init_args) if isinstance(init_args, dict) else set()
+        keys |= set(model) - {"class_path", "init_args", "dict_kwargs"}
+    return keys
 
 
 def _is(entry: Any, *names: str) -> bool:
     """True if the config entry's class name (last dotted part) is one of ``names``."""
-    return _class_path(entry).rsplit(".", 1)[-1] in names
+    return (_class_path(entry) or "").rsplit(".", 1)[-1] in names
 
 
 def check_accelerator(accelerator: Any, strategy: Any = None) -> None:
@@ -135,14 +179,6 @@ def check_accelerator(accelerator: Any, strategy: Any = None) -> None:
         raise ValueError(f"trainer.accelerator={accelerator} but this machine has no such device "
                          f"(torch.cuda.is_available() is {cuda}); add --trainer.accelerator=cpu to "
                          "run on the CPU (slow for GPU-sized configs)")
-
-
-def _class_path(model: Any) -> str | None:
-    """The ``class_path`` of a parsed ``model`` config section (a Namespace or dict), if any."""
-    if model is None:
-        return None
-    value = model.get("class_path") if hasattr(model, "get") else getattr(model, "class_path", None)
-    return value if isinstance(value, str) else None
 
 
 class TxSuiteCLI(LightningCLI):
@@ -212,22 +248,39 @@ class TxSuiteCLI(LightningCLI):
                                   "--ckpt_path takes a checkpoints/*.ckpt file a tx-suite run wrote")
         hparams = dict(ckpt.get("hyper_parameters", {}))
         hparams.pop("_instantiator", None)
-        # Starting weights (a fine-tuning run's `pretrained`) are in the checkpoint's state_dict;
-        # re-reading their source would fail once the file is gone or the machine is offline.
-        hparams.pop("pretrained", None)
         model_cfg = cfg.get("model")
         init_args = model_cfg.get("init_args") if isinstance(model_cfg, Namespace) else None
-        if isinstance(init_args, Namespace) and init_args.get("pretrained"):
-            _log(f"--ckpt_path: not loading model.pretrained ({init_args.pretrained}); the checkpoint holds the weights")
-            init_args.pretrained = None
+        model_class = _import_class(_class_path(model_cfg))
+        # Starting weights (a fine-tuning run's `pretrained`) are in the checkpoint's state_dict;
+        # re-reading their source would fail once the file is gone or the machine is offline.
+        for key in getattr(model_class, "WEIGHT_SOURCE_HPARAMS", ()):
+            hparams.pop(key, None)
+            if isinstance(init_args, Namespace) and init_args.get(key):
+                _log(f"--ckpt_path: not loading model.{key} ({init_args[key]}); the checkpoint holds the weights")
+                init_args[key] = None
         # The checkpoint's values override the config files (the architecture must match the
-        # weights), but not a --model.* argument on the command line: that is a deliberate choice,
-        # e.g. test-time decoding (--model.init_args.beam_size=1) as docs/translation.md shows.
-        explicit = sorted(set(hparams) & explicit_model_keys(sys.argv[1:]))
-        for key in explicit:
-            hparams.pop(key)
+        # weights), but not a --model.* argument on the command line (a deliberate choice, e.g.
+        # test-time --model.init_args.beam_size=1 as docs/translation.md shows), nor a config
+        # file's value of an argument that does not shape the weights (the task's RUNTIME_HPARAMS).
+        argv = sys.argv[1:]
+        explicit = sorted(set(hparams) & explicit_model_keys(argv))
+        in_files = config_file_model_keys(argv)
+        runtime = sorted((set(hparams) & in_files & set(getattr(model_class, "RUNTIME_HPARAMS", ()))) - set(explicit))
+        def differ(key: str) -> bool:
+            return isinstance(init_args, Namespace) and key in init_args and _plain(init_args[key]) != _plain(hparams[key])
+
         if explicit:
             _log(f"--ckpt_path: the command line's model.{', model.'.join(explicit)} over the checkpoint's")
+        changed = [k for k in runtime if differ(k)]
+        if changed:
+            _log("--ckpt_path: the config's " + ", ".join(f"model.{k}={_plain(init_args[k])!r}" for k in changed)
+                 + " over the checkpoint's")
+        for key in (*explicit, *runtime):
+            hparams.pop(key)
+        kept = sorted(k for k in set(hparams) & in_files if differ(k))
+        if kept:
+            _log("--ckpt_path: the checkpoint's " + ", ".join(f"model.{k}={hparams[k]!r}" for k in kept)
+                 + " over the config's (the weights need them)")
         if not hparams:
             return
         if "_class_path" in hparams:

@@ -215,6 +215,13 @@ class ImageClassification(pl.LightningModule):
         RuntimeError: ``compile`` on CPU without a C++ compiler (when ``fit`` starts).
     """
 
+    #: Arguments that do not shape the weights: with ``--ckpt_path`` a config file's value wins
+    #: over the checkpoint's.
+    RUNTIME_HPARAMS = ("sdpa_backend", "compile")
+    #: Where the starting weights came from: with ``--ckpt_path`` they are in the checkpoint, and
+    #: the source is not read again (it may be gone, or need the network).
+    WEIGHT_SOURCE_HPARAMS = ("pretrained",)
+
     def __init__(
         self,
         backbone: str = "tx",

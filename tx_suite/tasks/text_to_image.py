@@ -65,6 +65,11 @@ class TextToImageTask(pl.LightningModule):
     and, when batches carry a ``heldout`` flag, the same for ``_seen`` / ``_heldout`` captions.
     """
 
+    #: Arguments that do not shape the weights: with ``--ckpt_path`` a config file's value wins
+    #: over the checkpoint's (sampling settings for ``predict``).
+    RUNTIME_HPARAMS = ("sample_captions", "samples_per_caption", "sample_temperature", "sample_top_k",
+                       "sample_top_p", "sample_cfg_scale", "sdpa_backend")
+
     def __init__(self, tokenizer_ckpt: str, text_vocab_size: int = 64, text_len: int = 16,
                  image_size: int = 32, d_model: int = 128, n_heads: int = 4, d_ff: int = 512,
                  n_layers: int = 4, dropout: float = 0.1, text_loss_weight: float = 0.125,

@@ -61,6 +61,11 @@ class TranslationTask(pl.LightningModule):
             differs from the checkpoint's, or ``sdpa_backend`` is unknown.
     """
 
+    #: Arguments that do not shape the weights: with ``--ckpt_path`` a config file's value wins
+    #: over the checkpoint's (``tx-suite test --config beam1.yaml --ckpt_path best``).
+    RUNTIME_HPARAMS = ("val_beam_size", "beam_size", "length_penalty", "max_len_a", "max_len_b",
+                       "bleu_every_n_epochs", "n_samples", "sdpa_backend")
+
     def __init__(self, vocab_size: int = 8000, d_model: int = 256, n_heads: int = 4, d_ff: int = 1024,
                  n_encoder_layers: int = 3, n_decoder_layers: int = 3, dropout: float = 0.1,
                  attn_dropout: float = 0.0, activation: str = "relu", norm_first: bool = False,

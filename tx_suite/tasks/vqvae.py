@@ -38,6 +38,9 @@ class VQVAETask(pl.LightningModule):
     image callbacks.
     """
 
+    #: Arguments that do not shape the weights: with ``--ckpt_path`` a config file's value wins.
+    RUNTIME_HPARAMS = ("log_images",)
+
     def __init__(self, hidden: int = 64, res_channels: int = 32, n_res_blocks: int = 2,
                  downsample: int = 4, codebook_size: int = 512, codebook_dim: int = 32,
                  decay: float = 0.99, commitment_weight: float = 0.25, kmeans_init: bool = True,
