@@ -168,3 +168,15 @@ def test_predict_writes_top_class_per_image_in_dataset_order(tmp_path):
     assert [int(i) for i in index] == list(range(len(rows) - 1))
     classes = task.meta.get("classes") or list(range(10))  # names from the data when it has them
     assert set(labels) <= {str(c) for c in classes} and all(0.1 <= float(p) <= 1 for p in probs)
+
+
+def test_a_class_absent_from_the_evaluated_slice_has_no_accuracy(tmp_path):
+    # The first 8 MNIST test digits are 7 2 1 0 4 1 4 9: classes 3, 5, 6, 8 have no example, and
+    # torchmetrics' per-class accuracy gives them 0, which read as "always wrong" on the dashboard.
+    task = tiny_task("tx")
+    tr = trainer(tmp_path, steps=1, limit_test_batches=1)
+    tr.test(task, datamodule=mnist(eval_batch_size=8), verbose=False)
+    logged = {k for k in tr.callback_metrics if k.startswith("test/acc_")}
+    assert logged == {f"test/acc_{c}" for c in (0, 1, 2, 4, 7, 9)}
+    acc = task.last_acc_class["test"]
+    assert acc[[3, 5, 6, 8]].isnan().all() and not acc[[0, 1, 2, 4, 7, 9]].isnan().any()

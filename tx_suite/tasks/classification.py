@@ -417,12 +417,16 @@ class ImageClassification(pl.LightningModule):
 
     def _eval_epoch_end(self, stage: str) -> None:
         metrics = self.metrics[stage]
-        self.last_acc_class[stage] = acc_class = metrics["acc_class"].compute().cpu()
-        self.last_confmat[stage] = metrics["confmat"].compute().cpu()
+        acc_class = metrics["acc_class"].compute().cpu().float()
+        self.last_confmat[stage] = confmat = metrics["confmat"].compute().cpu()
+        # torchmetrics gives 0 to a class with no example (a limited slice): it has no accuracy.
+        present = confmat.sum(1) > 0
+        self.last_acc_class[stage] = acc_class = acc_class.masked_fill(~present, float("nan"))
         names = self.meta.get("classes") or [str(i) for i in range(self.hparams.num_classes)]
         if len(names) <= 20:  # a scalar per class reads well on the dashboard only for few classes
-            for name, acc in zip(names, acc_class.tolist()):
-                self.log(f"{stage}/acc_{name}", acc)
+            for name, acc, seen in zip(names, acc_class.tolist(), present.tolist()):
+                if seen:
+                    self.log(f"{stage}/acc_{name}", acc)
         metrics["acc_class"].reset()
         metrics["confmat"].reset()
 

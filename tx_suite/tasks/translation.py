@@ -6,6 +6,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -128,14 +129,17 @@ class TranslationTask(pl.LightningModule):
         return label_smoothed_nll_loss(logits, batch["tgt_out"][keep], self.hparams.label_smoothing)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        now = time.perf_counter()
-        if self._t_batch is not None and self._n_prev:
-            # Summed over DDP ranks: the throughput of the whole job, not of rank 0.
-            self.log("train/tokens_per_s", self._n_prev / (now - self._t_batch), batch_size=1,
-                     sync_dist=True, reduce_fx="sum")
-        self._t_batch = now
+        self._t_batch = time.perf_counter()
         # Source + target tokens, padding excluded: what the model actually reads.
         self._n_prev = int((~batch["src_key_padding_mask"]).sum() + (~batch["tgt_key_padding_mask"]).sum())
+
+    def on_train_batch_end(self, outputs: Any, batch: dict, batch_idx: int) -> None:
+        # From the batch's start to the end of its optimizer step: measuring from one batch start
+        # to the next would put an epoch's validation into the first batch after it.
+        if self._t_batch is not None and self._n_prev:
+            # Summed over DDP ranks: the throughput of the whole job, not of rank 0.
+            self.log("train/tokens_per_s", self._n_prev / (time.perf_counter() - self._t_batch), batch_size=1,
+                     sync_dist=True, reduce_fx="sum")
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss_sum, nll_sum, n = self._loss(batch)

@@ -107,7 +107,9 @@ class ClassificationReport(pl.Callback):
         mean = torch.tensor(meta.get("mean", [0.0]))[:, None, None]
         std = torch.tensor(meta.get("std", [1.0]))[:, None, None]
         wrong = [((img * std + mean).clamp(0, 1), t, p, c) for img, t, p, c in self._wrong]
-        per_class = [[c, float(a), int(confmat[i].sum())] for i, (c, a) in enumerate(zip(classes, acc.tolist()))]
+        # A class absent from the evaluated slice has no accuracy (NaN): None in the table / JSON.
+        per_class = [[c, None if a != a else float(a), int(confmat[i].sum())]
+                     for i, (c, a) in enumerate(zip(classes, acc.tolist()))]
         wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
         if wandb is not None:
             import wandb as wb
