@@ -200,6 +200,7 @@ def test_config_diff_leaves_out_values_that_name_the_run(tmp_path):
     def run(run_id: str, lr: float) -> Run:
         path = tmp_path / "exp" / run_id
         config = {"model": {"init_args": {"lr": lr}}, "run_id": run_id,
+                  "checkpoint": {"dirpath": f"runs/exp/{run_id}/checkpoints"},  # relative --runs_dir
                   "trainer": {"default_root_dir": str(path),
                               "logger": [{"init_args": {"save_dir": str(path)}},
                                          {"init_args": {"name": f"exp/{run_id}", "id": run_id}}]}}

@@ -355,7 +355,11 @@ def _run_specific(value: Any, run: Run) -> bool:
     if not isinstance(value, str) or not value:
         return False
     named = f"{run.experiment}/{run.run_id}"  # the W&B run name
-    return str(run.path) in value or value in (run.run_id, named) or value.endswith(f"/{named}")
+    if str(run.path) in value or value in (run.run_id, named):
+        return True
+    # A path through the run directory, relative to where it ran (runs/<exp>/<id>/checkpoints).
+    parts = Path(value).parts
+    return any(parts[i:i + 2] == (run.experiment, run.run_id) for i in range(len(parts) - 1))
 
 
 def config_diff(runs: Sequence[Run]) -> dict[str, list[Any]]:
