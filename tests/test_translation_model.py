@@ -107,17 +107,26 @@ def test_inverse_sqrt_schedule():
     for step in (10, 4000, 20000):  # the paper's formula, up to the constant peak rate
         paper = d_model**-0.5 * min(step**-0.5, step * 4000**-1.5)
         assert inverse_sqrt_factor(step - 1, 4000) * d_model**-0.5 * 4000**-0.5 == pytest.approx(paper)
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.Adam([p], lr=1.0)
-    sched = build_scheduler(opt, "cosine", warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
-    lrs = []
-    for _ in range(110):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0) and lrs[-1] < 0.12
+    peak = 5e-4  # not 1: the cosine floor is relative to the peak
+
+    def lrs(name: str, steps: int, **kw) -> list[float]:
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+        sched = build_scheduler(opt, name, **kw)
+        out = []
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"] / peak)
+            opt.step()
+            sched.step()
+        return out
+
+    cos = lrs("cosine", 111, warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    assert cos[0] == pytest.approx(0.1) and max(cos) == pytest.approx(1.0) and cos[10] == pytest.approx(1.0)
+    assert cos[-1] == pytest.approx(0.1) and min(cos[10:]) == pytest.approx(0.1)  # ends at min_lr_ratio * lr
+    assert cos[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 50 / 100)))
+    const = lrs("constant", 12, warmup_steps=4, total_steps=100)
+    assert const == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 9)  # no step at lr = 0
     with pytest.raises(ValueError, match="inverse_sqrt"):
-        build_scheduler(opt, "linear", 10, 100)
+        build_scheduler(torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]), "linear", 10, 100)
 
 
 def _val_batch(dm, n=48):
@@ -156,26 +165,48 @@ def _sequence_logprob(model, src, mask, hyp):
     return lp.masked_fill(hyp == PAD_ID, 0.0).sum(1)
 
 
-@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
-def test_wide_beam_finds_the_exact_best_output(length_penalty):
-    """With a beam wider than the search space, beam search must return the argmax over all outputs."""
-    torch.manual_seed(3)
-    vocab, max_len = 8, 3  # outputs: EOS, or 1-2 of the 5 ordinary tokens (ids 3..7) then EOS
-    model = Seq2SeqTransformer(vocab, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1,
-                               n_decoder_layers=1, dropout=0.0).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20.0)  # a peaked, non-uniform distribution
-    src = torch.tensor([[5, 6, 7, EOS_ID]])
-    mask = torch.zeros_like(src, dtype=torch.bool)
-    words = [3, 4, 5, 6, 7]
-    outputs = [[EOS_ID]] + [[a, EOS_ID] for a in words] + [[a, b, EOS_ID] for a in words for b in words]
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0, 2.0])
+@pytest.mark.parametrize("vocab, max_len", [(8, 3), (5, 6)])
+def test_wide_beam_finds_the_exact_best_output(length_penalty, vocab, max_len):
+    """With a beam wider than the search space, beam search must return the argmax over all
+    outputs (|y| counts the EOS). With (5, 6) the beam is wider than the live hypotheses, so
+    impossible (-inf) candidates must never count as finished."""
+    import itertools
+
+    words = list(range(3, vocab))  # the ordinary tokens; outputs are 0..max_len-1 of them, then EOS
+    outputs = [list(w) + [EOS_ID] for n in range(max_len) for w in itertools.product(words, repeat=n)]
     hyps = torch.tensor([o + [PAD_ID] * (max_len - len(o)) for o in outputs])
     lengths = torch.tensor([len(o) for o in outputs], dtype=torch.float)
-    scores = _sequence_logprob(model, src, mask, hyps) / lengths**length_penalty
-    best = hyps[scores.argmax()]
-    found = beam_search(model, src, mask, beam_size=64, length_penalty=length_penalty,
-                        max_len_a=0.0, max_len_b=max_len, **SPECIAL)[0]
-    assert found.tolist() == best[: len(found)].tolist() and (best[len(found):] == PAD_ID).all()
+    src = torch.tensor([[3, 4, 3, EOS_ID]])
+    mask = torch.zeros_like(src, dtype=torch.bool)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        model = Seq2SeqTransformer(vocab, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1,
+                                   n_decoder_layers=1, dropout=0.0).eval()
+        with torch.no_grad():
+            model.lm_head.weight.mul_(20.0)  # a peaked, non-uniform distribution
+        scores = _sequence_logprob(model, src, mask, hyps) / lengths**length_penalty
+        best = hyps[scores.argmax()]
+        found = beam_search(model, src, mask, beam_size=64, length_penalty=length_penalty,
+                            max_len_a=0.0, max_len_b=max_len, **SPECIAL)[0]
+        assert found.tolist() == best[: len(found)].tolist() and (best[len(found):] == PAD_ID).all(), seed
+
+
+def test_length_budget_counts_real_source_tokens_only(trained, dm):
+    from tx_suite.decoding.greedy import max_lengths
+
+    mask = torch.tensor([[False] * 10, [False] * 3 + [True] * 7])  # 10 and 3 real tokens
+    assert max_lengths(mask, 1.0, 12).tolist() == [22, 15]
+    # A short sentence decodes the same alone and next to a long one (its budget is its own).
+    model = trained[0]
+    src, m = _val_batch(dm, 48)
+    lens = (~m).sum(1)
+    short, long = int(lens.argmin()), int(lens.argmax())
+    kw = dict(max_len_a=0.5, max_len_b=2, **SPECIAL)
+    for decode in (greedy_search, lambda *a, **k: beam_search(*a, beam_size=3, **k)):
+        alone = decode(model, src[short:short + 1, :int(lens[short])], m[short:short + 1, :int(lens[short])], **kw)[0]
+        paired = decode(model, src[[short, long]], m[[short, long]], **kw)[0]
+        assert paired[: len(alone)].tolist() == alone.tolist() and (paired[len(alone):] == PAD_ID).all()
 
 
 def test_outputs_respect_length_budget_and_end_with_eos(trained, dm):

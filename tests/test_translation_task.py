@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 
 from tx_suite.cli.translate import load_translator, main as translate_main, translate_lines
+from tx_suite.data.bpe import EOS_ID
 from tx_suite.data.multi30k_datamodule import Multi30kDataModule
 from tx_suite.tasks.callbacks.translation_attention import TranslationAttentionMaps
 from tx_suite.tasks.callbacks.translation_averaging import (CheckpointAveraging, average_checkpoints,
@@ -151,7 +152,7 @@ def test_average_snapshots_of_a_checkpoint(run, tmp_path, capsys):
     torch.testing.assert_close(two[k], (final["state_dict"][k] + older[k]) / 2, rtol=0, atol=1e-7)
 
 
-def test_translate_keeps_line_count_on_bad_input(run, tmp_path, capsys):
+def test_translate_keeps_line_count_on_bad_input(run, tmp_path, capsys, monkeypatch):
     model, tok, _ = load_translator(run["averaged"])
     lines = ["Ein Hund rennt über die Wiese.", "", "   ", "Unbekannt: 🤖 中文 ∮ \x07", "Haus " * 400]
     warnings = []
@@ -159,6 +160,17 @@ def test_translate_keeps_line_count_on_bad_input(run, tmp_path, capsys):
     assert len(out) == len(lines) and out[1] == out[2] == "" and out[0] != ""
     assert all("\n" not in o for o in out)
     assert warnings and warnings[0].startswith("line 5:")
+    # The truncated source keeps its EOS (the model never saw a source without one).
+    import tx_suite.cli.translate as tr
+    seen, real = [], tr.greedy_search
+
+    def spy(model, src, mask, **kw):
+        seen.append(src[~mask])
+        return real(model, src, mask, **kw)
+
+    monkeypatch.setattr(tr, "greedy_search", spy)
+    translate_lines(model, tok, lines[4:], beam_size=1, max_src_tokens=50)
+    assert len(seen[0]) == 50 and seen[0][-1] == EOS_ID and seen[0][-2] != EOS_ID
     inp = tmp_path / "in.txt"
     inp.write_bytes("\n".join(lines).encode() + b"\n\xff\xfe broken bytes\n")
     assert translate_main(["--ckpt_path", str(run["averaged"]), "-i", str(inp), "-o", str(tmp_path / "out.txt"),
@@ -335,3 +347,32 @@ def test_tokens_per_s_leaves_out_the_validation_between_epochs(tmp_path):
     # Every batch is measured (the last of an epoch too), and none takes the 3 s of validation
     # (a 1-layer step takes < 0.3 s even on a busy core: a 10x drop means it did).
     assert len(rates) == 6 and min(rates) > max(rates) / 10, rates
+
+
+def test_label_smoothing_and_weight_decay_reach_the_loss_and_optimizer(run):
+    from types import SimpleNamespace
+
+    from tx_suite.tasks.translation_loss import label_smoothed_nll_loss
+
+    state = TranslationTask.load_from_checkpoint(run["averaged"], weights_only=True).state_dict()
+    dm = _dm(run["cache"])
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    losses = {}
+    for eps in (0.0, 0.1):
+        task = TranslationTask(**TINY, label_smoothing=eps).eval()
+        task.load_state_dict(state)
+        with torch.no_grad():
+            loss_sum, nll_sum, n = task._loss(batch)
+            keep = batch["tgt_out"] != 0
+            h = task.model.forward_features(batch["src"], batch["tgt_in"], batch["src_key_padding_mask"])
+            ref = label_smoothed_nll_loss(task.model.lm_head(h[keep]), batch["tgt_out"][keep], eps)
+        torch.testing.assert_close(loss_sum, ref[0])
+        losses[eps] = (float(loss_sum), float(nll_sum))
+    assert losses[0.0][0] == pytest.approx(losses[0.0][1]) and losses[0.1][0] > losses[0.1][1] * 1.01
+    # weight decay > 0 is decoupled (AdamW, Loshchilov & Hutter 2019), not Adam's L2 term
+    for wd, cls in ((0.0, torch.optim.Adam), (0.01, torch.optim.AdamW)):
+        task = TranslationTask(**TINY, weight_decay=wd)
+        task.trainer = SimpleNamespace(estimated_stepping_batches=100)  # all configure_optimizers reads
+        opt = task.configure_optimizers()["optimizer"]
+        assert type(opt) is cls and opt.param_groups[0]["weight_decay"] == wd
