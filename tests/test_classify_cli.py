@@ -173,11 +173,12 @@ def test_a_directory_means_its_image_files(run, capsys, tmp_path):
 
     folder = tmp_path / "digits"
     folder.mkdir()
+    names = ["0.png", "1.PNG", "2.png"]  # camera and Windows tools write upper-case suffixes
     for i, png in enumerate(run["pngs"][:3]):
-        shutil.copy(png, folder / f"{2 - i}.png")
+        shutil.copy(png, folder / names[2 - i])
     (folder / "notes.txt").write_text("not an image")
     code, out, _ = _classify(capsys, "--ckpt", run["ckpt"], "--topk", "1", folder)
-    assert code == 0 and [line.split(":")[0] for line in out.splitlines()] == [str(folder / f"{i}.png") for i in range(3)]
+    assert code == 0 and [line.split(":")[0] for line in out.splitlines()] == [str(folder / n) for n in names]
     (tmp_path / "empty").mkdir()
     code, _, err = _classify(capsys, "--ckpt", run["ckpt"], tmp_path / "empty")
     assert code == 1 and "a directory without image files" in err

@@ -28,11 +28,18 @@ def test_top_k_and_top_p_keep_the_right_tokens():
     assert all(sample_next(logits, 5.0, top_k=1, generator=g).item() == 2 for _ in range(20))
 
 
-def test_sampling_follows_the_distribution():
-    logits = torch.log(torch.tensor([[0.1, 0.2, 0.7]])).expand(20000, 3)
-    draws = sample_next(logits, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+def test_sampling_follows_the_distribution(temperature):
+    p = torch.tensor([0.1, 0.2, 0.7])
+    logits = torch.log(p)[None].expand(20000, 3)
+    draws = sample_next(logits, temperature, generator=torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=3).float() / len(draws)
-    assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.7]), atol=0.015)
+    assert torch.allclose(freq, (p.log() / temperature).softmax(0), atol=0.015)  # p^(1/T), renormalised
+    # One generator per row draws the same as each row alone.
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    rows = sample_next(logits[:3], temperature, generator=gens)
+    alone = [sample_next(logits[:1], temperature, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    assert rows.tolist() == torch.cat(alone).tolist()
 
 
 def test_guidance_formula_and_rerank():

@@ -118,6 +118,12 @@ def test_averaging_survives_resume(run, tmp_path):
     for k, v in expected.items():
         torch.testing.assert_close(got[k], v, rtol=0, atol=1e-7, msg=k)
     assert any(not torch.equal(got[k], last[k]) for k in last if last[k].is_floating_point())
+    # Resumed with a smaller window: the newest snapshots only, and the window holds.
+    smaller = CheckpointAveraging(last_n=1)
+    smaller.load_state_dict({"snapshots": snapshots})
+    assert len(smaller.snapshots) == 1 and smaller.snapshots[0] is snapshots[-1]
+    smaller.snapshots.append(last)
+    assert list(smaller.snapshots) == [last]
 
 
 def test_average_snapshots_of_a_checkpoint(run, tmp_path, capsys):
