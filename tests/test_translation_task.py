@@ -382,3 +382,30 @@ def test_label_smoothing_and_weight_decay_reach_the_loss_and_optimizer(run):
         task.trainer = SimpleNamespace(estimated_stepping_batches=100)  # all configure_optimizers reads
         opt = task.configure_optimizers()["optimizer"]
         assert type(opt) is cls and opt.param_groups[0]["weight_decay"] == wd
+
+
+def test_an_epoch_cut_short_then_resumed_is_averaged_at_its_real_end(run, tmp_path):
+    # max_steps=6 stops 2 batches into epoch 1 (4 batches an epoch), and the checkpoint written at
+    # that stop (as ModelCheckpoint's last.ckpt is) holds a snapshot of the cut epoch. Resumed with
+    # max_steps=8, epoch 1 ends at step 8: its snapshot must be the step-8 weights, not step 6's.
+    class SaveAtStop(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            if trainer.global_step == 6:
+                trainer.save_checkpoint(tmp_path / "cut.ckpt")
+
+    def fit(max_steps, ckpt=None):
+        averaging = CheckpointAveraging(last_n=2)
+        trainer = pl.Trainer(max_steps=max_steps, limit_train_batches=4, limit_val_batches=0, num_sanity_val_steps=0,
+                             default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, enable_checkpointing=False, callbacks=[averaging, SaveAtStop()])
+        task = TranslationTask(**TINY)
+        trainer.fit(task, _dm(run["cache"]), ckpt_path=ckpt, weights_only=True)
+        return trainer, task, averaging
+
+    fit(6)
+    saved = torch.load(tmp_path / "cut.ckpt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 1 and len(saved["callbacks"]["CheckpointAveraging"]["snapshots"]) == 2
+    trainer, task, averaging = fit(8, str(tmp_path / "cut.ckpt"))
+    assert trainer.global_step == 8 and len(averaging.snapshots) == 2
+    final = {k: v.detach().cpu() for k, v in task.state_dict().items()}
+    assert all(torch.equal(averaging.snapshots[-1][k], v) for k, v in final.items())

@@ -167,15 +167,20 @@ class CheckpointAveraging(pl.Callback):
         self.filename = filename
         self.snapshots: deque[dict[str, Tensor]] = deque(maxlen=last_n)
         self.snapshot_epoch = -1  # the epoch of the newest snapshot
+        self.snapshot_step: int | None = None  # and the global step it was taken at
         self.path: Path | None = None
 
     def _take(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Once per epoch: Lightning also replays on_train_epoch_end when it resumes from a
-        # checkpoint written at an epoch end.
+        # checkpoint written at an epoch end (same step: skipped). An epoch cut short by max_steps
+        # or max_time and then resumed with more steps reaches its real end later: that replaces
+        # the early snapshot, as an uninterrupted run would only have taken this one.
         if self.snapshot_epoch == trainer.current_epoch:
-            return
+            if self.snapshot_step is None or trainer.global_step <= self.snapshot_step:
+                return
+            self.snapshots.pop()
         self.snapshots.append(_cpu_copy(pl_module.state_dict()))
-        self.snapshot_epoch = trainer.current_epoch
+        self.snapshot_epoch, self.snapshot_step = trainer.current_epoch, trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
@@ -185,11 +190,13 @@ class CheckpointAveraging(pl.Callback):
         self._take(trainer, pl_module)
 
     def state_dict(self) -> dict:
-        return {"snapshots": list(self.snapshots), "snapshot_epoch": self.snapshot_epoch}
+        return {"snapshots": list(self.snapshots), "snapshot_epoch": self.snapshot_epoch,
+                "snapshot_step": self.snapshot_step}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.snapshots = deque(state_dict.get("snapshots", []), maxlen=self.last_n)
         self.snapshot_epoch = state_dict.get("snapshot_epoch", -1)
+        self.snapshot_step = state_dict.get("snapshot_step")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.snapshots:
