@@ -91,6 +91,14 @@ def test_averaging_averages(run, tmp_path):
     torch.testing.assert_close(cb[key], avg["state_dict"][key])
     with pytest.raises(ValueError, match="different keys"):
         average_state_dicts([a, {"w": a["w"]}])
+    # Same shapes, another vocabulary (a de->fr run of the same size): refused, not averaged.
+    other = torch.load(epochs[-1], weights_only=True)
+    assert "tokenizer" in other
+    other["tokenizer"] += " "  # any other BPE model
+    torch.save(other, tmp_path / "other_vocab.ckpt")
+    with pytest.raises(ValueError, match="differ in 'tokenizer'"):
+        average_checkpoints([epochs[-2], tmp_path / "other_vocab.ckpt"], tmp_path / "mix.ckpt")
+    assert not (tmp_path / "mix.ckpt").exists()
 
 
 def test_averaging_survives_resume(run, tmp_path):

@@ -28,7 +28,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from tx_suite.utils.checkpoint import load_checkpoint
+from tx_suite.utils.checkpoint import atomic_save, load_checkpoint
 
 
 SNAPSHOT_STATE_KEY = "CheckpointAveraging"  # the callback's state key in a checkpoint's "callbacks"
@@ -75,7 +75,8 @@ def average_checkpoints(paths: Sequence[str | Path], output: str | Path | None =
 
     Raises:
         tx_suite.utils.checkpoint.CheckpointError: a file is missing, corrupt or unsafe.
-        ValueError: a file is not a Lightning checkpoint, or the weights do not match.
+        ValueError: a file is not a Lightning checkpoint, the weights do not match, or the files
+            disagree on the task or on what the weights mean (:data:`MEANING_KEYS`).
     """
     ckpts = []
     for p in paths:
@@ -83,8 +84,27 @@ def average_checkpoints(paths: Sequence[str | Path], output: str | Path | None =
         if "state_dict" not in ckpt:
             raise ValueError(f"{p} is not a Lightning checkpoint (no state_dict)")
         ckpts.append(ckpt)
+    _check_same_model(ckpts, paths)
     return _with_weights(ckpts[-1], average_state_dicts([c["state_dict"] for c in ckpts]),
                          [str(p) for p in paths], output)
+
+
+#: Checkpoint entries that say what the weights mean: the translation BPE model, the text-to-image
+#: caption tokenizer and VQ-VAE codebook, the classifier's class names and normalisation. Weights of
+#: the same shapes trained with another vocabulary average into nonsense.
+MEANING_KEYS = ("tokenizer", "caption_tokenizer", "tokenizer_fingerprint", "tx_suite_vision")
+
+
+def _check_same_model(ckpts: Sequence[dict], paths: Sequence[str | Path]) -> None:
+    classes = [str(c.get("hyper_parameters", {}).get("_class_path", "")).rsplit(".", 1)[-1] for c in ckpts]
+    for i, ckpt in enumerate(ckpts[:-1]):
+        if classes[i] != classes[-1]:
+            raise ValueError(f"{paths[i]} is a {classes[i] or '?'} checkpoint and {paths[-1]} a "
+                             f"{classes[-1] or '?'} one: average checkpoints of one model")
+        for key in MEANING_KEYS:
+            if ckpt.get(key) != ckpts[-1].get(key):
+                raise ValueError(f"{paths[i]} and {paths[-1]} differ in {key!r} (another vocabulary, "
+                                 "codebook or label set): average checkpoints of one run")
 
 
 def _with_weights(ckpt: dict, state_dict: dict[str, Tensor], sources: list[str],
@@ -98,7 +118,7 @@ def _with_weights(ckpt: dict, state_dict: dict[str, Tensor], sources: list[str],
         out["callbacks"] = {k: v for k, v in out["callbacks"].items() if k != SNAPSHOT_STATE_KEY}
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(out, output)
+        atomic_save(out, output)
     return out
 
 
