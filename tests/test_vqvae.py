@@ -109,3 +109,45 @@ def test_fit_logs_reconstructions_and_codebook_usage_to_wandb(tmp_path, monkeypa
     for key in ("val/reconstructions", "val/code_histogram"):
         pixels = np.asarray(logged[key][0].image)
         assert pixels.max() > 200 and pixels.min() < 50, key
+
+
+def test_train_further_and_ten_step_runs(tmp_path):
+    """`fit --ckpt_path last --trainer.max_steps=<more>` (docs/cli.md: "train it further") failed
+    with torch's "Tried to step 13 times" (OneCycleLR restores its old length), and a 10-step run
+    divided by zero (a warm-up of 0.1 * 10 - 1 = 0 steps)."""
+    from tx_suite.data.captioned_mnist_datamodule import CaptionedMNISTDataModule
+
+    def fit(max_steps, ckpt=None):
+        task = VQVAETask(hidden=16, res_channels=8, n_res_blocks=1, codebook_size=32, codebook_dim=8, log_images=0)
+        trainer = pl.Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+        trainer.fit(task, CaptionedMNISTDataModule(batch_size=8, train_size=160, val_size=16, test_size=16),
+                    ckpt_path=ckpt, weights_only=True)
+        return trainer
+
+    trainer = fit(10)
+    assert trainer.global_step == 10
+    trainer.save_checkpoint(tmp_path / "ten.ckpt")
+    trainer = fit(14, str(tmp_path / "ten.ckpt"))
+    sched = trainer.lr_scheduler_configs[0].scheduler
+    assert trainer.global_step == 14 and sched.total_steps == 14 and sched.last_epoch == 14
+
+
+def test_one_cycle_matches_torch_and_survives_any_length():
+    from tx_suite.tasks.one_cycle import one_cycle
+
+    def run(make, steps):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        sched, out = make(opt), []
+        for _ in range(steps):
+            out.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"][0]))
+            opt.step()
+            sched.step()
+        return out
+
+    ours = run(lambda o: one_cycle(o, 1e-3, 50, pct_start=0.1), 50)
+    torch_ = run(lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=1e-3, total_steps=50, pct_start=0.1), 50)
+    assert ours == torch_  # lr and momentum cycle unchanged where torch works
+    for total in range(1, 25):
+        for pct in (0.1, 0.25, 0.3, 0.5):
+            run(lambda o: one_cycle(o, 1e-3, total, pct_start=pct), total)

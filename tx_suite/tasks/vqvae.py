@@ -14,6 +14,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 from tx_suite.models.vqvae import VQVAE
 from tx_suite.tasks.callbacks.generation_images import ReconstructionGrid
 from tx_suite.utils.runs import resolve_checkpoint as _resolve_checkpoint
+from tx_suite.tasks.one_cycle import one_cycle
 
 #: VQVAETask hyper-parameters that define the model (all of its __init__ but the optimiser's).
 MODEL_KEYS = ("hidden", "res_channels", "n_res_blocks", "downsample", "codebook_size",
@@ -26,7 +27,7 @@ class VQVAETask(pl.LightningModule):
     with the EMA codebook update of Sec. A.1 replacing the codebook term).
 
     Args: the :class:`~tx_suite.models.vqvae.VQVAE` arguments, plus ``lr`` and ``weight_decay``
-    of AdamW with a one-cycle schedule, and ``log_images``: how many val images (with their
+    of AdamW with a one-cycle schedule (:func:`~tx_suite.tasks.one_cycle.one_cycle`), and ``log_images``: how many val images (with their
     reconstructions) :class:`~tx_suite.tasks.callbacks.generation_images.ReconstructionGrid`
     logs after each validation epoch (0 = none).
 
@@ -144,9 +145,7 @@ class VQVAETask(pl.LightningModule):
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr,
                                 weight_decay=self.hparams.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches,
-            pct_start=0.1)
+        sched = one_cycle(opt, self.hparams.lr, self.trainer.estimated_stepping_batches, pct_start=0.1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
