@@ -180,3 +180,17 @@ def test_a_class_absent_from_the_evaluated_slice_has_no_accuracy(tmp_path):
     assert logged == {f"test/acc_{c}" for c in (0, 1, 2, 4, 7, 9)}
     acc = task.last_acc_class["test"]
     assert acc[[3, 5, 6, 8]].isnan().all() and not acc[[0, 1, 2, 4, 7, 9]].isnan().any()
+
+
+def test_a_run_trained_further_follows_the_schedule_of_its_new_length(tmp_path):
+    # timm's scheduler state holds t_initial: restored, the 4 new steps would all run at min_lr.
+    tr = trainer(tmp_path, steps=4, limit_val_batches=0)
+    tr.fit(tiny_task("tx", warmup_epochs=0.0), mnist(limit_train=64 * 8))
+    tr.save_checkpoint(tmp_path / "four.ckpt")
+    tr = trainer(tmp_path, steps=8, limit_val_batches=0, max_epochs=3)
+    task = tiny_task("tx", warmup_epochs=0.0)
+    tr.fit(task, mnist(limit_train=64 * 8), ckpt_path=str(tmp_path / "four.ckpt"), weights_only=True)
+    sched = tr.lr_scheduler_configs[0].scheduler
+    assert sched.t_initial == 8 and tr.global_step == 8
+    lr_at_5 = sched._get_lr(5)[0]
+    assert task.hparams.min_lr < lr_at_5 < task.hparams.lr  # mid-cosine, not at the floor

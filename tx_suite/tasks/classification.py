@@ -445,6 +445,13 @@ class ImageClassification(pl.LightningModule):
         from timm.optim import create_optimizer_v2
         from timm.scheduler import CosineLRScheduler
 
+        class _ThisRunsCosine(CosineLRScheduler):
+            # timm computes the rate from the update count alone, so there is no position to
+            # restore; its saved fields would bring back the old run length (t_initial), and a
+            # run trained further (--ckpt_path last, more max_steps) would spend its new steps at min_lr.
+            def load_state_dict(self, state_dict: dict) -> None:
+                pass
+
         hp = self.hparams
         # timm reads model.no_weight_decay() and skips 1-D params: no decay on norms, biases,
         # position embedding and CLS token (DeiT / timm recipe).
@@ -454,7 +461,7 @@ class ImageClassification(pl.LightningModule):
         warmup = min(int(math.ceil(hp.warmup_epochs * total / epochs)), max(total - 1, 0))
         # warmup_prefix: the cosine starts at the peak when the warm-up ends and reaches lr_min
         # at the last step (timm's default would start it mid-way, at cos(pi * warmup / total)).
-        scheduler = CosineLRScheduler(
+        scheduler = _ThisRunsCosine(
             optimizer,
             t_initial=max(total - warmup, 1),
             warmup_prefix=True,
