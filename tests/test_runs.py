@@ -183,13 +183,20 @@ def test_fast_dev_run_leaves_no_checkpoint_for_last_to_find(runs_dir, capsys):
 
 
 def test_ckpt_path_last_with_a_run_id_resumes_that_run(runs_dir, capsys):
-    assert fit("--trainer.max_epochs=1", "--run_id=a") == 0
+    assert fit("--trainer.max_epochs=1") == 0  # an id of its own, which its config.yaml records
+    (a,) = (runs_dir / "tiny_mnist").iterdir()
     assert fit("--trainer.max_epochs=1", "--run_id=b") == 0  # the newest
-    config_a = runs_dir / "tiny_mnist" / "a" / "config.yaml"  # it names run_id: a
+    config_a = a / "config.yaml"
+    assert yaml.safe_load(config_a.read_text())["run_id"] == a.name
     assert main(["fit", "--config", str(config_a), *QUIET, "--trainer.max_epochs=2", "--ckpt_path", "last"]) == 0
-    assert "tiny_mnist/a/checkpoints/last.ckpt" in capsys.readouterr().err
-    assert load_checkpoint(runs_dir / "tiny_mnist" / "a" / "checkpoints" / "last.ckpt")["epoch"] == 1
+    assert f"tiny_mnist/{a.name}/checkpoints/last.ckpt" in capsys.readouterr().err
+    assert load_checkpoint(a / "checkpoints" / "last.ckpt")["epoch"] == 1
     assert load_checkpoint(runs_dir / "tiny_mnist" / "b" / "checkpoints" / "last.ckpt")["epoch"] == 0
+    # The same file without --ckpt_path re-runs the experiment as a new run (docs/cli.md).
+    assert main(["fit", "--config", str(runs_dir / "tiny_mnist" / "b" / "config.yaml"), *QUIET,
+                 "--trainer.max_epochs=1"]) == 0
+    assert "run_id b (from a config file) is an existing run; this fit run gets a new id" in capsys.readouterr().err
+    assert len(list((runs_dir / "tiny_mnist").iterdir())) == 3
     assert fit("--run_id=nope", "--ckpt_path", "last") == 2
     assert "with run_id nope: no " in capsys.readouterr().err
 

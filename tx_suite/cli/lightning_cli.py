@@ -331,9 +331,10 @@ class TxSuiteCLI(LightningCLI):
         if run_dir is None:
             # Other ranks take rank 0's choice (it may have replaced the config's run_id, below).
             run_id = cfg.run_id if rank_zero else (os.environ.get(RUN_ID_ENV) or cfg.run_id)
-            if (rank_zero and run_id and subcommand != "fit" and (runs_dir / experiment / run_id).exists()
+            if (rank_zero and run_id and (runs_dir / experiment / run_id).exists()
                     and not any(a == "--run_id" or a.startswith("--run_id=") for a in sys.argv[1:])):
-                # A run's config.yaml names its run_id: testing with it makes a run of its own.
+                # A run's config.yaml names its run_id: re-running or testing it makes a run of its
+                # own (resuming it is `--ckpt_path last`, which finds that run's checkpoint).
                 _log(f"run_id {run_id} (from a config file) is an existing run; this {subcommand} run gets a new id")
                 run_id = None
             run_id = validate_name(run_id, "run_id") if run_id else new_run_id()
@@ -342,6 +343,8 @@ class TxSuiteCLI(LightningCLI):
                 raise FileExistsError(f"run directory already exists: {run_dir} (choose another --run_id)")
             if rank_zero:
                 os.environ[RUN_ID_ENV] = run_id  # inherited by DDP processes started later; cleared by run_cli
+        # config.yaml names its run, so `--config runs/E/<id>/config.yaml --ckpt_path last` finds it.
+        cfg.run_id = run_dir.name
         previous = {}
         if resumed and (run_dir / RUN_INFO).is_file():
             previous = json.loads((run_dir / RUN_INFO).read_text())
