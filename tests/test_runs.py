@@ -222,3 +222,17 @@ def test_test_with_a_runs_saved_config_makes_a_run_of_its_own(runs_dir, capsys):
     assert "tiny_mnist/a/checkpoints/best.ckpt" in capsys.readouterr().err
     assert len(list((runs_dir / "tiny_mnist").iterdir())) == 2
     assert main(["test", "--config", str(config_a), *QUIET, "--ckpt_path", "best", "--run_id=a"]) == 2  # explicit
+
+
+def test_fit_refuses_a_weights_only_checkpoint_before_touching_its_run(runs_dir, capsys):
+    assert fit("--trainer.max_epochs=1", "--run_id=a") == 0
+    run = runs_dir / "tiny_mnist" / "a"
+    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    del ckpt["optimizer_states"], ckpt["lr_schedulers"]  # what weights_only saving and averaging leave
+    torch.save(ckpt, run / "checkpoints" / "averaged.ckpt")
+    before = sorted(p.name for p in run.rglob("*"))
+    capsys.readouterr()
+    assert fit("--trainer.max_epochs=2", "--ckpt_path", str(run / "checkpoints" / "averaged.ckpt")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds weights only" in err[0] and "fit cannot resume it" in err[0]
+    assert sorted(p.name for p in run.rglob("*")) == before  # no config.resume-*, run_info untouched

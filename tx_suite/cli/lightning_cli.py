@@ -246,6 +246,11 @@ class TxSuiteCLI(LightningCLI):
         if not isinstance(ckpt.get("state_dict"), dict) or "pytorch-lightning_version" not in ckpt:
             raise CheckpointError(f"{ckpt_path} is not a Lightning checkpoint (no state_dict / pytorch-lightning_version); "
                                   "--ckpt_path takes a checkpoints/*.ckpt file a tx-suite run wrote")
+        if subcommand == "fit" and "optimizer_states" not in ckpt:
+            # Lightning would fail only after the run directory, config and W&B run were written.
+            raise CheckpointError(f"{ckpt_path} holds weights only (an averaged or weights-only checkpoint, no "
+                                  "optimizer or loop state): fit cannot resume it; use it with "
+                                  "validate/test/predict or translate/classify/generate")
         hparams = dict(ckpt.get("hyper_parameters", {}))
         hparams.pop("_instantiator", None)
         model_cfg = cfg.get("model")
