@@ -236,3 +236,12 @@ def test_fit_refuses_a_weights_only_checkpoint_before_touching_its_run(runs_dir,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds weights only" in err[0] and "fit cannot resume it" in err[0]
     assert sorted(p.name for p in run.rglob("*")) == before  # no config.resume-*, run_info untouched
+
+
+def test_a_run_that_fails_before_logging_anything_leaves_no_directory(runs_dir, capsys):
+    assert fit("--trainer.max_epochs=1", "--model.init_args.nan_at_step=0") == 1
+    err = capsys.readouterr().err
+    assert "non-finite" in err and "the run failed before it logged a metric or wrote a file" in err
+    assert not (runs_dir / "tiny_mnist").exists() or not any((runs_dir / "tiny_mnist").iterdir())
+    assert fit("--trainer.max_epochs=1", "--trainer.max_steps=3") == 0  # a finished run stays
+    assert len(list((runs_dir / "tiny_mnist").iterdir())) == 1

@@ -27,6 +27,7 @@ import os
 import random
 import re
 import shlex
+import shutil
 import sys
 import time
 import warnings
@@ -470,9 +471,26 @@ def _finish(state: dict[str, Any], status: str) -> None:
     finish_wandb(status)
     if state.get("wandb_mode") == "offline" and state.get("wandb_dir"):
         _log(f"W&B run saved offline; upload it with: wandb sync {state['wandb_dir']}")
+    if status == "failed" and not state.get("resumed") and state.get("rank_zero") and _holds_no_results(Path(run_dir)):
+        # Failed before anything was logged (a wrong data path, a bad argument found late): an
+        # empty run would only be found by `compare` and `--ckpt_path last`. The error is on stderr.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        _log(f"removed {run_dir}: the run failed before it logged a metric or wrote a file")
+        return
     last = Path(run_dir) / CHECKPOINT_DIR / "last.ckpt"
     if status == "interrupted" and state.get("subcommand") == "fit" and last.is_file():
         _log(f"interrupted; continue this run with: {resume_command(state.get('command') or ['tx-suite'], last)}")
+
+
+#: What every run directory gets before its first step; a failed run with nothing else is removed.
+_RUN_SETUP_FILES = {RUN_INFO, "config.yaml", "hparams.yaml", "wandb", CHECKPOINT_DIR}
+
+
+def _holds_no_results(run_dir: Path) -> bool:
+    if not run_dir.is_dir() or any(p.name not in _RUN_SETUP_FILES for p in run_dir.iterdir()):
+        return False
+    checkpoints = run_dir / CHECKPOINT_DIR
+    return not (checkpoints.is_dir() and any(checkpoints.iterdir()))
 
 
 def resume_command(command: list[str], ckpt: Path) -> str:
