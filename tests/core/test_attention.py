@@ -86,7 +86,7 @@ def test_fully_masked_rows_keep_gradients_finite_on_the_weights_path(qkv, kind):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_weights_path_takes_a_float32_mask_with_half_inputs(qkv, dtype):
     q, k, v = (t.to(dtype) for t in qkv)
-    bias = torch.randn(1, H, T, S)  # float32, as an ALiBi-style bias usually is
+    bias = torch.randn(1, H, T, S, generator=torch.Generator().manual_seed(3))  # float32, as an ALiBi-style bias is
     fast, _ = scaled_dot_product_attention(q, k, v, attn_mask=bias)
     slow, w = scaled_dot_product_attention(q, k, v, attn_mask=bias, need_weights=True)
     assert slow.dtype == w.dtype == dtype
@@ -101,7 +101,7 @@ def _pair(d_model=32, n_heads=4, cross=False):
     return ref, ours
 
 
-@pytest.mark.parametrize("masks", ["none", "padding", "attn_mask", "both", "causal"])
+@pytest.mark.parametrize("masks", ["none", "padding", "attn_mask", "both", "float_and_padding", "causal"])
 def test_self_attention_equals_torch_mha(masks):
     ref, ours = _pair()
     x = torch.randn(3, 7, 32)
@@ -115,6 +115,10 @@ def test_self_attention_equals_torch_mha(masks):
         kw_ref["key_padding_mask"] = kw_ours["key_padding_mask"] = pad
     if masks in ("attn_mask", "both"):
         kw_ref["attn_mask"], kw_ours["attn_mask"] = blocked, ~blocked  # opposite bool conventions
+    if masks == "float_and_padding":  # an additive mask merged with a bool padding mask
+        bias = torch.randn(7, 7, generator=torch.Generator().manual_seed(4)).masked_fill(blocked, float("-inf"))
+        kw_ref["attn_mask"] = kw_ours["attn_mask"] = bias
+        kw_ref["key_padding_mask"] = kw_ours["key_padding_mask"] = pad
     if masks == "causal":
         kw_ref["attn_mask"] = ~causal_mask(7)
         kw_ours["is_causal"] = True
@@ -141,3 +145,27 @@ def test_mha_rejects_bad_shapes():
         MultiHeadAttention(30, 4)
     with pytest.raises(ValueError, match="memory"):
         MultiHeadAttention(32, 4, cross_attention=True)(torch.randn(1, 2, 32))
+
+
+@pytest.mark.parametrize("t", [2, 3])
+def test_short_causal_inputs_do_not_see_the_future(t):
+    # A decoder's first steps without a cache see 2-3 positions: causality must hold there too.
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, t, DH, generator=g) for _ in range(3))
+    expected = naive_attention(q, k, v, causal_mask(t))
+    for need_weights in (False, True):
+        out, _ = scaled_dot_product_attention(q, k, v, is_causal=True, need_weights=need_weights)
+        torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_weights_path_applies_attention_dropout(qkv):
+    # The returned weights are post-dropout (as nn.MultiheadAttention's are not, but the output
+    # must be the one the fast path would give): some are zeroed, the kept ones scaled by 1/(1-p).
+    q, k, v = qkv
+    torch.manual_seed(0)
+    out, w = scaled_dot_product_attention(q, k, v, dropout_p=0.5, need_weights=True)
+    _, clean = scaled_dot_product_attention(q, k, v, need_weights=True)
+    dropped = w == 0
+    assert 0.3 < dropped.float().mean() < 0.7
+    torch.testing.assert_close(w[~dropped], 2 * clean[~dropped])
+    torch.testing.assert_close(out, w @ v)

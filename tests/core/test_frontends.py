@@ -66,3 +66,13 @@ def test_text_image_sequence_layout_and_incremental_equivalence():
         outs.append(gpt(seq.embed_image(flat[:, j:j + 1], offset=j), cache=cache))
     got = torch.cat(outs, 1)
     assert (got[~pad] - full[~pad]).abs().max() <= 1e-5
+
+
+def test_text_image_sequence_puts_boi_after_the_text():
+    torch.manual_seed(0)
+    text = TokenEmbedding(30, 32, pad_id=0, pos_encoding="learned", max_len=6)
+    seq = TextImageSequence(text, ImageTokenGrid(16, 32, height=3, width=3), text_len=6, pad_id=0).eval()
+    tokens = torch.tensor([[5, 6, 7, 0, 0, 0]])
+    x, _ = seq(tokens, torch.randint(0, 16, (1, 3, 3)))
+    torch.testing.assert_close(x[:, :6], text(tokens))
+    torch.testing.assert_close(x[0, 6], seq.boi[0, 0])

@@ -28,6 +28,13 @@ def test_vit_position_embedding_resampled_like_timm():
     load_timm_state_dict(ours, timm_vit.state_dict())
     x = torch.randn(2, 1, 36, 36)  # 9 x 9 patches instead of 7 x 7
     assert (ours(x) - timm_vit(x)).abs().max() <= 1e-5
+    # non-square grids, where rows and columns must not be swapped: 7 x 5 -> 9 x 11 patches
+    wide = dict(SMALL, img_size=(28, 20))
+    timm_wide = TimmViT(**wide, embed_dim=32, depth=2, num_heads=4, dynamic_img_size=True).eval()
+    ours_wide = VisionTransformer(**wide, d_model=32, n_layers=2, n_heads=4).eval()
+    load_timm_state_dict(ours_wide, timm_wide.state_dict())
+    x_wide = torch.randn(2, 1, 36, 44)
+    assert (ours_wide(x_wide) - timm_wide(x_wide)).abs().max() <= 1e-5
     # loading into a model built for the new size resamples the table once
     big = VisionTransformer(**{**SMALL, "img_size": 36}, d_model=32, n_layers=2, n_heads=4).eval()
     big.load_state_dict(checkpoint_filter_fn(timm_vit.state_dict(), big))
