@@ -53,6 +53,10 @@ def test_unbundled_split_offline_fails_clearly(tmp_path, offline):
     # Czech has no bundled test_2017_flickr: the advice lists what exists for the language
     with pytest.raises(Multi30kError, match=r"Bundled cs splits: train, val, test_2016_flickr;"):
         split_path("test_2017_flickr", "cs", cache_dir=tmp_path)
+    # A wrong data_dir is named as such, with where the bundled copy is
+    with pytest.raises(Multi30kError, match=r"Bundled de splits: none, .*wrong has no multi30k/task1/raw/ "
+                                            r"\(the repository's copy is under .*data\)"):
+        split_path("train", "de", data_dir=tmp_path / "wrong", cache_dir=tmp_path)
     assert issubclass(Multi30kError, FileNotFoundError)  # the CLI's bad-input class: one line, exit 2
 
 

@@ -37,6 +37,9 @@ class Multi30kError(FileNotFoundError):
 
 
 def _bundled(data_dir: Path, lang: str) -> str:
+    if not (data_dir / RELDIR).is_dir():
+        # A wrong --data.init_args.data_dir, not a missing split: say where the bundled copy is.
+        return f"none, {data_dir} has no {RELDIR}/ (the repository's copy is under {default_data_dir()})"
     names = [s for s in BUNDLED_SPLITS if (data_dir / RELDIR / f"{s}.{lang}.gz").is_file()]
     return ", ".join(names) or "none"
 
