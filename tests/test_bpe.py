@@ -65,3 +65,11 @@ def test_cache_is_keyed_by_settings(corpus, tmp_path):
 def test_too_small_vocab_is_rejected(corpus):
     with pytest.raises(ValueError, match="vocab_size must be > 260"):
         BPETokenizer.train(corpus, vocab_size=200)
+
+
+def test_cache_key_separates_texts_and_settings():
+    # Keys are over the recipe, the settings and the text: no two different inputs may collide
+    # by concatenation ("ab" + "c" vs "a" + "bc"; vocabulary 600 / min_frequency 12 vs 6001 / 2).
+    assert cache_key(["ab", "c"], 600, 2) != cache_key(["a", "bc"], 600, 2)
+    assert cache_key(["a b"], 600, 12) != cache_key(["a b"], 6001, 2)
+    assert cache_key(["a b"], 600, 2) == cache_key(["a b"], 600, 2) and len(cache_key(["a b"], 600, 2)) == 12

@@ -125,6 +125,9 @@ def test_tokenizer_fixed_length_and_datamodule_batch():
     assert ids.shape == (2, 16) and ids[0, 7:].eq(tok.pad_id).all()
     assert ids[1, 1] == tok.unk_id  # "purple" is not a caption word
     assert tok.decode(ids[:1]) == ["top - left : tiny red 7"]
+    # Capitals are the same words (users type them), for the tokenizer and the judge's parser.
+    assert torch.equal(tok.encode(["Top-Left: Tiny RED 7"]), ids[:1])
+    assert parse_caption("Top-left: tiny Red 7") == parse_caption("top-left: tiny red 7") == Attributes(7, 0, 0, 0)
     dm = CaptionedMNISTDataModule(batch_size=8, train_size=16, val_size=8, test_size=8)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))

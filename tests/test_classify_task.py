@@ -194,3 +194,31 @@ def test_a_run_trained_further_follows_the_schedule_of_its_new_length(tmp_path):
     assert sched.t_initial == 8 and tr.global_step == 8
     lr_at_5 = sched._get_lr(5)[0]
     assert task.hparams.min_lr < lr_at_5 < task.hparams.lr  # mid-cosine, not at the floor
+
+
+def test_label_smoothing_reaches_the_loss_with_and_without_mixup(tmp_path):
+    # timm's Mixup defaults to label_smoothing=0.1: the task's own value must replace it.
+    assert tiny_task("tx", label_smoothing=0.0, mixup={"mixup_alpha": 0.8}).mixup_fn.label_smoothing == 0.0
+    assert tiny_task("tx", label_smoothing=0.2, mixup={"mixup_alpha": 0.8}).mixup_fn.label_smoothing == 0.2
+
+    class Check(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            x, y = batch
+            with torch.no_grad():
+                self.expected = F.cross_entropy(pl_module.model(x).float(), y, label_smoothing=0.2)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.got = outputs["loss"].detach()
+
+    check = Check()
+    trainer(tmp_path, steps=1, callbacks=[check]).fit(tiny_task("tx", label_smoothing=0.2), mnist(limit_train=64))
+    torch.testing.assert_close(check.got, check.expected)
+
+
+def test_confusion_matrix_covers_one_evaluation_only(tmp_path):
+    task = tiny_task("tx")
+    tr = trainer(tmp_path, steps=1, limit_val_batches=2)
+    dm = mnist(eval_batch_size=50)
+    for _ in range(2):
+        tr.validate(task, datamodule=dm, verbose=False)
+        assert int(task.last_confmat["val"].sum()) == 100  # 2 batches of 50, not accumulated

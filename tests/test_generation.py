@@ -70,6 +70,32 @@ def test_an_image_does_not_depend_on_batch_size_or_later_captions(trained):
     torch.testing.assert_close(whole, one_by_one)
     torch.testing.assert_close(task.generate(caps[:1], seed=5, top_k=8), whole[:1])  # later captions dropped
     assert not torch.equal(task.generate(caps, seed=6, top_k=8), whole)
+    # n images per caption: caption i's at rows i*n .. i*n + n - 1
+    two = task.generate(caps[:2], 2, seed=5, top_k=8)
+    torch.testing.assert_close(two[:2], task.generate(caps[:1], 2, seed=5, top_k=8))
+
+
+def test_caption_dropout_blanks_that_fraction_to_the_null_caption(trained, monkeypatch):
+    task = load_text_to_image(trained["ckpt"])
+    from tx_suite.data.captioned_mnist_datamodule import CaptionedMNISTDataModule
+
+    dm = CaptionedMNISTDataModule(batch_size=8, train_size=64, val_size=16, test_size=8)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    big = {"image": batch["image"].repeat(50, 1, 1, 1), "text": batch["text"].repeat(50, 1)}  # 400 rows
+    seen = []
+    forward = task.model.forward
+    monkeypatch.setattr(task.model, "forward", lambda text, codes: seen.append(text) or forward(text, codes))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in (0.0, 0.1, 1.0):
+            task._losses(big, caption_dropout=p)
+    null = task.null_text().cpu()
+    blank = [(t == null).all(1) for t in seen]
+    assert not blank[0].any() and blank[2].all()  # p = 0: none; p = 1: every caption is the null one
+    assert 15 <= int(blank[1].sum()) <= 70  # p = 0.1 of 400 rows: 40 expected
+    kept = ~blank[1]
+    assert torch.equal(seen[1][kept], big["text"][kept])
 
 
 def test_checkpoint_round_trip_and_tokenizer_checks(trained):

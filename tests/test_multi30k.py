@@ -108,6 +108,12 @@ def test_token_budget_batches_cover_every_index_once():
     # Bucketing keeps padding low compared with random batches of the same count.
     waste = sum(len(b) * max(sizes[i] for i in b) - sum(sizes[i] for i in b) for b in epochs[0])
     assert waste < 0.1 * sum(sizes)
+    # The batches come in random order, not by length (a run would see short sentences first).
+    longest = [max(sizes[i] for i in b) for b in epochs[0]]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+    # max_sentences caps a batch even when the token budget would allow more.
+    capped = list(TokenBudgetBatchSampler([1] * 5, max_tokens=100, max_sentences=2, shuffle=False))
+    assert sorted(len(b) for b in capped) == [1, 2, 2]
 
 
 @pytest.mark.parametrize("world", [2, 3])

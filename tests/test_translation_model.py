@@ -227,5 +227,8 @@ def test_bleu_known_values():
     s = translation_scores(lower, refs)
     assert s["bleu_lc"] == pytest.approx(100.0) and s["bleu"] < 90  # case-sensitive by default
     assert translation_scores(["cat"] * 2, refs)["bleu"] == pytest.approx(0.0)
+    # chrF2 (character 6-grams, beta 2; Popovic 2015), not chrF++ (+ word bigrams, 30.3562)
+    one = translation_scores(["the dog runs on grass"], ["a dog is running on the grass"])
+    assert one["chrf"] == pytest.approx(30.3737, abs=1e-4)
     with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
         translation_scores(refs, refs[:1])

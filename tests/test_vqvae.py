@@ -1,5 +1,7 @@
 """VQ-VAE tokenizer: image -> codes -> image shapes, training on real scenes, checkpoint loading."""
 
+import math
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -151,3 +153,31 @@ def test_one_cycle_matches_torch_and_survives_any_length():
     for total in range(1, 25):
         for pct in (0.1, 0.25, 0.3, 0.5):
             run(lambda o: one_cycle(o, 1e-3, total, pct_start=pct), total)
+
+
+def test_usage_stats_known_values():
+    usage, perplexity = VQVAETask.usage_stats(torch.tensor([5, 5, 0, 0]))
+    assert usage == 0.5 and perplexity == pytest.approx(2.0)  # two codes used equally: exp(H) = 2
+    assert VQVAETask.usage_stats(torch.tensor([1, 0, 0, 0])) == (0.25, pytest.approx(1.0))
+
+
+def test_psnr_and_code_counts_cover_one_epoch(tmp_path):
+    from tx_suite.data.captioned_mnist_datamodule import CaptionedMNISTDataModule
+
+    torch.manual_seed(0)
+    task = VQVAETask(hidden=16, res_channels=8, n_res_blocks=1, codebook_size=32, codebook_dim=8, log_images=0)
+    dm = CaptionedMNISTDataModule(batch_size=8, train_size=32, val_size=16, test_size=16)
+    trainer = pl.Trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(task, dm)  # the sanity check and two validation epochs: counts must not pile up
+    h = w = 32 // task.hparams.downsample
+    assert int(task.code_counts.sum()) == 8 * h * w  # one val batch
+    assert int(task.train_code_counts.sum()) == 2 * 8 * h * w  # one epoch's 2 batches
+    # PSNR of the [0, 1]-clamped reconstruction against [0, 1] images: 10 log10(1 / MSE).
+    metrics = trainer.validate(task, dm, verbose=False)[0]
+    dm.setup("validate")
+    images = next(iter(dm.val_dataloader()))["image"]
+    with torch.no_grad():
+        mse = F.mse_loss(task.eval()(images).recon.clamp(0, 1), images)
+    assert metrics["val/psnr"] == pytest.approx(10 * math.log10(1 / mse.item()), rel=1e-4)
