@@ -224,6 +224,8 @@ def test_duplicate_keys_are_refused_but_merge_keys_may_override(tmp_path, capsys
     assert main(["fit", "--config", TINY, "--config", str(dup), "--print_config"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "duplicate key 'max_epochs' (first on line 2), again on line 4" in err
+    with pytest.raises(ConfigError, match="duplicate key 'lr' \\(first on line 1\\), again on line 1"):
+        load_config(write(tmp_path / "flow.yaml", "model: {init_args: {lr: 1, lr: 2}}\n"))
     anchors = write(tmp_path / "anchors.yaml", "a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  p: 3\n")
     assert load_config(anchors)["b"] == {"p": 3, "q": 2}
 

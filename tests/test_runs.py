@@ -238,10 +238,18 @@ def test_fit_refuses_a_weights_only_checkpoint_before_touching_its_run(runs_dir,
     assert sorted(p.name for p in run.rglob("*")) == before  # no config.resume-*, run_info untouched
 
 
-def test_a_run_that_fails_before_logging_anything_leaves_no_directory(runs_dir, capsys):
+def test_a_run_that_fails_before_logging_anything_leaves_no_directory(runs_dir, capsys, tmp_path):
     assert fit("--trainer.max_epochs=1", "--model.init_args.nan_at_step=0") == 1
     err = capsys.readouterr().err
     assert "non-finite" in err and "the run failed before it logged a metric or wrote a file" in err
     assert not (runs_dir / "tiny_mnist").exists() or not any((runs_dir / "tiny_mnist").iterdir())
     assert fit("--trainer.max_epochs=1", "--trainer.max_steps=3") == 0  # a finished run stays
     assert len(list((runs_dir / "tiny_mnist").iterdir())) == 1
+    # A run that logged, but only to a logger that writes no file of its own here (W&B), is kept.
+    wandb_only = tmp_path / "wandb_only.yaml"
+    wandb_only.write_text("trainer:\n  logger:\n    - class_path: pytorch_lightning.loggers.WandbLogger\n"
+                          "      init_args: {project: tx-suite-test}\n")
+    assert fit("--config", str(wandb_only), "--experiment=tiny_mnist", "--trainer.max_epochs=1",
+               "--model.init_args.nan_at_step=4", "--trainer.log_every_n_steps=1", "--run_id=wandb_only") == 1
+    assert not (runs_dir / "tiny_mnist" / "wandb_only" / "metrics.csv").exists()
+    assert "removed" not in capsys.readouterr().err and (runs_dir / "tiny_mnist" / "wandb_only").is_dir()

@@ -421,6 +421,7 @@ class TxSuiteCLI(LightningCLI):
             return
         run_dir: Path = self.state["run_dir"]
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.state["trainer"] = self.trainer  # _finish asks it whether anything was logged
         self.state.update(start_wandb(self.trainer.loggers, _log))
         cfg = self.config[self.subcommand]
         record = collect_run_info(
@@ -469,14 +470,16 @@ def _finish(state: dict[str, Any], status: str) -> None:
         target["wandb"] = {"mode": state.get("wandb_mode"), "id": state.get("wandb_id"), "dir": state.get("wandb_dir")}
     write_json(Path(run_dir) / RUN_INFO, info)
     finish_wandb(status)
-    if state.get("wandb_mode") == "offline" and state.get("wandb_dir"):
-        _log(f"W&B run saved offline; upload it with: wandb sync {state['wandb_dir']}")
-    if status == "failed" and not state.get("resumed") and state.get("rank_zero") and _holds_no_results(Path(run_dir)):
+    trainer = state.get("trainer")
+    if (status == "failed" and not state.get("resumed") and state.get("rank_zero")
+            and not getattr(trainer, "logged_metrics", None) and _holds_no_results(Path(run_dir))):
         # Failed before anything was logged (a wrong data path, a bad argument found late): an
         # empty run would only be found by `compare` and `--ckpt_path last`. The error is on stderr.
         shutil.rmtree(run_dir, ignore_errors=True)
         _log(f"removed {run_dir}: the run failed before it logged a metric or wrote a file")
         return
+    if state.get("wandb_mode") == "offline" and state.get("wandb_dir"):
+        _log(f"W&B run saved offline; upload it with: wandb sync {state['wandb_dir']}")
     last = Path(run_dir) / CHECKPOINT_DIR / "last.ckpt"
     if status == "interrupted" and state.get("subcommand") == "fit" and last.is_file():
         _log(f"interrupted; continue this run with: {resume_command(state.get('command') or ['tx-suite'], last)}")

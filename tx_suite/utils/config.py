@@ -46,10 +46,13 @@ class _Loader(yaml.SafeLoader):
             for key_node, _ in [(k, v) for k, v in node.value if k.tag != "tag:yaml.org,2002:merge"]:
                 key = self.construct_object(key_node, deep=True)
                 try:
-                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                    repeated = key in seen
                 except TypeError:
                     continue  # an unhashable key: the base class reports it
-                if first != key_node.start_mark.line + 1:
+                if not repeated:
+                    seen[key] = key_node.start_mark.line + 1
+                else:  # on another line or the same one ({lr: 1, lr: 2})
+                    first = seen[key]
                     raise yaml.constructor.ConstructorError(
                         None, None, f"duplicate key {key!r} (first on line {first}), again on", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
