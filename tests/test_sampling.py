@@ -35,6 +35,10 @@ def test_sampling_follows_the_distribution(temperature):
     draws = sample_next(logits, temperature, generator=torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=3).float() / len(draws)
     assert torch.allclose(freq, (p.log() / temperature).softmax(0), atol=0.015)  # p^(1/T), renormalised
+    # Inverse-CDF draws from given uniforms follow the same distribution.
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(1))
+    freq = torch.bincount(sample_next(logits, temperature, uniform=u), minlength=3).float() / len(u)
+    assert torch.allclose(freq, (p.log() / temperature).softmax(0), atol=0.015)
     # One generator per row draws the same as each row alone.
     gens = [torch.Generator().manual_seed(i) for i in range(3)]
     rows = sample_next(logits[:3], temperature, generator=gens)
@@ -85,3 +89,12 @@ def test_cached_logits_match_teacher_forcing(model):
     assert torch.allclose(torch.stack(steps, 1), full, atol=1e-10)
     with pytest.raises(ValueError, match="null_text"):
         sample_image_tokens(model, text, cfg_scale=2.0)
+
+
+def test_inverse_cdf_never_draws_a_zero_probability_token():
+    logits = torch.tensor([[3.0, 0.0, 2.0, 1.0]]).expand(5, 4)
+    u = torch.tensor([0.0, 0.3, 0.5, 0.9, 1.0 - 1e-7])  # the ends of [0, 1) included
+    assert sample_next(logits, top_k=1, uniform=u).tolist() == [0] * 5
+    two = sample_next(logits, top_k=2, uniform=u).tolist()  # tokens 0 and 2 kept, p = 0.73 / 0.27
+    assert set(two) == {0, 2} and two[0] == 0 and two[-1] == 2
+    assert sample_next(logits[:1], top_k=2, uniform=torch.tensor([1.0])).item() == 2  # u * total rounded up

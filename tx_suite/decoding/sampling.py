@@ -68,11 +68,15 @@ def guided_logits(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: Generators = None) -> Tensor:
+                top_p: float | None = None, generator: Generators = None,
+                uniform: Tensor | None = None) -> Tensor:
     """Draw one token per row: ``(B, K)`` logits -> ``(B,)`` long.
 
     ``temperature = 0`` is greedy (argmax). ``generator`` is one RNG for the batch or a sequence
     of ``B``, one per row, so that a row's draw does not depend on which rows share its batch.
+    ``uniform`` ``(B,)`` in [0, 1) instead draws by inverting each row's CDF (the token whose
+    cumulative-probability interval holds ``u``): one kernel for the batch, randomness chosen by
+    the caller (:func:`sample_image_tokens` draws it per row up front).
 
     Raises:
         ValueError: negative temperature, a generator sequence whose length is not ``B`` (and see
@@ -83,6 +87,15 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     if temperature == 0:
         return logits.argmax(-1)
     probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    if uniform is not None:
+        cdf = probs.cumsum(-1)  # (B, K)
+        # right=True: the first token whose cdf exceeds u * total, so zero-probability tokens
+        # (filtered, or a plateau of the cdf) are never drawn, also for u = 0.
+        x = uniform.to(cdf)[:, None] * cdf[:, -1:]
+        token = torch.searchsorted(cdf, x, right=True).squeeze(-1)
+        # u * total may round up to total: then the last token that has any probability.
+        last = probs.size(-1) - 1 - (probs > 0).flip(-1).int().argmax(-1)
+        return torch.minimum(token, last)
     if generator is None or isinstance(generator, torch.Generator):
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     if len(generator) != probs.size(0):
@@ -105,13 +118,14 @@ def sample_image_tokens(model: ImageTokenModel, text: Tensor, *, temperature: fl
         null_text: ``(L,)`` or ``(B, L)`` tokens of the empty caption the model was trained
             with under caption dropout (all padding).
         use_cache: incremental decoding with the decoder's KV cache.
-        generator: torch RNG for reproducible samples, or ``B`` of them, one per caption.
+        generator: torch RNG for reproducible samples, or ``B`` of them, one per caption (its
+            draws then do not depend on the other captions of the batch).
 
     Returns:
         ``(B, N)`` long codes in raster order.
 
     Raises:
-        ValueError: ``cfg_scale != 1`` without ``null_text``.
+        ValueError: ``cfg_scale != 1`` without ``null_text``; not ``B`` generators.
     """
     guided = cfg_scale != 1.0
     if guided:
@@ -120,14 +134,24 @@ def sample_image_tokens(model: ImageTokenModel, text: Tensor, *, temperature: fl
         # One batch of 2B rows: conditional first, unconditional second.
         text = torch.cat([text, null_text.expand_as(text)], dim=0)
     b = text.size(0) // (2 if guided else 1)
+    n = model.num_image_tokens
+    uniforms = None
+    if generator is not None and not isinstance(generator, torch.Generator):
+        if len(generator) != b:
+            raise ValueError(f"{len(generator)} generators for {b} captions")
+        # Each caption's randomness drawn up front from its own generator (B calls, not B per
+        # token); the steps then sample the whole batch at once by inverse CDF.
+        uniforms = torch.stack([torch.rand(n, generator=g, device=g.device) for g in generator]).to(text.device)
 
-    def pick(logits: Tensor) -> Tensor:
+    def pick(logits: Tensor, i: int) -> Tensor:
         if guided:
             logits = guided_logits(logits[:b], logits[b:], cfg_scale)
-        token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        if uniforms is None:
+            token = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
+        else:
+            token = sample_next(logits, temperature, top_k, top_p, uniform=uniforms[:, i])
         return torch.cat([token, token]) if guided else token
 
-    n = model.num_image_tokens
     codes = text.new_zeros(text.size(0), 0)
     if use_cache:
         cache = model.new_cache()
@@ -135,7 +159,7 @@ def sample_image_tokens(model: ImageTokenModel, text: Tensor, *, temperature: fl
     else:
         logits = model.next_image_logits(text, codes)
     for i in range(n):
-        codes = torch.cat([codes, pick(logits)[:, None]], dim=1)
+        codes = torch.cat([codes, pick(logits, i)[:, None]], dim=1)
         if i == n - 1:
             break
         logits = model.step(codes[:, -1:], cache) if use_cache else model.next_image_logits(text, codes)
