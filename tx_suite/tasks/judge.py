@@ -11,8 +11,8 @@ from torchvision.transforms import v2
 
 from tx_suite.data.captions import COLOURS, POSITIONS, SIZES
 from tx_suite.models.judge import SceneJudge
-from tx_suite.tasks.vqvae import read_checkpoint
 from tx_suite.tasks.one_cycle import one_cycle
+from tx_suite.tasks.vqvae import read_checkpoint
 
 CLASSES = {"digit": 10, "colour": len(COLOURS), "size": len(SIZES), "position": len(POSITIONS)}
 SUBSETS = ("seen", "heldout")

@@ -13,8 +13,8 @@ from torchmetrics.image import PeakSignalNoiseRatio
 
 from tx_suite.models.vqvae import VQVAE
 from tx_suite.tasks.callbacks.generation_images import ReconstructionGrid
-from tx_suite.utils.runs import resolve_checkpoint as _resolve_checkpoint
 from tx_suite.tasks.one_cycle import one_cycle
+from tx_suite.utils.runs import resolve_checkpoint as _resolve_checkpoint
 
 #: VQVAETask hyper-parameters that define the model (all of its __init__ but the optimiser's).
 MODEL_KEYS = ("hidden", "res_channels", "n_res_blocks", "downsample", "codebook_size",
@@ -27,9 +27,10 @@ class VQVAETask(pl.LightningModule):
     with the EMA codebook update of Sec. A.1 replacing the codebook term).
 
     Args: the :class:`~tx_suite.models.vqvae.VQVAE` arguments, plus ``lr`` and ``weight_decay``
-    of AdamW with a one-cycle schedule (:func:`~tx_suite.tasks.one_cycle.one_cycle`), and ``log_images``: how many val images (with their
-    reconstructions) :class:`~tx_suite.tasks.callbacks.generation_images.ReconstructionGrid`
-    logs after each validation epoch (0 = none).
+    of AdamW with a one-cycle schedule (:func:`~tx_suite.tasks.one_cycle.one_cycle`), and
+    ``log_images``: how many val images (with their reconstructions)
+    :class:`~tx_suite.tasks.callbacks.generation_images.ReconstructionGrid` logs after each
+    validation epoch (0 = none).
 
     Logged: ``train/loss``, ``train/recon_loss``, ``train/commit_loss``, ``val/recon_loss``,
     ``val/psnr`` (dB, 10 log10(1 / MSE) over the epoch), ``{train,val}/codebook_usage`` (fraction
