@@ -39,11 +39,6 @@ def test_sampling_follows_the_distribution(temperature):
     u = torch.rand(20000, generator=torch.Generator().manual_seed(1))
     freq = torch.bincount(sample_next(logits, temperature, uniform=u), minlength=3).float() / len(u)
     assert torch.allclose(freq, (p.log() / temperature).softmax(0), atol=0.015)
-    # One generator per row draws the same as each row alone.
-    gens = [torch.Generator().manual_seed(i) for i in range(3)]
-    rows = sample_next(logits[:3], temperature, generator=gens)
-    alone = [sample_next(logits[:1], temperature, generator=torch.Generator().manual_seed(i)) for i in range(3)]
-    assert rows.tolist() == torch.cat(alone).tolist()
 
 
 def test_guidance_formula_and_rerank():
@@ -78,6 +73,15 @@ def test_cached_sampling_equals_uncached_for_a_fixed_seed(model, options):
     assert cached.shape == (3, 16) and torch.equal(cached, uncached)
     other = sample_image_tokens(model, text, generator=torch.Generator().manual_seed(8), **kw)
     assert not torch.equal(cached, other)  # the seed matters, so equality above is not vacuous
+    # One generator per caption: cached == uncached, and each caption draws as it would alone.
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
+    per_row = sample_image_tokens(model, text, use_cache=True, generator=gens(), **kw)
+    assert torch.equal(per_row, sample_image_tokens(model, text, use_cache=False, generator=gens(), **kw))
+    for i in range(3):
+        alone = sample_image_tokens(model, text[i:i + 1], generator=[torch.Generator().manual_seed(i)], **kw)
+        assert torch.equal(alone[0], per_row[i])
+    reseeded = [torch.Generator().manual_seed(10 + i) for i in range(3)]
+    assert not torch.equal(per_row, sample_image_tokens(model, text, generator=reseeded, **kw))
 
 
 def test_cached_logits_match_teacher_forcing(model):

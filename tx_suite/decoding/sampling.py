@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 
-#: One generator for the whole batch, or one per row (a row's draws then do not depend on the others).
+#: One generator for the whole batch, or one per caption (its draws then do not depend on the others).
 Generators = Optional[Union[torch.Generator, Sequence[torch.Generator]]]
 
 
@@ -68,19 +68,17 @@ def guided_logits(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: Generators = None,
+                top_p: float | None = None, generator: torch.Generator | None = None,
                 uniform: Tensor | None = None) -> Tensor:
     """Draw one token per row: ``(B, K)`` logits -> ``(B,)`` long.
 
-    ``temperature = 0`` is greedy (argmax). ``generator`` is one RNG for the batch or a sequence
-    of ``B``, one per row, so that a row's draw does not depend on which rows share its batch.
-    ``uniform`` ``(B,)`` in [0, 1) instead draws by inverting each row's CDF (the token whose
-    cumulative-probability interval holds ``u``): one kernel for the batch, randomness chosen by
-    the caller (:func:`sample_image_tokens` draws it per row up front).
+    ``temperature = 0`` is greedy (argmax). ``uniform`` ``(B,)`` in [0, 1), if given, replaces
+    ``generator``: each row draws by inverting its CDF (the token whose cumulative-probability
+    interval holds ``u``), one kernel for the batch with randomness chosen by the caller
+    (:func:`sample_image_tokens` draws it per caption up front).
 
     Raises:
-        ValueError: negative temperature, a generator sequence whose length is not ``B`` (and see
-            :func:`filter_logits`).
+        ValueError: negative temperature (and see :func:`filter_logits`).
     """
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
@@ -96,11 +94,7 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
         # u * total may round up to total: then the last token that has any probability.
         last = probs.size(-1) - 1 - (probs > 0).flip(-1).int().argmax(-1)
         return torch.minimum(token, last)
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    if len(generator) != probs.size(0):
-        raise ValueError(f"{len(generator)} generators for {probs.size(0)} rows")
-    return torch.cat([torch.multinomial(p[None], 1, generator=g)[0] for p, g in zip(probs, generator)])
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 @torch.no_grad()
