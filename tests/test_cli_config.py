@@ -170,6 +170,15 @@ def test_deterministic_switch_and_seed_are_configurable(capsys, runs_dir):
     assert cfg["trainer"]["deterministic"] is True and cfg["seed_everything"] == 7
 
 
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_help_describes_what_tx_suite_does_with_ckpt_path(subcommand, capsys):
+    assert main([subcommand, "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # help text is wrapped to the terminal width
+    assert "--deterministic is short for --trainer.deterministic=true" in out and "_base_" in out
+    assert "newest run of --experiment" in out
+    assert "Lightning Model Registry" not in out  # Lightning's own meaning of --ckpt_path, not ours
+
+
 def test_integer_batch_limits_mean_batches_not_fractions(runs_dir, tmp_path, capsys):
     """Lightning reads ``limit_val_batches=1`` as one batch and ``1.0`` as all of them; jsonargparse
     parses both as 1.0 (Trainer's type is ``float | int``). Integers written in a config file or on

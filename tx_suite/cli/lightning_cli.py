@@ -182,6 +182,17 @@ def check_accelerator(accelerator: Any, strategy: Any = None) -> None:
                          "run on the CPU (slow for GPU-sized configs)")
 
 
+_SUBCOMMAND_HELP = {
+    "--ckpt_path": "A checkpoint file a tx-suite run wrote, or `last` / `best`: that file of the newest run of "
+                   "--experiment under --runs_dir (of --run_id's run if given). fit resumes it in place; the "
+                   "model's architecture comes from the checkpoint (docs/cli.md).",
+    "--weights_only": "tx-suite checks every --ckpt_path with torch.load(weights_only=True) first and refuses a "
+                      "file that needs false, whatever this says; null means true.",
+}
+_SUBCOMMAND_EPILOG = ("Also: --deterministic is short for --trainer.deterministic=true; a --config file may "
+                      "inherit others with `_base_: [file.yaml, ...]` (docs/cli.md).")
+
+
 class TxSuiteCLI(LightningCLI):
     """LightningCLI for tx-suite; use :func:`run_cli` (or ``tx-suite``) rather than this class."""
 
@@ -225,6 +236,17 @@ class TxSuiteCLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
             "checkpoint.enable_version_counter": False,
         })
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # Lightning's help describes its own meanings ("best" of the previous trainer.fit call in
+        # this process, a model registry), which are not what `tx-suite` does with these options.
+        for option, text in _SUBCOMMAND_HELP.items():
+            action = parser._option_string_actions.get(option)
+            if action is not None:
+                action.help = text
+        parser.epilog = _SUBCOMMAND_EPILOG
+        return parser
 
     # ------------------------------------------------------------ ckpt_path
     def _parse_ckpt_path(self) -> None:
