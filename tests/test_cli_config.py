@@ -237,6 +237,15 @@ def test_duplicate_keys_are_refused_but_merge_keys_may_override(tmp_path, capsys
         load_config(write(tmp_path / "flow.yaml", "model: {init_args: {lr: 1, lr: 2}}\n"))
     anchors = write(tmp_path / "anchors.yaml", "a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  p: 3\n")
     assert load_config(anchors)["b"] == {"p": 3, "q": 2}
+    # a file given to one option is read by jsonargparse itself, not through --config
+    trainer = write(tmp_path / "trainer.yaml", "max_epochs: 3\nmax_epochs: 1\n")
+    for argv in (["--trainer", str(trainer)], [f"--trainer={trainer}"]):
+        assert main(["fit", "--config", TINY, *argv, "--print_config"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "duplicate key 'max_epochs' (first on line 1), again on line 2" in err
+    fine = write(tmp_path / "trainer_ok.yaml", "max_epochs: 3\n")
+    assert main(["fit", "--config", TINY, "--trainer", str(fine), "--print_config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["trainer"]["max_epochs"] == 3
 
 
 def test_seed_everything_true_picks_a_random_seed(capsys, runs_dir, monkeypatch):

@@ -54,6 +54,13 @@ def test_fit_test_translate_through_the_cli(runs_dir, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert ", beam 1," in out + err and "the config's model.beam_size=1 over the checkpoint's" in err
     assert "the checkpoint's model.d_ff=64, model.d_model=32," in err and "over the config's (the weights" in err
+    # and in a file given to --model, which jsonargparse reads itself (sdpa_backend: in no --config file)
+    model_file = tmp_path / "model_math.yaml"
+    model_file.write_text("class_path: tx_suite.tasks.translation.TranslationTask\ninit_args:\n  sdpa_backend: math\n")
+    assert main(["test", "--config", QUICK, *data, "--model", str(model_file), "--ckpt_path", "last",
+                 "--trainer.limit_test_batches=1"]) == 0
+    out, err = capsys.readouterr()
+    assert "the config's model.sdpa_backend='math' over the checkpoint's" in err
     # predict writes its translations (bucketed batches) back in corpus order, with their indices
     assert main(["predict", "--config", QUICK, *data, "--ckpt_path", "last", "--trainer.limit_predict_batches=2"]) == 0
     (tsv,) = runs_dir.glob("multi30k_de_en_quickstart/*/predictions.tsv")

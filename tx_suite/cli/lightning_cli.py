@@ -135,13 +135,25 @@ def _plain(value: Any) -> Any:
 
 def config_file_model_keys(argv: list[str]) -> set[str]:
     """Names under ``model`` (or ``model.init_args``) in the ``--config`` files of a command line,
-    with their ``_base_`` files; unreadable files are skipped (the parser reports them)."""
+    with their ``_base_`` files, and in a ``--model FILE``; unreadable files are skipped (the parser
+    reports them)."""
     keys: set[str] = set()
+    models: list[Any] = []
     for path in config_paths(argv):
         try:
-            model = load_config(path).get("model")
+            models.append(load_config(path).get("model"))
         except (ConfigError, OSError):
             continue
+    # `--model file.yaml` (jsonargparse reads it as the model section itself)
+    for i, token in enumerate(argv):
+        value = token.split("=", 1)[1] if token.startswith("--model=") else (
+            argv[i + 1] if token == "--model" and i + 1 < len(argv) else None)
+        if value and Path(value).suffix.lower() in (".yaml", ".yml") and Path(value).is_file():
+            try:
+                models.append(load_config(value))
+            except (ConfigError, OSError):
+                continue
+    for model in models:
         if not isinstance(model, dict):
             continue
         init_args = model.get("init_args")

@@ -317,6 +317,26 @@ def _cleanup_tmp_dirs() -> None:
     _TMP_DIRS.clear()
 
 
+def _check_option_file(argv: list[str], i: int) -> None:
+    """Refuse a repeated key in a YAML file given to an option (``--model file.yaml``,
+    ``--trainer=file.yaml``), which jsonargparse reads itself and would take the last one of."""
+    token = argv[i]
+    if not token.startswith("--"):
+        return
+    value = token.split("=", 1)[1] if "=" in token else (argv[i + 1] if i + 1 < len(argv) else "")
+    src = Path(value)
+    if src.suffix.lower() not in (".yaml", ".yml") or not src.is_file():
+        return
+    try:
+        yaml.load(src.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - a SafeLoader
+    except yaml.constructor.ConstructorError as err:
+        if "duplicate key" in str(err):
+            detail = " ".join(str(err).replace('in "<unicode string>", ', "").split())
+            raise ConfigError(f"invalid YAML in {src} ({token.split('=', 1)[0]}): {detail}") from None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        pass  # other problems: jsonargparse's own message names them
+
+
 def expand_config_argv(argv: list[str]) -> list[str]:
     """Replace each ``--config FILE`` that uses ``_base_`` (or ``_merge_``) by a temporary file
     holding the merge.
@@ -334,6 +354,7 @@ def expand_config_argv(argv: list[str]) -> list[str]:
     for i in range(len(out)):
         path, idx = _config_value_index(out, i)
         if path is None or out[i] == path:
+            _check_option_file(out, i)
             continue
         src = Path(path)
         if src.is_dir():
