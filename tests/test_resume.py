@@ -141,7 +141,8 @@ TRANSLATION = ["fit", "--config", "experiments/translation/multi30k_de_en_quicks
 VISION = ["fit", "--config", "experiments/vision/mnist_vit.yaml", "--model.init_args.d_model=32",
           "--model.init_args.n_layers=1", "--model.init_args.n_heads=2", "--model.init_args.d_ff=64",
           "--model.init_args.compile=false", "--data.init_args.limit_train=640", "--data.init_args.batch_size=64",
-          "--data.init_args.val_size=100", "--trainer.max_steps=16", "--checkpoint.monitor=train/loss", *QUIET_FIT]
+          "--data.init_args.val_size=100", "--trainer.max_steps=16", "--checkpoint.monitor=train/loss",
+          *(a for a in QUIET_FIT if a != "--trainer.logger=false")]  # metrics.csv: the epoch-level train/acc
 
 
 @pytest.mark.parametrize("task", ["translation", "vision"])
@@ -181,3 +182,6 @@ def test_real_task_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(runs_
     assert weights["global_step"] == ref["global_step"] == 16
     for name, tensor in ref["state_dict"].items():
         assert torch.equal(weights["state_dict"][name], tensor), name
+    if task == "vision":  # an epoch-level running accuracy: the resumed epoch keeps its first batches' tallies
+        acc, ref_acc = (load_run(runs_dir / exp / r).series["train/acc"] for r in ("killed", "uninterrupted"))
+        assert acc == ref_acc and [step for step, _ in acc] == [9, 15]

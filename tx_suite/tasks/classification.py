@@ -33,6 +33,8 @@ BACKBONES = ("tx", "timm")
 POOLS = ("cls", "mean")
 #: checkpoint key of the data metadata (classes, channels, size, normalisation) for inference
 META_KEY = "tx_suite_vision"
+#: checkpoint key of the epoch-level ``train/acc`` tallies of the epoch in progress
+TRAIN_ACC_KEY = "tx_suite_train_acc"
 
 
 def timm_arch(name: str) -> dict:
@@ -297,6 +299,7 @@ class ImageClassification(pl.LightningModule):
             }
         )
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._resumed_train_acc: dict | None = None  # TRAIN_ACC_KEY of the checkpoint fit resumes
         #: data metadata (classes, in_chans, img_size, mean, std); from the datamodule or a checkpoint
         self.meta: dict = {}
         #: last epoch's (num_classes, num_classes) confusion matrix and per-class accuracy per stage
@@ -338,9 +341,23 @@ class ImageClassification(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.meta:
             checkpoint[META_KEY] = self.meta
+        if self._trainer is not None and self.trainer.world_size == 1 and self._mid_epoch():
+            # `train/acc` is an epoch-level running accuracy: a run resumed mid-epoch continues these
+            # tallies instead of counting only the batches after the resume. (With several DDP
+            # ranks each holds its own; they are not saved, and a resumed epoch starts afresh.)
+            checkpoint[TRAIN_ACC_KEY] = {"epoch": self.current_epoch, "global_step": self.global_step,
+                                         "state": {k: v.detach().cpu().clone()
+                                                   for k, v in self.train_acc.metric_state.items()}}
+
+    def _mid_epoch(self) -> bool:
+        """True while some of this epoch's training batches are still to come (a checkpoint from an
+        epoch's end, after its last batch, resumes in the next epoch, which starts with no tallies)."""
+        processed = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return self.trainer.training and processed < self.trainer.num_training_batches
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.meta = checkpoint.get(META_KEY, self.meta)
+        self._resumed_train_acc = checkpoint.get(TRAIN_ACC_KEY)
 
     # -- training -------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -361,6 +378,12 @@ class ImageClassification(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._end_ema_warning_filter()
+        saved, self._resumed_train_acc = self._resumed_train_acc, None
+        # Only into the epoch it was taken in, and only at the step it was taken at.
+        if (saved and self.trainer.world_size == 1 and saved.get("epoch") == self.current_epoch
+                and saved.get("global_step") == self.global_step and isinstance(saved.get("state"), dict)):
+            self.train_acc.reset()
+            self.train_acc.merge_state({k: v.to(self.device) for k, v in saved["state"].items()})
 
     def teardown(self, stage: str) -> None:
         self._end_ema_warning_filter()  # a fit that failed before training started
