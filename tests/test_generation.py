@@ -273,8 +273,14 @@ def test_captions_from_stdin_and_a_directory_is_named(tmp_path, monkeypatch):
 
     from tx_suite.cli.generate import build_parser, read_captions
 
-    monkeypatch.setattr("sys.stdin", io.StringIO("\ufeffsmall green 4\n\nbig red 1\n"))
-    assert read_captions(build_parser().parse_args(["--ckpt", "x", "--captions_file", "-"])) == ["small green 4", "big red 1"]
+    # bytes that are not UTF-8 become U+FFFD (not lone surrogates, which the tokenizer cannot take);
+    # lines split on \n only: a form feed or U+2028 inside a caption does not make two captions
+    stdin = "\ufeffsmall green 4\n\nbig \x0cred\u2028 1\n".encode() + b"\xff 2\n"
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8", errors="surrogateescape"))
+    assert read_captions(build_parser().parse_args(["--ckpt", "x", "--captions_file", "-"])) == [
+        "small green 4", "big red 1", "\ufffd 2"]
+    args = build_parser().parse_args(["--ckpt", "x", "--caption", b"big \xff 7".decode("utf-8", "surrogateescape")])
+    assert read_captions(args) == ["big \ufffd 7"]
     with pytest.raises(IsADirectoryError, match="captions file is a directory"):
         read_captions(build_parser().parse_args(["--ckpt", "x", "--captions_file", str(tmp_path)]))
 

@@ -52,25 +52,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_captions(args: argparse.Namespace) -> list[str]:
-    """Captions from ``--caption`` and ``--captions_file`` (blank lines skipped), normalized as
-    translation sources are (a file's byte-order mark or a zero-width space would be ``[UNK]``).
+    """Captions from ``--caption`` and ``--captions_file`` (lines split on ``\\n`` only, blank lines
+    skipped), normalized as translation sources are (a file's byte-order mark or a zero-width space
+    would be ``[UNK]``; undecodable bytes become U+FFFD).
 
     Raises:
         FileNotFoundError: the captions file does not exist. IsADirectoryError: it is a directory.
         ValueError: no captions.
     """
-    from tx_suite.data.text_normalize import normalize_source
+    from tx_suite.data.text_normalize import normalize_source, split_lines
 
     captions = [normalize_source(c) for c in args.caption]
     if args.captions_file is not None:
         if str(args.captions_file) == "-":
-            lines = sys.stdin.read().splitlines()
+            lines = split_lines(sys.stdin.buffer.read())
         elif args.captions_file.is_dir():
             raise IsADirectoryError(f"captions file is a directory: {args.captions_file}")
         elif not args.captions_file.is_file():
             raise FileNotFoundError(f"captions file not found: {args.captions_file}")
         else:
-            lines = args.captions_file.read_text(encoding="utf-8", errors="replace").splitlines()
+            lines = split_lines(args.captions_file.read_bytes())
         captions += [c for c in map(normalize_source, lines) if c]
     if not captions:
         raise ValueError("no captions: give --caption TEXT (repeatable) or --captions_file FILE")

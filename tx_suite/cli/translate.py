@@ -27,7 +27,7 @@ from tqdm import tqdm
 from tx_suite.cli.devices import check_device
 from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer
 from tx_suite.data.translation_dataset import encode_source, pad_batch
-from tx_suite.data.text_normalize import normalize_source
+from tx_suite.data.text_normalize import normalize_source, split_lines
 from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
@@ -65,14 +65,6 @@ def load_translator(path: str | Path, device: str = "cpu") -> tuple[Seq2SeqTrans
     except RuntimeError as e:
         raise TranslateError(f"{path}: weights do not match the stored hyper-parameters ({str(e)[:200]})") from None
     return model.to(device).eval(), BPETokenizer.from_str(ckpt["tokenizer"]), hparams
-
-
-def read_lines(data: bytes) -> list[str]:
-    """Lines of ``data`` (UTF-8, bad bytes replaced), split on ``\\n`` only; a final newline ends the last line."""
-    text = data.decode("utf-8", errors="replace")
-    if text.endswith("\n"):
-        text = text[:-1]
-    return [line.removesuffix("\r") for line in text.split("\n")] if text or data else []
 
 
 @torch.no_grad()
@@ -172,12 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         lines = list(args.sentences)
     elif args.input and args.input != "-":
         try:
-            lines = read_lines(Path(args.input).read_bytes())
+            lines = split_lines(Path(args.input).read_bytes())
         except OSError as e:
             print(f"{PROG}: error: cannot read {args.input}: {e.strerror}", file=sys.stderr)
             return 2
     else:
-        lines = read_lines(sys.stdin.buffer.read())
+        lines = split_lines(sys.stdin.buffer.read())
 
     if args.output:  # before the slow part: an unwritable output must not cost the translations
         try:

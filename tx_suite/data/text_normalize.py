@@ -1,4 +1,5 @@
-"""Clean user-supplied source sentences before translation (``tx-suite translate``).
+"""Clean user-supplied text before the model sees it: translation sources (``tx-suite translate``)
+and captions (``tx-suite generate``); split input files into lines.
 
 The joint BPE model round-trips any text exactly (byte fallback, explicit spaces), so invisible or
 unusual characters reach the encoder as tokens it never saw in training: a UTF-8 byte-order mark
@@ -16,10 +17,35 @@ import unicodedata
 #: space, zero-width space, (non-)joiners, word joiner, soft hyphen.
 _INVISIBLE = re.compile("[\ufeff\u200b\u200c\u200d\u2060\u00ad]")
 _SPACES = re.compile(r"\s+")  # str patterns match Unicode whitespace: tabs, NBSP, ideographic space
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _replace_surrogates(text: str) -> str:
+    """Undecodable bytes as U+FFFD, as a file read with ``errors="replace"`` gives them.
+
+    Python hands bytes that are not UTF-8 in command-line arguments (and ``sys.stdin`` under some
+    locales) over as lone surrogates, which no tokenizer can encode."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        return _SURROGATES.sub("\ufffd", text)
 
 
 def normalize_source(text: str) -> str:
     """``text`` in NFC, without invisible format characters, with every run of whitespace (tabs,
-    no-break spaces, ...) as one space and no leading or trailing space. ``""`` stays ``""``."""
+    no-break spaces, ...) as one space and no leading or trailing space, and undecodable bytes (lone
+    surrogates) as U+FFFD. ``""`` stays ``""``."""
+    if _SURROGATES.search(text):
+        text = _replace_surrogates(text)
     text = _INVISIBLE.sub("", unicodedata.normalize("NFC", text))
     return _SPACES.sub(" ", text).strip()
+
+
+def split_lines(data: bytes) -> list[str]:
+    """Lines of ``data`` (UTF-8, bad bytes replaced), split on ``\\n`` only (``str.splitlines``
+    would also split on form feeds, U+2028 and others, and line n out would not be line n in);
+    ``\\r\\n`` endings are stripped, and a final newline ends the last line."""
+    text = data.decode("utf-8", errors="replace")
+    if text.endswith("\n"):
+        text = text[:-1]
+    return [line.removesuffix("\r") for line in text.split("\n")] if text or data else []
