@@ -102,3 +102,21 @@ def test_inverse_cdf_never_draws_a_zero_probability_token():
     two = sample_next(logits, top_k=2, uniform=u).tolist()  # tokens 0 and 2 kept, p = 0.73 / 0.27
     assert set(two) == {0, 2} and two[0] == 0 and two[-1] == 2
     assert sample_next(logits[:1], top_k=2, uniform=torch.tensor([1.0])).item() == 2  # u * total rounded up
+
+
+def test_tiny_temperatures_are_greedy_and_non_finite_settings_are_refused():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [0.5, -1.0, 0.0, 4.0]])
+    u = torch.tensor([0.999, 0.5])
+    for t in (1e-3, 1e-20, 1e-40):  # logits / t overflowed to inf: a NaN softmax drew the last token
+        assert sample_next(logits, t, uniform=u).tolist() == [1, 3]
+        assert sample_next(logits, t, generator=torch.Generator().manual_seed(0)).tolist() == [1, 3]
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+            sample_next(logits, bad)
+
+
+def test_non_finite_guidance_is_refused(model):
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="cfg_scale must be a finite number"):
+            sample_image_tokens(model, torch.ones(1, 8, dtype=torch.long), cfg_scale=bad,
+                                null_text=torch.zeros(8, dtype=torch.long))

@@ -10,6 +10,7 @@ the reference the cached path must reproduce exactly for a fixed seed.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Protocol, Sequence, Union
 
 import torch
@@ -78,13 +79,17 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     (:func:`sample_image_tokens` draws it per caption up front).
 
     Raises:
-        ValueError: negative temperature (and see :func:`filter_logits`).
+        ValueError: a negative or non-finite temperature (and see :func:`filter_logits`).
     """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    logits = logits.float()
+    # Shifted by the row maximum first: a tiny temperature then sends the other logits to -inf
+    # (the argmax, as temperature -> 0) instead of overflowing every logit to inf (NaN softmax).
+    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
+    probs = filter_logits(logits, top_k, top_p).softmax(-1)
     if uniform is not None:
         cdf = probs.cumsum(-1)  # (B, K)
         # right=True: the first token whose cdf exceeds u * total, so zero-probability tokens
@@ -119,8 +124,10 @@ def sample_image_tokens(model: ImageTokenModel, text: Tensor, *, temperature: fl
         ``(B, N)`` long codes in raster order.
 
     Raises:
-        ValueError: ``cfg_scale != 1`` without ``null_text``; not ``B`` generators.
+        ValueError: ``cfg_scale != 1`` without ``null_text``, or not finite; not ``B`` generators.
     """
+    if not math.isfinite(cfg_scale):
+        raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
     guided = cfg_scale != 1.0
     if guided:
         if null_text is None:
