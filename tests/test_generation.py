@@ -62,6 +62,28 @@ def test_a_few_steps_on_real_scenes_lower_the_image_loss(trained):
     assert trained["after"] < 0.8 * trained["before"], (trained["before"], trained["after"])
 
 
+def test_a_datamodule_with_other_caption_token_ids_is_refused(trained):
+    """test/fit --ckpt_path with data settings whose caption tokenizer differs (e.g. an emoji BPE
+    trained on another split) ran silently, the batches encoded with other ids than the model's."""
+    from tx_suite.data.captions import caption_vocabulary
+    from tx_suite.data.captions_tokenizer import CaptionTokenizer
+
+    class OtherIds(CaptionedMNISTDataModule):
+        def setup(self, stage):
+            super().setup(stage)
+            self.tokenizer = CaptionTokenizer.word_level(["aardvark", *caption_vocabulary()],
+                                                         max_len=self.tokenizer.max_len)
+
+    def test(dm) -> None:
+        trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, limit_test_batches=1)
+        trainer.test(TextToImageTask(str(trained["vq"]), **TINY_TF), dm, ckpt_path=trained["ckpt"], verbose=False)
+
+    kwargs = dict(batch_size=32, train_size=64, val_size=32, test_size=32)
+    test(CaptionedMNISTDataModule(**kwargs))  # the same settings: fine
+    with pytest.raises(ValueError, match="the datamodule's caption tokenizer differs from the checkpoint's"):
+        test(OtherIds(**kwargs))
+
+
 def test_an_image_does_not_depend_on_batch_size_or_later_captions(trained):
     task = load_text_to_image(trained["ckpt"])
     caps = ["top-left: tiny red 7", "bottom-right: big blue 2", "top-right: big green 7"]
@@ -285,7 +307,7 @@ def test_captions_from_stdin_and_a_directory_is_named(tmp_path, monkeypatch):
         read_captions(build_parser().parse_args(["--ckpt", "x", "--captions_file", str(tmp_path)]))
 
 
-def test_judge_scores_and_generate_reranks(trained, tmp_path, capsys):
+def test_judge_scores_and_generate_reranks(trained, tmp_path, capsys, monkeypatch):
     """`generate --judge`: the re-ranking score is the judge's summed log-probability of the
     caption's four attributes, and the command keeps the best --n of --candidates."""
     from tx_suite.data.captions import parse_caption
@@ -318,6 +340,25 @@ def test_judge_scores_and_generate_reranks(trained, tmp_path, capsys):
     assert generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "red apple", "--judge",
                           str(tmp_path / "judge.ckpt"), "--out", str(out)]) == 2  # before sampling
     assert "--judge scores Captioned MNIST captions" in capsys.readouterr().err
+    # --candidates 0 is not "the default"; a judge file of the wrong kind fails before any sampling
+    assert generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "top-left: tiny red 7", "--n", "2",
+                          "--judge", str(tmp_path / "judge.ckpt"), "--candidates", "0", "--out", str(out)]) == 2
+    assert "--candidates (0) must be >= --n (2)" in capsys.readouterr().err
+    # an emoji model's images are not what the Captioned MNIST judge was trained on
+    ckpt = torch.load(trained["ckpt"], weights_only=True)
+    assert ckpt["tx_suite_data_class"] == "tx_suite.data.captioned_mnist_datamodule.CaptionedMNISTDataModule"
+    ckpt["tx_suite_data_class"] = "tx_suite.data.emoji_datamodule.EmojiDataModule"
+    torch.save(ckpt, tmp_path / "emoji_t2i.ckpt")
+    assert generate_main(["--ckpt", str(tmp_path / "emoji_t2i.ckpt"), "--caption", "top-left: tiny red 7",
+                          "--judge", str(tmp_path / "judge.ckpt"), "--out", str(out)]) == 2
+    assert "was trained on EmojiDataModule" in capsys.readouterr().err
+    import tx_suite.tasks.text_to_image as t2i
+
+    loads = []
+    monkeypatch.setattr(t2i, "load_text_to_image", lambda *a, **k: loads.append(a))
+    assert generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "top-left: tiny red 7", "--judge",
+                          str(trained["ckpt"]), "--out", str(out)]) == 2
+    assert "is not a judge checkpoint" in capsys.readouterr().err and not loads
 
 
 def test_judge_task_learns_scene_attributes(tmp_path):

@@ -99,9 +99,12 @@ def run(args: argparse.Namespace) -> dict:
     device_error = check_device(args.device)
     if device_error:
         raise ValueError(device_error)
-    if args.judge is not None:
-        judge_path = resolve_checkpoint(args.judge, args.runs_dir, kind="judge")  # fail before the slow part
+    judge = None
+    if args.judge is not None:  # a wrong file or caption fails here, before the slow part
         from tx_suite.data.captions import parse_caption
+        from tx_suite.tasks.judge import load_judge
+
+        judge = load_judge(str(resolve_checkpoint(args.judge, args.runs_dir, kind="judge")))
 
         for caption in captions:
             try:
@@ -111,6 +114,10 @@ def run(args: argparse.Namespace) -> dict:
     tokenizer = None if args.tokenizer is None else str(resolve_checkpoint(args.tokenizer, args.runs_dir, kind="VQ-VAE"))
     task = load_text_to_image(resolve_checkpoint(args.ckpt, args.runs_dir, kind="text-to-image"),
                               tokenizer_ckpt=tokenizer)
+    data_class = task.data_class_path or ""
+    if judge is not None and data_class and not data_class.endswith(".CaptionedMNISTDataModule"):
+        raise ValueError(f"--judge scores Captioned MNIST images, but {args.ckpt} was trained on "
+                         f"{data_class.rsplit('.', 1)[-1]}")
     task.to(args.device)
     task.vqvae.to(args.device)  # a plain attribute, not a submodule (see TextToImageTask)
     unknown = task.caption_tokenizer.unknown_rate(captions)
@@ -121,7 +128,7 @@ def run(args: argparse.Namespace) -> dict:
     if unknown > 0.25:
         print(f"{PROG}: note: {unknown:.0%} of the caption tokens are unknown to this model's vocabulary "
               "(another dataset's captions, or not text?)", file=sys.stderr)
-    n_draw = args.n if args.judge is None else (args.candidates or 4 * args.n)
+    n_draw = args.n if judge is None else (4 * args.n if args.candidates is None else args.candidates)
     if n_draw < args.n:
         raise ValueError(f"--candidates ({n_draw}) must be >= --n ({args.n})")
     start = time.perf_counter()
@@ -129,11 +136,10 @@ def run(args: argparse.Namespace) -> dict:
                            top_p=args.top_p, cfg_scale=args.cfg_scale, use_cache=not args.no_cache,
                            seed=args.seed, batch_size=args.batch_size)
     seconds = time.perf_counter() - start
-    if args.judge is not None:
-        from tx_suite.tasks.judge import caption_scores, load_judge
+    if judge is not None:
+        from tx_suite.tasks.judge import caption_scores
 
-        scores = caption_scores(load_judge(judge_path).to(args.device), images,
-                                [c for c in captions for _ in range(n_draw)])
+        scores = caption_scores(judge.to(args.device), images, [c for c in captions for _ in range(n_draw)])
         images = rerank(images, scores, n_draw, keep=args.n)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_image(make_grid(images.cpu(), nrow=args.n, padding=1, pad_value=0.5), args.out)

@@ -22,6 +22,8 @@ from tx_suite.utils.checkpoint import init_kwargs
 from tx_suite.utils.runs import CHECKPOINT_DIR
 
 #: TextToImageTask hyper-parameters that define the transformer.
+#: checkpoint key of the datamodule class the model was trained with
+DATA_CLASS_KEY = "tx_suite_data_class"
 MODEL_KEYS = ("text_vocab_size", "text_len", "d_model", "n_heads", "d_ff", "n_layers", "dropout")
 
 
@@ -96,6 +98,8 @@ class TextToImageTask(pl.LightningModule):
             grid_height=grid, grid_width=grid, d_model=d_model, n_heads=n_heads, d_ff=d_ff,
             n_layers=n_layers, dropout=dropout)
         self.caption_tokenizer: CaptionTokenizer | None = None
+        #: the datamodule class the model was trained with, as :func:`load_text_to_image` read it
+        self.data_class_path: str | None = None
         self.bits = torch.nn.ModuleDict({f"{s}_{sub}": MeanMetric() for s in ("val", "test")
                                          for sub in ("all", "seen", "heldout")})
 
@@ -128,9 +132,20 @@ class TextToImageTask(pl.LightningModule):
         checkpoint["tokenizer_fingerprint"] = self.tokenizer_fingerprint
         if self.caption_tokenizer is not None:
             checkpoint["caption_tokenizer"] = self.caption_tokenizer.to_str()
+        dm = getattr(self._trainer, "datamodule", None)
+        if dm is not None:  # what `generate --judge` checks the model against
+            checkpoint[DATA_CLASS_KEY] = f"{type(dm).__module__}.{type(dm).__qualname__}"
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_fingerprint(checkpoint, self.tokenizer_fingerprint, self.hparams.tokenizer_ckpt)
+        data_tok = getattr(getattr(self._trainer, "datamodule", None), "tokenizer", None)
+        if (isinstance(data_tok, CaptionTokenizer) and "caption_tokenizer" in checkpoint
+                and data_tok.to_str() != checkpoint["caption_tokenizer"]):
+            # The datamodule encodes the batches with its own tokenizer (set up before the
+            # checkpoint is read): with other token ids the model would score other captions.
+            raise ValueError("the datamodule's caption tokenizer differs from the checkpoint's (its BPE was "
+                             "trained on other captions: other data settings, e.g. data.init_args.seed); "
+                             "use the data settings of the run that wrote the checkpoint")
         if "caption_tokenizer" in checkpoint:
             self.caption_tokenizer = CaptionTokenizer.from_str(checkpoint["caption_tokenizer"],
                                                                self.hparams.text_len)
@@ -334,6 +349,9 @@ def load_text_to_image(path: str | Path, tokenizer_ckpt: str | None = None,
         raise FileNotFoundError(f"{err} (needed by {path}; pass the stage-1 checkpoint "
                                 "explicitly, e.g. --tokenizer PATH)") from None
     task.on_load_checkpoint(ckpt)
+    data_hparams = ckpt.get("datamodule_hyper_parameters")
+    task.data_class_path = ckpt.get(DATA_CLASS_KEY) or (
+        data_hparams.get("_class_path") if isinstance(data_hparams, dict) else None)
     try:
         task.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
