@@ -120,20 +120,31 @@ def test_caption_dropout_blanks_that_fraction_to_the_null_caption(trained, monke
     assert torch.equal(seen[1][kept], big["text"][kept])
 
 
-def test_checkpoint_round_trip_and_tokenizer_checks(trained):
+def test_checkpoint_round_trip_and_tokenizer_checks(trained, capsys):
     task = load_text_to_image(trained["ckpt"])
     assert task.caption_tokenizer is not None and not task.model.training
     ref = trained["task"]
     torch.testing.assert_close(task.model.image_head.weight, ref.model.image_head.weight)
-    # The frozen VQ-VAE is not part of the stage-2 state_dict (stage 2 loads it by path).
+    # The frozen VQ-VAE is not part of the stage-2 state_dict (not trained, not averaged); a copy
+    # is stored beside it in the checkpoint.
     assert not any(k.startswith("vqvae") for k in task.state_dict())
     a = task.generate(["top-left: tiny red 7"], 2, seed=3)
     b = task.generate(["top-left: tiny red 7"], 2, seed=3, use_cache=False)
     assert a.shape == (2, 3, 32, 32) and torch.allclose(a, b)
 
+    # Stage 1 trained further or replaced after stage 2 (the recorded file now holds another
+    # codebook): the copy of the VQ-VAE stored in the stage-2 checkpoint decodes as before.
     other = save_vqvae(trained["tmp"] / "other.ckpt", trained["images"], seed=1)
+    again = load_text_to_image(trained["ckpt"], tokenizer_ckpt=str(other))
+    assert "using the copy stored in the checkpoint" in capsys.readouterr().err
+    assert again.tokenizer_fingerprint == task.tokenizer_fingerprint
+    assert torch.equal(again.generate(["top-left: tiny red 7"], 2, seed=3), a)
+    # without the copy (an older checkpoint) the other codebook is refused
+    ckpt = torch.load(trained["ckpt"], weights_only=True)
+    del ckpt["tx_suite_vqvae"]
+    torch.save(ckpt, trained["tmp"] / "no_copy.ckpt")
     with pytest.raises(TokenizerMismatchError, match="not the VQ-VAE this model was trained with"):
-        load_text_to_image(trained["ckpt"], tokenizer_ckpt=str(other))
+        load_text_to_image(trained["tmp"] / "no_copy.ckpt", tokenizer_ckpt=str(other))
     with pytest.raises(FileNotFoundError, match="pass the stage-1 checkpoint explicitly"):
         load_text_to_image(trained["ckpt"], tokenizer_ckpt=str(trained["tmp"] / "gone.ckpt"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -17,13 +18,16 @@ from tx_suite.models.text_to_image import TextToImageTransformer
 from tx_suite.models.vqvae import VQVAE
 from tx_suite.tasks.callbacks.generation_images import SampleGrid
 from tx_suite.tasks.sdpa_backend import check_sdpa_backend, sdpa_backend_context
-from tx_suite.tasks.vqvae import codebook_fingerprint, load_vqvae, read_checkpoint, resolve_checkpoint
+from tx_suite.tasks.vqvae import (codebook_fingerprint, load_vqvae, read_checkpoint, resolve_checkpoint, vqvae_from_state,
+                                  vqvae_state)
 from tx_suite.utils.checkpoint import init_kwargs
 from tx_suite.utils.runs import CHECKPOINT_DIR
 
 #: TextToImageTask hyper-parameters that define the transformer.
 #: checkpoint key of the datamodule class the model was trained with
 DATA_CLASS_KEY = "tx_suite_data_class"
+#: checkpoint key of the stage-1 VQ-VAE the model was trained with (config and weights)
+VQVAE_KEY = "tx_suite_vqvae"
 MODEL_KEYS = ("text_vocab_size", "text_len", "d_model", "n_heads", "d_ff", "n_layers", "dropout")
 
 
@@ -135,8 +139,20 @@ class TextToImageTask(pl.LightningModule):
         dm = getattr(self._trainer, "datamodule", None)
         if dm is not None:  # what `generate --judge` checks the model against
             checkpoint[DATA_CLASS_KEY] = f"{type(dm).__module__}.{type(dm).__qualname__}"
+        # A copy of the tokenizer (~1 MB): the stage-1 file may be trained further or replaced
+        # later (its best.ckpt / last.ckpt are rewritten), and this model only fits this codebook.
+        checkpoint[VQVAE_KEY] = vqvae_state(self.vqvae)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        stored, expected = checkpoint.get(VQVAE_KEY), checkpoint.get("tokenizer_fingerprint")
+        if isinstance(stored, dict) and expected not in (None, self.tokenizer_fingerprint):
+            vqvae = vqvae_from_state(stored, source="the VQ-VAE stored in the checkpoint")
+            if codebook_fingerprint(vqvae) == expected:
+                print(f"tx-suite: {self.hparams.tokenizer_ckpt} is not the VQ-VAE this model was trained with "
+                      f"(codebook {self.tokenizer_fingerprint}, trained on {expected}; stage 1 trained further or "
+                      "replaced?): using the copy stored in the checkpoint", file=sys.stderr)
+                object.__setattr__(self, "vqvae", vqvae.to(self.device))
+                self.tokenizer_fingerprint = expected
         check_fingerprint(checkpoint, self.tokenizer_fingerprint, self.hparams.tokenizer_ckpt)
         data_tok = getattr(getattr(self._trainer, "datamodule", None), "tokenizer", None)
         if (isinstance(data_tok, CaptionTokenizer) and "caption_tokenizer" in checkpoint

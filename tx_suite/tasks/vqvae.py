@@ -198,12 +198,28 @@ def load_vqvae(path: str | Path, map_location: str | torch.device = "cpu") -> VQ
         FileNotFoundError: no file. ValueError: not a VQ-VAE checkpoint (see read_checkpoint).
     """
     ckpt = read_checkpoint(path, "VQ-VAE", required=MODEL_KEYS, map_location=map_location)
-    model = VQVAE(**{k: ckpt["hyper_parameters"][k] for k in MODEL_KEYS})
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
              if k.startswith("model.")}
+    return vqvae_from_state({"config": {k: ckpt["hyper_parameters"][k] for k in MODEL_KEYS}, "state_dict": state},
+                            source=f"VQ-VAE checkpoint {path}")
+
+
+def vqvae_state(model: VQVAE) -> dict:
+    """``{"config", "state_dict"}`` of a VQ-VAE :func:`load_vqvae` made: what a stage-2 checkpoint
+    keeps of its tokenizer (:func:`vqvae_from_state` rebuilds it)."""
+    return {"config": dict(model.tx_config), "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def vqvae_from_state(state: dict, source: str = "stored VQ-VAE") -> VQVAE:
+    """The frozen, eval-mode :class:`VQVAE` of :func:`vqvae_state`'s dict.
+
+    Raises:
+        ValueError: the weights do not fit the config (``source`` names where they came from).
+    """
+    model = VQVAE(**state["config"])
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(state["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"VQ-VAE checkpoint {path} does not match its hyper-parameters: "
-                         f"{str(err).splitlines()[0]}") from None
+        raise ValueError(f"{source} does not match its hyper-parameters: {str(err).splitlines()[0]}") from None
+    model.tx_config = dict(state["config"])  # for vqvae_state
     return model.eval().requires_grad_(False)
