@@ -15,6 +15,8 @@ from pytorch_lightning.loggers import WandbLogger
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid, save_image
 
+from tx_suite.tasks.callbacks.sharded import skip_rank_zero_forward
+
 
 def run_dir(trainer: pl.Trainer) -> Path:
     """The run directory: the logger's ``log_dir`` when it has one, else ``default_root_dir``."""
@@ -89,7 +91,7 @@ class ReconstructionGrid(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before
         # the task's, which sums code_counts over DDP ranks.
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking or not trainer.is_global_zero or skip_rank_zero_forward(trainer, "val/reconstructions"):
             return
         dataset = trainer.datamodule.datasets["val"]
         images = torch.stack([dataset[i]["image"] for i in range(self.n_images)]).to(pl_module.device)
@@ -115,7 +117,8 @@ class SampleGrid(pl.Callback):
         self.seed = seed
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or not self.captions:
+        if (trainer.sanity_checking or not trainer.is_global_zero or not self.captions
+                or skip_rank_zero_forward(trainer, "val/samples")):
             return
         h = pl_module.hparams
         images = pl_module.generate(self.captions, self.n_per_caption, seed=self.seed,

@@ -18,6 +18,7 @@ from torch import Tensor
 from tx_suite.core import record_attention
 from tx_suite.data.bpe import BOS_ID
 from tx_suite.data.translation_dataset import encode_source, pad_batch
+from tx_suite.tasks.callbacks.sharded import skip_rank_zero_forward
 from tx_suite.tasks.callbacks.translation_samples import run_dir
 
 
@@ -127,7 +128,7 @@ class TranslationAttentionMaps(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs:
+        if (trainer.current_epoch + 1) % self.every_n_epochs or skip_rank_zero_forward(trainer, "attention maps"):
             return
         results = self.attention_maps(pl_module, self._sources(trainer))
         n_enc = len(pl_module.model.transformer.encoder.layers)

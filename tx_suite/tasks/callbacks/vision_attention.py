@@ -20,6 +20,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from tx_suite.tasks.callbacks.sharded import skip_rank_zero_forward
+
 
 @contextmanager
 def _record_timm_attention(model: nn.Module):
@@ -236,13 +238,13 @@ class AttentionMaps(pl.Callback):
         return log_figure(trainer, f"{stage}/attention", image, f"attention_{figure_tag(trainer, stage)}.png")
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if trainer.sanity_checking or not trainer.is_global_zero or skip_rank_zero_forward(trainer, "val/attention"):
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or trainer.current_epoch + 1 == trainer.max_epochs:
             self.draw(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and not skip_rank_zero_forward(trainer, "test/attention"):
             self.draw(trainer, pl_module, "test")
 
 
