@@ -182,6 +182,8 @@ def test_generate_command_writes_a_grid_and_reports_errors(trained, tmp_path, ca
     assert code == 2 and "is not a torch device" in capsys.readouterr().err
     code = generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "x", "--out", str(tmp_path)])
     assert code == 2 and "--out must be an image file name" in capsys.readouterr().err  # before sampling
+    code = generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "x", "--out", str(out / "sub" / "g.png")])
+    assert code == 2 and f"{out} is a file, not a directory" in capsys.readouterr().err  # before sampling
     code = generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "x", "--candidates", "4", "--out", str(out)])
     assert code == 2 and "--candidates needs --judge" in capsys.readouterr().err
     code = generate_main(["--ckpt", "no_such_experiment:best", "--caption", "x"])

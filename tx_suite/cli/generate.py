@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("--candidates needs --judge (the judge re-ranks the candidates)")
     if args.out.is_dir() or args.out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise ValueError(f"--out must be an image file name ending in .png or .jpg, got {args.out}")
+    blocking = next((p for p in args.out.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():  # found now, not after sampling
+        raise ValueError(f"--out {args.out}: {blocking} is a file, not a directory")
     device_error = check_device(args.device)
     if device_error:
         raise ValueError(device_error)
@@ -125,7 +128,7 @@ def run(args: argparse.Namespace) -> dict:
     if truncated:
         print(f"{PROG}: note: {truncated} caption(s) longer than the model's {task.caption_tokenizer.max_len} text "
               "tokens were cut to that length", file=sys.stderr)
-    if unknown > 0.25:
+    if unknown >= 0.25:
         print(f"{PROG}: note: {unknown:.0%} of the caption tokens are unknown to this model's vocabulary "
               "(another dataset's captions, or not text?)", file=sys.stderr)
     n_draw = args.n if judge is None else (4 * args.n if args.candidates is None else args.candidates)

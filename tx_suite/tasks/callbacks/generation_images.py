@@ -37,7 +37,9 @@ def log_image(trainer: pl.Trainer, key: str, image: torch.Tensor, caption: str |
             pil = to_pil_image(image.detach().float().clamp(0, 1).cpu())
             logger.log_image(key=key, images=[pil], step=trainer.global_step, **extra)
             return None
-    path = run_dir(trainer) / "images" / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}.png"
+    # the step too: with val_check_interval several validations share an epoch
+    name = f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}_step{trainer.global_step:06d}.png"
+    path = run_dir(trainer) / "images" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(image, path)
     if caption:
