@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = run(args)
-    except (FileNotFoundError, IsADirectoryError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError) as err:  # OSError: an unwritable --out, a full disk
         print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
