@@ -5,7 +5,7 @@ that background load affects them alike. Reports tokens (or images) per second, 
 float32 matmul peak of this machine measured in the same run, and the fraction of it achieved
 (FLOPs counted with torch.utils.flop_counter on one training step).
 
-    python benchmarks/core_throughput.py            # full grid (a few minutes on 2 CPU cores)
+    python benchmarks/core_throughput.py            # full grid (24 configs: over 15 minutes on 2 CPU cores)
     python benchmarks/core_throughput.py --quick    # one small config of each kind
     python benchmarks/core_throughput.py --only vit # only the configs whose label contains "vit"
 

@@ -9,7 +9,10 @@
 # checkpoints with SCORE_ONLY=1.
 #
 #   bash benchmarks/gpu_session.sh                       # on the GPU machine, python3 with torch there
-#   SMOKE=1 bash benchmarks/gpu_session.sh               # CPU dry run: a few steps of everything (~3 min)
+#   SMOKE=1 bash benchmarks/gpu_session.sh               # CPU dry run: a few steps of everything (2-3 min
+#                                                        # on 2 idle cores; BUDGET=900 when they are busy)
+#
+# Exits 1 if a step failed or ran out of time (the logs in $OUT say which).
 #
 # Needs torch, pytorch-lightning, timm, tokenizers, sacrebleu, torchmetrics, einops, pyyaml
 # (not wandb or jsonargparse: the benchmark scripts drive Lightning directly).
@@ -19,6 +22,8 @@ OUT=${OUT:-runs/gpu_session}
 RUN_DIR=${RUN_DIR:-/tmp/tx_gpu_tiny}
 FIT_MINUTES=${FIT_MINUTES:-5.5}
 PY=${PY:-python3}
+BUDGET=${BUDGET:-560}  # seconds for both steps: the device tool's 600 s per command, less the start
+status=0
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 t0=$(date +%s)
@@ -42,19 +47,23 @@ cat "$OUT/machine.txt"
 
 echo "== 1. tiny en->de: ${fit_args[*]}"
 timeout $((${FIT_MINUTES%.*} * 60 + 240)) "$PY" benchmarks/translation_train.py "${fit_args[@]}" > "$OUT/translation.log" 2>&1
-echo "rc=$? after $(( $(date +%s) - t0 )) s"
+rc=$?; (( rc )) && status=1
+echo "rc=$rc after $(( $(date +%s) - t0 )) s"
 grep -E '^\{"epoch' "$OUT/translation.log" | tail -3 | cut -c1-200
 tail -6 "$OUT/translation.log"
 cp "$RUN_DIR/result.json" "$OUT/translation_result.json" 2>/dev/null
 cp "$RUN_DIR/metrics.csv" "$OUT/translation_metrics.csv" 2>/dev/null
 
-left=$(( 560 - ($(date +%s) - t0) ))
+left=$(( BUDGET - ($(date +%s) - t0) ))
 echo "== 2. core throughput (${left} s left)"
 if (( left > 60 )); then
     timeout "$left" "$PY" benchmarks/core_throughput.py "${core_args[@]}" > "$OUT/core_throughput.log" 2>&1
-    echo "rc=$?"
+    rc=$?; (( rc )) && status=1
+    echo "rc=$rc"
     tail -30 "$OUT/core_throughput.log"
 else
     echo "skipped: too little time left"
+    status=1
 fi
-echo "done after $(( $(date +%s) - t0 )) s"
+echo "done after $(( $(date +%s) - t0 )) s, status $status"
+exit "$status"

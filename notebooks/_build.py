@@ -116,6 +116,7 @@ import torch
 from IPython.display import Image, display
 
 from tx_suite.cli.main import main as tx_suite  # the `tx-suite` command, called in-process
+from tx_suite.utils.runs import default_runs_dir
 
 SMALL = os.environ.get("TX_SUITE_NOTEBOOK_SMALL") == "1"  # tiny, fast settings (the test suite)
 REPO = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
@@ -123,8 +124,9 @@ os.chdir(REPO)  # experiment configs and data paths are relative to the reposito
 os.environ.setdefault("WANDB_MODE", "disabled")  # these short runs need no W&B record
 if SMALL:
     torch.set_num_threads(1)  # small mode runs beside other jobs; one thread avoids contention
-# Small mode trains into a temporary folder; otherwise runs land in runs/ like any other run.
-RUNS_DIR = Path(tempfile.mkdtemp(prefix="tx-suite-nb-")) if SMALL else REPO / "runs"
+# Small mode trains into a temporary folder; otherwise runs land in runs/ (or $TX_SUITE_RUNS_DIR)
+# like any other run.
+RUNS_DIR = Path(tempfile.mkdtemp(prefix="tx-suite-nb-")) if SMALL else Path(default_runs_dir())
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
@@ -150,8 +152,9 @@ Transformer (Multi30k) and a ViT on MNIST, record the attention weights of every
   layers (Abnar & Zuidema 2020, §3) for a few digits.
 
 Checkpoints: `TX_SUITE_TRANSLATION_CKPT` / `TX_SUITE_VIT_CKPT` if set, else the newest `best.ckpt`
-of `runs/multi30k_de_en_quickstart` / `runs/mnist_vit` (train them with `tx-suite fit --config
-experiments/...`), else a short training run through the suite's own CLI. With
+of `runs/multi30k_de_en_quickstart` / `runs/mnist_vit` (under `$TX_SUITE_RUNS_DIR` if set; train
+them with `tx-suite fit --config experiments/...`), else a training run through the suite's own
+CLI (1500 translation steps and 1000 ViT steps: several minutes each on a CPU). With
 `TX_SUITE_NOTEBOOK_SMALL=1` (the test suite) the models are tiny and train for 40 steps: the
 maps are then those of barely trained models, but every step is the real one.
 """),
@@ -161,12 +164,12 @@ from tx_suite.utils.runs import RunLookupError, find_checkpoint
 
 
 def checkpoint(env_var, experiment, train_args):
-    \"\"\"$env_var, else the newest best.ckpt of `experiment` under runs/, else a short `tx-suite fit`.\"\"\"
+    \"\"\"$env_var, else the newest best.ckpt of `experiment` under RUNS_DIR, else a `tx-suite fit`.\"\"\"
     if os.environ.get(env_var):
         return Path(os.environ[env_var])
     if not SMALL:
         try:
-            return find_checkpoint("runs", experiment, "best")
+            return find_checkpoint(RUNS_DIR, experiment, "best")
         except RunLookupError:
             pass
     assert tx_suite(["fit", *train_args, "--runs_dir", str(RUNS_DIR), *QUIET]) == 0
