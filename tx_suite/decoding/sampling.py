@@ -86,10 +86,13 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float()
-    # Shifted by the row maximum first: a tiny temperature then sends the other logits to -inf
-    # (the argmax, as temperature -> 0) instead of overflowing every logit to inf (NaN softmax).
-    logits = (logits - logits.amax(-1, keepdim=True)) / temperature
-    probs = filter_logits(logits, top_k, top_p).softmax(-1)
+    scaled = logits / temperature
+    # A tiny temperature overflows logits to +inf (a NaN softmax). Such rows are shifted by their
+    # maximum first, which sends the others to -inf (the argmax, as temperature -> 0); the other
+    # rows keep the plain division, so earlier seeds draw the same tokens bit for bit.
+    overflow = torch.isposinf(scaled).any(-1, keepdim=True)
+    scaled = torch.where(overflow, (logits - logits.amax(-1, keepdim=True)) / temperature, scaled)
+    probs = filter_logits(scaled, top_k, top_p).softmax(-1)
     if uniform is not None:
         cdf = probs.cumsum(-1)  # (B, K)
         # right=True: the first token whose cdf exceeds u * total, so zero-probability tokens
