@@ -185,3 +185,26 @@ def test_real_task_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(runs_
     if task == "vision":  # an epoch-level running accuracy: the resumed epoch keeps its first batches' tallies
         acc, ref_acc = (load_run(runs_dir / exp / r).series["train/acc"] for r in ("killed", "uninterrupted"))
         assert acc == ref_acc and [step for step, _ in acc] == [9, 15]
+
+
+def test_vision_train_acc_resumes_from_a_checkpoint_written_at_a_mid_epoch_validation(runs_dir, subprocess_env):
+    """With val_check_interval the last.ckpt of a mid-epoch validation is written while the trainer
+    validates; its train/acc tallies must be in it too (killed after step 16, resumed from 14)."""
+    args = [*VISION, "--checkpoint.last_every_n_train_steps=null", "--trainer.val_check_interval=4",
+            "--trainer.limit_val_batches=1"]
+    env = {**subprocess_env, "WANDB_MODE": "disabled"}
+    repo = Path(__file__).resolve().parents[1]
+
+    def fit(run_id: str, *extra: str, returncode: int = 0) -> None:
+        proc = subprocess.run([sys.executable, "-m", "tx_suite", *args, "--run_id", run_id, *extra], env=env,
+                              capture_output=True, text=True, timeout=300, cwd=repo)
+        assert proc.returncode == returncode, proc.stderr[-2000:]
+
+    kill = '--trainer.callbacks+={"class_path": "cli_fixtures.KillAtStep", "init_args": {"step": 16}}'
+    fit("killed", kill, returncode=-signal.SIGKILL)
+    last = runs_dir / "mnist_vit" / "killed" / "checkpoints" / "last.ckpt"
+    assert load_checkpoint(last)["global_step"] == 14  # epoch 1's validation after its 4th batch
+    fit("killed", "--ckpt_path", str(last))
+    fit("uninterrupted")
+    acc, ref_acc = (load_run(runs_dir / "mnist_vit" / r).series["train/acc"] for r in ("killed", "uninterrupted"))
+    assert acc == ref_acc and [step for step, _ in acc] == [9, 15]

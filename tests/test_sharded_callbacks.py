@@ -6,8 +6,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import torch
 from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy
 
+from tx_suite.tasks.callbacks import generation_images
 from tx_suite.tasks.callbacks.generation_images import ReconstructionGrid, SampleGrid
 from tx_suite.tasks.callbacks.sharded import shards_parameters
 from tx_suite.tasks.callbacks.translation_attention import TranslationAttentionMaps
@@ -35,14 +37,22 @@ HOOKS = [
 
 
 @pytest.mark.parametrize("make, hook", HOOKS)
-def test_rank_zero_model_calls_are_skipped_under_fsdp(make, hook):
-    def trainer(strategy):
+def test_rank_zero_model_calls_are_skipped_under_fsdp(make, hook, monkeypatch):
+    def trainer(strategy, world_size=2):
         return SimpleNamespace(strategy=strategy, sanity_checking=False, is_global_zero=True, current_epoch=0,
-                               max_epochs=1, datamodule=Untouchable())
+                               max_epochs=1, datamodule=Untouchable(), world_size=world_size)
 
     fsdp = trainer(FSDPStrategy())
     assert shards_parameters(fsdp) and not shards_parameters(trainer(DDPStrategy()))
+    assert not shards_parameters(trainer(FSDPStrategy(), world_size=1))  # one rank holds every shard
+    module = Untouchable()
+    if isinstance(make(), ReconstructionGrid):  # its codebook histogram needs no model call
+        module = SimpleNamespace(code_counts=torch.ones(8))
+        plotted = []
+        monkeypatch.setattr(generation_images, "log_image", lambda trainer, key, *a, **k: plotted.append(key))
     with pytest.warns(UserWarning, match="not drawn under FSDPStrategy"):
-        getattr(make(), hook)(fsdp, Untouchable())
+        getattr(make(), hook)(fsdp, module)
+    if isinstance(make(), ReconstructionGrid):
+        assert plotted == ["val/code_histogram"]
     with pytest.raises(ModelCalled):  # the control: under DDP rank 0 draws them
         getattr(make(), hook)(trainer(DDPStrategy()), Untouchable())

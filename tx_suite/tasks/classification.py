@@ -352,8 +352,10 @@ class ImageClassification(pl.LightningModule):
     def _mid_epoch(self) -> bool:
         """True while some of this epoch's training batches are still to come (a checkpoint from an
         epoch's end, after its last batch, resumes in the next epoch, which starts with no tallies)."""
+        # state.fn, not trainer.training: a checkpoint written at a mid-epoch validation
+        # (val_check_interval) is saved while the trainer is validating.
         processed = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return self.trainer.training and processed < self.trainer.num_training_batches
+        return self.trainer.state.fn == "fit" and processed < self.trainer.num_training_batches
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.meta = checkpoint.get(META_KEY, self.meta)

@@ -93,16 +93,17 @@ class ReconstructionGrid(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_validation_end, not on_validation_epoch_end: callbacks' epoch-end hooks run before
         # the task's, which sums code_counts over DDP ranks.
-        if trainer.sanity_checking or not trainer.is_global_zero or skip_rank_zero_forward(trainer, "val/reconstructions"):
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        dataset = trainer.datamodule.datasets["val"]
-        images = torch.stack([dataset[i]["image"] for i in range(self.n_images)]).to(pl_module.device)
-        with torch.no_grad():
-            recon = pl_module.model(images).recon.clamp(0, 1)
-        grid = make_grid(interleave_rows(images, recon, self.nrow), nrow=self.nrow, padding=1,
-                         pad_value=0.5)
-        log_image(trainer, "val/reconstructions", grid, "rows: input, reconstruction")
-        log_image(trainer, "val/code_histogram", codebook_usage_plot(pl_module.code_counts))
+        if not skip_rank_zero_forward(trainer, "val/reconstructions"):
+            dataset = trainer.datamodule.datasets["val"]
+            images = torch.stack([dataset[i]["image"] for i in range(self.n_images)]).to(pl_module.device)
+            with torch.no_grad():
+                recon = pl_module.model(images).recon.clamp(0, 1)
+            grid = make_grid(interleave_rows(images, recon, self.nrow), nrow=self.nrow, padding=1,
+                             pad_value=0.5)
+            log_image(trainer, "val/reconstructions", grid, "rows: input, reconstruction")
+        log_image(trainer, "val/code_histogram", codebook_usage_plot(pl_module.code_counts))  # no model call
 
 
 class SampleGrid(pl.Callback):

@@ -9,7 +9,9 @@ from pytorch_lightning.utilities import rank_zero_warn
 
 
 def shards_parameters(trainer: pl.Trainer) -> bool:
-    """True under FSDP or DeepSpeed ZeRO stage 3 (parameters split over the ranks)."""
+    """True under FSDP or DeepSpeed ZeRO stage 3 with several ranks (parameters split over them)."""
+    if getattr(trainer, "world_size", 1) == 1:
+        return False  # one rank holds every shard
     strategy = trainer.strategy
     name = type(strategy).__name__
     return "FSDP" in name or ("DeepSpeed" in name and bool(getattr(strategy, "zero_stage_3", False)))
