@@ -144,6 +144,14 @@ def test_checkpoint_round_trip_and_tokenizer_checks(trained, capsys):
     assert "using the copy stored in the checkpoint" in capsys.readouterr().err
     assert again.tokenizer_fingerprint == task.tokenizer_fingerprint
     assert torch.equal(again.generate(["top-left: tiny red 7"], 2, seed=3), a)
+    # the stage-1 file gone: the copy alone
+    ckpt = torch.load(trained["ckpt"], weights_only=True)
+    ckpt["hyper_parameters"]["tokenizer_ckpt"] = str(trained["tmp"] / "deleted" / "vq.ckpt")
+    torch.save(ckpt, trained["tmp"] / "vq_gone.ckpt")
+    alone = load_text_to_image(trained["tmp"] / "vq_gone.ckpt")
+    assert "is gone; using the VQ-VAE stored in" in capsys.readouterr().err
+    assert alone.hparams.tokenizer_ckpt == ckpt["hyper_parameters"]["tokenizer_ckpt"]
+    assert torch.equal(alone.generate(["top-left: tiny red 7"], 2, seed=3), a)
     # without the copy (an older checkpoint) the other codebook is refused
     ckpt = torch.load(trained["ckpt"], weights_only=True)
     del ckpt["tx_suite_vqvae"]

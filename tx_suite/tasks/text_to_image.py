@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -346,11 +347,14 @@ def load_text_to_image(path: str | Path, tokenizer_ckpt: str | None = None,
     Args:
         path: the stage-2 checkpoint.
         tokenizer_ckpt: the stage-1 checkpoint; default: the path recorded at training time or,
-            when that file is gone, the same run under the stage-2 checkpoint's runs directory.
+            when that file is gone, the same run under the stage-2 checkpoint's runs directory,
+            else the copy of the VQ-VAE stored in the checkpoint. A file with another codebook is
+            replaced by that copy, with a line on stderr.
 
     Raises:
         FileNotFoundError: a checkpoint is missing (the message says which).
-        TokenizerMismatchError: ``tokenizer_ckpt`` is not the VQ-VAE the model was trained with.
+        TokenizerMismatchError: ``tokenizer_ckpt`` is not the VQ-VAE the model was trained with
+            and the checkpoint holds no copy of it (written before 2026-12-03).
         ValueError: not a text-to-image checkpoint, or one without a caption tokenizer.
     """
     ckpt = read_checkpoint(path, "text-to-image", required=("tokenizer_ckpt", *MODEL_KEYS),
@@ -362,8 +366,21 @@ def load_text_to_image(path: str | Path, tokenizer_ckpt: str | None = None,
         hparams["tokenizer_ckpt"] = _relocated_tokenizer(hparams["tokenizer_ckpt"], Path(path))
     if "caption_tokenizer" not in ckpt:
         raise ValueError(f"{path} has no caption tokenizer (it was saved without a datamodule)")
+    stored = ckpt.get(VQVAE_KEY)
+    recorded = hparams["tokenizer_ckpt"]
     try:
-        task = TextToImageTask(**hparams)
+        if tokenizer_ckpt is None and isinstance(stored, dict) and not Path(recorded).is_file():
+            # The stage-1 file is gone: the copy in this checkpoint, through a temporary file in
+            # the stage-1 checkpoint format (the task builds its shapes from a file).
+            print(f"tx-suite: {recorded} is gone; using the VQ-VAE stored in {path}", file=sys.stderr)
+            with tempfile.TemporaryDirectory() as tmp:
+                hparams["tokenizer_ckpt"] = str(Path(tmp) / "vqvae.ckpt")
+                torch.save({"hyper_parameters": dict(stored["config"]), "state_dict":
+                            {f"model.{k}": v for k, v in stored["state_dict"].items()}}, hparams["tokenizer_ckpt"])
+                task = TextToImageTask(**hparams)
+            task.hparams["tokenizer_ckpt"] = recorded
+        else:
+            task = TextToImageTask(**hparams)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"{err} (needed by {path}; pass the stage-1 checkpoint "
                                 "explicitly, e.g. --tokenizer PATH)") from None
