@@ -24,11 +24,11 @@ from tx_suite.tasks.vqvae import (codebook_fingerprint, load_vqvae, read_checkpo
 from tx_suite.utils.checkpoint import init_kwargs
 from tx_suite.utils.runs import CHECKPOINT_DIR
 
-#: TextToImageTask hyper-parameters that define the transformer.
 #: checkpoint key of the datamodule class the model was trained with
 DATA_CLASS_KEY = "tx_suite_data_class"
 #: checkpoint key of the stage-1 VQ-VAE the model was trained with (config and weights)
 VQVAE_KEY = "tx_suite_vqvae"
+#: TextToImageTask hyper-parameters that define the transformer.
 MODEL_KEYS = ("text_vocab_size", "text_len", "d_model", "n_heads", "d_ff", "n_layers", "dropout")
 
 
