@@ -30,11 +30,20 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RotaryEmbedding needs an even head_dim, got {head_dim}")
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.head_dim, self.base = head_dim, base
+
+    def _inv_freq(self, device: torch.device | None = None) -> Tensor:
+        # Computed per call, not held in a buffer: ``model.to(torch.bfloat16)`` would round a
+        # buffer's frequencies (up to 0.4 %), and the angle error m * d(theta) grows with position.
+        return self.base ** (-torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim)
+
+    @property
+    def inv_freq(self) -> Tensor:
+        """The frequencies ``theta_i`` ``(Dh/2,)``, float32."""
+        return self._inv_freq()
 
     def _cos_sin(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        angles = positions.float()[:, None] * self.inv_freq[None, :]  # (T, Dh/2)
+        angles = positions.float()[:, None] * self._inv_freq(positions.device)[None, :]  # (T, Dh/2)
         angles = torch.cat((angles, angles), dim=-1)  # (T, Dh)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
