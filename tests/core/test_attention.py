@@ -93,6 +93,33 @@ def test_weights_path_takes_a_float32_mask_with_half_inputs(qkv, dtype):
     torch.testing.assert_close(slow.float(), fast.float(), atol=2e-2, rtol=0)
 
 
+def test_weights_path_does_not_overflow_in_float16():
+    # |q|, |k| ~ 40 at Dk = 64: q.k = 1e5 overflows float16 (max 65504) unless the scores are
+    # accumulated in float32, as the fused kernels do.
+    q = torch.full((1, 1, 2, 64), 40.0, dtype=torch.float16)
+    k = q.clone()
+    k[..., 1, :] = 39.0
+    v = torch.randn(1, 1, 2, 64, generator=torch.Generator().manual_seed(0)).half()
+    fast, _ = scaled_dot_product_attention(q, k, v)
+    slow, w = scaled_dot_product_attention(q, k, v, need_weights=True)
+    assert torch.isfinite(slow).all()
+    torch.testing.assert_close(slow.float(), fast.float(), atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_weights_path_keeps_large_finite_mask_values_finite(qkv, dtype):
+    # -1e9 on every key of row 0 is a large but finite bias: the kernels attend uniformly there.
+    # Rounded to float16 it became -inf and the row came out as a zero "fully masked" row.
+    q, k, v = (t.to(dtype) for t in qkv)
+    bias = torch.zeros(1, 1, T, S)
+    bias[..., 0, :] = -1e9
+    bias[..., 1:, 0] = -1e9
+    fast, _ = scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    slow, _ = scaled_dot_product_attention(q, k, v, attn_mask=bias, need_weights=True)
+    assert slow[..., 0, :].abs().sum() > 0
+    torch.testing.assert_close(slow.float(), fast.float(), atol=2e-2, rtol=0)
+
+
 def _pair(d_model=32, n_heads=4, cross=False):
     torch.manual_seed(0)
     ref = nn.MultiheadAttention(d_model, n_heads, batch_first=True).eval()

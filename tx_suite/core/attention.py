@@ -57,17 +57,24 @@ def scaled_dot_product_attention(
         return out, None
 
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attn_mask, float("-inf"))
-        else:
-            # A float32 bias on half-precision q/k would promote the scores and break ``weights @ v``.
-            scores = scores + attn_mask.to(scores.dtype)
-    # A fully masked row is softmax(-inf, ..., -inf) = NaN; torch's kernels return zeros there.
-    # Filling before the softmax (not nan_to_num after it) also keeps NaN out of the backward pass.
-    dead = torch.isneginf(scores).all(dim=-1, keepdim=True)  # (B, H, Tq, 1)
-    weights = torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
+    # Scores and softmax in float32 for half-precision inputs, as the fused kernels accumulate:
+    # in float16 q.k overflows before scaling (|q|, |k| ~ 40 at Dk = 64 is already inf), and a
+    # large finite mask value (-1e9) would round to -inf and turn a row the kernels treat as
+    # uniform into a "dead" one. Autocast is off so it cannot cast the float32 matmul back down.
+    work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    with torch.autocast(q.device.type, enabled=False):
+        scores = (q.to(work) @ k.to(work).transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            else:
+                scores = scores + attn_mask.to(work)
+        # A fully masked row is softmax(-inf, ..., -inf) = NaN; torch's kernels return zeros there.
+        # Filling before the softmax (not nan_to_num after it) also keeps NaN out of the backward pass.
+        dead = torch.isneginf(scores).all(dim=-1, keepdim=True)  # (B, H, Tq, 1)
+        weights = torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
+    # Back to the inputs' precision so ``weights @ v`` runs (and autocasts) as before.
+    weights = weights.to(q.dtype)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     return weights @ v, weights
