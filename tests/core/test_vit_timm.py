@@ -5,6 +5,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 from tx_suite.models import VisionTransformer, checkpoint_filter_fn, load_timm_state_dict
+from tx_suite.models.vit import load_timm_checkpoint
 
 SMALL = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10)
 
@@ -40,6 +41,30 @@ def test_vit_position_embedding_resampled_like_timm():
     big.load_state_dict(checkpoint_filter_fn(timm_vit.state_dict(), big))
     assert big.patch_embed.pos_embed.shape == (1, 82, 32)
     assert (big(x) - timm_vit(x)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("loader", ["filter", "load_timm_checkpoint"])
+def test_non_square_pretrained_grid_is_resampled_from_its_own_shape(loader):
+    # A 2 x 8 grid has 16 positions, a square count: read as 4 x 4 it was resampled scrambled,
+    # with no error. Given its grid it must equal timm's own model at the new size.
+    torch.manual_seed(0)
+    wide = dict(SMALL, img_size=(8, 32))
+    timm_wide = TimmViT(**wide, embed_dim=16, depth=1, num_heads=2, dynamic_img_size=True).eval()
+    ours = VisionTransformer(**{**wide, "img_size": (12, 32)}, d_model=16, n_layers=1, n_heads=2).eval()
+    if loader == "filter":
+        ours.load_state_dict(checkpoint_filter_fn(timm_wide.state_dict(), ours, old_grid_size=(2, 8)))
+    else:
+        load_timm_checkpoint(ours, timm_wide.state_dict(), old_grid_size=(2, 8))
+    x = torch.randn(2, 1, 12, 32)
+    assert (ours(x) - timm_wide(x)).abs().max() <= 1e-5
+    # 2 x 7 = 14 positions cannot be a square grid: an error that says what to give
+    odd = TimmViT(**dict(SMALL, img_size=(8, 28)), embed_dim=16, depth=1, num_heads=2).state_dict()
+    with pytest.raises(ValueError, match="old_grid_size"):
+        checkpoint_filter_fn(odd, ours)
+    with pytest.raises(ValueError, match="old_grid_size"):
+        load_timm_checkpoint(ours, odd)
+    with pytest.raises(ValueError, match="does not hold"):
+        checkpoint_filter_fn(odd, ours, old_grid_size=(3, 5))
 
 
 def test_incompatible_timm_weights_are_named():

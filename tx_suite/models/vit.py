@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -135,17 +136,52 @@ _TIMM_RENAMES = [
 ]
 
 
-def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
+def resample_pos_embed(
+    pos_embed: Tensor, new_grid: tuple[int, int], num_prefix_tokens: int, old_grid: tuple[int, int] | None = None,
+) -> Tensor:
+    """Resample a ViT position embedding ``(1, prefix + h*w, D)`` to ``(1, prefix + H*W, D)``.
+
+    Bicubic interpolation of the patch positions on their 2-D grid (ViT §3.2, "2D interpolation of
+    the pre-trained position embeddings"); prefix (CLS) rows are kept. A state dict does not record
+    its grid, so ``old_grid`` defaults to a square one, as timm assumes.
+
+    Raises:
+        ValueError: ``old_grid`` does not hold the embedding's patch count, or it is not given and
+            that count is not a square.
+    """
+    n = pos_embed.shape[1] - num_prefix_tokens
+    if old_grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(
+                f"the pretrained position embedding has {n} patch positions, not a square grid: "
+                "give its grid size (old_grid_size=(rows, cols))"
+            )
+        old_grid = (side, side)
+    if old_grid[0] * old_grid[1] != n:
+        raise ValueError(f"old_grid_size {tuple(old_grid)} does not hold the position embedding's {n} patch positions")
+    if tuple(old_grid) == tuple(new_grid):
+        return pos_embed
+    return resample_abs_pos_embed(
+        pos_embed, new_size=list(new_grid), old_size=list(old_grid), num_prefix_tokens=num_prefix_tokens,
+    )
+
+
+def checkpoint_filter_fn(
+    state_dict: dict[str, Tensor], model: VisionTransformer, old_grid_size: tuple[int, int] | None = None,
+) -> dict[str, Tensor]:
     """Convert a timm ``VisionTransformer`` state dict (or a ``{"model"/"state_dict": ...}``
     checkpoint) to this model's layout.
 
     The conv patch projection ``(D, C, P, P)`` is flattened to the linear ``(D, C*P*P)``; the
-    position embedding is resampled (bicubic, as timm) when ``model``'s patch grid differs.
-    A head of a different size is dropped (fine-tuning on new classes keeps the new head).
+    position embedding is resampled (:func:`resample_pos_embed`) from ``old_grid_size`` (default:
+    a square grid) to ``model``'s patch grid when the two differ. A head of a different size is
+    dropped (fine-tuning on new classes keeps the new head).
 
     Raises:
         ValueError: the checkpoint uses features this ViT does not have (register tokens,
-            layer scale, QK-norm, ...); the message names the first offending key.
+            layer scale, QK-norm, ...); the message names the first offending key. A position
+            embedding that is not square and has no ``old_grid_size``.
     """
     for wrapper in ("state_dict", "model"):
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
@@ -158,10 +194,8 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VisionTransformer
             new = re.sub(pattern, repl, new)
         if new == "patch_embed.proj.weight" and value.dim() == 4:
             value = value.flatten(1)  # (D, C, P, P) -> (D, C*P*P), same order as the einops patchify
-        elif new == "patch_embed.pos_embed" and value.shape != target[new].shape:
-            value = resample_abs_pos_embed(
-                value, new_size=list(model.patch_embed.grid_size), num_prefix_tokens=model.num_prefix_tokens,
-            )
+        elif new == "patch_embed.pos_embed" and (value.shape != target[new].shape or old_grid_size is not None):
+            value = resample_pos_embed(value, model.patch_embed.grid_size, model.num_prefix_tokens, old_grid_size)
         elif new.startswith("head.") and new in target and value.shape != target[new].shape:
             continue
         if new not in target:
@@ -238,11 +272,14 @@ def timm_twin(model: VisionTransformer) -> nn.Module:
         )
 
 
-def fit_timm_state_dict(state_dict: dict[str, Tensor], timm_vit: nn.Module) -> dict[str, Tensor]:
+def fit_timm_state_dict(
+    state_dict: dict[str, Tensor], timm_vit: nn.Module, old_grid_size: tuple[int, int] | None = None,
+) -> dict[str, Tensor]:
     """Adapt a timm ViT state dict to the shapes of the timm ViT ``timm_vit`` (timm names kept).
 
-    timm's ``checkpoint_filter_fn`` resamples the position embedding to the new patch grid
-    (bicubic; ViT §3.2) and the patch kernel to a new patch size; the input projection is
+    The position embedding is resampled to the new patch grid by :func:`resample_pos_embed`
+    (from ``old_grid_size``, default square); timm's ``checkpoint_filter_fn`` resamples the
+    patch kernel to a new patch size; the input projection is
     adapted to the channel count (timm ``adapt_input_conv``: RGB -> gray sums the kernels); a
     head of another class count is dropped (the model keeps its fresh head).
 
@@ -261,6 +298,12 @@ def fit_timm_state_dict(state_dict: dict[str, Tensor], timm_vit: nn.Module) -> d
     have = sum(1 for k in sd if re.fullmatch(r"blocks\.\d+\.norm1\.weight", k))
     if have > depth:  # dropping blocks silently would fine-tune a different network than the one named
         raise ValueError(f"pretrained weights have {have} blocks, the model has {depth}: set n_layers to {have}")
+    if "pos_embed" in sd and (sd["pos_embed"].shape != want["pos_embed"].shape or old_grid_size is not None):
+        # Here rather than in timm's filter, which can only assume a square source grid.
+        sd["pos_embed"] = resample_pos_embed(
+            sd["pos_embed"], tuple(timm_vit.patch_embed.grid_size),
+            0 if getattr(timm_vit, "no_embed_class", False) else timm_vit.num_prefix_tokens, old_grid_size,
+        )
     out = {}
     for k, v in timm_filter(sd, timm_vit).items():
         if k not in want:
@@ -279,18 +322,20 @@ def fit_timm_state_dict(state_dict: dict[str, Tensor], timm_vit: nn.Module) -> d
     return out
 
 
-def load_timm_checkpoint(model: nn.Module, source: str | Path | dict[str, Tensor]) -> None:
+def load_timm_checkpoint(
+    model: nn.Module, source: str | Path | dict[str, Tensor], old_grid_size: tuple[int, int] | None = None,
+) -> None:
     """Load timm ViT weights (a file, see :func:`read_timm_checkpoint`, or a state dict) into
     ``model``, ours or a timm ``VisionTransformer``, for fine-tuning: fitted to its image size,
-    patch size, channels and classes by :func:`fit_timm_state_dict`, then (ours) converted by
-    :func:`checkpoint_filter_fn`.
+    patch size, channels and classes by :func:`fit_timm_state_dict` (``old_grid_size``: the
+    checkpoint's patch grid, default square), then (ours) converted by :func:`checkpoint_filter_fn`.
 
     Raises:
         FileNotFoundError, ValueError: the file is missing / unreadable, or a tensor does not fit.
     """
     sd = source if isinstance(source, dict) else read_timm_checkpoint(source)
     ours = isinstance(model, VisionTransformer)
-    sd = fit_timm_state_dict(sd, timm_twin(model) if ours else model)
+    sd = fit_timm_state_dict(sd, timm_twin(model) if ours else model, old_grid_size)
     if ours:
         sd = checkpoint_filter_fn(sd, model)
     missing, unexpected = model.load_state_dict(sd, strict=False)
