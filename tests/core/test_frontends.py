@@ -76,3 +76,15 @@ def test_text_image_sequence_puts_boi_after_the_text():
     x, _ = seq(tokens, torch.randint(0, 16, (1, 3, 3)))
     torch.testing.assert_close(x[:, :6], text(tokens))
     torch.testing.assert_close(x[0, 6], seq.boi[0, 0])
+
+
+def test_image_codes_in_the_wrong_grid_shape_are_refused():
+    # (B, W, H) or (B, 1, H*W) flatten to the right length with codes at the wrong 2-D positions.
+    image = ImageTokenGrid(16, 8, height=2, width=3)
+    seq = TextImageSequence(TokenEmbedding(30, 8, pad_id=0, max_len=4), image, text_len=4, pad_id=0)
+    assert image(torch.zeros(1, 2, 3, dtype=torch.long)).shape == (1, 6, 8)
+    for bad in (torch.zeros(1, 3, 2), torch.zeros(1, 1, 6), torch.zeros(1, 6, 1, 1)):
+        with pytest.raises(ValueError, match="image codes"):
+            image(bad.long())
+        with pytest.raises(ValueError, match="image codes"):
+            seq(torch.ones(1, 4, dtype=torch.long), bad.long())

@@ -26,6 +26,7 @@ class ImageTokenGrid(nn.Module):
     Shapes: ``(B, H, W)`` or ``(B, N)`` long -> ``(B, N, D)``.
 
     Raises:
+        ValueError: a grid input that is not ``(B, H, W)``, or input of another rank.
         IndexError: positions beyond the grid.
     """
 
@@ -43,5 +44,14 @@ class ImageTokenGrid(nn.Module):
 
     def forward(self, codes: Tensor, offset: int = 0) -> Tensor:
         if codes.dim() == 3:
+            # A transposed (B, W, H) grid would flatten to the right length with every code at the
+            # wrong 2-D position, silently.
+            if tuple(codes.shape[1:]) != (self.height, self.width) or offset:
+                raise ValueError(
+                    f"image codes as a grid must be (B, {self.height}, {self.width}) at offset 0, "
+                    f"got {tuple(codes.shape)} at offset {offset}"
+                )
             codes = codes.flatten(1)  # (B, H, W) -> (B, H*W)
+        elif codes.dim() != 2:
+            raise ValueError(f"image codes must be (B, H, W) or (B, N), got shape {tuple(codes.shape)}")
         return self.dropout(self.embedding(codes) + self.pos(codes.size(1), offset))

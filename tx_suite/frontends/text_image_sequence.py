@@ -26,11 +26,11 @@ class TextImageSequence(nn.Module):
         text_len: fixed text length ``L``.
         pad_id: text padding id, reported in the returned key padding mask.
 
-    Shapes: ``text_tokens`` ``(B, L)``, ``image_codes`` ``(B, n)`` with ``n <= N`` ->
+    Shapes: ``text_tokens`` ``(B, L)``, ``image_codes`` ``(B, n)`` with ``n <= N`` or ``(B, H, W)`` ->
     ``(B, L + 1 + n, D)`` and a ``(B, L + 1 + n)`` key padding mask (True = text padding).
 
     Raises:
-        ValueError: text tokens not of length ``text_len``.
+        ValueError: text tokens not of length ``text_len``; image codes of another grid shape.
     """
 
     def __init__(self, text: TokenEmbedding, image: ImageTokenGrid, text_len: int, pad_id: int) -> None:
@@ -61,8 +61,7 @@ class TextImageSequence(nn.Module):
         """Embed the joint sequence; returns ``(x, key_padding_mask)``."""
         x, pad = self.embed_prefix(text_tokens)
         if image_codes is not None:
-            if image_codes.dim() == 3:
-                image_codes = image_codes.flatten(1)  # (B, H, W) -> (B, H*W)
-            x = torch.cat([x, self.embed_image(image_codes)], dim=1)
-            pad = torch.cat([pad, pad.new_zeros(pad.size(0), image_codes.size(1))], dim=1)
+            image = self.embed_image(image_codes)  # (B, n, D); a (B, H, W) grid is checked and flattened there
+            x = torch.cat([x, image], dim=1)
+            pad = torch.cat([pad, pad.new_zeros(pad.size(0), image.size(1))], dim=1)
         return x, pad
