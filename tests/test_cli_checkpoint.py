@@ -115,6 +115,20 @@ def test_cli_names_what_is_wrong_with_a_checkpoint(capsys, runs_dir, tmp_path):
     assert sorted(p.name for p in (runs_dir / "tiny_mnist").iterdir()) == ["r"]  # nothing left behind
 
 
+def test_cli_takes_a_checkpoint_saved_outside_lightning_cli(capsys, runs_dir, tmp_path):
+    """A task built in Python and trained with a plain pl.Trainer (benchmarks/translation_train.py)
+    stores no _class_path; `test --ckpt_path` refused it with "Option 'vocab_size' is not accepted"."""
+    assert main(["fit", "--config", TINY, "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",
+                 "--run_id", "r"]) == 0
+    ckpt = load_checkpoint(runs_dir / "tiny_mnist" / "r" / "checkpoints" / "last.ckpt")
+    for key in ("_class_path", "_instantiator"):
+        ckpt["hyper_parameters"].pop(key, None)
+    plain = tmp_path / "plain.ckpt"
+    torch.save(ckpt, plain)
+    capsys.readouterr()
+    assert main(["test", "--config", TINY, "--ckpt_path", str(plain), "--trainer.enable_progress_bar=false"]) == 0
+
+
 def test_atomic_checkpoint_io_roundtrip_and_refusal(tmp_path, evil_ckpt):
     io = AtomicCheckpointIO()
     ckpt = {"state_dict": {"w": torch.randn(4, 4)}, "epoch": 3}

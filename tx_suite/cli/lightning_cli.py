@@ -331,6 +331,10 @@ class TxSuiteCLI(LightningCLI):
                 raise CheckpointError(f"{ckpt_path} holds a {stored} checkpoint, but the config's model is {configured}; "
                                       "pass the config it was trained with (its run's config.yaml)")
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        elif _class_path(cfg.get("model")):
+            # Saved by a task built in Python (benchmarks/translation_train.py, a plain
+            # pl.Trainer), not by LightningCLI: no class recorded, so the config's class it is.
+            hparams = {"class_path": _class_path(cfg.get("model")), "dict_kwargs": hparams}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         except SystemExit:
