@@ -225,6 +225,24 @@ def test_mismatched_datamodule_is_refused(run, tmp_path):
         trainer.test(task, dm, ckpt_path=str(run["averaged"]), weights_only=True)
 
 
+def test_reversed_language_pair_is_refused(run, tmp_path):
+    # The joint BPE of en->de equals de->en's, so only the stored data settings can tell.
+    dm = Multi30kDataModule(src_lang="en", tgt_lang="de", train_limit=600, vocab_size=800, max_tokens=1024,
+                            max_len=64, cache_dir=str(run["cache"]))
+    task = TranslationTask.load_from_checkpoint(run["averaged"], weights_only=True)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="data.src_lang='de', the datamodule has 'en'"):
+        trainer.test(task, dm, ckpt_path=str(run["averaged"]), weights_only=True)
+
+
+def test_validate_scores_bleu_whatever_bleu_every_n_epochs(run, tmp_path):
+    task = TranslationTask.load_from_checkpoint(run["averaged"], weights_only=True, bleu_every_n_epochs=10)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
+                         default_root_dir=tmp_path)
+    metrics = trainer.validate(task, _dm(run["cache"]))[0]
+    assert {"val/bleu", "val/chrf", "val/bleu_lc"} <= set(metrics)
+
+
 def test_sdpa_backend_reaches_loss_and_decoding(run):
     """``sdpa_backend`` pins the kernel of every attention call in the loss and in beam search:
     the math kernel reproduces the default's numbers, and a kernel CPUs lack ("efficient") fails

@@ -49,7 +49,7 @@ class TranslationTask(pl.LightningModule):
         max_len_a, max_len_b: output budget ``a * source_length + b`` tokens.
         bleu_every_n_epochs: decode the validation set every n epochs and in the last epoch (by
             ``max_epochs`` or ``max_steps``); the loss every epoch. Epochs without BLEU leave
-            ``best.ckpt`` (monitor ``val/bleu``) as it is.
+            ``best.ckpt`` (monitor ``val/bleu``) as it is. ``validate`` (outside fit) always decodes.
         n_samples: sample translations kept for the sample callback.
         sdpa_backend: pin the attention kernel for training, evaluation and decoding (``"math"``,
             ``"flash"``, ``"efficient"``, ``"cudnn"``; ``None`` = PyTorch's choice). On CPU with
@@ -58,8 +58,8 @@ class TranslationTask(pl.LightningModule):
             (``benchmarks/RESULTS.md``).
 
     Raises:
-        ValueError: the datamodule's vocabulary does not fit ``vocab_size``, its BPE model
-            differs from the checkpoint's, or ``sdpa_backend`` is unknown.
+        ValueError: the datamodule's vocabulary does not fit ``vocab_size``, its BPE model or
+            language pair differs from the checkpoint's, or ``sdpa_backend`` is unknown.
     """
 
     #: Arguments that do not shape the weights: with ``--ckpt_path`` a config file's value wins
@@ -115,6 +115,19 @@ class TranslationTask(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "tokenizer" in checkpoint:
             self._adopt_tokenizer(BPETokenizer.from_str(checkpoint["tokenizer"]), "datamodule")
+        self._check_direction(checkpoint.get("datamodule_hyper_parameters") or {})
+
+    def _check_direction(self, stored: dict) -> None:
+        # The joint BPE is the same in both directions, so the tokenizer check cannot see a de->en
+        # model tested on en->de data: it would score BLEU ~0 with exit status 0.
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        now = getattr(datamodule, "hparams", None) or {}
+        for key in ("src_lang", "tgt_lang", "lowercase"):
+            if key in stored and key in now and stored[key] != now[key]:
+                raise ValueError(
+                    f"the checkpoint was trained with data.{key}={stored[key]!r}, the datamodule has "
+                    f"{now[key]!r}; use the data settings of the training run"
+                )
 
     # ------------------------------------------------------------------ training
     def forward(self, src: Tensor, tgt_in: Tensor, src_key_padding_mask: Tensor) -> Tensor:
@@ -178,11 +191,12 @@ class TranslationTask(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _decode_now(self, stage: str) -> bool:
-        if stage == "test":
-            return True
-        if self.trainer.sanity_checking:
-            return False
         trainer = self.trainer
+        # bleu_every_n_epochs thins out validation during fit; `validate` asks for the scores now.
+        if stage == "test" or trainer.state.fn != "fit":
+            return True
+        if trainer.sanity_checking:
+            return False
         last_epoch = (trainer.max_epochs is not None and self.current_epoch + 1 >= trainer.max_epochs) or (
             trainer.max_steps is not None and trainer.max_steps > 0 and self.global_step >= trainer.max_steps)
         return (self.current_epoch + 1) % max(1, self.hparams.bleu_every_n_epochs) == 0 or last_epoch
