@@ -201,6 +201,15 @@ def test_translate_errors_are_one_line(run, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert translate_main(["--ckpt_path", str(run["averaged"]), "-o", str(tmp_path / "file" / "out.txt"), "x"]) == 2
     assert "cannot write" in capsys.readouterr().err
+    # a directory as output failed only after translating everything, with exit status 1
+    assert translate_main(["--ckpt_path", str(run["averaged"]), "-o", str(tmp_path), "x"]) == 2
+    assert "cannot write" in capsys.readouterr().err
+    # options that leave no output budget, or no length penalty, gave empty lines and exit 0
+    for bad_options in (["--max_len_b", "-20"], ["--max_len_a", "0", "--max_len_b", "1"],
+                        ["--length_penalty", "nan"], ["--max_len_a", "inf"]):
+        assert translate_main(["--ckpt_path", str(run["averaged"]), *bad_options, "x"]) == 2, bad_options
+        err = capsys.readouterr().err
+        assert "error: --" in err and len(err.strip().splitlines()) == 1, err
     for device, message in (("gpu7", "is not a torch device"), ("cuda:99", "--device cuda:99 but")):
         assert translate_main(["--ckpt_path", str(run["averaged"]), "--device", device, "x"]) == 2
         err = capsys.readouterr().err

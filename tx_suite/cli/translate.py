@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -147,6 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1 or (args.beam_size is not None and args.beam_size < 1) or args.max_src_tokens < 2:
         print(f"{PROG}: error: --batch_size and --beam_size must be >= 1, --max_src_tokens >= 2", file=sys.stderr)
         return 2
+    if args.length_penalty is not None and not math.isfinite(args.length_penalty):
+        print(f"{PROG}: error: --length_penalty must be a finite number, got {args.length_penalty}", file=sys.stderr)
+        return 2
+    if args.max_len_a is not None and not (math.isfinite(args.max_len_a) and args.max_len_a >= 0):
+        print(f"{PROG}: error: --max_len_a must be a finite number >= 0, got {args.max_len_a}", file=sys.stderr)
+        return 2
     device_error = check_device(args.device)
     if device_error:
         print(f"{PROG}: error: {device_error}", file=sys.stderr)
@@ -174,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output:  # before the slow part: an unwritable output must not cost the translations
         try:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.output).touch()
+            # Opened, not touched: touch() succeeds on a directory and on a read-only file.
+            open(args.output, "a", encoding="utf-8").close()
         except OSError as e:
             print(f"{PROG}: error: cannot write {args.output}: {e.strerror}", file=sys.stderr)
             return 2
@@ -182,6 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     def pick(name: str, default):
         value = getattr(args, name)
         return value if value is not None else hp.get(name, default)
+
+    # The budget a * S + b tokens includes EOS: below 2 even a one-token source gets an empty line.
+    if pick("max_len_a", 1.2) + pick("max_len_b", 10) < 2:
+        print(f"{PROG}: error: --max_len_a {pick('max_len_a', 1.2)} with --max_len_b {pick('max_len_b', 10)} "
+              "leaves no room for a word (a + b must be >= 2)", file=sys.stderr)
+        return 2
 
     hyps = translate_lines(
         model, tok, lines, beam_size=pick("beam_size", 5), length_penalty=pick("length_penalty", 1.0),
