@@ -92,6 +92,25 @@ def test_bad_names_list_the_choices():
         Multi30kDataModule(test_split="test2016")  # fails at construction, before any training
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(train_limit=-5), "train_limit must be >= 1"),  # sliced off the last 5 pairs
+    (dict(train_limit=0), "train_limit must be >= 1"),  # learned a BPE of bytes only
+    (dict(vocab_size=100), "vocab_size must be > 260"),  # failed only when the BPE was built
+    (dict(max_len=0, max_tokens=64), "max_len must be >= 1"),
+    (dict(num_workers=-1), "num_workers must be >= 0"),
+])
+def test_bad_sizes_fail_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Multi30kDataModule(**kwargs)
+
+
+def test_max_len_that_drops_every_pair_is_an_error(tmp_path):
+    # fit used to end with "no training batches" and exit status 0
+    dm = Multi30kDataModule(train_limit=200, vocab_size=400, max_len=2, cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="max_len 2 drops all 200 training pairs"):
+        dm.setup("fit")
+
+
 def test_token_budget_batches_cover_every_index_once():
     sizes = torch.randint(1, 40, (500,)).tolist() + [100]  # one pair longer than the budget
     s = TokenBudgetBatchSampler(sizes, max_tokens=64, shuffle=True, seed=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, UNK_ID, BPETokenizer
+from tx_suite.data.bpe import BOS_ID, EOS_ID, N_BYTES, PAD_ID, SPECIAL_TOKENS, UNK_ID, BPETokenizer
 from tx_suite.data.bucketing import TokenBudgetBatchSampler
 from tx_suite.data.multi30k import check_names, default_data_dir, read_pair, split_path
 from tx_suite.data.translation_dataset import TranslationDataset, collate_translation
@@ -62,6 +62,16 @@ class Multi30kDataModule(pl.LightningDataModule):
             raise ValueError(f"src_lang and tgt_lang are both {src_lang!r}")
         if max_tokens < max_len:
             raise ValueError(f"max_tokens ({max_tokens}) must be >= max_len ({max_len}) so a longest pair fits")
+        reserved = len(SPECIAL_TOKENS) + N_BYTES
+        if vocab_size <= reserved:
+            raise ValueError(f"vocab_size must be > {reserved} (4 special + 256 byte tokens), got {vocab_size}")
+        # train_limit=-5 would slice off the last 5 pairs; 0 would learn a BPE of bytes only.
+        for name, value in (("train_limit", train_limit), ("max_len", max_len), ("min_frequency", min_frequency),
+                            ("eval_max_tokens", eval_max_tokens)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         # logger=False: the CLI logs the whole config; Lightning refuses a key (vocab_size, text_len)
         # that both the model and the data save with different values, though they may differ
         self.save_hyperparameters(logger=False)
@@ -125,6 +135,8 @@ class Multi30kDataModule(pl.LightningDataModule):
                 ds = TranslationDataset(src, tgt, self.tokenizer, max_len=self.hparams.max_len)
                 if ds.n_dropped:
                     log.info("dropped %d training pairs longer than %d tokens", ds.n_dropped, self.hparams.max_len)
+                if not len(ds):  # fit would end with "no training batches" and exit status 0
+                    raise ValueError(f"max_len {self.hparams.max_len} drops all {ds.n_dropped} training pairs")
             else:
                 src, tgt = self._read(split)
                 ds = TranslationDataset(src, tgt, self.tokenizer)
