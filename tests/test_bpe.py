@@ -42,6 +42,10 @@ def test_unusual_text_round_trips_without_unk(tok, text):
     assert tok.decode(ids) == text
 
 
+def test_the_meta_space_is_the_documented_exception(tok):
+    assert tok.decode(tok.encode("a\u2581b")) == "a b"  # as the encode/decode docstring says
+
+
 def test_decode_stops_at_eos_and_skips_pad_bos(tok):
     ids = tok.encode("Ein Hund läuft.")
     assert tok.decode([tok.bos_id] + ids + [tok.eos_id] + tok.encode("Müll") + [tok.pad_id]) == "Ein Hund läuft."

@@ -318,6 +318,9 @@ def test_translate_normalizes_invisible_and_unusual_whitespace(run):
     variants = ["\ufeff" + clean, "Ein\tMann über  dem Haus.", "Ein\u00a0Mann über\u200b dem Haus. ",
                 unicodedata.normalize("NFD", clean)]
     assert all(normalize_source(v) == clean for v in variants) and normalize_source(" \ufeff\t") == ""
+    # control characters and bidi marks changed the translation ("Ein paar Taucher spielen.")
+    for dirty in ("\x00Ein Mann über dem Haus.\x07", "\u202eEin Mann \u200eüber dem Haus.\u2069"):
+        assert normalize_source(dirty) == clean
     raw = [encode_source(tok, [v])[0].tolist() for v in variants]
     assert all(r != encode_source(tok, [clean])[0].tolist() for r in raw)  # what the model got before
     outs = translate_lines(model, tok, [clean, *variants, "\ufeff"], beam_size=2)

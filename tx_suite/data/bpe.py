@@ -174,7 +174,8 @@ class BPETokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Detokenize ids (a list or 1-D tensor) up to the first EOS, skipping PAD and BOS.
 
-        ``decode(encode(s)) == s`` for every string ``s``.
+        ``decode(encode(s)) == s`` for every string ``s`` without U+2581 ``▁``, the meta-space
+        that marks word starts (an ``▁`` in the input decodes as a space).
         """
         text = self._tok.decode(self._clean(ids), skip_special_tokens=False)
         return text[len(_PREFIX):] if text.startswith(_PREFIX) else text

@@ -1,7 +1,7 @@
 """Clean user-supplied text before the model sees it: translation sources (``tx-suite translate``)
 and captions (``tx-suite generate``); split input files into lines.
 
-The joint BPE model round-trips any text exactly (byte fallback, explicit spaces), so invisible or
+The joint BPE model round-trips text exactly (byte fallback, explicit spaces), so invisible or
 unusual characters reach the encoder as tokens it never saw in training: a UTF-8 byte-order mark
 at the start of a file, a tab, a zero-width space, or German umlauts in decomposed (NFD) form
 each turn into byte tokens and can change the whole translation. Multi30k's text is NFC with
@@ -10,12 +10,22 @@ single spaces, so inputs are brought to that form.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
-#: Format characters with no visible effect in a sentence: byte-order mark / zero-width no-break
-#: space, zero-width space, (non-)joiners, word joiner, soft hyphen.
-_INVISIBLE = re.compile("[\ufeff\u200b\u200c\u200d\u2060\u00ad]")
+#: Control (Cc) and format (Cf) characters other than whitespace: NUL, BEL, ..., byte-order mark,
+#: zero-width (non-)joiners and spaces, word joiner, soft hyphen, bidi marks and overrides (U+200E,
+#: U+202A..U+202E, U+2066..U+2069). None is visible in a sentence, yet each is a byte token the
+#: model never saw in training and can change the whole translation.
+@functools.cache
+def _invisible() -> re.Pattern:
+    # Built on first use from this Python's Unicode tables (a 0.2 s scan, kept out of imports).
+    return re.compile("[" + "".join(
+        re.escape(chr(c)) for c in range(0x110000)
+        if unicodedata.category(chr(c)) in ("Cc", "Cf") and not chr(c).isspace()
+    ) + "]")
+
 _SPACES = re.compile(r"\s+")  # str patterns match Unicode whitespace: tabs, NBSP, ideographic space
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -32,12 +42,12 @@ def _replace_surrogates(text: str) -> str:
 
 
 def normalize_source(text: str) -> str:
-    """``text`` in NFC, without invisible format characters, with every run of whitespace (tabs,
+    """``text`` in NFC, without control and invisible format characters, with every run of whitespace (tabs,
     no-break spaces, ...) as one space and no leading or trailing space, and undecodable bytes (lone
     surrogates) as U+FFFD. ``""`` stays ``""``."""
     if _SURROGATES.search(text):
         text = _replace_surrogates(text)
-    text = _INVISIBLE.sub("", unicodedata.normalize("NFC", text))
+    text = _invisible().sub("", unicodedata.normalize("NFC", text))
     return _SPACES.sub(" ", text).strip()
 
 
