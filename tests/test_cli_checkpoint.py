@@ -129,6 +129,13 @@ def test_cli_takes_a_checkpoint_saved_outside_lightning_cli(capsys, runs_dir, tm
     assert main(["test", "--config", TINY, "--ckpt_path", str(plain), "--trainer.enable_progress_bar=false"]) == 0
 
 
+def test_print_config_with_ckpt_path_says_what_it_leaves_out(capsys, runs_dir, tmp_path):
+    # It printed the config file's d_model while the run used the checkpoint's, without a word.
+    assert main(["test", "--config", TINY, "--ckpt_path", str(tmp_path / "any.ckpt"), "--print_config"]) == 0
+    out, err = capsys.readouterr()
+    assert "model:" in out and "the checkpoint's model hyperparameters replace" in err
+
+
 def test_atomic_checkpoint_io_roundtrip_and_refusal(tmp_path, evil_ckpt):
     io = AtomicCheckpointIO()
     ckpt = {"state_dict": {"w": torch.randn(4, 4)}, "epoch": 3}

@@ -576,6 +576,10 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
     if invoked_as == "__main__.py":
         invoked_as = "python -m tx_suite"
     state: dict[str, Any] = {"command": [invoked_as, *args]}
+    if any(a.startswith("--print_config") for a in args) and any(a.startswith("--ckpt_path") for a in args):
+        # jsonargparse prints while parsing, before the checkpoint's hyperparameters are read.
+        _log("--print_config shows the configs and arguments as given; with --ckpt_path the checkpoint's "
+             "model hyperparameters replace those that shape the weights (the run's config.yaml has the result)")
     status = "failed"
     # Lightning's DDP launcher re-runs sys.argv for the other ranks: keep the real program (the
     # console script's path; `python -m tx_suite` is re-run with -m), with the expanded configs.
