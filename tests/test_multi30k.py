@@ -39,8 +39,9 @@ def test_corrupt_file_is_named(tmp_path):
     with open(tmp_path / rel, "r+b") as f:
         f.seek(100)
         f.write(b"\x00\x01\x02")
-    with pytest.raises(ChecksumError, match="val.de.gz"):
+    with pytest.raises(ChecksumError, match="val.de.gz") as info:
         read_pair("val", "de", "en", data_dir=tmp_path)
+    assert "git checkout" not in str(info.value)  # would restore data/, not this directory
 
 
 def test_unbundled_split_offline_fails_clearly(tmp_path, offline):

@@ -63,8 +63,9 @@ def verify(root: str | Path, relpath: str) -> Path:
     if expected is not None:
         actual = sha256(path)
         if actual != expected:
+            bundled = Path(root).resolve() == (Path(__file__).resolve().parents[2] / "data")
+            fix = "restore it with `git checkout -- data/`" if bundled else "replace it with an intact copy, e.g. from the repository's data/"
             raise ChecksumError(
-                f"corrupt data file {path}: SHA-256 {actual[:12]}... != expected {expected[:12]}... "
-                "(restore it with `git checkout -- data/`)"
+                f"corrupt data file {path}: SHA-256 {actual[:12]}... != expected {expected[:12]}... ({fix})"
             )
     return path
