@@ -224,6 +224,11 @@ def test_translate_errors_are_one_line(run, tmp_path, capsys):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     assert translate_main(["--ckpt_path", str(tmp_path / "other.ckpt"), "x"]) == 2
     assert "not a translation checkpoint" in capsys.readouterr().err
+    bare = torch.load(run["averaged"], weights_only=True)
+    del bare["hyper_parameters"]
+    torch.save(bare, tmp_path / "bare.ckpt")  # raised TypeError "missing ... 'vocab_size'", exit 1
+    assert translate_main(["--ckpt_path", str(tmp_path / "bare.ckpt"), "x"]) == 2
+    assert "has no model hyper-parameters" in capsys.readouterr().err
 
 
 def test_mismatched_datamodule_is_refused(run, tmp_path):

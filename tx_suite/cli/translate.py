@@ -56,6 +56,8 @@ def load_translator(path: str | Path, device: str = "cpu") -> tuple[Seq2SeqTrans
     if "state_dict" not in ckpt or "tokenizer" not in ckpt:
         raise TranslateError(f"{path} is not a translation checkpoint (needs state_dict and tokenizer)")
     hparams = dict(ckpt.get("hyper_parameters") or {})
+    if "vocab_size" not in hparams:
+        raise TranslateError(f"{path} has no model hyper-parameters (vocab_size, d_model, ...) to build the model from")
     # A model trained on lowercased text (Multi30kDataModule(lowercase=True)) reads lowercased input.
     hparams["lowercase"] = bool((ckpt.get("datamodule_hyper_parameters") or {}).get("lowercase", False))
     names = set(inspect.signature(Seq2SeqTransformer).parameters)
