@@ -128,3 +128,58 @@ def test_fine_tuned_checkpoint_needs_no_pretrained_file(tmp_path, runs_dir, caps
                  "--data.init_args.limit_train=128", "--data.init_args.batch_size=64", "--data.init_args.val_size=64",
                  "--trainer.max_epochs=2", "--trainer.limit_val_batches=1"]) == 0
     assert "not loading model.pretrained" in capsys.readouterr().err
+
+
+#: timm ViT features our ViT (and the timm twin of the task's size) has no place for: loading
+#: without them would fine-tune a different network, so they are refused naming the weight.
+FOREIGN = {
+    "layer_scale": (dict(init_values=1e-5), r"blocks\.0\.ls1\.gamma.*layer scale"),
+    "qk_norm": (dict(qk_norm=True), r"blocks\.0\.attn\.q_norm\.weight.*QK-norm"),
+    "registers": (dict(reg_tokens=4), r"reg_token.*register tokens"),
+    "deit3": (dict(no_embed_class=True), r"pos_embed has 49 rows.*no_embed_class"),
+    "map_pool": (dict(global_pool="map"), r"attn_pool\..*attention pooling"),
+}
+
+
+@pytest.mark.parametrize("backbone", ["tx", "timm"])
+@pytest.mark.parametrize("feature", list(FOREIGN))
+@pytest.mark.parametrize("img_size", [28, 36])  # 36: the position embedding would be resampled
+def test_weights_of_a_timm_feature_the_vit_lacks_are_refused(tmp_path, backbone, feature, img_size):
+    from tx_suite.models.vit import load_timm_checkpoint
+
+    kw, message = FOREIGN[feature]
+    sd = timm_vit(**kw).state_dict()
+    torch.save(sd, tmp_path / "w.pth")
+    with pytest.raises(ValueError, match=message):
+        task(tmp_path / "w.pth", backbone=backbone, img_size=img_size)
+    model = task(None, backbone=backbone, img_size=img_size, pretrained=None).model
+    with pytest.raises(ValueError, match=message):
+        load_timm_checkpoint(model, sd)
+
+
+def test_checkpoint_filter_refuses_registers_whatever_the_key_order():
+    """Our own converter: with keys sorted (as in a safetensors file) pos_embed comes before
+    reg_token; it must still name reg_token, not fail on the position embedding's row count."""
+    from tx_suite.models.vit import VisionTransformer, checkpoint_filter_fn
+
+    ours = VisionTransformer(img_size=28, patch_size=4, in_chans=1, num_classes=10, d_model=32, n_layers=2,
+                             n_heads=4, mlp_ratio=2.0)
+    sd = dict(sorted(timm_vit(reg_tokens=4).state_dict().items()))
+    with pytest.raises(ValueError, match="'reg_token' .register tokens"):
+        checkpoint_filter_fn(sd, ours)
+    with pytest.raises(ValueError, match="pos_embed has 49 rows.*no_embed_class"):
+        checkpoint_filter_fn(timm_vit(no_embed_class=True).state_dict(), ours)
+
+
+@pytest.mark.parametrize("backbone", ["tx", "timm"])
+def test_a_head_is_dropped_when_the_model_has_none(backbone):
+    """A feature extractor (num_classes=0) takes a classifier's weights but its head."""
+    from tx_suite.models.vit import load_timm_checkpoint
+    from tx_suite.tasks.classification import build_backbone
+
+    ref = timm_vit()
+    ours = build_backbone(backbone, num_classes=0, img_size=28, in_chans=1, **SIZE).eval()
+    load_timm_checkpoint(ours, ref.state_dict())
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert (ours(x) - ref.forward_head(ref.forward_features(x), pre_logits=True)).abs().max() < 1e-5

@@ -136,6 +136,14 @@ _TIMM_RENAMES = [
 ]
 
 
+def _rename(key: str) -> str:
+    """A timm ViT weight name in this ViT's layout (``blocks.0.attn.qkv.weight`` ->
+    ``encoder.layers.0.self_attn.qkv_proj.weight``); other names are returned unchanged."""
+    for pattern, repl in _TIMM_RENAMES:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
 def resample_pos_embed(
     pos_embed: Tensor, new_grid: tuple[int, int], num_prefix_tokens: int, old_grid: tuple[int, int] | None = None,
 ) -> Tensor:
@@ -175,31 +183,35 @@ def checkpoint_filter_fn(
 
     The conv patch projection ``(D, C, P, P)`` is flattened to the linear ``(D, C*P*P)``; the
     position embedding is resampled (:func:`resample_pos_embed`) from ``old_grid_size`` (default:
-    a square grid) to ``model``'s patch grid when the two differ. A head of a different size is
-    dropped (fine-tuning on new classes keeps the new head).
+    a square grid) to ``model``'s patch grid when the two differ. A head of a different size, or
+    any head when ``model`` has none (``num_classes=0``), is dropped (fine-tuning on new classes
+    keeps the new head); every other weight must have a place in ``model``.
 
     Raises:
         ValueError: the checkpoint uses features this ViT does not have (register tokens,
-            layer scale, QK-norm, ...); the message names the first offending key. A position
-            embedding that is not square and has no ``old_grid_size``.
+            layer scale, QK-norm, attention pooling, ...) or lacks its class token; the message
+            names the first offending key. A position embedding without rows for the class token
+            (timm ``no_embed_class``, DeiT III), or one that is not square and has no ``old_grid_size``.
     """
     for wrapper in ("state_dict", "model"):
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
             state_dict = state_dict[wrapper]
     target = model.state_dict()
+    renamed = {key: _rename(key) for key in state_dict}
+    # All names first: a weight this ViT lacks (reg_token) also changes how pos_embed must be read.
+    for key, new in renamed.items():
+        if new not in target and not new.startswith("head."):
+            raise ValueError(f"cannot map timm weight {key!r}{_feature_hint(key)} onto this VisionTransformer")
+    _check_token_layout(state_dict, timm_twin(model), old_grid_size)
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
-        new = key
-        for pattern, repl in _TIMM_RENAMES:
-            new = re.sub(pattern, repl, new)
+        new = renamed[key]
         if new == "patch_embed.proj.weight" and value.dim() == 4:
             value = value.flatten(1)  # (D, C, P, P) -> (D, C*P*P), same order as the einops patchify
         elif new == "patch_embed.pos_embed" and (value.shape != target[new].shape or old_grid_size is not None):
             value = resample_pos_embed(value, model.patch_embed.grid_size, model.num_prefix_tokens, old_grid_size)
-        elif new.startswith("head.") and new in target and value.shape != target[new].shape:
-            continue
-        if new not in target:
-            raise ValueError(f"cannot map timm weight {key!r} onto this VisionTransformer")
+        elif new.startswith("head.") and (new not in target or value.shape != target[new].shape):
+            continue  # no head (num_classes=0) or another class count: the model keeps its own
         out[new] = value
     return out
 
@@ -272,6 +284,73 @@ def timm_twin(model: VisionTransformer) -> nn.Module:
         )
 
 
+#: what a timm ViT weight this ViT lacks is for (name pattern, feature and the timm argument)
+_TIMM_FEATURES = [
+    (r"\.ls\d\.gamma$|\.gamma_\d$", "layer scale, timm init_values"),
+    (r"\.[qk]_norm\.", "QK-norm, timm qk_norm=True"),
+    (r"^reg_token$", "register tokens, timm reg_tokens"),
+    (r"^attn_pool\.", "attention pooling, timm global_pool='map'"),
+    (r"^norm_pre\.", "a norm before the blocks, timm pre_norm=True"),
+    (r"^fc_norm\.", "a norm after pooling, timm fc_norm / global_pool='avg'"),
+    (r"^patch_embed\.norm\.", "a norm in the patch embedding"),
+    (r"\.(attn|mlp)\.norm\.", "a norm inside the attention / MLP, timm scale_attn_norm / scale_mlp_norm"),
+]
+
+
+def _feature_hint(key: str) -> str:
+    """`` (layer scale, timm init_values)`` for a known timm feature's weight, else ``""``."""
+    return next((f" ({what})" for pattern, what in _TIMM_FEATURES if re.search(pattern, key)), "")
+
+
+def _check_token_layout(
+    sd: dict[str, Tensor], timm_vit: nn.Module, old_grid_size: tuple[int, int] | None = None,
+) -> None:
+    """Refuse a timm state dict whose prefix tokens (CLS, registers) or position-embedding rows
+    differ from ``timm_vit``'s: the resampling that follows splits ``pos_embed`` with the model's
+    prefix count, and would fail with a misleading message (or mix token rows into the grid).
+
+    The checkpoint's row layout is inferred: its ``pos_embed`` ``(1, rows, D)`` holds a square
+    patch grid (or ``old_grid_size``) plus either one row per prefix token or none (timm
+    ``no_embed_class=True``, DeiT III).
+
+    Raises:
+        ValueError: a ``cls_token`` / ``reg_token`` in one and not the other, another register
+            count, or the other ``pos_embed`` layout; the message names the key.
+    """
+    want = timm_vit.state_dict()
+    for key, what in (("cls_token", "a class token"), ("reg_token", "register tokens, timm reg_tokens")):
+        if key in sd and key not in want:
+            raise ValueError(f"pretrained weights have {key} ({what}), which this ViT does not have: "
+                             "it cannot start from them")
+        if key in want and key not in sd:
+            raise ValueError(f"pretrained weights lack {key} ({what}), which this ViT has: "
+                             "it cannot start from them")
+    if "reg_token" in sd and sd["reg_token"].shape[1] != want["reg_token"].shape[1]:
+        raise ValueError(f"pretrained reg_token has {sd['reg_token'].shape[1]} register tokens, "
+                         f"the model {want['reg_token'].shape[1]}")
+    prefix = int(getattr(timm_vit, "num_prefix_tokens", 0))
+    if "pos_embed" not in sd or "pos_embed" not in want or prefix == 0:
+        return  # without prefix tokens both layouts are the same
+    model_rows = 0 if getattr(timm_vit, "no_embed_class", False) else prefix
+    other_rows = prefix - model_rows
+    n = sd["pos_embed"].shape[1]
+
+    def grid_fits(rows: int) -> bool:
+        if old_grid_size is not None:
+            return n - rows == old_grid_size[0] * old_grid_size[1]
+        side = math.isqrt(max(n - rows, 0))
+        return side > 0 and side * side == n - rows
+
+    if not grid_fits(model_rows) and grid_fits(other_rows):
+        if model_rows:
+            raise ValueError(
+                f"pretrained pos_embed has {n} rows, for the patch grid only (timm no_embed_class=True, "
+                f"e.g. DeiT III); this ViT also embeds the position of its {prefix} prefix token(s): "
+                "it cannot start from them")
+        raise ValueError(f"pretrained pos_embed has {prefix} row(s) for prefix tokens besides the patch grid; "
+                         "the model (no_embed_class=True) embeds the patches only")
+
+
 def fit_timm_state_dict(
     state_dict: dict[str, Tensor], timm_vit: nn.Module, old_grid_size: tuple[int, int] | None = None,
 ) -> dict[str, Tensor]:
@@ -281,10 +360,15 @@ def fit_timm_state_dict(
     (from ``old_grid_size``, default square); timm's ``checkpoint_filter_fn`` resamples the
     patch kernel to a new patch size; the input projection is
     adapted to the channel count (timm ``adapt_input_conv``: RGB -> gray sums the kernels); a
-    head of another class count is dropped (the model keeps its fresh head).
+    head of another class count, or any head when the model has none, is dropped (the model keeps
+    its fresh head). Every other weight must fit: one the model has no place for is an error, not
+    skipped, since the model would then compute something else than the checkpoint.
 
     Raises:
-        ValueError: another tensor does not fit or is missing (the message names it).
+        ValueError: a weight the model lacks (layer scale ``blocks.N.ls1.gamma``, QK-norm
+            ``attn.q_norm``, ``reg_token``, ``attn_pool``, ...), a ``pos_embed`` of another token
+            layout (timm ``no_embed_class``), or a tensor that does not fit or is missing; the
+            message names it.
     """
     from timm.models import adapt_input_conv
     from timm.models.vision_transformer import checkpoint_filter_fn as timm_filter
@@ -298,6 +382,7 @@ def fit_timm_state_dict(
     have = sum(1 for k in sd if re.fullmatch(r"blocks\.\d+\.norm1\.weight", k))
     if have > depth:  # dropping blocks silently would fine-tune a different network than the one named
         raise ValueError(f"pretrained weights have {have} blocks, the model has {depth}: set n_layers to {have}")
+    _check_token_layout(sd, timm_vit, old_grid_size)
     if "pos_embed" in sd and (sd["pos_embed"].shape != want["pos_embed"].shape or old_grid_size is not None):
         # Here rather than in timm's filter, which can only assume a square source grid.
         sd["pos_embed"] = resample_pos_embed(
@@ -305,9 +390,14 @@ def fit_timm_state_dict(
             0 if getattr(timm_vit, "no_embed_class", False) else timm_vit.num_prefix_tokens, old_grid_size,
         )
     out = {}
-    for k, v in timm_filter(sd, timm_vit).items():
+    for k, v in timm_filter(sd, timm_vit).items():  # timm's filter drops an old pre-logits layer
         if k not in want:
-            continue  # e.g. a pre-logits layer this ViT does not have
+            if k.startswith("head."):  # the model has no head (num_classes=0): it wants the features
+                continue
+            # Any other weight is part of the network (layer scale, QK-norm, ...): without it the
+            # model would compute something else than the checkpoint it claims to start from.
+            raise ValueError(f"pretrained weights have {k}{_feature_hint(k)}, which this ViT does not have: "
+                             "it cannot start from them")
         if v.shape != want[k].shape:
             if k.startswith("head."):
                 continue
