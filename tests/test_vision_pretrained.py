@@ -71,6 +71,18 @@ def test_rgb_weights_into_gray_model_and_new_head(tmp_path):
     assert ours.model.head.weight.shape == (10, 32)
 
 
+@pytest.mark.parametrize("backbone", ["tx", "timm"])
+def test_gray_weights_into_rgb_model(tmp_path, backbone):
+    """timm's adapt_input_conv from the checkpoint's 1 channel: the kernel is repeated over 3
+    channels and divided by 3, so a gray image given as RGB gives the gray model's features."""
+    ref = timm_vit(in_chans=1)
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    ours = task(tmp_path / "w.pth", backbone=backbone, in_chans=3)
+    gray = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert (ours(gray.expand(-1, 3, -1, -1)) - ref(gray)).abs().max() < 1e-5
+
+
 def test_bad_weights_are_named(tmp_path):
     torch.save(timm_vit(embed_dim=48, num_heads=4).state_dict(), tmp_path / "wide.pth")
     with pytest.raises(ValueError, match=r"pretrained .* has shape .*48.*needs.*32"):

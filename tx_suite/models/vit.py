@@ -359,7 +359,9 @@ def fit_timm_state_dict(
     The position embedding is resampled to the new patch grid by :func:`resample_pos_embed`
     (from ``old_grid_size``, default square); timm's ``checkpoint_filter_fn`` resamples the
     patch kernel to a new patch size; the input projection is
-    adapted to the channel count (timm ``adapt_input_conv``: RGB -> gray sums the kernels); a
+    adapted to the channel count (timm ``adapt_input_conv`` from the checkpoint's count: RGB ->
+    gray sums the kernels, gray -> RGB (any C -> more) repeats them divided by new / old, so a
+    gray image repeated over the channels gives the checkpoint's features); a
     head of another class count, or any head when the model has none, is dropped (the model keeps
     its fresh head). Every other weight must fit: one the model has no place for is an error, not
     skipped, since the model would then compute something else than the checkpoint.
@@ -377,7 +379,9 @@ def fit_timm_state_dict(
     key = "patch_embed.proj.weight"
     sd = dict(state_dict)
     if key in sd and sd[key].ndim == 4 and sd[key].shape[1] != want[key].shape[1]:
-        sd[key] = adapt_input_conv(want[key].shape[1], sd[key])
+        # base_chans: the checkpoint's own count (timm's default, 3, would leave gray weights
+        # unchanged for an RGB model); a kernel repeated over the channels is scaled by old/new.
+        sd[key] = adapt_input_conv(want[key].shape[1], sd[key], base_chans=sd[key].shape[1])
     depth = sum(1 for k in want if re.fullmatch(r"blocks\.\d+\.norm1\.weight", k))
     have = sum(1 for k in sd if re.fullmatch(r"blocks\.\d+\.norm1\.weight", k))
     if have > depth:  # dropping blocks silently would fine-tune a different network than the one named
