@@ -1,5 +1,6 @@
 """The ImageClassification task on real MNIST: training, recipe (weight decay, schedule), EMA, Mixup."""
 
+import math
 import re
 
 import pytest
@@ -70,6 +71,31 @@ def test_optimizer_and_schedule(tmp_path, backbone):
     assert NO_DECAY[backbone] <= plain
     assert DECAY[backbone] <= decayed
     assert len(decayed) + len(plain) == len(names)
+
+
+@pytest.mark.parametrize("max_epochs, max_steps, accumulate, warmup_epochs", [
+    (30, 10, 1, 1.0),  # max_steps ends the run long before max_epochs
+    (-1, 10, 1, 1.0),  # no epoch limit at all
+    (30, 6, 2, 1.5),   # accumulation: 2 optimizer steps per epoch of 4 batches
+])
+def test_warmup_epochs_count_epochs_of_the_loader_when_max_steps_ends_the_run(
+        tmp_path, max_epochs, max_steps, accumulate, warmup_epochs):
+    task = tiny_task("tx", lr=1e-3, warmup_lr=1e-6, warmup_epochs=warmup_epochs)
+    tr = trainer(tmp_path, steps=max_steps, max_epochs=max_epochs, limit_train_batches=4, limit_val_batches=0,
+                 accumulate_grad_batches=accumulate)
+    lrs = []
+
+    class Record(pl.Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            lrs.append(optimizer.param_groups[0]["lr"])
+
+    tr.callbacks.append(Record())
+    tr.fit(task, mnist(limit_train=64 * 4))
+    assert len(lrs) == max_steps
+    per_epoch = math.ceil(4 / accumulate)  # optimizer steps per epoch
+    peak = math.ceil(warmup_epochs * per_epoch)
+    assert lrs.index(max(lrs)) == peak, lrs
+    assert lrs[peak] == pytest.approx(1e-3)
 
 
 EVAL_MODE_WARNING = "module(s) in eval mode at the start of training"

@@ -194,7 +194,8 @@ class ImageClassification(pl.LightningModule):
             only). The head is re-initialised if ``num_classes`` differs and the position
             embedding is resampled to the new grid.
         lr, min_lr, warmup_lr: peak, final and initial learning rate.
-        warmup_epochs: linear warm-up length in epochs (fractional allowed).
+        warmup_epochs: linear warm-up length in epochs (fractional allowed), as optimizer steps
+            of the training loader's epoch, whether ``max_epochs`` or ``max_steps`` ends the run.
         weight_decay: AdamW decoupled weight decay (Loshchilov & Hutter 2019).
         optimizer: any ``timm.optim`` name (``adamw``, ``lamb``, ``sgd``, ...).
         label_smoothing: epsilon of label smoothing.
@@ -482,8 +483,7 @@ class ImageClassification(pl.LightningModule):
         # position embedding and CLS token (DeiT / timm recipe).
         optimizer = create_optimizer_v2(self.model, opt=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay)
         total = int(self.trainer.estimated_stepping_batches)
-        epochs = max(self.trainer.max_epochs or 1, 1)
-        warmup = min(int(math.ceil(hp.warmup_epochs * total / epochs)), max(total - 1, 0))
+        warmup = min(self._warmup_steps(total), max(total - 1, 0))
         # warmup_prefix: the cosine starts at the peak when the warm-up ends and reaches lr_min
         # at the last step (timm's default would start it mid-way, at cos(pi * warmup / total)).
         scheduler = _ThisRunsCosine(
@@ -496,6 +496,30 @@ class ImageClassification(pl.LightningModule):
             t_in_epochs=False,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _warmup_steps(self, total: int) -> int:
+        """Optimizer steps of ``warmup_epochs`` epochs: ``ceil(warmup_epochs * ceil(batches / accumulate))``.
+
+        An epoch's length, not ``total / max_epochs``: ``max_steps`` may end the run before
+        ``max_epochs`` (or ``max_epochs`` is -1). A training loader without a length (iterable)
+        has no epoch length; its warm-up then spreads ``total`` evenly over ``max_epochs``.
+
+        Raises:
+            ValueError: ``warmup_epochs`` > 0 with a loader without a length and no ``max_epochs``.
+        """
+        trainer, epochs = self.trainer, self.hparams.warmup_epochs
+        if not epochs:
+            return 0
+        if trainer.train_dataloader is None:  # estimated_stepping_batches skips it when max_epochs is -1
+            trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
+        if batches != float("inf"):
+            # Lightning steps the optimizer on an epoch's last, incomplete accumulation too.
+            return int(math.ceil(epochs * math.ceil(batches / trainer.accumulate_grad_batches)))
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            return int(math.ceil(epochs * total / trainer.max_epochs))
+        raise ValueError(f"model.warmup_epochs={epochs} needs epochs of known length, but the training loader has "
+                         "no length and trainer.max_epochs is not set; set model.warmup_epochs: 0 or max_epochs")
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         # timm schedulers are not torch LRSchedulers: they take the number of updates done.
