@@ -155,6 +155,17 @@ def test_checkpoint_written_by_lightning_cli_loads(run, tmp_path):
         load_classifier(tmp_path / "other.ckpt")
 
 
+def test_a_gpu_attention_kernel_of_the_training_run_is_not_kept(run, capsys, tmp_path):
+    """A checkpoint trained with sdpa_backend: efficient (GPU only) and compile classifies on CPU."""
+    ckpt = torch.load(run["ckpt"], weights_only=True)
+    ckpt["hyper_parameters"].update(sdpa_backend="efficient", compile=True)
+    torch.save(ckpt, tmp_path / "gpu.ckpt")
+    code, out, err = _classify(capsys, "--ckpt", tmp_path / "gpu.ckpt", run["pngs"][0])
+    assert code == 0 and err == "" and out.startswith(str(run["pngs"][0]))
+    model = load_classifier(tmp_path / "gpu.ckpt")
+    assert (model.hparams.sdpa_backend, model.hparams.compile) == (None, False)
+
+
 def test_experiment_best_names_the_newest_run(run, capsys, tmp_path):
     import shutil
 

@@ -529,7 +529,9 @@ class ImageClassification(pl.LightningModule):
 def load_classifier(path: str | Path, map_location: str = "cpu") -> ImageClassification:
     """An :class:`ImageClassification` from a Lightning checkpoint, read with ``weights_only=True``.
 
-    ``pretrained`` is dropped from the saved hyper-parameters (the checkpoint holds the weights).
+    ``pretrained`` is dropped from the saved hyper-parameters (the checkpoint holds the weights);
+    the training run's :attr:`~ImageClassification.RUNTIME_HPARAMS` are reset (``sdpa_backend``
+    to ``None``, PyTorch's choice for the device it runs on; ``compile`` to ``False``).
     ``model.meta`` holds the data metadata saved with it (empty for checkpoints without it).
 
     Raises:
@@ -547,6 +549,9 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> ImageClassif
         raise ValueError(f"{path} is a {stored} checkpoint, not an image classifier (ImageClassification)")
     hparams = init_kwargs(ckpt["hyper_parameters"])
     hparams["pretrained"] = None
+    # Choices of the training machine: a GPU-only kernel (efficient, cudnn) fails on a CPU, and
+    # inference never runs the compiled training forward.
+    hparams.update(sdpa_backend=None, compile=False)
     try:
         model = ImageClassification(**hparams)
         model.load_state_dict(ckpt["state_dict"])
