@@ -132,6 +132,21 @@ def test_bad_files_get_one_line_errors_and_good_ones_still_run(run, capsys):
     assert out.startswith(str(run["pngs"][0]))  # the readable image is still classified
 
 
+def test_a_decompression_bomb_is_one_line_and_the_others_still_run(run, capsys, monkeypatch):
+    """PIL refuses an image of over 2 * MAX_IMAGE_PIXELS (DecompressionBombError, not an OSError);
+    the limit is lowered here so that a 64x64 image is one."""
+    import PIL.Image
+
+    big = run["tmp"] / "bomb.png"
+    Image.new("L", (64, 64)).save(big)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
+    code, out, err = _classify(capsys, "--ckpt", run["ckpt"], big, run["pngs"][0])
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"tx-suite classify: error: {big}: image too large (")
+    assert out.startswith(str(run["pngs"][0]))
+
+
 def test_bad_checkpoint_is_one_line(run, capsys):
     code, _, err = _classify(capsys, "--ckpt", run["ckpt"], "--device", "gpu7", run["pngs"][0])
     assert code == 2 and "is not a torch device" in err

@@ -11,7 +11,8 @@ the task). Rules for files that do not match the model:
 - **Channels**: an image with another channel count (e.g. RGB for the 1-channel MNIST model) is
   an error; ``--convert`` converts it (PIL ``convert("L")`` / ``convert("RGB")``). Palette and
   1-bit images are expanded first (to RGB(A) / L; a palette of grays to L).
-- **Unreadable** files (missing, not an image, truncated) are errors.
+- **Unreadable** files (missing, not an image, truncated, larger than PIL's decompression-bomb
+  limit ``PIL.Image.MAX_IMAGE_PIXELS`` twice over) are errors.
 
 Each error is one line on stderr naming the file; the other images are still classified. The
 exit status is 0 if all images were classified, 1 if some were not, 2 for a bad checkpoint or
@@ -44,8 +45,8 @@ def load_image(path: str | Path, img_size: int, in_chans: int, resize: bool = Tr
         (image, note): the image, and a note (str) when it was resized or converted, else None.
 
     Raises:
-        ImageError: unreadable file, wrong channel count (without ``convert``) or wrong size
-            (without ``resize``).
+        ImageError: unreadable file (also one PIL refuses as a decompression bomb), wrong
+            channel count (without ``convert``) or wrong size (without ``resize``).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -60,6 +61,8 @@ def load_image(path: str | Path, img_size: int, in_chans: int, resize: bool = Tr
         raise ImageError(f"{path}: a directory without image files ({', '.join(IMAGE_SUFFIXES)})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file PIL can read") from None
+    except Image.DecompressionBombError as e:  # an Exception of its own, not an OSError
+        raise ImageError(f"{path}: image too large ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
         raise ImageError(f"{path}: cannot decode image ({e})") from None
     notes = []
