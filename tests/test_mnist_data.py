@@ -1,6 +1,7 @@
 """MNIST datamodule on the bundled files: extraction, checksums, split, transforms."""
 
 import shutil
+import types
 
 import pytest
 import torch
@@ -98,3 +99,18 @@ def test_augment_values_of_the_wrong_kind_name_their_key():
         with pytest.raises(ValueError) as err:
             check_augment(bad)
         assert str(err.value).startswith(message), err.value
+
+
+def test_a_training_set_smaller_than_a_batch_is_refused_at_fit_setup():
+    """The training loader drops its incomplete last batch: 50 images in batches of 64 would be
+    no training step at all (Lightning: "No training batches", exit 0, no checkpoint)."""
+    small = MNISTDataModule(val_size=1000, batch_size=64, limit_train=50)
+    with pytest.raises(ValueError, match=r"data.limit_train=50 leaves 50 training images, fewer than "
+                                         r"data.batch_size=64.*raise data.limit_train or lower data.batch_size"):
+        small.setup("fit")
+    small.setup("validate")  # no training loop: nothing to refuse
+    MNISTDataModule(val_size=1000, batch_size=64, limit_train=64).setup("fit")  # one full batch
+    two_ranks = MNISTDataModule(val_size=1000, batch_size=64, limit_train=100)
+    two_ranks.trainer = types.SimpleNamespace(world_size=2)  # each DDP rank gets 50 of the 100 images
+    with pytest.raises(ValueError, match="fewer than data.batch_size=64 on each of 2 processes"):
+        two_ranks.setup("fit")

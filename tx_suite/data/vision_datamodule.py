@@ -49,7 +49,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         limit_train: use only the first N images of the training split (quick runs and tests).
 
     Raises:
-        ValueError: ``val_size`` is negative or not smaller than the training set; bad ``augment``.
+        ValueError: ``val_size`` is negative or not smaller than the training set; bad ``augment``;
+            (``setup("fit")``) fewer training images (after ``limit_train``) than ``batch_size``.
     """
 
     #: class names, index = label
@@ -120,8 +121,26 @@ class ImageClassificationDataModule(pl.LightningDataModule):
                 train_idx = train_idx[: self.limit_train]
             self.train_set = Subset(augmented, train_idx.tolist())
             self.val_set = Subset(self._dataset(True, self.eval_transform()), val_idx.tolist())
+        if stage == "fit":
+            self._check_train_batches()
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self._dataset(False, self.eval_transform())
+
+    def _check_train_batches(self) -> None:
+        """Raise ValueError if the training set fills no ``batch_size`` batch (per process under DDP).
+
+        The training loader drops its incomplete last batch, so Lightning would end such a fit at
+        once ("No training batches"), with exit status 0 and no checkpoint.
+        """
+        world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+        n = len(self.train_set)
+        if n // world >= self.batch_size:
+            return
+        source = f"data.limit_train={self.limit_train} leaves" if self.limit_train else "the training split has"
+        ranks = f" on each of {world} processes" if world > 1 else ""
+        raise ValueError(f"{source} {n} training images, fewer than data.batch_size={self.batch_size}{ranks}: "
+                         "the incomplete last batch is dropped, so there would be no training step; "
+                         "raise data.limit_train or lower data.batch_size")
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         # The (shuffled) training loader resumes mid-epoch where a checkpoint left it, and orders
