@@ -155,7 +155,8 @@ def test_checkpoint_references_say_what_is_wrong(tmp_path):
     assert resolve_checkpoint("exp:best", tmp_path) == ckpt
     cases = {"exp:bestt": "EXPERIMENT:best or EXPERIMENT:last, not :bestt",
              str(ckpt.parent): "is a directory (give a .ckpt file in it",
-             "exp:last": f"no {tmp_path / 'exp'}/*/checkpoints/last.ckpt",
+             "exp:last": f"no {tmp_path / 'exp'}/*/checkpoints/last.ckpt (its runs have exp:best only)",
+             "other:best": "train it first",
              str(tmp_path / "none.ckpt"): f"checkpoint not found: {tmp_path / 'none.ckpt'}"}
     for spec, message in cases.items():
         with pytest.raises(FileNotFoundError) as err:

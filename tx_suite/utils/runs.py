@@ -109,8 +109,13 @@ def resolve_checkpoint(spec: str | Path, runs_dir: str | Path | None = None, kin
         try:
             return find_checkpoint(runs_dir, name, which)
         except RunLookupError:
-            raise FileNotFoundError(f"{what} not found: {spec!r}: no {Path(runs_dir).expanduser() / name}/*/{CHECKPOINT_DIR}/"
-                                    f"{which}.ckpt ({hint.format(name=name)})") from None
+            runs = Path(runs_dir).expanduser() / name
+            other = "last" if which == "best" else "best"
+            if any(runs.glob(f"*/{CHECKPOINT_DIR}/{other}.ckpt")):  # trained, but not this file: no point training it again
+                fix = f"its runs have {name}:{other} only"
+            else:
+                fix = hint.format(name=name)
+            raise FileNotFoundError(f"{what} not found: {spec!r}: no {runs}/*/{CHECKPOINT_DIR}/{which}.ckpt ({fix})") from None
     if path.is_dir():
         raise FileNotFoundError(f"{what} not found: {spec} is a directory (give a .ckpt file in it, "
                                 "e.g. checkpoints/best.ckpt)")
