@@ -114,6 +114,11 @@ def test_channel_mismatch_is_an_error_unless_converted(run, capsys):
     Image.new("RGB", (28, 28), (200, 0, 0)).convert("P", palette=Image.ADAPTIVE).save(colour)
     code, _, err = _classify(capsys, "--ckpt", run["ckpt"], colour)
     assert code == 1 and "3 channel(s) (RGB)" in err  # a coloured palette is still colour
+    # for an RGB model a gray palette is RGB, not a "1 channel" image that needs --convert
+    from tx_suite.cli.classify import load_image
+
+    img, note = load_image(palette, img_size=28, in_chans=3)
+    assert img.mode == "RGB" and note is None
 
 
 def test_bad_files_get_one_line_errors_and_good_ones_still_run(run, capsys):

@@ -69,8 +69,11 @@ def load_image(path: str | Path, img_size: int, in_chans: int, resize: bool = Tr
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         bands = img.split()[:3]
-        if img.mode == "RGB" and bands[0].tobytes() == bands[1].tobytes() == bands[2].tobytes():
-            img = bands[0]  # a palette of grays (how some tools save gray PNGs) is a gray image
+        gray = bands[0].tobytes() == bands[1].tobytes() == bands[2].tobytes()
+        if img.mode == "RGB" and gray and in_chans == 1:
+            # A palette of grays (how some tools save gray PNGs) is a gray image; for an RGB model
+            # it stays RGB rather than being refused as "1 channel" without --convert.
+            img = bands[0]
     elif img.mode == "1":
         img = img.convert("L")
     if img.mode not in MODE_CHANNELS:
