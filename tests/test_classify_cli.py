@@ -196,7 +196,9 @@ def test_experiment_best_names_the_newest_run(run, capsys, tmp_path):
     by_name = _classify(capsys, "--ckpt", "mnist_vit:best", "--runs_dir", root, "--json", run["pngs"][0])
     assert by_name == by_file and by_name[0] == 0
     code, _, err = _classify(capsys, "--ckpt", "mnist_vit:last", "--runs_dir", root, run["pngs"][0])
-    assert code == 2 and "no " in err and "mnist_vit/*/checkpoints/last.ckpt" in err and "experiments/vision/mnist_vit.yaml" in err
+    assert code == 2 and "no " in err and "mnist_vit/*/checkpoints/last.ckpt" in err and "mnist_vit:best only" in err
+    code, _, err = _classify(capsys, "--ckpt", "mnist_vit_timm:best", "--runs_dir", root, run["pngs"][0])
+    assert code == 2 and "experiments/vision/mnist_vit_timm.yaml" in err  # never trained: how to train it
 
 
 def test_a_directory_means_its_image_files(run, capsys, tmp_path):
