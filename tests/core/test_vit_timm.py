@@ -63,8 +63,22 @@ def test_non_square_pretrained_grid_is_resampled_from_its_own_shape(loader):
         checkpoint_filter_fn(odd, ours)
     with pytest.raises(ValueError, match="old_grid_size"):
         load_timm_checkpoint(ours, odd)
-    with pytest.raises(ValueError, match="does not hold"):
+    with pytest.raises(ValueError, match="3 x 5 grid of old_grid_size"):
         checkpoint_filter_fn(odd, ours, old_grid_size=(3, 5))
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_load_timm_checkpoint_resamples_once(wrapped):
+    # 2 x 8 -> 7 x 28 patches: 196 positions, as timm's default 224-pixel grid (14 x 14), so timm's
+    # own filter resampled a second time, reading the table as 14 x 14.
+    from timm.layers import resample_abs_pos_embed
+
+    torch.manual_seed(0)
+    sd = TimmViT(img_size=(32, 128), patch_size=16, embed_dim=16, depth=1, num_heads=2, num_classes=10).state_dict()
+    ours = VisionTransformer(img_size=(112, 448), patch_size=16, d_model=16, n_layers=1, n_heads=2, num_classes=10)
+    load_timm_checkpoint(ours, {"model": sd} if wrapped else sd, old_grid_size=(2, 8))
+    expected = resample_abs_pos_embed(sd["pos_embed"], new_size=[7, 28], old_size=[2, 8], num_prefix_tokens=1)
+    torch.testing.assert_close(ours.patch_embed.pos_embed.detach(), expected)
 
 
 def test_incompatible_timm_weights_are_named():

@@ -309,9 +309,9 @@ def _check_token_layout(
     differ from ``timm_vit``'s: the resampling that follows splits ``pos_embed`` with the model's
     prefix count, and would fail with a misleading message (or mix token rows into the grid).
 
-    The checkpoint's row layout is inferred: its ``pos_embed`` ``(1, rows, D)`` holds a square
-    patch grid (or ``old_grid_size``) plus either one row per prefix token or none (timm
-    ``no_embed_class=True``, DeiT III).
+    Only a ``pos_embed`` that is to be resampled is checked: it must hold one row per prefix
+    token plus the ``old_grid_size`` grid (default: a square one). A row count that is square
+    only without the prefix rows is taken for timm's ``no_embed_class=True`` layout (DeiT III).
 
     Raises:
         ValueError: a ``cls_token`` / ``reg_token`` in one and not the other, another register
@@ -329,26 +329,24 @@ def _check_token_layout(
         raise ValueError(f"pretrained reg_token has {sd['reg_token'].shape[1]} register tokens, "
                          f"the model {want['reg_token'].shape[1]}")
     prefix = int(getattr(timm_vit, "num_prefix_tokens", 0))
-    if "pos_embed" not in sd or "pos_embed" not in want or prefix == 0:
-        return  # without prefix tokens both layouts are the same
-    model_rows = 0 if getattr(timm_vit, "no_embed_class", False) else prefix
-    other_rows = prefix - model_rows
+    if "pos_embed" not in sd or "pos_embed" not in want or getattr(timm_vit, "no_embed_class", False):
+        return
     n = sd["pos_embed"].shape[1]
-
-    def grid_fits(rows: int) -> bool:
-        if old_grid_size is not None:
-            return n - rows == old_grid_size[0] * old_grid_size[1]
-        side = math.isqrt(max(n - rows, 0))
-        return side > 0 and side * side == n - rows
-
-    if not grid_fits(model_rows) and grid_fits(other_rows):
-        if model_rows:
-            raise ValueError(
-                f"pretrained pos_embed has {n} rows, for the patch grid only (timm no_embed_class=True, "
-                f"e.g. DeiT III); this ViT also embeds the position of its {prefix} prefix token(s): "
-                "it cannot start from them")
-        raise ValueError(f"pretrained pos_embed has {prefix} row(s) for prefix tokens besides the patch grid; "
-                         "the model (no_embed_class=True) embeds the patches only")
+    if n == want["pos_embed"].shape[1] and old_grid_size is None:
+        return  # nothing to resample; a non-square grid cannot be told from a square one here
+    if old_grid_size is not None:
+        if n - prefix != old_grid_size[0] * old_grid_size[1]:
+            raise ValueError(f"pretrained pos_embed has {n} rows, not the model's {prefix} prefix row(s) plus the "
+                             f"{old_grid_size[0]} x {old_grid_size[1]} grid of old_grid_size")
+        return
+    side, side_all = math.isqrt(max(n - prefix, 0)), math.isqrt(n)
+    if prefix and side * side != n - prefix and side_all * side_all == n:
+        # A square count only without the prefix rows: most likely timm's no_embed_class
+        # layout (DeiT III), which would be split at the wrong row.
+        raise ValueError(
+            f"pretrained pos_embed has {n} rows, not {prefix} prefix row(s) plus a square grid: with no prefix "
+            "rows (timm no_embed_class=True, e.g. DeiT III) this ViT cannot start from it; if it is a "
+            "non-square grid, give old_grid_size=(rows, cols)")
 
 
 def fit_timm_state_dict(
@@ -377,6 +375,9 @@ def fit_timm_state_dict(
 
     want = timm_vit.state_dict()
     key = "patch_embed.proj.weight"
+    for wrapper in ("state_dict", "model"):  # before the resampling below, which looks for pos_embed
+        if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
+            state_dict = state_dict[wrapper]
     sd = dict(state_dict)
     if key in sd and sd[key].ndim == 4 and sd[key].shape[1] != want[key].shape[1]:
         # base_chans: the checkpoint's own count (timm's default, 3, would leave gray weights
@@ -393,8 +394,14 @@ def fit_timm_state_dict(
             sd["pos_embed"], tuple(timm_vit.patch_embed.grid_size),
             0 if getattr(timm_vit, "no_embed_class", False) else timm_vit.num_prefix_tokens, old_grid_size,
         )
+    # Kept out of timm's filter: it would resample again, guessing the grid from its default
+    # 224-pixel input, whenever the token counts match but the grids do not.
+    pos_embed = sd.pop("pos_embed", None)
+    filtered = timm_filter(sd, timm_vit)  # timm's filter drops an old pre-logits layer
+    if pos_embed is not None:
+        filtered["pos_embed"] = pos_embed
     out = {}
-    for k, v in timm_filter(sd, timm_vit).items():  # timm's filter drops an old pre-logits layer
+    for k, v in filtered.items():
         if k not in want:
             if k.startswith("head."):  # the model has no head (num_classes=0): it wants the features
                 continue
