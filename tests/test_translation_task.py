@@ -247,6 +247,8 @@ def test_reversed_language_pair_is_refused(run, tmp_path):
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     with pytest.raises(ValueError, match="data.src_lang='de', the datamodule has 'en'"):
         trainer.test(task, dm, ckpt_path=str(run["averaged"]), weights_only=True)
+    with pytest.raises(ValueError, match="data.src_lang='de', the datamodule has 'en'"):
+        trainer.test(task, dm)  # the weights of load_from_checkpoint, no ckpt_path
 
 
 def test_validate_scores_bleu_whatever_bleu_every_n_epochs(run, tmp_path):

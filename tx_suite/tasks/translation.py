@@ -90,6 +90,7 @@ class TranslationTask(pl.LightningModule):
         self._t_batch: float | None = None
         self._n_prev = 0
         self._last_rows: list[dict] = []
+        self._trained_data: dict = {}  # the checkpoint's data settings, once one is loaded
 
     # ------------------------------------------------------------------ tokenizer plumbing
     def _adopt_tokenizer(self, tok: BPETokenizer, source: str) -> None:
@@ -107,6 +108,7 @@ class TranslationTask(pl.LightningModule):
             self._adopt_tokenizer(tok, "datamodule")
         if self.tokenizer is None:
             raise ValueError("TranslationTask needs a datamodule with a `tokenizer` (e.g. Multi30kDataModule)")
+        self._check_direction(self._trained_data)  # loaded by load_from_checkpoint, before any trainer
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.tokenizer is not None:
@@ -115,7 +117,8 @@ class TranslationTask(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "tokenizer" in checkpoint:
             self._adopt_tokenizer(BPETokenizer.from_str(checkpoint["tokenizer"]), "datamodule")
-        self._check_direction(checkpoint.get("datamodule_hyper_parameters") or {})
+        self._trained_data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+        self._check_direction(self._trained_data)
 
     def _check_direction(self, stored: dict) -> None:
         # The joint BPE is the same in both directions, so the tokenizer check cannot see a de->en
