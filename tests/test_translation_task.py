@@ -210,6 +210,9 @@ def test_translate_errors_are_one_line(run, tmp_path, capsys):
         assert translate_main(["--ckpt_path", str(run["averaged"]), *bad_options, "x"]) == 2, bad_options
         err = capsys.readouterr().err
         assert "error: --" in err and len(err.strip().splitlines()) == 1, err
+    # the shortest source is a token and its EOS: a = 0.5, b = 1 leaves it room for one word
+    assert translate_main(["--ckpt_path", str(run["averaged"]), "--max_len_a", "0.5", "--max_len_b", "1", "x"]) == 0
+    capsys.readouterr()
     for device, message in (("gpu7", "is not a torch device"), ("cuda:99", "--device cuda:99 but")):
         assert translate_main(["--ckpt_path", str(run["averaged"]), "--device", device, "x"]) == 2
         err = capsys.readouterr().err

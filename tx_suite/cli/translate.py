@@ -180,6 +180,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         lines = split_lines(sys.stdin.buffer.read())
 
+    def pick(name: str, default):
+        value = getattr(args, name)
+        return value if value is not None else hp.get(name, default)
+
+    # The budget floor(a * S) + b output tokens includes EOS, and the shortest source is one token
+    # plus its EOS (S = 2): below 2 even that source gets an empty line, and so does every source.
+    if math.floor(2 * pick("max_len_a", 1.2)) + pick("max_len_b", 10) < 2:
+        print(f"{PROG}: error: --max_len_a {pick('max_len_a', 1.2)} with --max_len_b {pick('max_len_b', 10)} "
+              "leaves no room for a word (floor(2a) + b must be >= 2)", file=sys.stderr)
+        return 2
     if args.output:  # before the slow part: an unwritable output must not cost the translations
         try:
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -188,16 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as e:
             print(f"{PROG}: error: cannot write {args.output}: {e.strerror}", file=sys.stderr)
             return 2
-
-    def pick(name: str, default):
-        value = getattr(args, name)
-        return value if value is not None else hp.get(name, default)
-
-    # The budget a * S + b tokens includes EOS: below 2 even a one-token source gets an empty line.
-    if pick("max_len_a", 1.2) + pick("max_len_b", 10) < 2:
-        print(f"{PROG}: error: --max_len_a {pick('max_len_a', 1.2)} with --max_len_b {pick('max_len_b', 10)} "
-              "leaves no room for a word (a + b must be >= 2)", file=sys.stderr)
-        return 2
 
     hyps = translate_lines(
         model, tok, lines, beam_size=pick("beam_size", 5), length_penalty=pick("length_penalty", 1.0),
