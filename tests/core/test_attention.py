@@ -120,6 +120,12 @@ def test_weights_path_keeps_large_finite_mask_values_finite(qkv, dtype):
     torch.testing.assert_close(slow.float(), fast.float(), atol=2e-2, rtol=0)
 
 
+def test_weights_path_runs_on_the_meta_device():
+    q = torch.empty(2, 4, 5, 8, device="meta")
+    out, w = scaled_dot_product_attention(q, q, q, need_weights=True)
+    assert out.shape == (2, 4, 5, 8) and w.shape == (2, 4, 5, 5)
+
+
 def _pair(d_model=32, n_heads=4, cross=False):
     torch.manual_seed(0)
     ref = nn.MultiheadAttention(d_model, n_heads, batch_first=True).eval()

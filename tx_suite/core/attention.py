@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,9 @@ def scaled_dot_product_attention(
     # large finite mask value (-1e9) would round to -inf and turn a row the kernels treat as
     # uniform into a "dead" one. Autocast is off so it cannot cast the float32 matmul back down.
     work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    with torch.autocast(q.device.type, enabled=False):
+    device = q.device.type
+    # (meta tensors, e.g. a model sized before allocation, have no autocast to switch off)
+    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
         scores = (q.to(work) @ k.to(work).transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
         if attn_mask is not None:
             if attn_mask.dtype == torch.bool:
