@@ -127,6 +127,13 @@ def test_cli_takes_a_checkpoint_saved_outside_lightning_cli(capsys, runs_dir, tm
     torch.save(ckpt, plain)
     capsys.readouterr()
     assert main(["test", "--config", TINY, "--ckpt_path", str(plain), "--trainer.enable_progress_bar=false"]) == 0
+    # another task's checkpoint (arguments this class does not take): named as such, one line
+    ckpt["hyper_parameters"]["vocab_size"] = 8000
+    torch.save(ckpt, plain)
+    capsys.readouterr()
+    assert main(["test", "--config", TINY, "--ckpt_path", str(plain)]) == 2
+    err = capsys.readouterr().err
+    assert "does not take (vocab_size): a checkpoint of another task?" in err and "Traceback" not in err
 
 
 def test_print_config_with_ckpt_path_says_what_it_leaves_out(capsys, runs_dir, tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -333,7 +334,16 @@ class TxSuiteCLI(LightningCLI):
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         elif _class_path(cfg.get("model")):
             # Saved by a task built in Python (benchmarks/translation_train.py, a plain
-            # pl.Trainer), not by LightningCLI: no class recorded, so the config's class it is.
+            # pl.Trainer), not by LightningCLI: no class recorded, so the config's class it is,
+            # if the stored arguments are that class's (else it is another task's checkpoint).
+            params = inspect.signature(model_class).parameters if model_class else {}
+            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                foreign = sorted(set(hparams) - set(params))
+                if foreign:
+                    raise CheckpointError(
+                        f"{ckpt_path} holds arguments that {model_class.__name__} does not take "
+                        f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): a checkpoint of "
+                        "another task? Pass the config it was trained with (its run's config.yaml)")
             hparams = {"class_path": _class_path(cfg.get("model")), "dict_kwargs": hparams}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
