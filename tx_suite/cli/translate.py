@@ -78,7 +78,7 @@ def translate_lines(model: Seq2SeqTransformer, tok: BPETokenizer, lines: Sequenc
     """One translation per input line (same order, same count).
 
     Lines are normalized first (:func:`~tx_suite.data.text_normalize.normalize_source`: NFC, no
-    byte-order mark or zero-width characters, single spaces), and lowercased for a model trained
+    control or invisible format characters, single spaces), and lowercased for a model trained
     on lowercased text (``lowercase``: :func:`load_translator`'s ``hparams["lowercase"]``). Blank
     lines give ``""`` without running the model. Sentences are batched by length; sources above
     ``max_src_tokens`` tokens are truncated and reported through ``warn(message)``.
