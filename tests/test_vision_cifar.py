@@ -96,18 +96,18 @@ def test_archive_in_data_dir_is_extracted_offline_and_a_corrupt_folder_is_named(
 
     monkeypatch.setattr(socket, "create_connection", offline)
     dm_cls, folder = _fake_cifar(tmp_path)
-    dm = dm_cls(data_dir=str(tmp_path), val_size=2)
+    dm = dm_cls(data_dir=str(tmp_path), val_size=2, batch_size=4)
     dm.setup("fit")  # no download flag and no network: the archive next to the folder is enough
     assert len(dm.train_set) == 8 and (folder / "data_batch_1").is_file()
 
     (folder / "data_batch_1").write_bytes(b"truncated")
     (tmp_path / "fake-python.tar.gz").rename(tmp_path / "moved.tar.gz")  # only the corrupt folder is left
     with pytest.raises(FileNotFoundError) as err:
-        dm_cls(data_dir=str(tmp_path), val_size=2).setup("fit")
+        dm_cls(data_dir=str(tmp_path), val_size=2, batch_size=4).setup("fit")
     msg = str(err.value)
     assert "incomplete or corrupt" in msg and str(folder) in msg and "download=True" not in msg
     (tmp_path / "moved.tar.gz").rename(tmp_path / "fake-python.tar.gz")  # archive back: re-extracted over it
-    dm = dm_cls(data_dir=str(tmp_path), val_size=2)
+    dm = dm_cls(data_dir=str(tmp_path), val_size=2, batch_size=4)
     dm.setup("fit")
     assert len(dm.train_set) == 8
 
