@@ -81,6 +81,22 @@ def test_load_timm_checkpoint_resamples_once(wrapped):
     torch.testing.assert_close(ours.patch_embed.pos_embed.detach(), expected)
 
 
+@pytest.mark.parametrize("loader", ["filter", "load_timm_checkpoint"])
+def test_square_checkpoint_into_a_grid_of_the_same_count_is_resampled(loader):
+    # 14 x 14 -> 7 x 28: both 196 patches, so the shapes match, but the table must still be resampled.
+    from timm.layers import resample_abs_pos_embed
+
+    torch.manual_seed(0)
+    sd = TimmViT(img_size=224, patch_size=16, embed_dim=16, depth=1, num_heads=2, num_classes=10).state_dict()
+    ours = VisionTransformer(img_size=(112, 448), patch_size=16, d_model=16, n_layers=1, n_heads=2, num_classes=10)
+    if loader == "filter":
+        ours.load_state_dict(checkpoint_filter_fn(sd, ours))
+    else:
+        load_timm_checkpoint(ours, sd)
+    expected = resample_abs_pos_embed(sd["pos_embed"], new_size=[7, 28], old_size=[14, 14], num_prefix_tokens=1)
+    torch.testing.assert_close(ours.patch_embed.pos_embed.detach(), expected)
+
+
 def test_incompatible_timm_weights_are_named():
     ours = VisionTransformer(**SMALL, d_model=32, n_layers=2, n_heads=4)
     sd = TimmViT(**SMALL, embed_dim=32, depth=2, num_heads=4, init_values=1e-5).state_dict()  # layer scale

@@ -175,6 +175,18 @@ def resample_pos_embed(
     )
 
 
+def _resample_wanted(
+    pos_embed: Tensor, model_rows: int, grid: tuple[int, int], prefix: int, old_grid: tuple[int, int] | None,
+) -> bool:
+    """Whether ``pos_embed`` must be resampled to ``grid``: another row count, a given old grid, or
+    a square patch count (the grid a state dict is taken to have) when ``grid`` is not that square."""
+    if old_grid is not None or pos_embed.shape[1] != model_rows:
+        return True
+    n = pos_embed.shape[1] - prefix
+    side = math.isqrt(max(n, 0))
+    return side * side == n and tuple(grid) != (side, side)
+
+
 def checkpoint_filter_fn(
     state_dict: dict[str, Tensor], model: VisionTransformer, old_grid_size: tuple[int, int] | None = None,
 ) -> dict[str, Tensor]:
@@ -208,7 +220,8 @@ def checkpoint_filter_fn(
         new = renamed[key]
         if new == "patch_embed.proj.weight" and value.dim() == 4:
             value = value.flatten(1)  # (D, C, P, P) -> (D, C*P*P), same order as the einops patchify
-        elif new == "patch_embed.pos_embed" and (value.shape != target[new].shape or old_grid_size is not None):
+        elif new == "patch_embed.pos_embed" and _resample_wanted(
+                value, target[new].shape[1], model.patch_embed.grid_size, model.num_prefix_tokens, old_grid_size):
             value = resample_pos_embed(value, model.patch_embed.grid_size, model.num_prefix_tokens, old_grid_size)
         elif new.startswith("head.") and (new not in target or value.shape != target[new].shape):
             continue  # no head (num_classes=0) or another class count: the model keeps its own
@@ -388,11 +401,12 @@ def fit_timm_state_dict(
     if have > depth:  # dropping blocks silently would fine-tune a different network than the one named
         raise ValueError(f"pretrained weights have {have} blocks, the model has {depth}: set n_layers to {have}")
     _check_token_layout(sd, timm_vit, old_grid_size)
-    if "pos_embed" in sd and (sd["pos_embed"].shape != want["pos_embed"].shape or old_grid_size is not None):
+    prefix = 0 if getattr(timm_vit, "no_embed_class", False) else timm_vit.num_prefix_tokens
+    if "pos_embed" in sd and _resample_wanted(
+            sd["pos_embed"], want["pos_embed"].shape[1], timm_vit.patch_embed.grid_size, prefix, old_grid_size):
         # Here rather than in timm's filter, which can only assume a square source grid.
         sd["pos_embed"] = resample_pos_embed(
-            sd["pos_embed"], tuple(timm_vit.patch_embed.grid_size),
-            0 if getattr(timm_vit, "no_embed_class", False) else timm_vit.num_prefix_tokens, old_grid_size,
+            sd["pos_embed"], tuple(timm_vit.patch_embed.grid_size), prefix, old_grid_size,
         )
     # Kept out of timm's filter: it would resample again, guessing the grid from its default
     # 224-pixel input, whenever the token counts match but the grids do not.
@@ -438,7 +452,8 @@ def load_timm_checkpoint(
     ours = isinstance(model, VisionTransformer)
     sd = fit_timm_state_dict(sd, timm_twin(model) if ours else model, old_grid_size)
     if ours:
-        sd = checkpoint_filter_fn(sd, model)
+        # Already at the model's grid: the filter must not take it for a square one again.
+        sd = checkpoint_filter_fn(sd, model, old_grid_size=tuple(model.patch_embed.grid_size))
     missing, unexpected = model.load_state_dict(sd, strict=False)
     bad = [k for k in missing if not k.startswith("head.")] + list(unexpected)
     if bad:
