@@ -336,8 +336,8 @@ class TxSuiteCLI(LightningCLI):
             # Saved by a task built in Python (benchmarks/translation_train.py, a plain
             # pl.Trainer), not by LightningCLI: no class recorded, so the config's class it is,
             # if the stored arguments are that class's (else it is another task's checkpoint).
-            params = inspect.signature(model_class).parameters if model_class else {}
-            if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            params = inspect.signature(model_class).parameters if model_class else None
+            if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
                 foreign = sorted(set(hparams) - set(params))
                 if foreign:
                     raise CheckpointError(
