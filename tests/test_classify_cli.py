@@ -175,7 +175,7 @@ def test_checkpoint_written_by_lightning_cli_loads(run, tmp_path):
         load_classifier(tmp_path / "other.ckpt")
 
 
-def test_a_gpu_attention_kernel_of_the_training_run_is_not_kept(run, capsys, tmp_path):
+def test_a_gpu_attention_kernel_of_the_training_run_is_not_kept(run, capsys, tmp_path, monkeypatch):
     """A checkpoint trained with sdpa_backend: efficient (GPU only) and compile classifies on CPU."""
     ckpt = torch.load(run["ckpt"], weights_only=True)
     ckpt["hyper_parameters"].update(sdpa_backend="efficient", compile=True)
@@ -184,6 +184,15 @@ def test_a_gpu_attention_kernel_of_the_training_run_is_not_kept(run, capsys, tmp
     assert code == 0 and err == "" and out.startswith(str(run["pngs"][0]))
     model = load_classifier(tmp_path / "gpu.ckpt")
     assert (model.hparams.sdpa_backend, model.hparams.compile) == (None, False)
+    # Loaded as it is (Lightning's load_from_checkpoint, `tx-suite test`), the kernel is not pinned
+    # on the CPU: the same logits, one warning.
+    from tx_suite.tasks.classification import ImageClassification
+
+    monkeypatch.setattr("tx_suite.tasks.sdpa_backend._warned", set(), raising=False)
+    as_saved = ImageClassification.load_from_checkpoint(tmp_path / "gpu.ckpt", weights_only=True).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with pytest.warns(UserWarning, match="no cpu kernel"), torch.no_grad():
+        torch.testing.assert_close(as_saved(x), model.eval()(x))
 
 
 def test_experiment_best_names_the_newest_run(run, capsys, tmp_path):

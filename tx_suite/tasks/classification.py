@@ -204,6 +204,8 @@ class ImageClassification(pl.LightningModule):
         ema_decay: decay of an EMA of the weights (``ModelEmaV3`` with warm-up); ``None`` = off.
         sdpa_backend: force a ``torch.nn.attention.SDPBackend`` (``"math"``, ``"flash"``,
             ``"efficient"``, ``"cudnn"``) for all attention calls; ``None`` = PyTorch's choice.
+            A CUDA-only kernel is not pinned off CUDA (one warning), so a GPU-trained
+            checkpoint evaluates on a CPU.
             On CPU with bf16 autocast, ``"math"`` trains about 2-3x faster than the default
             flash kernel at ViT-MNIST sizes (T = 50), whose bf16 backward is slow.
         compile: run the training forward through ``torch.compile`` (built when ``fit`` starts;
@@ -319,7 +321,7 @@ class ImageClassification(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` normalised images -> ``(B, num_classes)`` logits of the inference model."""
-        with sdpa_backend_context(self.hparams.sdpa_backend):
+        with sdpa_backend_context(self.hparams.sdpa_backend, x.device):
             return self.inference_model(x)
 
     # -- setup ----------------------------------------------------------------------------------
@@ -398,7 +400,7 @@ class ImageClassification(pl.LightningModule):
 
     def _train_logits(self, x: torch.Tensor) -> torch.Tensor:
         model = self.model if self._compiled_forward is None else self._compiled_forward
-        with sdpa_backend_context(self.hparams.sdpa_backend):
+        with sdpa_backend_context(self.hparams.sdpa_backend, x.device):
             return model(x)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -549,8 +551,8 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> ImageClassif
         raise ValueError(f"{path} is a {stored} checkpoint, not an image classifier (ImageClassification)")
     hparams = init_kwargs(ckpt["hyper_parameters"])
     hparams["pretrained"] = None
-    # Choices of the training machine: a GPU-only kernel (efficient, cudnn) fails on a CPU, and
-    # inference never runs the compiled training forward.
+    # Choices of the training machine: a GPU-only kernel (efficient, cudnn) is not pinned on a CPU
+    # anyway (with a warning), and inference never runs the compiled training forward.
     hparams.update(sdpa_backend=None, compile=False)
     try:
         model = ImageClassification(**hparams)

@@ -60,7 +60,7 @@ class TextToImageTask(pl.LightningModule):
         sdpa_backend: pin the attention kernel in training and evaluation steps (a
             ``torch.nn.attention.SDPBackend`` name in lower case: ``"math"``,
             ``"flash_attention"``, ``"efficient_attention"``, ``"cudnn_attention"``; None =
-            PyTorch's choice). On CPU with
+            PyTorch's choice; a CUDA-only kernel is not pinned off CUDA, with one warning). On CPU with
             ``trainer.precision: bf16-mixed`` the math kernel is ~1.5x faster than the default
             at these sequence lengths (see docs/generation.md).
         sample_captions: captions of the per-validation sample grid (``val/samples``).
@@ -184,7 +184,7 @@ class TextToImageTask(pl.LightningModule):
         if caption_dropout > 0:
             drop = torch.rand(text.size(0), device=text.device) < caption_dropout
             text = text.masked_fill(drop[:, None], self.model.pad_id)
-        with sdpa_backend_context(self.hparams.sdpa_backend):
+        with sdpa_backend_context(self.hparams.sdpa_backend, text.device):
             out = self.model(text, codes)
         targets = text[:, 1:]
         if (targets != self.model.pad_id).any():

@@ -52,7 +52,8 @@ class TranslationTask(pl.LightningModule):
             ``best.ckpt`` (monitor ``val/bleu``) as it is. ``validate`` (outside fit) always decodes.
         n_samples: sample translations kept for the sample callback.
         sdpa_backend: pin the attention kernel for training, evaluation and decoding (``"math"``,
-            ``"flash"``, ``"efficient"``, ``"cudnn"``; ``None`` = PyTorch's choice). On CPU with
+            ``"flash"``, ``"efficient"``, ``"cudnn"``; ``None`` = PyTorch's choice; a CUDA-only
+            kernel is not pinned off CUDA, with one warning). On CPU with
             ``trainer.precision: bf16-mixed``, ``"math"`` makes a Transformer-tiny training step
             ~1.2x faster than fp32, where the default kernel under bf16 gains nothing
             (``benchmarks/RESULTS.md``).
@@ -137,7 +138,7 @@ class TranslationTask(pl.LightningModule):
         return self.model(src, tgt_in, src_key_padding_mask)
 
     def _loss(self, batch: dict) -> tuple[Tensor, Tensor, int]:
-        with sdpa_backend_context(self.hparams.sdpa_backend):
+        with sdpa_backend_context(self.hparams.sdpa_backend, batch["src"].device):
             h = self.model.forward_features(batch["src"], batch["tgt_in"], batch["src_key_padding_mask"])
         keep = batch["tgt_out"] != PAD_ID
         # Project only the real target positions: (B, T, D) -> (N, D) -> logits (N, V).
@@ -182,7 +183,7 @@ class TranslationTask(pl.LightningModule):
         beam = h.beam_size if beam_size is None else beam_size
         kw = dict(bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, max_len_a=h.max_len_a, max_len_b=h.max_len_b,
                   use_cache=use_cache)
-        with sdpa_backend_context(h.sdpa_backend):
+        with sdpa_backend_context(h.sdpa_backend, src.device):
             if beam == 1:
                 return greedy_search(self.model, src, src_key_padding_mask, **kw)
             lp = h.length_penalty if length_penalty is None else length_penalty
