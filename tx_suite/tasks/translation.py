@@ -34,7 +34,8 @@ class TranslationTask(pl.LightningModule):
     summed over the ranks);
     ``{val,test}/loss``, ``/nll``, ``/ppl``, ``/bleu`` (case-sensitive sacreBLEU), ``/bleu_lc``,
     ``/chrf``, ``/sent_per_s`` (decoding speed). Test hypotheses are written to
-    ``<run dir>/test_hypotheses.txt`` in corpus order.
+    ``<run dir>/test_hypotheses.txt`` in corpus order (a line per sentence of the split; with
+    ``limit_test_batches`` the sentences not decoded are empty lines).
 
     Args:
         vocab_size ... tie_output: the model (see :class:`Seq2SeqTransformer`).
@@ -279,12 +280,21 @@ class TranslationTask(pl.LightningModule):
             return
         run_dir = Path(self.trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "test_hypotheses.txt").write_text("".join(r["hypothesis"] + "\n" for r in self._last_rows),
-                                                     encoding="utf-8")
+        rows, note = self._last_rows, ""
+        size = len(getattr(self.trainer.test_dataloaders, "dataset", rows))
+        if len(rows) < size:
+            # limit_test_batches decodes a subset: keep line i = sentence i of the split, so the file
+            # still lines up with the source and reference files.
+            by_index = {r["index"]: r["hypothesis"] for r in rows}
+            lines = [by_index.get(i, "") for i in range(size)]
+            note = f" ({len(rows)} of {size} sentences decoded, the others are empty lines)"
+        else:
+            lines = [r["hypothesis"] for r in rows]
+        (run_dir / "test_hypotheses.txt").write_text("".join(h + "\n" for h in lines), encoding="utf-8")
         sig = signatures()
         print(f"test: BLEU {out['bleu']:.2f} ({sig['bleu']}), lowercased BLEU {out['bleu_lc']:.2f}, "
               f"chrF {out['chrf']:.2f}, beam {self.hparams.beam_size}, {out['sent_per_s']:.1f} sent/s; "
-              f"hypotheses in {run_dir / 'test_hypotheses.txt'}", file=sys.stderr)
+              f"hypotheses in {run_dir / 'test_hypotheses.txt'}{note}", file=sys.stderr)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[str]:
         return self.translate(batch)
