@@ -82,3 +82,26 @@ def test_callbacks_log_to_wandb_when_attached(tmp_path, monkeypatch):
     assert "val/attention" in logged and "val/confusion_matrix" in logged
     assert ("val/per_class_accuracy", 10) in logged and ("val/misclassified", 4) in logged
     assert not (tmp_path / "figures").exists()
+
+
+def test_misclassified_table_images_keep_their_pixels(tmp_path, monkeypatch):
+    """The W&B table of misclassified images holds the digits, not all-black images: wandb.Image
+    casts a float [0, 1] array straight to uint8 (0 or 1)."""
+    import numpy as np
+    from pytorch_lightning.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    tables = {}
+    monkeypatch.setattr(WandbLogger, "log_image", lambda self, key, images, step=None, **kw: None)
+    monkeypatch.setattr(WandbLogger, "log_table", lambda self, key, columns=None, data=None, step=None, **kw:
+                        tables.__setitem__(key, data))
+    pl.seed_everything(0, verbose=False)
+    task = tiny_task("tx", patch_size=4)
+    logger = WandbLogger(save_dir=str(tmp_path), mode="disabled")
+    tr = trainer(tmp_path, steps=2, logger=logger, callbacks=[ClassificationReport(max_images=4)])
+    tr.fit(task, mnist(limit_train=128))
+    rows = tables["val/misclassified"]
+    assert rows
+    for image, *_ in rows:
+        pixels = np.asarray(image.image)
+        assert pixels.shape == (28, 28) and pixels.max() > 200, (pixels.dtype, pixels.max())

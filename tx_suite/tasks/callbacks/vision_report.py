@@ -47,6 +47,11 @@ def confusion_figure(confmat: torch.Tensor, classes: list[str]):
     return fig
 
 
+def _to_uint8(img: torch.Tensor):
+    """A ``(C, H, W)`` image in [0, 1] as an ``(H, W)`` or ``(H, W, C)`` uint8 array for ``wandb.Image``."""
+    return (img.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
+
+
 class ClassificationReport(pl.Callback):
     """Log the confusion matrix, per-class accuracy and misclassified images of val / test.
 
@@ -116,8 +121,8 @@ class ClassificationReport(pl.Callback):
 
             step = trainer.global_step
             wandb.log_table(f"{stage}/per_class_accuracy", ["class", "accuracy", "count"], per_class, step=step)
-            rows = [[wb.Image(img.permute(1, 2, 0).squeeze(-1).numpy()), classes[t], classes[p], c]
-                    for img, t, p, c in wrong]
+            # wandb.Image casts a float array straight to uint8 (a [0, 1] image turns all black): 8-bit first.
+            rows = [[wb.Image(_to_uint8(img)), classes[t], classes[p], c] for img, t, p, c in wrong]
             wandb.log_table(f"{stage}/misclassified", ["image", "label", "prediction", "probability"], rows, step=step)
             done.update(per_class="wandb", misclassified="wandb")
             return done
