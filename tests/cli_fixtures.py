@@ -127,6 +127,23 @@ class KillAtStep(pl.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class LogImageTable(pl.Callback):
+    """Logs a W&B table with one image after each validation (as the vision and translation
+    reports do), through every ``WandbLogger`` of the trainer."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        if trainer.sanity_checking:
+            return
+        import wandb
+
+        image = wandb.Image(np.full((8, 8), 200, dtype=np.uint8))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table("val/table", columns=["image", "n"], data=[[image, 1]], step=trainer.global_step)
+
+
 def build(spec: dict):
     """Instantiate a config's ``{"class_path": ..., "init_args": {...}}`` entry."""
     module, _, name = spec["class_path"].rpartition(".")

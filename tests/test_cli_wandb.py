@@ -152,3 +152,27 @@ def test_offline_fit_writes_wandb_run_and_touches_no_network(runs_dir, subproces
     for entry in saved["trainer"]["logger"] or []:
         init = entry.get("init_args") or {}
         assert init.get("log_model", True) is True and init.get("id") is None and not init.get("tags"), entry
+
+
+def test_offline_run_keeps_its_logged_tables_in_the_run_directory(runs_dir, subprocess_env, tmp_path):
+    """W&B stages the files of logged tables (and their images) in its data directory, by default
+    ~/.local/share/wandb, and the offline run's record points there: a run directory copied to
+    another machine, or a cleaned home, would `wandb sync` without them. They stay in the run."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in subprocess_env.items() if k not in ("WANDB_API_KEY", "WANDB_DATA_DIR", "XDG_DATA_HOME")}
+    env.update(WANDB_MODE="offline", HOME=str(home))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tx_suite", "fit", "--config", TINY, "--trainer.max_epochs=1",
+         "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+         "--trainer.callbacks+=cli_fixtures.LogImageTable"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = (runs_dir / "tiny_mnist").iterdir()
+    (offline_run,) = (run / "wandb").glob("offline-run-*")
+    assert list((offline_run / "files" / "media" / "table").rglob("*.table.json"))
+    outside = [p for p in home.rglob("*") if p.is_file() and "artifacts" in p.parts]
+    assert not outside, outside
+    staged = [p for p in (run / "wandb").rglob("*") if p.is_file() and "staging" in p.parts]
+    assert len(staged) >= 2, staged  # the table's JSON and its image

@@ -80,6 +80,8 @@ def _log(msg: str) -> None:
 
 #: Set by rank 0 for the processes that Lightning's DDP launcher starts, so they share its run id.
 RUN_ID_ENV = "TX_SUITE_RUN_ID"
+#: Where W&B stages artifact files (logged tables); set to the run's wandb/ folder for the run.
+WANDB_DATA_DIR_ENV = "WANDB_DATA_DIR"
 
 
 def launcher_rank() -> int:
@@ -424,6 +426,11 @@ class TxSuiteCLI(LightningCLI):
             trainer.logger, run_dir=run_dir, experiment=experiment, subcommand=subcommand,
             tags=list(cfg.tags or []), wandb_mode=mode, wandb_id=wandb_id,
         )
+        if has_wandb(trainer.logger) and not os.environ.get(WANDB_DATA_DIR_ENV):
+            # W&B stages the files of logged tables (their images too) in its data directory,
+            # ~/.local/share/wandb by default, and an offline run's record points there: `wandb sync`
+            # of a copied or cleaned-up run would lose them. Keep them in the run's own wandb/.
+            os.environ[WANDB_DATA_DIR_ENV] = str(run_dir / "wandb")
         if isinstance(trainer.callbacks, list):
             # Lightning raises on these combinations; the switch wins over the base config's callback.
             if trainer.logger is False:
@@ -594,7 +601,7 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
     # Lightning's DDP launcher re-runs sys.argv for the other ranks: keep the real program (the
     # console script's path; `python -m tx_suite` is re-run with -m), with the expanded configs.
     program = sys.argv[0] if from_sys_argv and sys.argv and sys.argv[0] else "tx-suite"
-    saved_env = {k: os.environ.get(k) for k in (RUN_ID_ENV, RUNS_DIR_ENV)}
+    saved_env = {k: os.environ.get(k) for k in (RUN_ID_ENV, RUNS_DIR_ENV, WANDB_DATA_DIR_ENV)}
     try:
         with _patched_argv([program, *expanded]):
             TxSuiteCLI(default_experiment=default_experiment, state=state, args=None)
