@@ -11,7 +11,8 @@ import yaml
 
 from tx_suite.cli.main import main
 from tx_suite.utils.checkpoint import load_checkpoint
-from tx_suite.utils.compare import config_diff, info_diff, load_run, load_runs, plot_curves, read_metrics, summarize
+from tx_suite.utils.compare import (config_diff, info_diff, load_run, load_runs, plot_curves, read_metrics, skipped_message,
+                                    summarize)
 
 TINY = str(Path(__file__).resolve().parent / "configs" / "tiny_mnist.yaml")
 QUIET = ["--trainer.enable_progress_bar=false"]
@@ -216,3 +217,24 @@ def test_a_resumed_run_compares_with_its_newest_config(runs, tmp_path):
     config["trainer"]["max_epochs"] = 7  # as a resume with --trainer.max_epochs=7 records it
     (run / "config.resume-20261203-120000.yaml").write_text(yaml.safe_dump(config))
     assert load_run(run).config["trainer"]["max_epochs"] == 7
+
+
+def test_skipped_message_offers_naming_only_for_runs_that_naming_includes(tmp_path):
+    """Naming an evaluation run's directory includes it, naming a run without metrics.csv is an
+    error ("has no metrics.csv"): the stderr line must not tell the user to do the latter."""
+    dev = tmp_path / "exp" / "dev"  # a fast_dev_run: run_info.json, no metrics.csv
+    dev.mkdir(parents=True)
+    (dev / "run_info.json").write_text(json.dumps({"subcommand": "fit"}))
+    test_run = tmp_path / "exp" / "t"
+    test_run.mkdir()
+    (test_run / "run_info.json").write_text(json.dumps({"subcommand": "test"}))
+    (test_run / "metrics.csv").write_text("epoch,step,test/acc\n0,0,0.5\n")
+
+    msg = skipped_message([dev])
+    assert "1 run(s) without metrics.csv" in msg and "exp/dev" in msg and "include it" not in msg, msg
+    msg = skipped_message([dev, test_run])
+    assert "1 test run(s): exp/t" in msg and msg.endswith("(name a test run directory to include it)"), msg
+    # A test run that logged nothing is skipped for that, and naming it is an error as well.
+    (test_run / "metrics.csv").unlink()
+    msg = skipped_message([test_run])
+    assert "1 run(s) without metrics.csv" in msg and "include it" not in msg, msg

@@ -225,11 +225,16 @@ def _subcommand(path: Path) -> str | None:
         return None
 
 
+NO_METRICS_REASON = f"run(s) without {METRICS_FILE} (failed before logging, fast_dev_run or --trainer.logger=false)"
+
+
 def _skip_reason(path: Path) -> str:
+    """Why :func:`find_runs` skipped ``path``: no ``metrics.csv`` (naming it is an error too), else
+    the evaluation sub-command that made it (naming it includes it)."""
+    if not (path / METRICS_FILE).is_file():
+        return NO_METRICS_REASON
     sub = _subcommand(path)
-    if sub and sub != "fit":
-        return f"{sub} run(s)"
-    return f"run(s) without {METRICS_FILE} (failed before logging, fast_dev_run or --trainer.logger=false)"
+    return f"{sub} run(s)" if sub and sub != "fit" else NO_METRICS_REASON
 
 
 def find_runs(targets: Sequence[str] = (), runs_dir: str | Path = "runs") -> tuple[list[Run], list[Path]]:
@@ -267,12 +272,16 @@ def load_runs(targets: Sequence[str] = (), runs_dir: str | Path = "runs") -> lis
 
 
 def skipped_message(skipped: Sequence[Path]) -> str:
-    """One line naming the runs :func:`find_runs` skipped, grouped by why (name a run to include it)."""
+    """One line naming the runs :func:`find_runs` skipped, grouped by why. Only evaluation runs
+    (``validate``/``test``/``predict``) are included when named; a run without ``metrics.csv`` is
+    then an error, so the line offers naming only for the former."""
     groups: dict[str, list[str]] = {}
     for p in skipped:
         groups.setdefault(_skip_reason(p), []).append(f"{p.parent.name}/{p.name}")
     parts = [f"{len(names)} {reason}: {', '.join(names)}" for reason, names in groups.items()]
-    return f"skipped {'; '.join(parts)} (name a run directory to include it)"
+    kinds = [reason.split()[0] for reason in groups if reason != NO_METRICS_REASON]
+    hint = f" (name a {'/'.join(kinds)} run directory to include it)" if kinds else ""
+    return f"skipped {'; '.join(parts)}{hint}"
 
 
 # ---------------------------------------------------------------------------------------- summaries
