@@ -208,3 +208,25 @@ def test_vision_train_acc_resumes_from_a_checkpoint_written_at_a_mid_epoch_valid
     fit("uninterrupted")
     acc, ref_acc = (load_run(runs_dir / "mnist_vit" / r).series["train/acc"] for r in ("killed", "uninterrupted"))
     assert acc == ref_acc and [step for step, _ in acc] == [9, 15]
+
+
+def test_resume_keeps_the_runs_seed(runs_dir, monkeypatch):
+    """`--seed_everything=true` picks a random seed and records it; continuing the run with the same
+    command (or the experiment's config, whose seed is 1234) must reuse the recorded seed, since
+    the resumable loader orders every epoch by `seed + epoch`: another seed trains the rest of the
+    run on other batches than the uninterrupted run."""
+    resumable = ["--data.init_args.resumable=true"]
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    assert main([*COMMON, *resumable, "--seed_everything=true", "--trainer.max_epochs=1", "--run_id", "split"]) == 0
+    seed = load_run(runs_dir / "tiny_mnist" / "split").info["seed"]
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # as in a new process
+    assert main([*COMMON, *resumable, "--seed_everything=true", "--ckpt_path", "last"]) == 0
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    assert main([*COMMON, *resumable, f"--seed_everything={seed}", "--run_id", "whole"]) == 0
+    info = load_run(runs_dir / "tiny_mnist" / "split").info
+    assert info["resumes"][-1]["seed"] == seed, info["resumes"]
+    metrics, weights = final_state(runs_dir / "tiny_mnist" / "split")
+    ref_metrics, ref_weights = final_state(runs_dir / "tiny_mnist" / "whole")
+    assert metrics == ref_metrics
+    for name, tensor in ref_weights.items():
+        assert torch.equal(weights[name], tensor), name

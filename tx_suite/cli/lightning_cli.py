@@ -357,10 +357,31 @@ class TxSuiteCLI(LightningCLI):
         # `seed_everything: true` should pick a random seed; Lightning 2.6 picks 0 every time. DDP
         # ranks started later inherit rank 0's choice through PL_GLOBAL_SEED.
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        # A resumed fit continues its run with the run's own seed: the resumable train loaders order
+        # each epoch by `seed + epoch` (PL_GLOBAL_SEED), so another seed (a new random one for
+        # `seed_everything: true`, or the config's default for a run started with --seed_everything=N)
+        # would train the rest of the run on other batches than the uninterrupted run.
+        recorded = self._resumed_run_seed(cfg)
+        if recorded is not None and cfg.get("seed_everything") is not False and cfg.get("seed_everything") != recorded:
+            _log(f"resuming with the run's seed_everything={recorded} (not {cfg.get('seed_everything')!r})")
+            cfg["seed_everything"] = recorded
         if cfg.get("seed_everything") is True:
             inherited = os.environ.get("PL_GLOBAL_SEED")
             cfg["seed_everything"] = int(inherited) if inherited else random.SystemRandom().randrange(2**32)
         super()._set_seed()
+
+    def _resumed_run_seed(self, cfg: Any) -> int | None:
+        """The seed recorded in ``run_info.json`` of the run that ``fit --ckpt_path`` continues, else None."""
+        if self.subcommand != "fit" or not cfg.get("ckpt_path") or not cfg.get("runs_dir"):
+            return None
+        run_dir = run_dir_of_checkpoint(cfg.ckpt_path, Path(cfg.runs_dir).expanduser())
+        if run_dir is None:
+            return None
+        try:
+            seed = json.loads((run_dir / RUN_INFO).read_text()).get("seed")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
     # ---------------------------------------------------------- run directory
     def before_instantiate_classes(self) -> None:
