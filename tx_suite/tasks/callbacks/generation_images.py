@@ -15,6 +15,7 @@ from pytorch_lightning.loggers import WandbLogger
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid, save_image
 
+from tx_suite.tasks.callbacks.log_step import metrics_log_step
 from tx_suite.tasks.callbacks.sharded import skip_rank_zero_forward
 
 
@@ -35,7 +36,7 @@ def log_image(trainer: pl.Trainer, key: str, image: torch.Tensor, caption: str |
             extra = {"caption": [caption]} if caption else {}
             # wandb.Image casts a float tensor straight to uint8 (all black); a PIL image is unambiguous.
             pil = to_pil_image(image.detach().float().clamp(0, 1).cpu())
-            logger.log_image(key=key, images=[pil], step=trainer.global_step, **extra)
+            logger.log_image(key=key, images=[pil], step=metrics_log_step(trainer), **extra)
             return None
     # the step too: with val_check_interval several validations share an epoch
     name = f"{key.replace('/', '_')}_epoch{trainer.current_epoch:03d}_step{trainer.global_step:06d}.png"

@@ -18,6 +18,7 @@ from torch import Tensor
 from tx_suite.core import record_attention
 from tx_suite.data.bpe import BOS_ID
 from tx_suite.data.translation_dataset import encode_source, pad_batch
+from tx_suite.tasks.callbacks.log_step import metrics_log_step
 from tx_suite.tasks.callbacks.sharded import skip_rank_zero_forward
 from tx_suite.tasks.callbacks.translation_samples import run_dir
 
@@ -155,7 +156,7 @@ class TranslationAttentionMaps(pl.Callback):
                         self.saved.append(str(path))
                 # One key per sentence: figure sizes follow sentence lengths, and W&B shows a list
                 # of images of different sizes under one key distorted (it warns every epoch).
+                step = metrics_log_step(trainer)
                 for lg in wandb:
                     for i, (image, caption) in enumerate(zip(images, captions)):
-                        lg.log_image(f"val/attention/{kind}_layer{li}/s{i}", [image], step=trainer.global_step,
-                                     caption=[caption])
+                        lg.log_image(f"val/attention/{kind}_layer{li}/s{i}", [image], step=step, caption=[caption])

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import WandbLogger
 
+from tx_suite.tasks.callbacks.log_step import metrics_log_step
+
 
 def run_dir(trainer: pl.Trainer) -> Path:
     """The run directory (``runs/<experiment>/<run_id>`` under the tx-suite CLI)."""
@@ -37,7 +39,7 @@ class TranslationSamples(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_table("val/samples", columns=["epoch", "source", "reference", "hypothesis"], data=data,
-                                 step=trainer.global_step)
+                                 step=metrics_log_step(trainer))
         path = run_dir(trainer) / "val_samples.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists()

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from tx_suite.tasks.callbacks.log_step import metrics_log_step
 from tx_suite.tasks.callbacks.sharded import skip_rank_zero_forward
 
 
@@ -183,7 +184,7 @@ def log_figure(trainer: pl.Trainer, key: str, image, filename: str) -> str:
 
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[image], step=trainer.global_step)
+            logger.log_image(key=key, images=[image], step=metrics_log_step(trainer))
             return "wandb"
     folder = Path(trainer.default_root_dir) / "figures"
     folder.mkdir(parents=True, exist_ok=True)

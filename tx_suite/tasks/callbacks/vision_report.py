@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torchvision.utils import make_grid
 
+from tx_suite.tasks.callbacks.log_step import metrics_log_step
 from tx_suite.tasks.callbacks.vision_attention import figure_tag, figure_to_image, log_figure
 
 
@@ -119,7 +120,7 @@ class ClassificationReport(pl.Callback):
         if wandb is not None:
             import wandb as wb
 
-            step = trainer.global_step
+            step = metrics_log_step(trainer)
             wandb.log_table(f"{stage}/per_class_accuracy", ["class", "accuracy", "count"], per_class, step=step)
             # wandb.Image casts a float array straight to uint8 (a [0, 1] image turns all black): 8-bit first.
             rows = [[wb.Image(_to_uint8(img)), classes[t], classes[p], c] for img, t, p, c in wrong]
