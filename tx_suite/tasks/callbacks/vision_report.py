@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid
 
 from tx_suite.tasks.callbacks.log_step import metrics_log_step
@@ -46,11 +47,6 @@ def confusion_figure(confmat: torch.Tensor, classes: list[str]):
     ax.set_ylabel("true")
     fig.tight_layout()
     return fig
-
-
-def _to_uint8(img: torch.Tensor):
-    """A ``(C, H, W)`` image in [0, 1] as an ``(H, W)`` or ``(H, W, C)`` uint8 array for ``wandb.Image``."""
-    return (img.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
 
 
 class ClassificationReport(pl.Callback):
@@ -122,8 +118,10 @@ class ClassificationReport(pl.Callback):
 
             step = metrics_log_step(trainer)
             wandb.log_table(f"{stage}/per_class_accuracy", ["class", "accuracy", "count"], per_class, step=step)
-            # wandb.Image casts a float array straight to uint8 (a [0, 1] image turns all black): 8-bit first.
-            rows = [[wb.Image(_to_uint8(img)), classes[t], classes[p], c] for img, t, p, c in wrong]
+            # wandb.Image casts a float array straight to uint8 (a [0, 1] image turns all black); a PIL
+            # image is unambiguous, as in generation_images.
+            rows = [[wb.Image(to_pil_image(img.float().clamp(0, 1).cpu())), classes[t], classes[p], c]
+                    for img, t, p, c in wrong]
             wandb.log_table(f"{stage}/misclassified", ["image", "label", "prediction", "probability"], rows, step=step)
             done.update(per_class="wandb", misclassified="wandb")
             return done
