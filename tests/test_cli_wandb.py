@@ -47,6 +47,13 @@ def test_netrc_entry_counts_as_key(tmp_path):
     assert not has_api_key({"NETRC": str(netrc), "WANDB_BASE_URL": "https://wandb.example.org"})
 
 
+def test_identity_token_file_counts_as_key(tmp_path):
+    # wandb logs in with an OIDC token file instead of a key; such a user must not be sent offline
+    env = {"NETRC": str(tmp_path / "none"), "WANDB_IDENTITY_TOKEN_FILE": str(tmp_path / "token.jwt")}
+    assert has_api_key(env)
+    assert resolve_wandb_mode(env, probe=lambda url: True) == ("online", None)
+
+
 def test_key_without_network_falls_back_to_offline_quickly():
     env = {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": f"http://127.0.0.1:{closed_port()}"}
     start = time.monotonic()

@@ -31,8 +31,9 @@ def wandb_host(environ: Mapping[str, str] = os.environ) -> tuple[str, int]:
 
 
 def has_api_key(environ: Mapping[str, str] = os.environ) -> bool:
-    """True when ``WANDB_API_KEY`` is set or the netrc file has an entry for the W&B host."""
-    if environ.get("WANDB_API_KEY"):
+    """True when W&B has credentials: ``WANDB_API_KEY``, ``WANDB_IDENTITY_TOKEN_FILE`` (the
+    OIDC token login wandb accepts instead of a key) or a netrc entry for the W&B host."""
+    if environ.get("WANDB_API_KEY") or environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     netrc_path = Path(environ.get("NETRC") or Path.home() / ".netrc")
     if not netrc_path.is_file():
