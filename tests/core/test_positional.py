@@ -45,9 +45,9 @@ def test_rope_scores_depend_only_on_relative_position():
     rope = RotaryEmbedding(8)
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
 
-    def score(m, n):
-        qm, _ = rope(q, q, offset=m)
-        kn, _ = rope(k, k, offset=n)
+    def score(m, n):  # the queries from the first output, the keys from the second: both must rotate
+        qm, _ = rope(q, k, offset=m)
+        _, kn = rope(q, k, offset=n)
         return (qm * kn).sum().item()
 
     assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-5)
