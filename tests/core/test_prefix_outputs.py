@@ -13,6 +13,9 @@ def test_n_outputs_equals_first_rows_of_the_full_pass_with_masks(norm_first):
     torch.manual_seed(0)
     cfg = TransformerConfig(d_model=32, n_heads=4, d_ff=64, dropout=0.0, norm_first=norm_first)
     enc = Encoder(cfg, 3).eval()
+    with torch.no_grad():  # distinct norms (at init all are the same): the short path must use the right ones
+        for norm in (m for m in enc.modules() if isinstance(m, torch.nn.LayerNorm)):
+            norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.5, 0.5)
     x = torch.randn(3, 10, 32)
     pad = torch.zeros(3, 10, dtype=torch.bool)
     pad[1, 6:] = True
