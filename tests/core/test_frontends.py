@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tx_suite.core import DecoderOnly, TransformerConfig
+from tx_suite.core import DecoderOnly, TransformerConfig, sinusoidal_table
 from tx_suite.frontends import ImageTokenGrid, PatchEmbedding, TextImageSequence, TokenEmbedding
 
 
@@ -21,6 +21,42 @@ def test_token_embedding_scales_adds_positions_and_ties():
     assert head.weight.data_ptr() == emb.embedding.weight.data_ptr()
     with pytest.raises(ValueError, match="pos_encoding"):
         TokenEmbedding(20, 16, pos_encoding="alibi")
+
+
+def test_token_embedding_init_scale_and_position_kinds():
+    # N(0, D^-1/2) weights, so that the sqrt(D)-scaled embeddings have unit variance (§3.4)
+    torch.manual_seed(0)
+    emb = TokenEmbedding(1000, 64, pos_encoding="none")
+    assert emb.weight.std().item() == pytest.approx(64**-0.5, rel=0.05)
+    assert emb(torch.arange(1000)[None]).std().item() == pytest.approx(1.0, rel=0.05)
+    tokens = torch.randint(0, 50, (2, 7))
+    unscaled = TokenEmbedding(50, 16, pos_encoding="none", scale=False)
+    torch.testing.assert_close(unscaled(tokens), unscaled.weight[tokens])
+    sinusoidal = TokenEmbedding(50, 16, pos_encoding="sinusoidal", max_len=12)
+    torch.testing.assert_close(sinusoidal(tokens), sinusoidal.weight[tokens] * 4 + sinusoidal_table(7, 16))
+    learned = TokenEmbedding(50, 16, pos_encoding="learned", max_len=12)
+    # a learned table is a trainable (max_len, D) parameter; sinusoidal positions have none
+    assert sum(p.numel() for p in learned.parameters()) == 50 * 16 + 12 * 16
+    assert sum(p.numel() for p in sinusoidal.parameters()) == 50 * 16
+
+
+@pytest.mark.parametrize("front_end", ["text", "image_grid", "patches"])
+def test_front_end_dropout_is_on_the_sum_and_in_training_only(front_end):
+    torch.manual_seed(0)
+    if front_end == "text":
+        module, inputs = TokenEmbedding(50, 16, dropout=0.5), torch.randint(1, 50, (4, 32))
+    elif front_end == "image_grid":
+        module, inputs = ImageTokenGrid(16, 16, height=4, width=4, dropout=0.5), torch.randint(0, 16, (4, 4, 4))
+    else:
+        module = PatchEmbedding(img_size=8, patch_size=4, in_chans=1, d_model=16, pos_dropout=0.5)
+        inputs = torch.randn(8, 1, 8, 8)
+    clean = module.eval()(inputs)
+    assert torch.equal(module(inputs), clean) and (clean != 0).all()
+    noisy = module.train()(inputs)
+    dropped = noisy == 0
+    assert abs(dropped.float().mean().item() - 0.5) < 0.1
+    # the kept entries are the whole sum (embedding + position) scaled by 1 / (1 - p)
+    torch.testing.assert_close(noisy[~dropped], 2 * clean[~dropped])
 
 
 def test_patchify_equals_strided_convolution():
@@ -76,6 +112,9 @@ def test_text_image_sequence_puts_boi_after_the_text():
     x, _ = seq(tokens, torch.randint(0, 16, (1, 3, 3)))
     torch.testing.assert_close(x[:, :6], text(tokens))
     torch.testing.assert_close(x[0, 6], seq.boi[0, 0])
+    # prefix_len - 1 is where <boi> sits, whose output predicts the first image token
+    assert seq.prefix_len == 7
+    torch.testing.assert_close(x[0, seq.prefix_len - 1], seq.boi[0, 0])
 
 
 def test_image_codes_in_the_wrong_grid_shape_are_refused():
