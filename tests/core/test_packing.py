@@ -62,3 +62,25 @@ def test_drop_path_turns_packing_off_for_the_feed_forward_block(monkeypatch):
     enc.train()(x, key_padding_mask=pad)
     enc.eval()(x, key_padding_mask=pad)  # DropPath is inactive in eval: packing is back on
     assert seen[0] is None and seen[1].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_packed_blocks_see_only_the_real_rows():
+    """The equality tests above also pass when nothing is packed; here every position-wise block
+    (projections, feed-forward) must receive the real rows alone, memory side included."""
+    torch.manual_seed(0)
+    model = EncoderDecoder(TransformerConfig(d_model=16, n_heads=2, d_ff=32, dropout=0.0), 1, 1).eval()
+    src, tgt = torch.randn(2, 6, 16), torch.randn(2, 5, 16)
+    src_pad, tgt_pad = torch.zeros(2, 6, dtype=torch.bool), torch.zeros(2, 5, dtype=torch.bool)
+    src_pad[1, 2:] = True  # 8 real source tokens of 12
+    tgt_pad[0, 3:] = True  # 8 real target tokens of 10
+    enc, dec = model.encoder.layers[0], model.decoder.layers[0]
+    blocks = {"enc.qkv": (enc.self_attn.qkv_proj, 8), "enc.ffn": (enc.ffn.fc1, 8),
+              "dec.qkv": (dec.self_attn.qkv_proj, 8), "dec.q": (dec.cross_attn.q_proj, 8),
+              "dec.kv": (dec.cross_attn.kv_proj, 8), "dec.ffn": (dec.ffn.fc1, 8)}
+    seen = {}
+    hooks = [m.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, tuple(args[0].shape)))
+             for name, (m, _) in blocks.items()]
+    model(src, tgt, src_key_padding_mask=src_pad, tgt_key_padding_mask=tgt_pad)
+    for h in hooks:
+        h.remove()
+    assert seen == {name: (n, 16) for name, (_, n) in blocks.items()}
