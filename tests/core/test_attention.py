@@ -202,3 +202,14 @@ def test_weights_path_applies_attention_dropout(qkv):
     assert 0.3 < dropped.float().mean() < 0.7
     torch.testing.assert_close(w[~dropped], 2 * clean[~dropped])
     torch.testing.assert_close(out, w @ v)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_explicit_scale_is_used_on_every_path(qkv, is_causal):
+    # q_len == k_len so that the causal case takes the kernel's own-mask shortcut as well
+    q, k, v = qkv[0][:, :, :S], qkv[1], qkv[2]
+    allowed = causal_mask(S) if is_causal else None
+    ref = naive_attention(q * math.sqrt(DH) * 0.3, k, v, allowed)  # scores q.k * 0.3
+    for need_weights in (False, True):
+        out, _ = scaled_dot_product_attention(q, k, v, is_causal=is_causal, need_weights=need_weights, scale=0.3)
+        torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
