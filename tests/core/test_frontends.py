@@ -69,6 +69,15 @@ def test_patchify_equals_strided_convolution():
     assert pe.num_prefix_tokens == 0 and pe.grid_size == (3, 2)
 
 
+def test_patch_embedding_starts_with_vit_init():
+    # timm's ViT init: positions and projection N(0, 0.02) (truncated), CLS N(0, 1e-6), zero bias
+    torch.manual_seed(0)
+    pe = PatchEmbedding(img_size=64, patch_size=4, in_chans=3, d_model=64)
+    assert pe.pos_embed.std().item() == pytest.approx(0.02, rel=0.1)
+    assert pe.proj.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert 0 < pe.cls_token.abs().max() < 1e-5 and not pe.proj.bias.any()
+
+
 def test_patch_embedding_cls_and_errors():
     pe = PatchEmbedding(img_size=8, patch_size=4, in_chans=1, d_model=6)
     out = pe(torch.zeros(2, 1, 8, 8))
