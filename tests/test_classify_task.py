@@ -73,15 +73,16 @@ def test_optimizer_and_schedule(tmp_path, backbone):
     assert len(decayed) + len(plain) == len(names)
 
 
-@pytest.mark.parametrize("max_epochs, max_steps, accumulate, warmup_epochs", [
-    (30, 10, 1, 1.0),  # max_steps ends the run long before max_epochs
-    (-1, 10, 1, 1.0),  # no epoch limit at all
-    (30, 6, 2, 1.5),   # accumulation: 2 optimizer steps per epoch of 4 batches
+@pytest.mark.parametrize("max_epochs, max_steps, accumulate, warmup_epochs, batches", [
+    (30, 10, 1, 1.0, 4),  # max_steps ends the run long before max_epochs
+    (-1, 10, 1, 1.0, 4),  # no epoch limit at all
+    (30, 6, 2, 1.5, 4),   # accumulation: 2 optimizer steps per epoch of 4 batches
+    (30, 6, 2, 1.0, 5),   # 3 optimizer steps per epoch of 5 batches: the last, incomplete accumulation steps too
 ])
 def test_warmup_epochs_count_epochs_of_the_loader_when_max_steps_ends_the_run(
-        tmp_path, max_epochs, max_steps, accumulate, warmup_epochs):
+        tmp_path, max_epochs, max_steps, accumulate, warmup_epochs, batches):
     task = tiny_task("tx", lr=1e-3, warmup_lr=1e-6, warmup_epochs=warmup_epochs)
-    tr = trainer(tmp_path, steps=max_steps, max_epochs=max_epochs, limit_train_batches=4, limit_val_batches=0,
+    tr = trainer(tmp_path, steps=max_steps, max_epochs=max_epochs, limit_train_batches=batches, limit_val_batches=0,
                  accumulate_grad_batches=accumulate)
     lrs = []
 
@@ -90,9 +91,9 @@ def test_warmup_epochs_count_epochs_of_the_loader_when_max_steps_ends_the_run(
             lrs.append(optimizer.param_groups[0]["lr"])
 
     tr.callbacks.append(Record())
-    tr.fit(task, mnist(limit_train=64 * 4))
+    tr.fit(task, mnist(limit_train=64 * batches))
     assert len(lrs) == max_steps
-    per_epoch = math.ceil(4 / accumulate)  # optimizer steps per epoch
+    per_epoch = math.ceil(batches / accumulate)  # optimizer steps per epoch
     peak = math.ceil(warmup_epochs * per_epoch)
     assert lrs.index(max(lrs)) == peak, lrs
     assert lrs[peak] == pytest.approx(1e-3)
@@ -248,3 +249,118 @@ def test_confusion_matrix_covers_one_evaluation_only(tmp_path):
     for _ in range(2):
         tr.validate(task, datamodule=dm, verbose=False)
         assert int(task.last_confmat["val"].sum()) == 100  # 2 batches of 50, not accumulated
+
+
+def test_the_ema_is_timm_modelemav3_of_every_step_and_is_what_forward_and_predict_use(tmp_path, fixed_batch):
+    """The EMA copy equals timm's ModelEmaV3 (decay and warm-up as configured) replayed over the
+    weights after each optimizer step, and evaluation / prediction read it, not the live weights."""
+    from copy import deepcopy
+
+    from timm.utils import ModelEmaV3
+
+    pl.seed_everything(0, verbose=False)
+    task = tiny_task("tx", ema_decay=0.9)
+    ref = ModelEmaV3(deepcopy(task.model), decay=0.9, use_warmup=True)
+    states = []
+
+    class Record(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, idx):
+            states.append({k: v.detach().clone() for k, v in module.model.state_dict().items()})
+
+    trainer(tmp_path, steps=3, limit_val_batches=0, callbacks=[Record()]).fit(task, mnist(limit_train=64 * 3))
+    scratch = deepcopy(task.model)
+    for step, state in enumerate(states, 1):
+        scratch.load_state_dict(state)
+        ref.update(scratch, step=step)
+    ema = task.ema.module.state_dict()
+    for key, value in ref.module.state_dict().items():
+        torch.testing.assert_close(ema[key], value, msg=key)
+    x = fixed_batch[0][:16]
+    with torch.no_grad():
+        ema_logits, live_logits = task.ema.module(x), task.model(x)
+        assert not torch.allclose(ema_logits, live_logits, atol=1e-3)
+        torch.testing.assert_close(task(x), ema_logits)
+        torch.testing.assert_close(task.predict_step(x, 0), ema_logits.softmax(-1))
+
+
+def test_mixup_feeds_the_mixed_images_and_takes_the_loss_against_the_mixed_targets(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    task = tiny_task("tx", mixup={"mixup_alpha": 0.8, "cutmix_alpha": 0.0})
+    seen = {}
+    mix, forward = task.mixup_fn, task.model.forward
+
+    def recording_mix(x, y):
+        seen["x"], seen["y"] = x.clone(), y.clone()
+        mixed, soft = mix(x, y)
+        seen["mixed"], seen["soft"] = mixed.clone(), soft.clone()
+        return mixed, soft
+
+    def recording_forward(x):
+        seen["input"] = x.detach().clone()
+        logits = forward(x)
+        seen["logits"] = logits.detach().clone()
+        return logits
+
+    class Loss(pl.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, idx):
+            seen["loss"] = outputs["loss"].detach()
+
+    task.mixup_fn, task.model.forward = recording_mix, recording_forward
+    trainer(tmp_path, steps=1, limit_val_batches=0, callbacks=[Loss()]).fit(task, mnist(limit_train=64))
+    x, y, mixed, soft = seen["x"], seen["y"], seen["mixed"], seen["soft"]
+    assert torch.equal(seen["input"], mixed) and not torch.equal(mixed, x)  # the model sees the mixed images
+    # Mixup pairs each image with its mirror in the batch: targets lam * y + (1 - lam) * y.flip(0).
+    i = int(torch.nonzero(y != y.flip(0))[0])
+    lam = float(soft[i, y[i]])
+    assert 0 < lam < 1
+    one_hot = F.one_hot(y, 10).float()
+    torch.testing.assert_close(soft, lam * one_hot + (1 - lam) * one_hot.flip(0))
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x.flip(0))
+    expected = torch.sum(-soft * F.log_softmax(seen["logits"].float(), -1), -1).mean()
+    torch.testing.assert_close(seen["loss"], expected)
+
+
+def test_confusion_matrix_rows_are_true_classes_and_per_class_accuracy_is_recall(tmp_path):
+    """Against a hand count of the predictions: confmat[true, predicted]; per-class accuracy is
+    correct / examples of that class (not / predictions of it); the report's JSON agrees."""
+    import json
+
+    from tx_suite.tasks.callbacks.vision_report import ClassificationReport
+
+    pl.seed_everything(0, verbose=False)
+    task = tiny_task("tx", label_smoothing=0.1)
+    tr = trainer(tmp_path, steps=1, limit_val_batches=1)
+    dm = mnist(eval_batch_size=200)
+    tr.validate(task, datamodule=dm, verbose=False)
+    x, y = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        logits = task(x)
+    pred = logits.argmax(-1)
+    # the validation loss is the plain cross-entropy (label smoothing is a training device)
+    assert float(tr.callback_metrics["val/loss"]) == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-5)
+    expected = torch.zeros(10, 10, dtype=torch.long).index_put_((y, pred), torch.ones_like(y), accumulate=True)
+    assert not torch.equal(expected, expected.T)
+    assert torch.equal(task.last_confmat["val"], expected)
+    recall = expected.diag() / expected.sum(1)
+    torch.testing.assert_close(task.last_acc_class["val"], recall.float())
+    path = ClassificationReport().report(tr, task, "val")["per_class"]
+    per_class = json.loads(open(path).read())
+    assert [per_class[str(c)]["count"] for c in range(10)] == torch.bincount(y, minlength=10).tolist()
+    assert [per_class[str(c)]["accuracy"] for c in range(10)] == pytest.approx(recall.tolist())
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_both_backbones_pool_alike(pool):
+    """``pool`` means the same for ours and timm's: the same weights give the same logits."""
+    from tx_suite.models.vit import load_timm_state_dict
+    from tx_suite.tasks.classification import build_backbone
+
+    torch.manual_seed(0)
+    args = dict(num_classes=10, img_size=28, in_chans=1, patch_size=7, d_model=32, n_layers=2, n_heads=4, d_ff=64,
+                pool=pool)
+    ref, ours = build_backbone("timm", **args).eval(), build_backbone("tx", **args).eval()
+    assert ours.global_pool == ref.global_pool == ("token" if pool == "cls" else "avg")
+    load_timm_state_dict(ours, ref.state_dict())
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-4)
