@@ -99,9 +99,67 @@ def test_misclassified_table_images_keep_their_pixels(tmp_path, monkeypatch):
     task = tiny_task("tx", patch_size=4)
     logger = WandbLogger(save_dir=str(tmp_path), mode="disabled")
     tr = trainer(tmp_path, steps=2, logger=logger, callbacks=[ClassificationReport(max_images=4)])
-    tr.fit(task, mnist(limit_train=128))
+    dm = mnist(limit_train=128)
+    tr.fit(task, dm)
     rows = tables["val/misclassified"]
     assert rows
     for image, *_ in rows:
         pixels = np.asarray(image.image)
         assert pixels.shape == (28, 28) and pixels.max() > 200, (pixels.dtype, pixels.max())
+    # The rows are the first misclassified images of the (one) validation batch, by hand: the
+    # true label, the prediction, its probability, and the raw MNIST pixels back.
+    x, y = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        probs = task(x).float().softmax(-1)
+    conf, pred = probs.max(-1)
+    wrong = torch.nonzero(pred != y).flatten()[:4].tolist()
+    assert len(rows) == len(wrong) == 4
+    for (image, label, prediction, probability), i in zip(rows, wrong):
+        assert (label, prediction) == (str(int(y[i])), str(int(pred[i]))) and label != prediction
+        assert probability == pytest.approx(float(conf[i]), abs=1e-5)
+        raw = dm.val_set.dataset.data[dm.val_set.indices[i]].numpy().astype(int)
+        assert np.abs(np.asarray(image.image).astype(int) - raw).max() <= 1
+
+
+def test_cls_maps_read_the_cls_row_over_the_patches():
+    """The CLS token (row 0) looks only at the bottom-right patch, every patch only at the CLS
+    token (column 0): the maps must show the bottom-right patch, per head and in the rollout."""
+    attn = torch.zeros(1, 2, 5, 5)  # 2 x 2 patches + CLS
+    attn[..., 0, 4] = 1.0
+    attn[..., 1:, 0] = 1.0
+    heads, roll = cls_maps([attn, attn], (2, 2))
+    bottom_right = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    assert torch.equal(heads, bottom_right.expand(1, 2, 2, 2))
+    # by hand: A' = 0.5 A + 0.5 I, and row 0 of A' A' is 0.5 e_0 + 0.5 e_4
+    assert torch.allclose(attention_rollout([attn, attn])[0, 0], torch.tensor([0.5, 0, 0, 0, 0.5]))
+    assert torch.equal(roll, bottom_right.expand(1, 2, 2))
+
+
+@pytest.mark.parametrize("backbone", ["timm", "tx"])
+def test_attention_maps_come_in_depth_order_past_ten_layers(backbone):
+    """Layer i of the list is block i's softmax(q k^T / sqrt(d)), recomputed from the block's input
+    (ViT-B has 12 layers: "blocks.10" sorts before "blocks.2" as a string)."""
+    torch.manual_seed(0)
+    ref = TimmViT(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=12, num_heads=2,
+                  mlp_ratio=1.0).eval()
+    inputs = []
+    hooks = [b.register_forward_pre_hook(lambda m, args: inputs.append(args[0])) for b in ref.blocks]
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        ref.forward_features(x)
+    for h in hooks:
+        h.remove()
+    model = ref
+    if backbone == "tx":
+        model = VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, d_model=8, n_layers=12,
+                                  n_heads=2, mlp_ratio=1.0).eval()
+        load_timm_state_dict(model, ref.state_dict())
+    _, maps = vit_attention(model, x)
+    assert len(maps) == 12
+    for i, (block, h, got) in enumerate(zip(ref.blocks, inputs, maps)):
+        attn = block.attn
+        b, t, c = h.shape
+        with torch.no_grad():
+            q, k, _ = attn.qkv(block.norm1(h)).reshape(b, t, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
+        want = (q @ k.transpose(-2, -1) * attn.scale).softmax(-1)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, msg=f"layer {i}")
