@@ -114,3 +114,20 @@ def test_a_training_set_smaller_than_a_batch_is_refused_at_fit_setup():
     two_ranks.trainer = types.SimpleNamespace(world_size=2)  # each DDP rank gets 50 of the 100 images
     with pytest.raises(ValueError, match="fewer than data.batch_size=64 on each of 2 processes"):
         two_ranks.setup("fit")
+
+
+def test_validation_is_never_augmented_and_limit_train_stays_in_the_train_split(dm):
+    """With augmentation on, the held-out images still go through the eval transform (the same
+    tensors every time, those of the un-augmented module), and ``limit_train`` takes its images
+    from the training side of the split only."""
+    aug = MNISTDataModule(cache_dir=str(dm.cache_dir), val_size=5000, seed=0, batch_size=32, limit_train=100,
+                          augment={"affine_degrees": 15, "affine_translate": 0.1})
+    aug.setup("fit")
+    assert aug.val_set.indices == dm.val_set.indices
+    for i in (0, 1, 2):
+        assert torch.equal(aug.val_set[i][0], dm.val_set[i][0]) and torch.equal(aug.val_set[i][0], aug.val_set[i][0])
+    assert len(aug.train_set) == 100 and set(aug.train_set.indices) <= set(dm.train_set.indices)
+    # Augmented training images are normalised too: the (zero-filled) background is (0 - mean) / std.
+    x = aug.train_set[0][0]
+    assert not torch.equal(x, aug.train_set[0][0])
+    assert x.min().item() == pytest.approx(-0.1307 / 0.3081, abs=1e-4)
