@@ -437,3 +437,55 @@ def test_weight_decay_groups_and_schedule(trained):
         sched.step()
     assert lr[0] == pytest.approx(1 / w) and lr[w - 1] == pytest.approx(1.0) and max(lr) == pytest.approx(1.0)
     assert lr[-1] == pytest.approx(0.1, abs=1e-4) and min(lr[w:]) >= 0.1 - 1e-9  # cosine to 10% (GPT-3)
+
+
+def test_logged_losses_follow_the_documented_formula(trained):
+    """By hand on a val batch: text CE over the non-pad targets only, image CE, total
+    1/8 text + 7/8 image, bits per image token = image CE / ln 2 (also for the seen / held-out
+    captions), and evaluation without caption dropout even when training uses it."""
+    import math
+
+    import torch.nn.functional as F
+
+    task = load_text_to_image(trained["ckpt"])
+    task.hparams.caption_dropout = 1.0  # training would blank every caption; evaluation must not
+    dm = CaptionedMNISTDataModule(batch_size=32, train_size=64, val_size=32, test_size=32)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    logged = trainer.validate(task, dm, verbose=False)[0]
+    batch = next(iter(dm.val_dataloader()))
+    assert len(batch["text"]) == 32  # the whole val set: one batch
+    with torch.no_grad():
+        codes = task.vqvae.encode(batch["image"]).flatten(1)
+        out = task.model(batch["text"], codes)
+    targets = batch["text"][:, 1:]
+    real = targets != task.model.pad_id
+    assert real.any() and not real.all()  # padded captions: the pads must not count
+    text = -out.text_logits.log_softmax(-1).gather(-1, targets[..., None])[..., 0][real].mean()
+    image_ce = F.cross_entropy(out.image_logits.transpose(1, 2), codes, reduction="none")  # (B, N)
+    image = image_ce.mean()
+    approx = lambda v: pytest.approx(float(v), rel=1e-4)  # noqa: E731
+    assert logged["val/text_loss"] == approx(text)
+    assert logged["val/image_loss"] == approx(image)
+    assert logged["val/loss"] == approx(task.hparams.text_loss_weight * text + task.hparams.image_loss_weight * image)
+    assert (task.hparams.text_loss_weight, task.hparams.image_loss_weight) == (0.125, 0.875)  # DALL-E
+    bits = image_ce.mean(1) / math.log(2)
+    held = batch["heldout"]
+    assert held.any() and not held.all()
+    assert logged["val/bits_per_image_token"] == approx(bits.mean())
+    assert logged["val/bits_per_image_token_heldout"] == approx(bits[held].mean())
+    assert logged["val/bits_per_image_token_seen"] == approx(bits[~held].mean())
+
+
+def test_predict_and_the_sample_grid_sample_with_the_sample_settings(trained, tmp_path, monkeypatch):
+    from tx_suite.tasks.callbacks.generation_images import SampleGrid
+
+    task = load_text_to_image(trained["ckpt"])
+    task.hparams.update(sample_temperature=0.5, sample_top_k=3, sample_top_p=0.9, sample_cfg_scale=2.0)
+    want = dict(temperature=0.5, top_k=3, top_p=0.9, cfg_scale=2.0)
+    calls, generate = [], task.generate
+    monkeypatch.setattr(task, "generate", lambda *a, **kw: calls.append(kw) or generate(*a, **kw))
+    caption = "top-left: tiny red 7"
+    image = task.predict_step({"caption": [caption]}, 0)["image"]
+    torch.testing.assert_close(image, generate([caption], seed=0, **want))
+    SampleGrid([caption], 2).on_validation_epoch_end(pl.Trainer(logger=False, default_root_dir=tmp_path), task)
+    assert len(calls) == 2 and all({k: c[k] for k in want} == want for c in calls), calls
