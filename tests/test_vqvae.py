@@ -181,3 +181,26 @@ def test_psnr_and_code_counts_cover_one_epoch(tmp_path):
     with torch.no_grad():
         mse = F.mse_loss(task.eval()(images).recon.clamp(0, 1), images)
     assert metrics["val/psnr"] == pytest.approx(10 * math.log10(1 / mse.item()), rel=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_the_training_loss_is_reconstruction_plus_beta_times_the_commitment(scenes):
+    """van den Oord et al. Eq. 3 without the codebook term (EMA): ``||x - D(e)||^2 + beta ||E(x) - sg[e]||^2``,
+    e the nearest code of the codebook the step quantized with; beta = commitment_weight."""
+    torch.manual_seed(0)
+    beta = 25.0  # large: at init ||E(x) - e||^2 is ~1e-6, lost in the rounding of the reconstruction term
+    task = VQVAETask(hidden=16, res_channels=8, n_res_blocks=1, codebook_size=32, codebook_dim=8,
+                     commitment_weight=beta, log_images=0)
+    x = scenes[:16]
+    task.train()
+    task.model(scenes[16:80])  # k-means initialisation
+    codebook = task.model.quantizer.codebook.detach().clone()  # (K, D), before this step's EMA update
+    with torch.no_grad():
+        z = task.model.encoder(x)  # (B, D, h, w)
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        e = codebook[torch.cdist(flat, codebook).argmin(-1)].reshape(z.shape[0], *z.shape[2:], -1).permute(0, 3, 1, 2)
+        recon = F.mse_loss(task.model.decoder(e), x).item()
+        commit = beta * F.mse_loss(e, z).item()
+    loss = task.training_step({"image": x}, 0).item()
+    assert commit > 1e-3 * recon
+    assert loss - recon == pytest.approx(commit, rel=1e-2)
