@@ -163,3 +163,26 @@ def test_attention_maps_come_in_depth_order_past_ten_layers(backbone):
             q, k, _ = attn.qkv(block.norm1(h)).reshape(b, t, 3, attn.num_heads, c // attn.num_heads).permute(2, 0, 3, 1, 4)
         want = (q @ k.transpose(-2, -1) * attn.scale).softmax(-1)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, msg=f"layer {i}")
+
+
+def test_attention_figures_show_the_raw_images_of_their_stage(tmp_path, monkeypatch):
+    """The figure's inputs are the first images of the stage's own set, un-normalised back to the
+    [0, 1] MNIST pixels, titled with their true labels."""
+    import tx_suite.tasks.callbacks.vision_attention as va
+
+    drawn = []
+    figure = va.attention_figure
+    monkeypatch.setattr(va, "attention_figure", lambda images, heads, roll, titles:
+                        drawn.append((images, titles)) or figure(images, heads, roll, titles))
+    task = tiny_task("tx")
+    dm = mnist(eval_batch_size=8)
+    tr = trainer(tmp_path, steps=1, callbacks=[AttentionMaps(num_images=2)])
+    tr.validate(task, datamodule=dm, verbose=False)
+    tr.test(task, datamodule=dm, verbose=False)
+    assert len(drawn) == 2
+    for (images, titles), dataset in zip(drawn, (dm.val_set, dm.test_set)):
+        source = dataset.dataset if hasattr(dataset, "indices") else dataset
+        index = dataset.indices[:2] if hasattr(dataset, "indices") else [0, 1]
+        raw = source.data[index].float()[:, None] / 255
+        torch.testing.assert_close(images, raw, atol=1e-5, rtol=0)
+        assert [t.split(" -> ")[0] for t in titles] == [str(int(source.targets[i])) for i in index]
