@@ -133,3 +133,10 @@ def test_tokenizer_fixed_length_and_datamodule_batch():
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (8, 3, 32, 32) and batch["text"].shape == (8, 16)
     assert torch.equal(batch["text"], tok.encode(batch["caption"]))
+
+
+def test_a_long_caption_keeps_its_first_tokens():
+    tok = CaptionTokenizer.word_level(caption_vocabulary(), max_len=4)
+    caption = "top-left: tiny red 7"  # 7 tokens: top - left : tiny red 7
+    assert tok.n_truncated([caption, "tiny red 7"]) == 1
+    assert tok.decode(tok.encode([caption])) == ["top - left :"]
