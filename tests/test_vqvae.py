@@ -204,3 +204,11 @@ def test_the_training_loss_is_reconstruction_plus_beta_times_the_commitment(scen
     loss = task.training_step({"image": x}, 0).item()
     assert commit > 1e-3 * recon
     assert loss - recon == pytest.approx(commit, rel=1e-2)
+
+
+def test_reconstruction_grid_puts_each_row_of_inputs_above_its_reconstructions():
+    from tx_suite.tasks.callbacks.generation_images import interleave_rows
+
+    top = torch.arange(8.0).view(8, 1, 1, 1)
+    out = interleave_rows(top, top + 100, nrow=4)
+    assert out.flatten().tolist() == [0, 1, 2, 3, 100, 101, 102, 103, 4, 5, 6, 7, 104, 105, 106, 107]
