@@ -77,3 +77,7 @@ def test_cache_key_separates_texts_and_settings():
     assert cache_key(["ab", "c"], 600, 2) != cache_key(["a", "bc"], 600, 2)
     assert cache_key(["a b"], 600, 12) != cache_key(["a b"], 6001, 2)
     assert cache_key(["a b"], 600, 2) == cache_key(["a b"], 600, 2) and len(cache_key(["a b"], 600, 2)) == 12
+    # Texts are separated by newlines in the hash: a text holding one is not two texts.
+    assert cache_key(["a\nb"], 600, 2) != cache_key(["a", "b"], 600, 2)
+    assert cache_key(["a\n", "b"], 600, 2) != cache_key(["a", "\nb"], 600, 2)
+    assert cache_key(["a b"], 600, 2) == "c113b081075a"  # unchanged for newline-free texts: caches stay valid

@@ -199,6 +199,12 @@ def cache_key(texts: Sequence[str], vocab_size: int, min_frequency: int) -> str:
     """12-hex-digit key over the recipe, settings and the training text."""
     h = hashlib.sha256(json.dumps([RECIPE_VERSION, vocab_size, min_frequency]).encode())
     for t in texts:
-        h.update(t.encode("utf-8"))
+        data = t.encode("utf-8")
+        if b"\n" in data:
+            # Texts are newline-separated here, so ["a\nb"] would hash as ["a", "b"]. Such a text is
+            # hashed escaped behind a 0xFF byte, which UTF-8 never contains: no plain text can
+            # match it, and the keys of newline-free texts (every cached model so far) stay as they were.
+            data = b"\xff" + json.dumps(t).encode("ascii")
+        h.update(data)
         h.update(b"\n")
     return h.hexdigest()[:12]
