@@ -81,3 +81,18 @@ def test_cache_key_separates_texts_and_settings():
     assert cache_key(["a\nb"], 600, 2) != cache_key(["a", "b"], 600, 2)
     assert cache_key(["a\n", "b"], 600, 2) != cache_key(["a", "\nb"], 600, 2)
     assert cache_key(["a b"], 600, 2) == "c113b081075a"  # unchanged for newline-free texts: caches stay valid
+
+
+def test_min_frequency_shapes_the_model_and_its_cache_entry(corpus, tmp_path):
+    assert cache_key(corpus, 600, 2) != cache_key(corpus, 600, 3)
+    a = BPETokenizer.load_or_train(corpus, tmp_path, vocab_size=600, min_frequency=2)
+    b = BPETokenizer.load_or_train(corpus, tmp_path, vocab_size=600, min_frequency=1000)
+    assert len(list((tmp_path / "bpe").glob("*.json"))) == 2  # not the cached min_frequency=2 model
+    assert a.vocab_size == 600 and b.vocab_size < 600  # few pairs occur 1000 times: fewer merges
+
+
+def test_same_as_compares_the_vocabulary_not_its_size(corpus):
+    de, en = corpus[:2000], corpus[2000:]
+    a, b = BPETokenizer.train(de, vocab_size=500), BPETokenizer.train(en, vocab_size=500)
+    assert a.vocab_size == b.vocab_size == 500
+    assert not a.same_as(b) and a.same_as(BPETokenizer.from_str(a.to_str()))
