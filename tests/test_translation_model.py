@@ -232,3 +232,66 @@ def test_bleu_known_values():
     assert one["chrf"] == pytest.approx(30.3737, abs=1e-4)
     with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
         translation_scores(refs, refs[:1])
+
+
+def test_teacher_forcing_ignores_source_padding(trained, dm):
+    """Training scores a sentence as decoding sees it: its logits next to a longer (padded)
+    source equal its logits alone, so cross-attention never reads the padding."""
+    model = trained[0]
+    b = next(iter(dm.val_dataloader()))
+    src_len = (~b["src_key_padding_mask"]).sum(1)
+    tgt_len = (~b["tgt_key_padding_mask"]).sum(1)
+    short, long = int(src_len.argmin()), int(src_len.argmax())
+    assert src_len[short] < src_len[long]
+    pair = [short, long]
+    with torch.no_grad():
+        together = model(b["src"][pair], b["tgt_in"][pair], b["src_key_padding_mask"][pair])[0]
+        s, t = int(src_len[short]), int(tgt_len[short])
+        alone = model(b["src"][short:short + 1, :s], b["tgt_in"][short:short + 1, :t],
+                      b["src_key_padding_mask"][short:short + 1, :s])[0]
+    torch.testing.assert_close(together[:t], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_length_budget_rounds_down_as_fairseq():
+    from tx_suite.decoding.greedy import max_lengths
+
+    # int(a * len) + b (fairseq's --max-len-a/b): 3 * 1.5 = 4.5 -> 4, 7 * 1.2 = 8.4 -> 8, 5 * 1.9 = 9.5 -> 9
+    mask = torch.tensor([[False] * 3 + [True] * 4, [False] * 7, [False] * 5 + [True] * 2])
+    assert max_lengths(mask, 1.5, 10).tolist() == [14, 20, 17]
+    assert max_lengths(mask, 1.2, 10).tolist() == [13, 18, 16]
+    assert max_lengths(mask, 1.9, 0).tolist() == [5, 13, 9]
+
+
+def test_bleu_brevity_penalty_and_13a_tokenization():
+    # A hypothesis that is a prefix of the reference: every n-gram matches, so BLEU is the
+    # brevity penalty exp(1 - r / c) alone (Papineni et al. 2002), with r = 7 and c = 5 tokens
+    # under 13a ("grass." is "grass" + "."). Swapping hypothesis and reference, or scoring
+    # whitespace tokens, gives other numbers (61.48, 81.87).
+    s = translation_scores(["A dog runs on the"], ["A dog runs on the grass."])
+    assert s["bleu"] == pytest.approx(100 * math.exp(1 - 7 / 5), abs=1e-6)
+    assert s["bleu_lc"] == pytest.approx(s["bleu"], abs=1e-6)
+    s = translation_scores(["a dog runs on the"], ["A dog runs on the grass."])
+    assert s["bleu_lc"] == pytest.approx(100 * math.exp(1 - 7 / 5), abs=1e-6) and s["bleu"] < 50
+
+
+class _PrefersSpecialTokens:
+    """A stand-in decoder whose most likely tokens are PAD, then BOS, then word 5; EOS wins over
+    word 5 from the third position on (no cache: the whole prefix is fed each step)."""
+
+    def encode(self, src, src_key_padding_mask=None):
+        return torch.zeros(src.size(0), src.size(1), 1)
+
+    def decode(self, tgt, memory, memory_key_padding_mask=None, cache=None):
+        logits = torch.zeros(tgt.size(0), tgt.size(1), 8)
+        logits[..., PAD_ID], logits[..., BOS_ID], logits[..., 5] = 4.0, 3.0, 1.0
+        logits[..., EOS_ID] = 2.0 if tgt.size(1) >= 3 else -1.0
+        return logits
+
+
+def test_decoders_never_produce_pad_or_bos():
+    src = torch.tensor([[5, 6, EOS_ID]])
+    mask = torch.zeros_like(src, dtype=torch.bool)
+    greedy = greedy_search(_PrefersSpecialTokens(), src, mask, use_cache=False, **SPECIAL)
+    assert greedy.tolist() == [[5, 5, EOS_ID]]
+    beam = beam_search(_PrefersSpecialTokens(), src, mask, beam_size=2, use_cache=False, **SPECIAL)
+    assert beam.tolist() == [[5, 5, EOS_ID]]
