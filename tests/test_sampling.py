@@ -41,6 +41,16 @@ def test_sampling_follows_the_distribution(temperature):
     assert torch.allclose(freq, (p.log() / temperature).softmax(0), atol=0.015)
 
 
+def test_top_p_nucleus_is_taken_after_temperature():
+    # The nucleus is that of the distribution sampled from, softmax(logits / T): at T = 2 the
+    # probabilities .455 .276 .167 .102 need three tokens to reach 0.85 (at T = 1, .644 .237 two).
+    logits = torch.tensor([[1.0, 2.0, 3.0, 0.0]]).expand(20000, 4)
+    draws = sample_next(logits, 2.0, top_p=0.85, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    kept = (logits[0] / 2.0).softmax(0) * torch.tensor([1.0, 1.0, 1.0, 0.0])
+    assert torch.allclose(freq, kept / kept.sum(), atol=0.015)
+
+
 def test_guidance_formula_and_rerank():
     cond, uncond = torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 1.0]])
     assert torch.equal(guided_logits(cond, uncond, 1.0), cond)
@@ -82,6 +92,15 @@ def test_cached_sampling_equals_uncached_for_a_fixed_seed(model, options):
         assert torch.equal(alone[0], per_row[i])
     reseeded = [torch.Generator().manual_seed(10 + i) for i in range(3)]
     assert not torch.equal(per_row, sample_image_tokens(model, text, generator=reseeded, **kw))
+
+
+def test_per_caption_generators_draw_fresh_randomness_each_step(model):
+    # At a huge temperature every code is about equally likely, so a caption's 16 codes drawn with
+    # its own generator vary as 16 uniform draws over 64 codes do (not one code repeated).
+    text = torch.randint(3, 40, (2, 8), generator=torch.Generator().manual_seed(0))
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    codes = sample_image_tokens(model, text, temperature=1e6, generator=gens)
+    assert all(len(set(row.tolist())) > 8 for row in codes), codes
 
 
 def test_cached_logits_match_teacher_forcing(model):
