@@ -12,6 +12,7 @@ from tx_suite.data.bucketing import TokenBudgetBatchSampler
 from tx_suite.data.checksums import ChecksumError
 from tx_suite.data.multi30k import Multi30kError, read_pair, split_path
 from tx_suite.data.multi30k_datamodule import Multi30kDataModule
+from tx_suite.data.translation_dataset import TranslationDataset, collate_translation, encode_source
 
 
 @pytest.fixture
@@ -134,6 +135,37 @@ def test_token_budget_batches_cover_every_index_once():
     # max_sentences caps a batch even when the token budget would allow more.
     capped = list(TokenBudgetBatchSampler([1] * 5, max_tokens=100, max_sentences=2, shuffle=False))
     assert sorted(len(b) for b in capped) == [1, 2, 2]
+
+
+def test_token_budget_batches_fill_the_budget_and_reshuffle_ties():
+    # As many sentences as fit: 4 * 16 = 64 padded tokens is within a budget of 64.
+    assert list(TokenBudgetBatchSampler([16] * 8, max_tokens=64, shuffle=False)) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    # Sentences of equal size are grouped differently each epoch, not only the batch order.
+    s = TokenBudgetBatchSampler([5] * 40, max_tokens=50, seed=0)
+    groups = []
+    for epoch in range(2):
+        s.set_epoch(epoch)
+        groups.append({frozenset(b) for b in s})
+    assert groups[0] != groups[1]
+
+
+class _WordTokenizer:
+    """One id per word (4 + its length), enough for TranslationDataset and encode_source."""
+
+    def encode_batch(self, texts):
+        return [[4 + len(w) for w in t.split()] for t in texts]
+
+
+def test_max_len_counts_eos_and_sizes_are_the_padded_width():
+    src, tgt = ["a b", "a b c", "a", "a"], ["a", "a", "a b", "a b c"]
+    ds = TranslationDataset(src, tgt, _WordTokenizer(), max_len=3)  # 2 words + EOS (or BOS) fit, 3 do not
+    assert ds.index == [0, 2] and ds.n_dropped == 2 and ds.tgt_text == ["a", "a b"]
+    full = TranslationDataset(src, tgt, _WordTokenizer())
+    for i, size in enumerate(full.sizes()):  # what the token budget counts is the padded batch width
+        b = collate_translation([full[i]])
+        assert size == max(b["src"].size(1), b["tgt_in"].size(1), b["tgt_out"].size(1))
+    out = encode_source(_WordTokenizer(), ["a bb ccc dddd", "a"], max_len=3)
+    assert [o.tolist() for o in out] == [[5, 6, 2], [5, 2]]  # truncated to max_len, EOS kept
 
 
 @pytest.mark.parametrize("world", [2, 3])
