@@ -1,6 +1,7 @@
 """TranslationTask end to end with Lightning on a Multi30k slice: fit, callbacks, averaging, test,
 checkpoint contents, and the translate command on awkward input."""
 
+import math
 import os
 import unicodedata
 
@@ -90,7 +91,8 @@ def test_averaging_averages(run, tmp_path):
         k for k, v in sds[0].items() if v.is_floating_point() and v.dim() == 2)
     assert not torch.equal(sds[0][key], sds[1][key])
     torch.testing.assert_close(avg["state_dict"][key], (sds[0][key] + sds[1][key]) / 2)
-    assert "optimizer_states" not in avg
+    assert {"optimizer_states", "lr_schedulers"} <= set(torch.load(epochs[-1], weights_only=True))
+    assert not {"optimizer_states", "lr_schedulers"} & set(avg)  # neither matches the averaged weights
     # The callback's in-memory average of the last 2 epochs equals averaging those epoch files.
     cb = torch.load(run["averaged"], weights_only=True)["state_dict"]
     torch.testing.assert_close(cb[key], avg["state_dict"][key])
@@ -471,3 +473,63 @@ def test_an_epoch_cut_short_then_resumed_is_averaged_at_its_real_end(run, tmp_pa
     assert trainer.global_step == 8 and len(averaging.snapshots) == 2
     final = {k: v.detach().cpu() for k, v in task.state_dict().items()}
     assert all(torch.equal(averaging.snapshots[-1][k], v) for k, v in final.items())
+
+
+def test_averaging_accumulates_in_float64():
+    # In float32, 2**24 + 1 rounds back to 2**24: the mean of (2**24, 1, 1) would lose both ones.
+    sds = [{"w": torch.tensor([2.0**24])}, {"w": torch.tensor([1.0])}, {"w": torch.tensor([1.0])}]
+    assert average_state_dicts(sds)["w"].item() == (2**24 + 2) / 3  # 5592406, exact in float32
+
+
+def test_eval_scores_are_token_weighted_and_rows_in_corpus_order():
+    """val/loss and val/nll are sums over the split divided by its target tokens (not a mean of
+    batch means), ppl = exp(nll), and the decoded rows are kept in corpus order."""
+    task = TranslationTask(**TINY)
+    task.log = lambda *args, **kwargs: None
+    rows = [{"index": i, "source": f"s{i}", "reference": "a b", "hypothesis": "a b"} for i in (2, 0, 1)]
+    task._eval = {"batches": [((0, 1), 10.0, 8.0, 4), ((2,), 1.0, 0.5, 1)], "rows": rows, "decode_s": 1.0}
+    out = task._eval_end("val")
+    assert out["loss"] == pytest.approx(11.0 / 5) and out["nll"] == pytest.approx(8.5 / 5)
+    assert out["ppl"] == pytest.approx(math.exp(8.5 / 5))
+    assert [r["index"] for r in task.val_samples] == [0, 1, 2]
+
+
+def test_training_step_and_eval_beams_follow_the_settings(run):
+    """The training loss is per target token; validation decodes with val_beam_size, test with
+    beam_size; Adam's betas and a per-step schedule reach the optimizer."""
+    from types import SimpleNamespace
+
+    task = TranslationTask(**TINY, val_beam_size=1).eval()  # beam_size=3; eval: no dropout
+    task.log = lambda *args, **kwargs: None
+    dm = _dm(run["cache"])
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    loss_sum, _, n = task._loss(batch)
+    torch.testing.assert_close(task.training_step(batch, 0), loss_sum / n)
+    beams = []
+    task.translate = lambda b, beam_size=None: beams.append(beam_size) or [""] * len(b["src"])
+    task.trainer = SimpleNamespace(state=SimpleNamespace(fn="validate"), estimated_stepping_batches=100)
+    task._eval_start()
+    with torch.no_grad():  # as Lightning runs evaluation
+        task._eval_step(batch, "val")
+        task._eval_step(batch, "test")
+    assert beams == [1, 3]
+    conf = task.configure_optimizers()
+    assert conf["optimizer"].param_groups[0]["betas"] == (0.9, 0.98)
+    assert conf["lr_scheduler"]["interval"] == "step"
+
+
+def test_generate_passes_its_decoding_settings(monkeypatch):
+    import tx_suite.tasks.translation as translation
+
+    calls = []
+    monkeypatch.setattr(translation, "beam_search", lambda *a, **kw: calls.append(kw))
+    monkeypatch.setattr(translation, "greedy_search", lambda *a, **kw: calls.append(dict(kw, greedy=True)))
+    task = TranslationTask(**TINY, length_penalty=0.6, max_len_a=0.5, max_len_b=3)  # beam_size=3
+    src = torch.tensor([[5, EOS_ID]])
+    mask = torch.zeros_like(src, dtype=torch.bool)
+    task.generate(src, mask)
+    task.generate(src, mask, length_penalty=2.0)
+    task.generate(src, mask, beam_size=1)
+    assert [(c["beam_size"], c["length_penalty"]) for c in calls[:2]] == [(3, 0.6), (3, 2.0)]
+    assert calls[2]["greedy"] and (calls[2]["max_len_a"], calls[2]["max_len_b"]) == (0.5, 3)
