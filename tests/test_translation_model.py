@@ -103,6 +103,8 @@ def test_inverse_sqrt_schedule():
     assert inverse_sqrt_factor(w // 4 - 1, w) == pytest.approx(0.25)
     assert inverse_sqrt_factor(w - 1, w) == pytest.approx(1.0)
     assert inverse_sqrt_factor(4 * w - 1, w) == pytest.approx(0.5)
+    for no_warmup in (0, 1):  # starts at the peak and still decays as 1/sqrt(step), not constant
+        assert [inverse_sqrt_factor(s, no_warmup) for s in (0, 3, 99)] == pytest.approx([1.0, 0.5, 0.1])
     d_model = 512
     for step in (10, 4000, 20000):  # the paper's formula, up to the constant peak rate
         paper = d_model**-0.5 * min(step**-0.5, step * 4000**-1.5)

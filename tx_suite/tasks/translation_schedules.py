@@ -16,12 +16,12 @@ def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
     Vaswani et al. 2017, §5.3, Eq. 3: ``lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)``,
     i.e. a linear rise for ``warmup_steps`` steps, then decay proportional to ``step^-0.5``. Written,
     as in fairseq's ``inverse_sqrt``, relative to the peak reached at ``step = warmup_steps``:
-    ``min(step / warmup, sqrt(warmup / step))``.
+    ``min(step / warmup, sqrt(warmup / step))``. ``warmup_steps <= 0`` means no warm-up, as for
+    the other schedules: the first update is at the peak and the decay starts from there (as 1).
     """
     s = step + 1  # the first update should not use lr = 0
-    if warmup_steps <= 0:
-        return 1.0
-    return min(s / warmup_steps, math.sqrt(warmup_steps / s))
+    warmup = max(1, warmup_steps)  # without warm-up, the peak is the first step; it still decays
+    return min(s / warmup, math.sqrt(warmup / s))
 
 
 def build_scheduler(optimizer: Optimizer, name: str, warmup_steps: int, total_steps: int,
