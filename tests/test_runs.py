@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,31 @@ def test_a_run_that_fails_before_logging_anything_leaves_no_directory(runs_dir, 
                "--model.init_args.nan_at_step=4", "--trainer.log_every_n_steps=1", "--run_id=wandb_only") == 1
     assert not (runs_dir / "tiny_mnist" / "wandb_only" / "metrics.csv").exists()
     assert "removed" not in capsys.readouterr().err and (runs_dir / "tiny_mnist" / "wandb_only").is_dir()
+
+
+def test_last_and_best_mean_the_run_whose_checkpoints_were_written_last(tmp_path):
+    """`--ckpt_path last|best` and `EXPERIMENT:best`: the run with the newest checkpoint file (a resumed
+    older run counts as new again), not the oldest run nor simply the highest run id."""
+    from tx_suite.utils.runs import RunLookupError, find_checkpoint, resolve_checkpoint
+
+    def ckpt(run: str, name: str, mtime: float) -> Path:
+        path = tmp_path / "exp" / run / "checkpoints" / f"{name}.ckpt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        os.utime(path, (mtime, mtime))
+        return path
+
+    old_best, old_last = ckpt("20250101-000000-aaaa", "best", 100.0), ckpt("20250101-000000-aaaa", "last", 300.0)
+    new_best, new_last = ckpt("20250102-000000-bbbb", "best", 200.0), ckpt("20250102-000000-bbbb", "last", 200.0)
+    (tmp_path / "exp" / "20250103-000000-cccc").mkdir()  # a test run: no checkpoints, skipped
+    # the older run was resumed after the newer one was written: its last.ckpt is the newest file
+    assert find_checkpoint(tmp_path, "exp", "last") == old_last
+    assert find_checkpoint(tmp_path, "exp", "best") == old_best  # "newest" is per run, not per file
+    assert resolve_checkpoint("exp:best", tmp_path) == old_best
+    os.utime(new_last, (400.0, 400.0))
+    assert find_checkpoint(tmp_path, "exp", "best") == new_best
+    assert resolve_checkpoint("exp:last", tmp_path) == new_last
+    # a run id picks that run whatever the times
+    assert find_checkpoint(tmp_path, "exp", "last", run_id="20250101-000000-aaaa") == old_last
+    with pytest.raises(RunLookupError, match="run_id 20250103-000000-cccc"):
+        find_checkpoint(tmp_path, "exp", "last", run_id="20250103-000000-cccc")
