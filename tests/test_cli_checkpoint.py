@@ -201,3 +201,12 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path, mode):
     else:  # control: a non-atomic write destroys the previous checkpoint, so the test can tell
         with pytest.raises(CheckpointError):
             load_checkpoint(path)
+
+
+def test_a_failed_atomic_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "last.ckpt"
+    atomic_save({"global_step": 7}, path)
+    with pytest.raises(Exception):
+        atomic_save({"global_step": 8, "bad": lambda: None}, path)  # a lambda cannot be pickled
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert load_checkpoint(path)["global_step"] == 7
