@@ -258,3 +258,15 @@ def test_seed_everything_true_picks_a_random_seed(capsys, runs_dir, monkeypatch)
     for info in runs_dir.glob("*/*/run_info.json"):
         seeds.add(yaml.safe_load(info.read_text())["seed"])
     assert len(seeds) == 2 and 0 not in seeds  # Lightning 2.6 seeds 0 for `true`
+
+
+def test_expanded_configs_with_the_same_file_name_stay_apart(tmp_path):
+    """Two `--config` files named alike in different directories, both with `_base_`: each expanded
+    file keeps its own merge (one must not overwrite the other)."""
+    write(tmp_path / "base.yaml", "trainer: {max_epochs: 1, log_every_n_steps: 3}\n")
+    a = write(tmp_path / "a" / "exp.yaml", "_base_: ../base.yaml\ntrainer: {max_epochs: 2}\n")
+    b = write(tmp_path / "b" / "exp.yaml", "_base_: ../base.yaml\ntrainer: {max_epochs: 5}\n")
+    out = expand_config_argv(["fit", "--config", str(a), "--config", str(b)])
+    assert out[2] != out[4] and Path(out[2]).name == Path(out[4]).name == "exp.yaml"
+    assert yaml.safe_load(Path(out[2]).read_text()) == {"trainer": {"max_epochs": 2, "log_every_n_steps": 3}}
+    assert yaml.safe_load(Path(out[4]).read_text()) == {"trainer": {"max_epochs": 5, "log_every_n_steps": 3}}
