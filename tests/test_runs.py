@@ -283,3 +283,22 @@ def test_last_and_best_mean_the_run_whose_checkpoints_were_written_last(tmp_path
     assert find_checkpoint(tmp_path, "exp", "last", run_id="20250101-000000-aaaa") == old_last
     with pytest.raises(RunLookupError, match="run_id 20250103-000000-cccc"):
         find_checkpoint(tmp_path, "exp", "last", run_id="20250103-000000-cccc")
+
+
+def test_run_ids_sort_by_time_and_checkpoints_map_back_to_their_run(tmp_path):
+    import re
+    import time
+
+    from tx_suite.utils.runs import new_run_id, run_dir_of_checkpoint
+
+    times = [time.mktime((2025, m, d, h, 0, 0, 0, 0, -1)) for m, d, h in ((1, 2, 23), (2, 1, 0), (2, 1, 9), (11, 30, 5))]
+    ids = [new_run_id(t) for t in times]
+    assert all(re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{4}", i) for i in ids), ids
+    assert ids[0].startswith("20250102-230000-") and sorted(ids) == ids  # lexical order is time order
+    runs = tmp_path / "runs"
+    ckpt = runs / "exp" / "r1" / "checkpoints" / "last.ckpt"
+    assert run_dir_of_checkpoint(ckpt, runs) == (runs / "exp" / "r1").resolve()
+    # a checkpoint elsewhere (not <runs_dir>/<exp>/<id>/checkpoints/) belongs to no run of this root
+    assert run_dir_of_checkpoint(tmp_path / "other" / "exp" / "r1" / "checkpoints" / "last.ckpt", runs) is None
+    assert run_dir_of_checkpoint(runs / "exp" / "r1" / "averaged" / "last.ckpt", runs) is None  # not in checkpoints/
+    assert run_dir_of_checkpoint(runs / "exp" / "checkpoints" / "last.ckpt", runs) is None
