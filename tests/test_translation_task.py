@@ -201,6 +201,61 @@ def test_translate_keeps_line_count_on_bad_input(run, tmp_path, capsys, monkeypa
     assert len(capsys.readouterr().out.splitlines()) == 1
 
 
+def test_translate_puts_each_translation_on_its_own_line_after_length_batching(run, monkeypatch):
+    """Sources are decoded in batches sorted by length; each result must go back to its input line."""
+    import tx_suite.cli.translate as tr
+
+    model, tok, _ = load_translator(run["averaged"])
+    # a decoder that echoes its source: line i's output is then line i's own text
+    monkeypatch.setattr(tr, "greedy_search", lambda model, src, mask, **kw: src)
+    lines = ["Ein sehr alter Mann sitzt mit seinem kleinen Hund auf einer Bank im Park.", "Hund.", "",
+             "Zwei Frauen gehen die Straße entlang.", "Ja."]
+    alone = [translate_lines(model, tok, [line], beam_size=1)[0] for line in lines]
+    assert alone[0] != alone[1] and alone[2] == ""
+    for batch_size in (64, 2):
+        assert translate_lines(model, tok, lines, beam_size=1, batch_size=batch_size) == alone
+
+
+def test_translate_reads_args_file_or_stdin_and_takes_the_command_lines_beam(run, tmp_path, capsys, monkeypatch):
+    import io
+    import sys
+
+    import tx_suite.cli.translate as tr
+
+    calls = []
+    monkeypatch.setattr(tr, "greedy_search", lambda model, src, mask, **kw: calls.append(1) or src)
+    monkeypatch.setattr(tr, "beam_search", lambda model, src, mask, beam_size, **kw: calls.append(beam_size) or src)
+    ckpt = ["--ckpt_path", str(run["averaged"])]
+    inp = tmp_path / "in.txt"
+    inp.write_text("Aus der Datei.\nZweite Zeile.\n", encoding="utf-8")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("Von stdin.\n".encode())))
+    assert translate_main([*ckpt, "--beam_size", "1", "Ein Hund."]) == 0  # arguments; stdin is not read
+    assert capsys.readouterr().out.count("\n") == 1 and calls == [1]
+    assert translate_main([*ckpt, "--beam_size", "2", "-i", str(inp)]) == 0  # a file
+    assert capsys.readouterr().out.count("\n") == 2 and calls == [1, 2]
+    assert translate_main([*ckpt, "-i", "-"]) == 0  # '-' is stdin; the checkpoint's beam size
+    out = capsys.readouterr().out
+    beam = load_translator(run["averaged"])[2].get("beam_size", 5)
+    assert out.count("\n") == 1 and "stdin" in out.lower() and calls == [1, 2, beam] and beam != 2
+    assert translate_main([*ckpt, "-i", str(inp), "Ein Hund."]) == 2
+    assert "give sentences or --input, not both" in capsys.readouterr().err and len(calls) == 3
+
+
+def test_translate_ckpt_path_best_or_last_of_an_experiment(tmp_path):
+    from tx_suite.cli.translate import TranslateError, _resolve_checkpoint
+
+    for name in ("best", "last"):
+        path = tmp_path / "exp" / "r1" / "checkpoints" / f"{name}.ckpt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    for which in ("best", "last"):
+        want = str(tmp_path / "exp" / "r1" / "checkpoints" / f"{which}.ckpt")
+        assert _resolve_checkpoint(which, "exp", str(tmp_path)) == want
+        assert _resolve_checkpoint(f"exp:{which}", None, str(tmp_path)) == want
+        with pytest.raises(TranslateError, match=f"needs --experiment"):
+            _resolve_checkpoint(which, None, str(tmp_path))
+
+
 def test_translate_errors_are_one_line(run, tmp_path, capsys):
     nested = tmp_path / "new" / "dir" / "out.txt"  # made for the output
     assert translate_main(["--ckpt_path", str(run["averaged"]), "-o", str(nested), "Ein Hund."]) == 0
