@@ -79,6 +79,18 @@ def test_wrong_size_is_resized_with_a_note_or_refused(run, capsys):
 
 
 
+def test_a_non_square_image_is_resized_on_both_sides_or_refused(tmp_path):
+    from tx_suite.cli.classify import ImageError, load_image
+
+    for w, h in ((28, 40), (40, 28)):  # one side already the model's
+        path = tmp_path / f"{w}x{h}.png"
+        Image.new("L", (w, h), 128).save(path)
+        img, note = load_image(path, 28, 1)
+        assert img.size == (28, 28) and note == f"resized {w}x{h} -> 28x28"
+        with pytest.raises(ImageError, match=f"image is {w}x{h}, the model takes 28x28"):
+            load_image(path, 28, 1, resize=False)
+
+
 def test_resize_matches_the_datamodules_eval_transform(run):
     """A model trained at another size than the files' (e.g. MNIST at 56) must see the same
     pixels from classify as from test/predict: the eval transform's bicubic T.Resize."""
