@@ -19,6 +19,10 @@ def fake_command(argv):
     return 3
 
 
+def raising_command(argv):
+    raise {"value": ValueError, "runtime": RuntimeError}[argv[0]]("bad\n  input")
+
+
 def test_help_lists_every_command_without_importing_lightning(subprocess_env):
     code = (
         "import sys; from tx_suite.cli.main import main; rc = main(['--help']); "
@@ -54,6 +58,21 @@ def test_commands_table_dispatches_lazily(monkeypatch, capsys):
     monkeypatch.setitem(cli_main.COMMANDS, "broken", "tx_suite.cli.no_such_module:main")
     assert cli_main.main(["broken"]) == 2
     assert "tx-suite broken: error: command not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("debug", ["", "0", "false", "No", " no "])
+def test_errors_are_one_line_with_an_exit_status_unless_debugging(monkeypatch, capsys, debug):
+    monkeypatch.setitem(cli_main.COMMANDS, "raising", "test_cli_main:raising_command")
+    monkeypatch.setenv("TX_SUITE_DEBUG", debug)
+    assert cli_main.main(["raising", "value"]) == 2  # bad input: usage status, one line, no traceback
+    assert capsys.readouterr().err == "tx-suite raising: error: bad input\n"
+    assert cli_main.main(["raising", "runtime"]) == 1  # anything else: status 1 and how to see more
+    assert capsys.readouterr().err.splitlines() == ["tx-suite raising: error (RuntimeError): bad input",
+                                                    "tx-suite: set TX_SUITE_DEBUG=1 for the full traceback"]
+    for on in ("1", "true", "yes"):
+        monkeypatch.setenv("TX_SUITE_DEBUG", on)
+        with pytest.raises(ValueError, match="bad"):
+            cli_main.main(["raising", "value"])
 
 
 def make_run(root, experiment, run_id, accs, monitor_mode="max"):
