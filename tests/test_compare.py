@@ -238,3 +238,21 @@ def test_skipped_message_offers_naming_only_for_runs_that_naming_includes(tmp_pa
     (test_run / "metrics.csv").unlink()
     msg = skipped_message([test_run])
     assert "1 run(s) without metrics.csv" in msg and "include it" not in msg, msg
+
+
+def test_differing_keys_among_three_runs_and_best_by_the_checkpoints_own_mode(tmp_path):
+    from tx_suite.utils.compare import Run, summarize
+
+    def run(name, lr, mode=None):
+        ckpt = {"monitor": "val/acc", **({"mode": mode} if mode else {})}
+        return Run(tmp_path / name, "exp", name, {"val/acc": [(1, 0.2), (2, 0.9), (3, 0.5)]},
+                   config={"model": {"lr": lr, "d": 8}, "checkpoint": ckpt})
+
+    a, b, c = run("a", 0.1), run("b", 0.2), run("c", 0.1, "max")
+    # the first and last runs agree on lr; the middle one does not: still a difference
+    assert config_diff([a, b, c]) == {"model.lr": [0.1, 0.2, 0.1], "checkpoint.mode": [None, None, "max"]}
+    assert config_diff([a, a, a]) == {}
+    # no checkpoint.mode: ModelCheckpoint's default "min" chose best.ckpt, so the best is the minimum
+    summary = summarize([a, c], ["val/acc"])
+    assert summary["a"]["val/acc"] == {"final": 0.5, "best": 0.2, "best_step": 1, "mode": "min"}
+    assert summary["c"]["val/acc"] == {"final": 0.5, "best": 0.9, "best_step": 2, "mode": "max"}
