@@ -230,3 +230,17 @@ def test_resume_keeps_the_runs_seed(runs_dir, monkeypatch):
     assert metrics == ref_metrics
     for name, tensor in ref_weights.items():
         assert torch.equal(weights[name], tensor), name
+
+
+def test_resumable_loader_seeds_its_order_from_seed_everything(monkeypatch):
+    """Without `seed`, the order follows Lightning's PL_GLOBAL_SEED (set by seed_everything)."""
+    data = torch.utils.data.TensorDataset(torch.arange(40))
+
+    def order(**kw):
+        return [b[0].tolist() for b in ResumableDataLoader(data, batch_size=40, shuffle=True, **kw)]
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")
+    assert ResumableDataLoader(data, shuffle=True).sampler.seed == 5
+    assert order() == order(seed=5) != order(seed=0)
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    assert order() == order(seed=0)
