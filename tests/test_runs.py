@@ -302,3 +302,20 @@ def test_run_ids_sort_by_time_and_checkpoints_map_back_to_their_run(tmp_path):
     assert run_dir_of_checkpoint(tmp_path / "other" / "exp" / "r1" / "checkpoints" / "last.ckpt", runs) is None
     assert run_dir_of_checkpoint(runs / "exp" / "r1" / "averaged" / "last.ckpt", runs) is None  # not in checkpoints/
     assert run_dir_of_checkpoint(runs / "exp" / "checkpoints" / "last.ckpt", runs) is None
+
+
+def test_git_info_records_commit_and_whether_the_tree_is_dirty(tmp_path):
+    import subprocess
+
+    from tx_suite.utils.run_info import git_info
+
+    assert git_info(tmp_path) == {"commit": None, "dirty": None, "branch": None}  # not a repository
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert git_info(tmp_path) == {"commit": head, "dirty": False, "branch": "main"}
+    (tmp_path / "b.py").write_text("y = 2\n")  # an untracked source file changes what runs
+    assert git_info(tmp_path) == {"commit": head, "dirty": True, "branch": "main"}
