@@ -143,3 +143,18 @@ def test_empty_config_file_and_directory_are_named(capsys, runs_dir, tmp_path):
     assert code == 2 and line == f"tx-suite fit: error: config file is empty: {empty}"  # was "Unexpected config"
     code, line = run_error(capsys, ["fit", "--config", str(tmp_path)])
     assert code == 2 and line == f"tx-suite fit: error: config path is a directory, not a YAML file: {tmp_path}"
+
+
+def test_device_option_checks_the_cuda_index_against_the_device_count(monkeypatch):
+    import torch
+
+    from tx_suite.cli.devices import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cpu") is None and check_device("cuda") is None
+    assert check_device("cuda:0") is None and check_device("cuda:1") is None
+    assert check_device("cuda:2") == "--device cuda:2 but this machine has 2 CUDA device(s)"
+    assert "is not a torch device" in check_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "torch.cuda.is_available() is False" in check_device("cuda:0")
