@@ -96,6 +96,10 @@ def test_resume_last_continues_the_same_run_exactly(runs_dir, recwarn, steps):
     assert info["status"] == "finished" and len(info["resumes"]) == 1
     assert info["resumes"][0]["ckpt_path"] == str(run / "checkpoints" / "last.ckpt")
     assert info["resumes"][0]["wandb"]["id"] == info["wandb"]["id"] == run.name  # same W&B run id
+    # config.yaml stays the first invocation's; the resume's settings go next to it
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["max_epochs"] == 1
+    (resume_config,) = run.glob("config.resume-*.yaml")
+    assert yaml.safe_load(resume_config.read_text())["trainer"]["max_epochs"] == 2
 
     # Same weights and epoch count as an uninterrupted 2-epoch run: optimizer state, loops and RNG
     # (shuffle, dropout) were all restored.
