@@ -244,3 +244,13 @@ def test_resumable_loader_seeds_its_order_from_seed_everything(monkeypatch):
     assert order() == order(seed=5) != order(seed=0)
     monkeypatch.delenv("PL_GLOBAL_SEED")
     assert order() == order(seed=0)
+
+
+def test_resumable_sampler_skips_once_then_serves_whole_epochs():
+    from tx_suite.utils.resumable_loader import ResumableSampler
+
+    sampler = ResumableSampler(range(10), shuffle=True, seed=3)
+    full = list(sampler)
+    sampler.start_index = 4
+    assert list(sampler) == full[4:]
+    assert list(sampler) == full  # start_index applies to the next iter() only
