@@ -114,10 +114,23 @@ def test_resume_last_continues_the_same_run_exactly(runs_dir, recwarn, steps):
         assert torch.equal(value, resumed["state_dict"][key]), key
 
 
-def test_test_subcommand_uses_best_of_newest_run(runs_dir, capsys):
+def test_test_subcommand_uses_best_of_newest_run(runs_dir, capsys, monkeypatch):
     assert fit("--trainer.max_epochs=1") == 0
     train_run = only_run(runs_dir)
+    import functools
+
+    import pytorch_lightning as pl
+
+    real_test, seen = pl.Trainer.test, []
+
+    @functools.wraps(real_test)  # LightningCLI reads the signature
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs)
+        return real_test(self, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "test", spy)
     assert main(["test", "--config", TINY, *QUIET, "--ckpt_path", "best"]) == 0
+    assert [kw.get("weights_only") for kw in seen] == [True]  # Lightning loads the checkpoint weights-only too
     assert f"--ckpt_path best -> {train_run / 'checkpoints' / 'best.ckpt'}" in capsys.readouterr().err
     runs = sorted((runs_dir / "tiny_mnist").iterdir())
     test_run = next(r for r in runs if r != train_run)
