@@ -63,6 +63,16 @@ def test_load_checkpoint_refuses_pickle_payload(tmp_path, kind):
         assert message.startswith("refusing to load") and "weights_only=True" in message
 
 
+def test_load_checkpoint_names_object_state_as_the_reason_it_refuses(tmp_path):
+    # BUILD (set an object's state, how __setstate__ payloads work) on a plain dict: no global
+    # is named, but it is still a pickled object, not a corrupt file
+    path = tmp_path / "build.pt"
+    path.write_bytes(b"\x80\x02}q\x00}q\x01X\x01\x00\x00\x00aq\x02K\x01sb.")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"refusing to load {path}: it holds pickled Python objects")
+
+
 def test_load_checkpoint_errors_are_clear(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint not found: .*missing.ckpt"):
         load_checkpoint(tmp_path / "missing.ckpt")
