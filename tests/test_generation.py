@@ -360,6 +360,9 @@ def test_judge_scores_and_generate_reranks(trained, tmp_path, capsys, monkeypatc
     summary = json.loads(capsys.readouterr().out)
     assert summary["reranked"] and summary["images_sampled"] == 5
     assert Image.open(out).size == (2 * 33 + 1, 33 + 1)  # the best 2 in one row
+    assert generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "top-left: tiny red 7", "--n", "1",
+                          "--judge", str(tmp_path / "judge.ckpt"), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["images_sampled"] == 4  # default: 4 candidates per kept image
     assert generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "top-left: tiny red 7", "--n", "2",
                           "--judge", str(tmp_path / "judge.ckpt"), "--candidates", "1", "--out", str(out)]) == 2
     assert "--candidates (1) must be >= --n (2)" in capsys.readouterr().err
