@@ -336,3 +336,21 @@ def test_git_info_records_commit_and_whether_the_tree_is_dirty(tmp_path):
     assert git_info(tmp_path) == {"commit": head, "dirty": False, "branch": "main"}
     (tmp_path / "b.py").write_text("y = 2\n")  # an untracked source file changes what runs
     assert git_info(tmp_path) == {"commit": head, "dirty": True, "branch": "main"}
+
+
+def test_run_info_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from tx_suite.utils.run_info import write_json
+
+    path = tmp_path / "run_info.json"
+    write_json(path, {"status": "running", "seed": 1})
+    real = Path.write_text
+
+    def dies_midway(self, text, *args, **kwargs):  # a full disk or a kill during the write
+        real(self, text[:10], *args, **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", dies_midway)
+    with pytest.raises(OSError):
+        write_json(path, {"status": "finished", "seed": 1})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"status": "running", "seed": 1}
