@@ -354,3 +354,16 @@ def test_run_info_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         write_json(path, {"status": "finished", "seed": 1})
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"status": "running", "seed": 1}
+
+
+def test_experiment_and_run_names_cannot_leave_their_directory(tmp_path):
+    from tx_suite.utils.runs import experiment_dir, validate_name
+
+    for good in ("mnist_vit", "multi30k_de_en-2.1", "20250101-000000-abcd", "A"):
+        assert validate_name(good) == good
+    for bad in ("a/b", "../x", "x/../../etc", ".hidden", "-x", "", "a b", "a\\b", "a:b"):
+        with pytest.raises(ValueError, match="invalid experiment name"):
+            validate_name(bad)
+    with pytest.raises(ValueError, match="invalid run_id name"):
+        validate_name("../r1", "run_id")
+    assert experiment_dir(tmp_path, "exp") == tmp_path / "exp"
