@@ -241,6 +241,19 @@ def test_translate_reads_args_file_or_stdin_and_takes_the_command_lines_beam(run
     assert "give sentences or --input, not both" in capsys.readouterr().err and len(calls) == 3
 
 
+def test_translate_truncates_only_sources_longer_than_max_src_tokens(run):
+    from tx_suite.data.translation_dataset import encode_source
+
+    model, tok, _ = load_translator(run["averaged"])
+    line = "Ein Mann mit einem roten Hut steht vor dem Haus."
+    n = len(encode_source(tok, [line])[0])  # with its EOS
+    warnings = []
+    translate_lines(model, tok, [line], beam_size=1, max_src_tokens=n, warn=warnings.append)
+    assert warnings == []  # exactly the limit: kept whole
+    translate_lines(model, tok, [line], beam_size=1, max_src_tokens=n - 1, warn=warnings.append)
+    assert warnings == [f"line 1: {n} tokens, truncated to {n - 1}"]
+
+
 def test_translate_ckpt_path_best_or_last_of_an_experiment(tmp_path):
     from tx_suite.cli.translate import TranslateError, _resolve_checkpoint
 
