@@ -75,6 +75,17 @@ def test_truncated_fetched_split_is_named(tmp_path):
         read_lines(split_path("test_2018_flickr", "de", cache_dir=tmp_path))
 
 
+
+def test_fetched_split_with_crlf_endings_reads_as_lines(tmp_path):
+    import gzip
+
+    from tx_suite.data.multi30k import read_lines
+
+    raw = tmp_path / "multi30k" / "task1" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "test_2018_flickr.de.gz").write_bytes(gzip.compress("Ein Hund\r\nzwei\u2028Katzen\r\n".encode()))
+    assert read_lines(split_path("test_2018_flickr", "de", cache_dir=tmp_path)) == ["Ein Hund", "zwei\u2028Katzen"]
+
 def test_hanging_network_times_out(tmp_path, monkeypatch):
     monkeypatch.setattr(multi30k.urllib.request, "urlopen", lambda *a, **k: time.sleep(30))
     t0 = time.monotonic()
@@ -237,3 +248,44 @@ def test_lowercase_option_lowercases_every_split_and_its_bpe(dm, tmp_path):
     vocab = [lc.tokenizer.id_to_token(i) for i in range(lc.vocab_size)]
     assert not any(c.isupper() for v in vocab if not v.startswith(("<", "[")) for c in v)
     assert any(c.isupper() for i in range(dm.vocab_size) for c in dm.tokenizer.id_to_token(i))
+
+
+def test_fetch_asks_for_the_split_and_language_of_the_canonical_url(tmp_path, monkeypatch):
+    asked = []
+
+    def refuse(url, *args, **kwargs):
+        asked.append(url)
+        raise urllib.error.URLError("offline (simulated)")
+    monkeypatch.setattr(multi30k.urllib.request, "urlopen", refuse)
+    with pytest.raises(Multi30kError):
+        split_path("test_2018_flickr", "de", cache_dir=tmp_path)
+    assert asked == ["https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/test_2018_flickr.de.gz"]
+
+
+def test_prepare_data_checks_the_test_split_before_training(tmp_path):
+    # an unbundled test split that cannot be had must fail in prepare_data, not after training
+    dm = Multi30kDataModule(test_split="test_2018_flickr", download=False, train_limit=200, vocab_size=400,
+                            cache_dir=str(tmp_path))
+    with pytest.raises(Multi30kError, match=r"test_2018_flickr\.(de|en) is not bundled"):
+        dm.prepare_data()
+
+
+def test_datamodule_splits_sides_and_budgets(dm, tmp_path):
+    """Each loader reads its own split, source = src_lang, target = tgt_lang, the training slice
+    stays aligned, the BPE is learned on both sides, and evaluation uses eval_max_tokens."""
+    de, en = read_pair("val", "de", "en")
+    val = dm.dataset("val")
+    assert val.src_text[0] == de[0] and val.tgt_text[0] == en[0]  # de -> en, not reversed
+    assert sorted(i for b in dm.val_dataloader() for i in b["index"].tolist()) == list(range(1014))
+    dm.setup("test")
+    assert sorted(i for b in dm.test_dataloader() for i in b["index"].tolist()) == list(range(1000))
+    train, (tde, ten) = dm.dataset("train"), read_pair("train", "de", "en")
+    pairs = set(zip(tde[:3000], ten[:3000]))
+    assert all((s, t) in pairs for s, t in zip(train.src_text, train.tgt_text))
+    # a joint BPE: frequent words of either language are single tokens
+    assert all(len(dm.tokenizer.encode(w)) == 1 for w in ("Mann", "einem", "man", "the"))
+    small = Multi30kDataModule(train_limit=3000, vocab_size=1200, max_tokens=512, eval_max_tokens=128,
+                               max_len=64, cache_dir=str(dm.cache_dir))
+    small.setup("validate")
+    sizes = [b["src"].numel() for b in small.val_dataloader()]
+    assert max(sizes) <= 128 < max(b["src"].numel() for b in dm.val_dataloader())
