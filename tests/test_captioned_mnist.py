@@ -140,3 +140,39 @@ def test_a_long_caption_keeps_its_first_tokens():
     caption = "top-left: tiny red 7"  # 7 tokens: top - left : tiny red 7
     assert tok.n_truncated([caption, "tiny red 7"]) == 1
     assert tok.decode(tok.encode([caption])) == ["top - left :"]
+
+
+def test_scene_shows_an_mnist_image_of_its_digit_with_jitter_and_the_heldout_flag():
+    for split, train in (("train", True), ("val", False)):
+        images, labels = load_mnist("data", train=train)
+        ds = CaptionedMNIST(split=split, combos="all", size=300, seed=1)
+        if split == "val":
+            labels = labels[:5000]
+        flags = []
+        for i in range(0, 300, 3):
+            item, attrs = ds[i], ds.attributes(i)
+            assert int(labels[ds.image_index[i]]) == attrs.digit == int(item["digit"])  # the image is that digit
+            jitter = tuple(int(j) for j in ds.jitter[i])
+            assert torch.equal(item["image"], render_scene(images[ds.image_index[i]], attrs, jitter))
+            assert bool(item["heldout"]) == ((attrs.digit, attrs.colour) in HELD)
+            flags.append(bool(item["heldout"]))
+        assert any(flags) and not all(flags)
+        assert {tuple(j) for j in ds.jitter.tolist()} == {(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)}
+    # val and test are two samples, not one sequence of scenes drawn twice
+    val, test = CaptionedMNIST(split="val", size=50), CaptionedMNIST(split="test", size=50)
+    assert [val.caption(i) for i in range(50)] != [test.caption(i) for i in range(50)]
+
+
+def test_datamodule_splits_follow_combos_and_heldout_pairs():
+    dm = CaptionedMNISTDataModule(batch_size=8, train_size=400, val_size=400, test_size=16,
+                                  heldout_pairs=["3-red", "5-blue"])
+    dm.setup("fit")
+    held = {(3, 0), (5, 2)}
+    train, val = dm.datasets["train"], dm.datasets["val"]
+    assert not any((a.digit, a.colour) in held for a in map(train.attributes, range(400)))
+    in_val = {(a.digit, a.colour) for a in map(val.attributes, range(400))}
+    assert held <= in_val and len(in_val) > 30  # eval_combos="all": held-out and seen pairs
+    assert val._heldout == held
+    # evaluation batches come in dataset order (rows of logged samples line up with scenes)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["caption"] == [val.caption(i) for i in range(8)]
