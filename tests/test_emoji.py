@@ -53,3 +53,50 @@ def test_bpe_covers_heldout_names_better_than_words():
     assert dm.tokenizer.unknown_rate(held) < 0.01 < word.unknown_rate(held)
     batch = next(iter(dm.val_dataloader()))
     assert batch["text"].shape == (64, 24) and batch["image"].shape == (64, 3, 32, 32)
+
+
+def test_cell_is_the_sheet_cell_composited_over_white():
+    """Cell (x, y) is the 32 x 32 block at pixel (34 x + 1, 34 y + 1), alpha-composited on white;
+    checked on a cell with partly transparent edge pixels."""
+    import numpy as np
+    from PIL import Image
+
+    apple = {r.caption: r for r in load_records("data")}["red apple"]
+    x, y = apple.sheet_x, apple.sheet_y
+    with Image.open("data/emoji/sheet-twitter-32.png") as im:
+        cell = np.asarray(im.convert("RGBA").crop((34 * x + 1, 34 * y + 1, 34 * x + 33, 34 * y + 33)), dtype=np.float64) / 255
+    a = cell[..., 3:]
+    assert ((a > 0) & (a < 1)).sum() > 20 and (cell[..., :3][a[..., 0] < 1] > 0).any()  # soft edges with colour
+    expected = torch.from_numpy(cell[..., :3] * a + (1 - a)).permute(2, 0, 1).float()
+    torch.testing.assert_close(cell_image(load_sheet("data", "twitter"), x, y), expected, atol=1e-6, rtol=0)
+
+
+def test_skin_tone_variations_are_their_own_images():
+    ds = EmojiDataset(split="all", vendors=["twitter"])
+    index = {r.caption: i for i, r in enumerate(ds.records)}
+    base = ds[index["father christmas"]]["image"]
+    tones = [ds[index[f"father christmas: {t}"]]["image"] for t in ("light skin tone", "dark skin tone")]
+    assert (base - tones[0]).abs().mean() > 0.01 and (tones[0] - tones[1]).abs().mean() > 0.01
+
+
+def test_datamodule_eval_vendor_and_tokenizer_from_training_captions_only():
+    dm = EmojiDataModule(train_vendors=["twitter"], eval_vendors=["google"], tokenizer="word", vocab_size=4096)
+    dm.setup("fit")
+    assert dm.datasets["train"].vendors == ["twitter"]
+    assert dm.datasets["val"].vendors == dm.datasets["test"].vendors == ["google"]
+    assert int(dm.datasets["val"][0]["vendor"]) == 1
+    held = [r.caption for r in dm.datasets["val"].records + dm.datasets["test"].records]
+    assert dm.tokenizer.unknown_rate(held) > 0.01  # held-out names were not in the vocabulary's text
+
+
+def test_items_are_all_captions_of_the_first_vendor_then_the_second():
+    val = EmojiDataset(split="val", vendors=["twitter", "google"])
+    n = len(val.records)
+    tw, go = load_sheet("data", "twitter"), load_sheet("data", "google")
+    for i in (0, 1, n - 1):
+        r = val.records[i]
+        first, second = val[i], val[n + i]
+        assert (int(first["vendor"]), int(second["vendor"])) == (0, 1)
+        assert first["caption"] == second["caption"] == r.caption
+        torch.testing.assert_close(first["image"], cell_image(tw, r.sheet_x, r.sheet_y), atol=1 / 255, rtol=0)
+        torch.testing.assert_close(second["image"], cell_image(go, r.sheet_x, r.sheet_y), atol=1 / 255, rtol=0)
