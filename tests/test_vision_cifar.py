@@ -112,6 +112,24 @@ def test_archive_in_data_dir_is_extracted_offline_and_a_corrupt_folder_is_named(
     assert len(dm.train_set) == 8
 
 
+
+def test_a_corrupt_test_batch_is_found_and_download_offline_fails_fast(tmp_path, monkeypatch):
+    import socket
+
+    def offline(*a, **k):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    dm_cls, folder = _fake_cifar(tmp_path)
+    dm_cls(data_dir=str(tmp_path), val_size=2, batch_size=4).setup("fit")
+    (folder / "test_batch").write_bytes(b"truncated")  # every file's MD5 is checked, the test set's too
+    (tmp_path / "fake-python.tar.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="incomplete or corrupt"):
+        dm_cls(data_dir=str(tmp_path), val_size=2, batch_size=4).prepare_data()
+    # download: true without a network: a ConnectionError that says so, before torchvision tries
+    with pytest.raises(ConnectionError, match="cannot reach www.cs.toronto.edu.*are you offline"):
+        dm_cls(data_dir=str(tmp_path), download=True, val_size=2, batch_size=4).prepare_data()
+
 @pytest.mark.parametrize("policy", ["rand-m10-inc1", "rand-m0", "v0"])
 def test_posterize_to_zero_bits_gives_a_black_image(policy):
     """timm's Posterize levels reach 0 bits (inc1 at magnitude 10, or mstd drawing 10); Pillow 13
