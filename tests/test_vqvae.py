@@ -212,3 +212,37 @@ def test_reconstruction_grid_puts_each_row_of_inputs_above_its_reconstructions()
     top = torch.arange(8.0).view(8, 1, 1, 1)
     out = interleave_rows(top, top + 100, nrow=4)
     assert out.flatten().tolist() == [0, 1, 2, 3, 100, 101, 102, 103, 4, 5, 6, 7, 104, 105, 106, 107]
+
+
+def test_decode_accepts_exactly_the_codebook_range():
+    model = VQVAE(hidden=16, res_channels=8, n_res_blocks=1, codebook_size=32, codebook_dim=8).eval()
+    assert model.decode(torch.tensor([[[0, 31], [31, 0]]])).shape == (1, 3, 8, 8)
+    for bad in (32, -1):
+        with pytest.raises(ValueError, match=r"codes must lie in \[0, 32\)"):
+            model.decode(torch.tensor([[[0, bad], [1, 2]]]))
+
+
+def test_one_cycle_defaults_to_a_30_percent_warmup_and_sdpa_names():
+    """one_cycle's default warm-up (JudgeTask uses it) is torch's pct_start=0.3: the peak at
+    step 29 of 100. sdpa_backend names pin their kernel, case-insensitively."""
+    import torch.nn.attention as attention
+
+    from tx_suite.tasks.one_cycle import one_cycle
+    from tx_suite.tasks.sdpa_backend import sdpa_backend_context
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sched, lrs = one_cycle(opt, 1e-3, 100), []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert max(range(100), key=lrs.__getitem__) == 29 and lrs[29] == pytest.approx(1e-3)
+    B = attention.SDPBackend
+    for name, member in (("math", B.MATH), ("Math", B.MATH), ("flash", B.FLASH_ATTENTION),
+                         ("FLASH_ATTENTION", B.FLASH_ATTENTION), ("efficient", B.EFFICIENT_ATTENTION),
+                         ("cudnn_attention", B.CUDNN_ATTENTION)):
+        with sdpa_backend_context(name):  # device None: pinned as asked
+            assert torch._C._get_flash_sdp_enabled() == (member == B.FLASH_ATTENTION), name
+            assert torch._C._get_math_sdp_enabled() == (member == B.MATH), name
+            assert torch._C._get_mem_efficient_sdp_enabled() == (member == B.EFFICIENT_ATTENTION), name
+            assert torch._C._get_cudnn_sdp_enabled() == (member == B.CUDNN_ATTENTION), name
