@@ -492,3 +492,34 @@ def test_predict_and_the_sample_grid_sample_with_the_sample_settings(trained, tm
     torch.testing.assert_close(image, generate([caption], seed=0, **want))
     SampleGrid([caption], 2).on_validation_epoch_end(pl.Trainer(logger=False, default_root_dir=tmp_path), task)
     assert len(calls) == 2 and all({k: c[k] for k in want} == want for c in calls), calls
+
+
+def test_judge_eval_step_scores_every_head_and_splits_seen_from_heldout():
+    """On fixed logits: loss = the sum of the four heads' cross-entropies, acc_all needs every
+    attribute right, and the _seen/_heldout accuracies count only their own scenes."""
+    import torch.nn.functional as F
+
+    from tx_suite.tasks.judge import CLASSES, JudgeTask
+
+    task = JudgeTask(width=8)
+    target = {"digit": [1, 2, 3, 4], "colour": [0, 1, 2, 3], "size": [0, 1, 0, 1], "position": [4, 3, 2, 1]}
+    right = {"digit": [1, 1, 0, 1], "colour": [1, 1, 1, 1], "size": [1, 0, 1, 0], "position": [1, 1, 1, 1]}
+    torch.manual_seed(0)
+    logits = {}
+    for k, n in CLASSES.items():
+        t = torch.tensor(target[k])
+        wrong = (t + 1) % n
+        pred = torch.where(torch.tensor(right[k], dtype=torch.bool), t, wrong)
+        logits[k] = torch.randn(4, n) + 10 * F.one_hot(pred, n)
+    batch = {k: torch.tensor(v) for k, v in target.items()}
+    batch |= {"image": torch.zeros(4, 3, 32, 32), "heldout": torch.tensor([True, False, False, True])}
+    task.forward = lambda images: logits
+    logged = {}
+    task.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    task._eval_step(batch, "val")
+    value = {k: float(v.compute() if hasattr(v, "compute") else v) for k, v in logged.items()}
+    expected_loss = sum(F.cross_entropy(logits[k], batch[k]) for k in CLASSES)
+    assert value["val/loss"] == pytest.approx(float(expected_loss))
+    assert value["val/acc_all"] == 0.25 and value["val/acc_digit"] == 0.75 and value["val/acc_size"] == 0.5
+    assert value["val/acc_digit_heldout"] == 1.0 and value["val/acc_digit_seen"] == 0.5
+    assert value["val/acc_size_heldout"] == 0.5 and value["val/acc_size_seen"] == 0.5
