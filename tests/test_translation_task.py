@@ -601,3 +601,108 @@ def test_generate_passes_its_decoding_settings(monkeypatch):
     task.generate(src, mask, beam_size=1)
     assert [(c["beam_size"], c["length_penalty"]) for c in calls[:2]] == [(3, 0.6), (3, 2.0)]
     assert calls[2]["greedy"] and (calls[2]["max_len_a"], calls[2]["max_len_b"]) == (0.5, 3)
+
+
+def _fake_trainer(tmp_path, loggers=(), epoch=4, global_step=21):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=epoch, global_step=global_step,
+                           loggers=list(loggers), default_root_dir=str(tmp_path),
+                           fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=global_step - 1)))
+
+
+def test_translation_samples_rows_keep_their_columns(tmp_path, monkeypatch):
+    """The first n validation rows, as (source, reference, hypothesis) in the TSV and the W&B
+    table, the table at the step of the validation metrics."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.loggers import WandbLogger
+
+    tables = []
+    monkeypatch.setattr(WandbLogger, "log_table", lambda self, key, columns=None, data=None, step=None, **kw:
+                        tables.append((key, columns, data, step)))
+    rows = [{"index": i, "source": f"Quelle {i}", "reference": f"reference {i}", "hypothesis": f"hypo\t{i}"}
+            for i in range(3)]
+    trainer = _fake_trainer(tmp_path, [WandbLogger(save_dir=str(tmp_path), mode="disabled")])
+    TranslationSamples(n=2).on_validation_end(trainer, SimpleNamespace(val_samples=rows))
+    lines = (tmp_path / "val_samples.tsv").read_text(encoding="utf-8").splitlines()
+    fields = [line.split("\t") for line in lines[1:]]
+    assert [f[:1] + f[2:] for f in fields] == [["4", "Quelle 0", "reference 0", "hypo 0"],
+                                               ["4", "Quelle 1", "reference 1", "hypo 1"]]
+    assert all(f[1].isdigit() for f in fields)  # the step column
+    assert tables == [("val/samples", ["epoch", "source", "reference", "hypothesis"],
+                       [[4, "Quelle 0", "reference 0", "hypo\t0"], [4, "Quelle 1", "reference 1", "hypo\t1"]], 20)]
+
+
+def test_attention_maps_draw_the_asked_layers_with_query_rows_and_key_columns(tmp_path, monkeypatch):
+    """layers=[-1, 0] on a 3-layer encoder and 2-layer decoder: encoder self-attention of layers
+    2 and 0 (source x source), cross-attention of layers 1 and 0 (target rows x source columns)."""
+    from types import SimpleNamespace
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import tx_suite.tasks.callbacks.translation_attention as ta
+
+    drawn, plot_heads = [], ta.plot_heads
+
+    def plot(weights, rows, cols, title):
+        drawn.append((weights, rows, cols, title))
+        return plt.figure()
+    monkeypatch.setattr(ta, "plot_heads", plot)
+    maps = {f"transformer.encoder.layers.{i}.self_attn": torch.full((2, 3, 3), float(i)) for i in range(3)}
+    maps |= {f"transformer.decoder.layers.{i}.cross_attn": torch.full((2, 4, 3), 10.0 + i) for i in range(2)}
+    callback = TranslationAttentionMaps(sentences=["x"], layers=[-1, 0])
+    callback.attention_maps = lambda module, sources: [{"src": ["a", "b", "c"], "tgt": ["A", "B", "C", "D"],
+                                                        "maps": maps}]
+    model = SimpleNamespace(transformer=SimpleNamespace(encoder=SimpleNamespace(layers=[0, 1, 2]),
+                                                        decoder=SimpleNamespace(layers=[0, 1])))
+    callback.on_validation_end(_fake_trainer(tmp_path), SimpleNamespace(model=model))
+    got = [(float(w.flatten()[0]), r, c) for w, r, c, _ in drawn]
+    src, tgt = ["a", "b", "c"], ["A", "B", "C", "D"]
+    assert got == [(2.0, src, src), (11.0, tgt, src), (0.0, src, src), (10.0, tgt, src)]
+    assert [p.rsplit("/", 1)[1] for p in callback.saved] == [
+        "epoch004_encoder_self_layer2_s0.png", "epoch004_cross_layer1_s0.png",
+        "epoch004_encoder_self_layer0_s0.png", "epoch004_cross_layer0_s0.png"]
+    # plot_heads: head i's panel shows weights[i] with queries as rows and keys as columns
+    weights = torch.rand(2, 3, 5)
+    fig = plot_heads(weights, ["q0", "q1", "q2"], list("abcde"), "t")
+    ax = fig.axes[1]
+    assert torch.equal(torch.as_tensor(ax.images[0].get_array().data), weights[1])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["q0", "q1", "q2"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list("abcde")
+    plt.close("all")
+
+
+def test_attention_map_rows_are_the_queries_that_predicted_each_output_token(run):
+    """Row i of the cross-attention map is the decoder position that predicted output token i:
+    row 0 is the BOS query's attention, whatever follows."""
+    from tx_suite.core import record_attention
+    from tx_suite.data.bpe import BOS_ID
+    from tx_suite.data.translation_dataset import encode_source, pad_batch
+
+    task = run["task"]
+    text = "Ein Mann fährt Fahrrad."
+    result = TranslationAttentionMaps().attention_maps(task, [text])[0]
+    cross = result["maps"]["transformer.decoder.layers.0.cross_attn"]
+    assert cross.shape == (TINY["n_heads"], len(result["tgt"]), len(result["src"]))
+    src_ids, src_mask = pad_batch(encode_source(task.tokenizer, [text], 30))
+    task.model.eval()
+    with torch.no_grad(), record_attention(task.model) as maps:
+        task.model(src_ids, torch.tensor([[BOS_ID]]), src_mask)
+    torch.testing.assert_close(cross[:, 0], maps["transformer.decoder.layers.0.cross_attn"][0, :, 0])
+
+
+def test_normalize_source_keeps_what_nfc_keeps_and_split_lines_keeps_line_numbers():
+    """NFC, not NFKC: ligatures, superscripts, fractions, full-width letters and typographic
+    punctuation are text the user wrote; only invisible format characters go (soft hyphen)."""
+    from tx_suite.data.text_normalize import normalize_source, split_lines
+
+    kept = "„Ein ﬁx² ½ Ｔ“ – «Hallo»… ¿qué? l'été"
+    assert normalize_source(kept) == kept
+    assert normalize_source("Haus\u00adtür") == "Haustür"
+    assert split_lines(b"a\r\nb\n") == ["a", "b"] and split_lines(b"a\n\n") == ["a", ""]
+    assert split_lines(b"") == [] and split_lines(b"\n") == [""] and split_lines(b"a") == ["a"]
+    assert split_lines("a\x0cb\u2028c\nd".encode()) == ["a\x0cb\u2028c", "d"]
