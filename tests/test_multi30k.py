@@ -289,3 +289,13 @@ def test_datamodule_splits_sides_and_budgets(dm, tmp_path):
     small.setup("validate")
     sizes = [b["src"].numel() for b in small.val_dataloader()]
     assert max(sizes) <= 128 < max(b["src"].numel() for b in dm.val_dataloader())
+
+
+def test_a_fetch_that_is_not_gzip_is_refused_and_not_cached(tmp_path, monkeypatch):
+    import io
+
+    monkeypatch.setattr(multi30k.urllib.request, "urlopen",
+                        lambda *a, **k: io.BytesIO(b"<html>captive portal</html>"))
+    with pytest.raises(Multi30kError, match="did not return a gzip file"):
+        split_path("test_2018_flickr", "de", cache_dir=tmp_path)
+    assert not list(tmp_path.rglob("*.gz")) and not list(tmp_path.rglob("*.tmp"))

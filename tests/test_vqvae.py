@@ -246,3 +246,19 @@ def test_one_cycle_defaults_to_a_30_percent_warmup_and_sdpa_names():
             assert torch._C._get_math_sdp_enabled() == (member == B.MATH), name
             assert torch._C._get_mem_efficient_sdp_enabled() == (member == B.EFFICIENT_ATTENTION), name
             assert torch._C._get_cudnn_sdp_enabled() == (member == B.CUDNN_ATTENTION), name
+
+
+def test_a_cuda_only_sdpa_backend_warns_once_per_name_and_device(monkeypatch):
+    import warnings
+
+    from tx_suite.tasks.sdpa_backend import sdpa_backend_context
+
+    monkeypatch.setattr("tx_suite.tasks.sdpa_backend._warned", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            with sdpa_backend_context("efficient", "cpu"):
+                pass
+        with sdpa_backend_context("cudnn", "cpu"):
+            pass
+    assert [str(w.message).split(" has")[0] for w in caught] == ["sdpa_backend='efficient'", "sdpa_backend='cudnn'"]
