@@ -523,3 +523,22 @@ def test_judge_eval_step_scores_every_head_and_splits_seen_from_heldout():
     assert value["val/acc_all"] == 0.25 and value["val/acc_digit"] == 0.75 and value["val/acc_size"] == 0.5
     assert value["val/acc_digit_heldout"] == 1.0 and value["val/acc_digit_seen"] == 0.5
     assert value["val/acc_size_heldout"] == 0.5 and value["val/acc_size_seen"] == 0.5
+
+
+def test_load_judge_restores_the_trained_weights_in_eval_mode(tmp_path):
+    from tx_suite.tasks.judge import JudgeTask, load_judge
+
+    torch.manual_seed(0)
+    task = JudgeTask(width=8)
+    with torch.no_grad():
+        for p in task.model.parameters():
+            p.add_(torch.randn_like(p))  # not what a fresh SceneJudge would start from
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
+    trainer.strategy.connect(task)
+    trainer.save_checkpoint(tmp_path / "judge.ckpt")
+    torch.manual_seed(0)
+    judge = load_judge(str(tmp_path / "judge.ckpt"))
+    assert not judge.training and all(not m.training for m in judge.modules())
+    expected = task.model.state_dict()
+    got = judge.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
