@@ -706,3 +706,16 @@ def test_normalize_source_keeps_what_nfc_keeps_and_split_lines_keeps_line_number
     assert split_lines(b"a\r\nb\n") == ["a", "b"] and split_lines(b"a\n\n") == ["a", ""]
     assert split_lines(b"") == [] and split_lines(b"\n") == [""] and split_lines(b"a") == ["a"]
     assert split_lines("a\x0cb\u2028c\nd".encode()) == ["a\x0cb\u2028c", "d"]
+
+
+def test_attention_maps_default_to_the_first_validation_sources(run):
+    from types import SimpleNamespace
+
+    from tx_suite.data.multi30k import read_pair
+
+    dm = _dm(run["cache"])
+    dm.setup("validate")
+    de, _ = read_pair("val", "de", "en")
+    trainer = SimpleNamespace(datamodule=dm)
+    assert TranslationAttentionMaps(n_sentences=2)._sources(trainer) == de[:2]
+    assert TranslationAttentionMaps(sentences=["Ein Hund."])._sources(trainer) == ["Ein Hund."]
