@@ -24,6 +24,10 @@ class PatchEmbedding(nn.Module):
     When the input size differs from ``img_size`` the grid part of the position embedding is
     resampled bicubically (ViT §3.2, "2D interpolation of the pre-trained position embeddings").
 
+    With a ``stem`` (hybrid ViT, §3.1) the patches are cut from the stem's feature map instead of
+    the image: ``P`` then counts feature-map cells (``P = 1``: one token per cell, the paper's
+    special case), and one token covers ``stride = stem.stride * P`` pixels a side.
+
     Args:
         img_size: training image size ``(H, W)`` (int for square).
         patch_size: patch side ``P``.
@@ -31,11 +35,14 @@ class PatchEmbedding(nn.Module):
         d_model: width ``D``.
         class_token: prepend a CLS token (``num_prefix_tokens`` = 1), else none.
         pos_dropout: dropout after adding positions.
+        stem: a CNN ``(B, C, H, W) -> (B, C', H/s, W/s)`` with ``out_chans`` (``C'``) and
+            ``stride`` (``s``) attributes, such as :class:`~tx_suite.frontends.ConvStem`;
+            ``None`` = patches of the raw image.
 
-    Shapes: ``(B, C, H, W) -> (B, num_prefix_tokens + (H/P)(W/P), D)``.
+    Shapes: ``(B, C, H, W) -> (B, num_prefix_tokens + (H/S)(W/S), D)``, ``S`` = :attr:`stride`.
 
     Raises:
-        ValueError: image sides not divisible by ``P`` or wrong channel count.
+        ValueError: image sides not divisible by :attr:`stride` or wrong channel count.
     """
 
     def __init__(
@@ -46,16 +53,21 @@ class PatchEmbedding(nn.Module):
         d_model: int = 768,
         class_token: bool = True,
         pos_dropout: float = 0.0,
+        stem: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.img_size = _pair(img_size)
         self.patch_size = patch_size
         self.in_chans = in_chans
+        self.stem = stem
+        #: pixels per token side: the stem's downsampling times the patch side
+        self.stride = patch_size * (stem.stride if stem is not None else 1)
         self._check_size(*self.img_size)
-        self.grid_size = (self.img_size[0] // patch_size, self.img_size[1] // patch_size)
+        self.grid_size = (self.img_size[0] // self.stride, self.img_size[1] // self.stride)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.num_prefix_tokens = 1 if class_token else 0
-        self.proj = nn.Linear(in_chans * patch_size * patch_size, d_model)
+        feature_chans = stem.out_chans if stem is not None else in_chans
+        self.proj = nn.Linear(feature_chans * patch_size * patch_size, d_model)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.num_patches, d_model))
         self.pos_drop = Dropout(pos_dropout)
@@ -67,9 +79,10 @@ class PatchEmbedding(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def _check_size(self, h: int, w: int) -> None:
-        p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"image size {h}x{w} is not divisible by patch_size={p}")
+        s = self.stride
+        if h % s or w % s:
+            what = f"patch_size={s}" if self.stem is None else f"stem stride x patch_size = {s}"
+            raise ValueError(f"image size {h}x{w} is not divisible by {what}")
 
     def pos_embed_for(self, grid_size: tuple[int, int]) -> Tensor:
         """Position embedding ``(1, prefix + gh * gw, D)`` for a patch grid, resampled if needed."""
@@ -86,9 +99,11 @@ class PatchEmbedding(nn.Module):
             raise ValueError(f"expected {self.in_chans}-channel images, got {c} channels")
         self._check_size(h, w)
         p = self.patch_size
+        if self.stem is not None:
+            images = self.stem(images)  # (B, C, H, W) -> (B, C', H/s, W/s)
         # (B, C, H, W) -> (B, N, C*P*P), patches in raster order
         x = rearrange(images, "b c (gh p1) (gw p2) -> b (gh gw) (c p1 p2)", p1=p, p2=p)
         x = self.proj(x)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
-        return self.pos_drop(x + self.pos_embed_for((h // p, w // p)))
+        return self.pos_drop(x + self.pos_embed_for((h // self.stride, w // self.stride)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -11,7 +12,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 from ..core import Dropout, EncoderOnly, TransformerConfig
-from ..frontends import PatchEmbedding
+from ..frontends import ConvStem, PatchEmbedding
 
 GLOBAL_POOLS = ("token", "avg")
 
@@ -41,11 +42,17 @@ class VisionTransformer(nn.Module):
         class_token: use a CLS token (required for ``global_pool="token"``).
         norm_eps: LayerNorm epsilon (1e-6 as timm).
         head_dropout: dropout before the head.
+        stem_channels: output channels of a convolutional stem (:class:`ConvStem`, 3x3 conv + BN +
+            ReLU each) that turns the image into a feature map before the patch embedding: the
+            hybrid ViT of §3.1. Empty (default) = patches of the raw image.
+        stem_strides: stride of each stem convolution (default 2 each). ``img_size`` must be a
+            multiple of their product times ``patch_size``.
 
     Shapes: ``(B, C, H, W) -> (B, num_classes)``.
 
     Raises:
-        ValueError: unknown ``global_pool`` or ``"token"`` pooling without a class token.
+        ValueError: unknown ``global_pool`` or ``"token"`` pooling without a class token; a stem
+            or image size that does not fit (see :class:`ConvStem`, :class:`PatchEmbedding`).
     """
 
     def __init__(
@@ -65,6 +72,8 @@ class VisionTransformer(nn.Module):
         class_token: bool = True,
         norm_eps: float = 1e-6,
         head_dropout: float = 0.0,
+        stem_channels: Sequence[int] = (),
+        stem_strides: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if global_pool not in GLOBAL_POOLS:
@@ -73,7 +82,10 @@ class VisionTransformer(nn.Module):
             raise ValueError("global_pool='token' needs class_token=True")
         self.global_pool = global_pool
         self.num_classes = num_classes
-        self.patch_embed = PatchEmbedding(img_size, patch_size, in_chans, d_model, class_token, dropout)
+        if stem_strides is not None and not stem_channels:
+            raise ValueError("stem_strides needs stem_channels (the conv stem's channels)")
+        stem = ConvStem(in_chans, stem_channels, stem_strides) if stem_channels else None
+        self.patch_embed = PatchEmbedding(img_size, patch_size, in_chans, d_model, class_token, dropout, stem)
         cfg = TransformerConfig(
             d_model=d_model, n_heads=n_heads, d_ff=int(d_model * mlp_ratio), dropout=dropout,
             attn_dropout=attn_dropout, activation="gelu", norm_first=True, norm_eps=norm_eps,
@@ -205,6 +217,7 @@ def checkpoint_filter_fn(
             names the first offending key. A position embedding without rows for the class token
             (timm ``no_embed_class``, DeiT III), or one that is not square and has no ``old_grid_size``.
     """
+    _refuse_stem(model)
     for wrapper in ("state_dict", "model"):
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
             state_dict = state_dict[wrapper]
@@ -282,10 +295,22 @@ def read_timm_checkpoint(path: str | Path) -> dict[str, Tensor]:
     return sd
 
 
+def _refuse_stem(model: nn.Module) -> None:
+    """Raise ValueError for a hybrid ViT: timm's plain ViT weights have no conv stem to fill it."""
+    if getattr(getattr(model, "patch_embed", None), "stem", None) is not None:
+        raise ValueError("this ViT has a conv stem (stem_channels) and timm ViT weights have none: "
+                         "start it from scratch, or drop stem_channels to fine-tune timm weights")
+
+
 def timm_twin(model: VisionTransformer) -> nn.Module:
-    """timm ``VisionTransformer`` with ``model``'s configuration, on the meta device (no memory)."""
+    """timm ``VisionTransformer`` with ``model``'s configuration, on the meta device (no memory).
+
+    Raises:
+        ValueError: ``model`` has a conv stem, which timm's ``VisionTransformer`` has no place for.
+    """
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
+    _refuse_stem(model)
     layer = model.encoder.layers[0]
     d_model = model.patch_embed.proj.out_features
     with torch.device("meta"):
@@ -448,6 +473,7 @@ def load_timm_checkpoint(
     Raises:
         FileNotFoundError, ValueError: the file is missing / unreadable, or a tensor does not fit.
     """
+    _refuse_stem(model)
     sd = source if isinstance(source, dict) else read_timm_checkpoint(source)
     ours = isinstance(model, VisionTransformer)
     sd = fit_timm_state_dict(sd, timm_twin(model) if ours else model, old_grid_size)

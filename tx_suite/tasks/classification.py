@@ -78,11 +78,17 @@ def build_backbone(
     attn_dropout: float = 0.0,
     drop_path: float = 0.0,
     pool: str = "cls",
+    stem_channels: list[int] | None = None,
+    stem_strides: list[int] | None = None,
 ) -> nn.Module:
     """A randomly initialised ViT: ``(B, in_chans, img_size, img_size) -> (B, num_classes)`` logits.
 
+    ``stem_channels`` / ``stem_strides``: a convolutional stem before the patch embedding (hybrid
+    ViT, Dosovitskiy et al. 2020 §3.1; see :class:`tx_suite.frontends.ConvStem`); ours only.
+
     Raises:
-        ValueError: unknown ``backbone`` or ``pool``, or ``img_size`` not a multiple of ``patch_size``.
+        ValueError: unknown ``backbone`` or ``pool``, ``img_size`` not a multiple of ``patch_size``
+            (times the stem's stride), or a stem with ``backbone="timm"``.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
@@ -90,6 +96,9 @@ def build_backbone(
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     if img_size % patch_size:
         raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+    if backbone == "timm" and (stem_channels or stem_strides):
+        raise ValueError("stem_channels / stem_strides (a conv stem) are for backbone: tx; "
+                         "timm's VisionTransformer has no conv stem")
     if backbone == "timm":
         from timm.models.vision_transformer import VisionTransformer
 
@@ -123,6 +132,8 @@ def build_backbone(
         attn_dropout=attn_dropout,
         drop_path=drop_path,
         global_pool="token" if pool == "cls" else "avg",
+        stem_channels=stem_channels or (),
+        stem_strides=stem_strides,
     )
 
 
@@ -189,6 +200,12 @@ class ImageClassification(pl.LightningModule):
         dropout, attn_dropout: dropout after projections / on attention weights.
         drop_path: stochastic depth rate of the last block (linear from 0, Huang et al. 2016).
         pool: ``"cls"`` (the CLS token's output, Dosovitskiy et al. 2021 eq. 4) or ``"mean"``.
+        stem_channels: channels of a convolutional stem (3x3 conv + BatchNorm + ReLU each) that
+            feeds the patch embedding a feature map instead of the image: the hybrid ViT of
+            Dosovitskiy et al. §3.1, stem as Xiao et al. 2021. ``None`` = plain ViT. ``tx`` only;
+            not with ``pretrained`` (timm ViT weights have no stem).
+        stem_strides: stride of each stem convolution (default 2 each); a token then covers
+            ``prod(stem_strides) * patch_size`` pixels a side.
         pretrained: a timm ViT checkpoint or state_dict file (``.pth``/``.bin``/``.safetensors``)
             to start from, or ``"timm"`` to let timm download ``timm_model``'s weights (online
             only). The head is re-initialised if ``num_classes`` differs and the position
@@ -243,6 +260,8 @@ class ImageClassification(pl.LightningModule):
         attn_dropout: float = 0.0,
         drop_path: float = 0.1,
         pool: str = "cls",
+        stem_channels: list[int] | None = None,
+        stem_strides: list[int] | None = None,
         pretrained: str | None = None,
         lr: float = 1e-3,
         min_lr: float = 1e-5,
@@ -271,6 +290,8 @@ class ImageClassification(pl.LightningModule):
             attn_dropout=attn_dropout,
             drop_path=drop_path,
             pool=pool,
+            stem_channels=stem_channels,
+            stem_strides=stem_strides,
             **arch,
         )
         if pretrained:

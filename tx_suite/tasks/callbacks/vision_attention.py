@@ -250,5 +250,6 @@ class AttentionMaps(pl.Callback):
 
 
 def _patch_size(model: nn.Module) -> tuple[int, int]:
-    p = model.patch_embed.patch_size
+    """Pixels per token side: the patch size, times the conv stem's stride in a hybrid ViT."""
+    p = getattr(model.patch_embed, "stride", model.patch_embed.patch_size)
     return (p, p) if isinstance(p, int) else tuple(p)
