@@ -676,6 +676,24 @@ def test_attention_maps_draw_the_asked_layers_with_query_rows_and_key_columns(tm
     plt.close("all")
 
 
+def test_attention_maps_refuse_a_layer_the_model_lacks_before_training(tmp_path):
+    """layers=[5] on 3 encoder / 2 decoder layers: an error naming the range, not layer 5 % 3."""
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(transformer=SimpleNamespace(encoder=SimpleNamespace(layers=[0, 1, 2]),
+                                                        decoder=SimpleNamespace(layers=[0, 1])))
+    module = SimpleNamespace(model=model)
+    TranslationAttentionMaps(layers=[-2, 1]).setup(None, module, "fit")  # in range for both stacks
+    for layers, stack, allowed in (([5], "3-layer encoder", "-3..2"), ([2], "2-layer decoder", "-2..1"),
+                                   ([-3], "2-layer decoder", "-2..1")):
+        with pytest.raises(ValueError, match=f"layer {layers[0]} does not exist in the {stack} \\(use {allowed}\\)"):
+            TranslationAttentionMaps(layers=layers).setup(None, module, "fit")
+    callback = TranslationAttentionMaps(sentences=["x"], layers=[3])
+    callback.attention_maps = lambda module, sources: [{"src": ["a"], "tgt": ["A"], "maps": {}}]
+    with pytest.raises(ValueError, match="layer 3 does not exist"):
+        callback.on_validation_end(_fake_trainer(tmp_path), module)
+
+
 def test_attention_map_rows_are_the_queries_that_predicted_each_output_token(run):
     """Row i of the cross-attention map is the decoder position that predicted output token i:
     row 0 is the BOS query's attention, whatever follows."""

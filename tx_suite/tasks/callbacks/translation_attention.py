@@ -80,8 +80,13 @@ class TranslationAttentionMaps(pl.Callback):
             validation split).
         n_sentences: how many validation sentences when ``sentences`` is not given.
         layers: layer indices to draw (default: the last layer; negative counts from the end).
+            Each must exist in both the encoder and the decoder, checked when the run starts.
         every_n_epochs: draw every n-th validation.
         max_tokens: sentences are truncated to this many source tokens, to keep figures legible.
+
+    Raises:
+        ValueError: a layer index outside ``[-n, n)`` for the encoder's or decoder's ``n`` layers
+            (in ``setup``, before any training).
     """
 
     def __init__(self, sentences: list[str] | None = None, n_sentences: int = 2, layers: list[int] | None = None,
@@ -92,6 +97,28 @@ class TranslationAttentionMaps(pl.Callback):
         self.every_n_epochs = every_n_epochs
         self.max_tokens = max_tokens
         self.saved: list[str] = []
+
+    @staticmethod
+    def _layer_index(layer: int, n: int, stack: str) -> int:
+        """``layer`` as an index in ``range(n)`` (negative counts from the end).
+
+        Raises:
+            ValueError: outside ``[-n, n)``: wrapping would draw another layer than the one named.
+        """
+        if not -n <= layer < n:
+            raise ValueError(f"TranslationAttentionMaps: layer {layer} does not exist in the {n}-layer {stack} "
+                             f"(use {-n}..{n - 1})")
+        return layer % n
+
+    def _stack_sizes(self, pl_module: pl.LightningModule) -> tuple[int, int]:
+        tx = pl_module.model.transformer
+        return len(tx.encoder.layers), len(tx.decoder.layers)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        n_enc, n_dec = self._stack_sizes(pl_module)
+        for layer in self.layers:
+            self._layer_index(layer, n_enc, "encoder")
+            self._layer_index(layer, n_dec, "decoder")
 
     def _sources(self, trainer: pl.Trainer) -> list[str]:
         if self.sentences:
@@ -132,14 +159,14 @@ class TranslationAttentionMaps(pl.Callback):
         if (trainer.current_epoch + 1) % self.every_n_epochs or skip_rank_zero_forward(trainer, "attention maps"):
             return
         results = self.attention_maps(pl_module, self._sources(trainer))
-        n_enc = len(pl_module.model.transformer.encoder.layers)
-        n_dec = len(pl_module.model.transformer.decoder.layers)
+        n_enc, n_dec = self._stack_sizes(pl_module)
         wandb = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         epoch = trainer.current_epoch
         for layer in self.layers:
-            for kind, n, name, rows_key in (("encoder_self", n_enc, "transformer.encoder.layers.{}.self_attn", "src"),
-                                            ("cross", n_dec, "transformer.decoder.layers.{}.cross_attn", "tgt")):
-                li = layer % n
+            for kind, n, name, rows_key, stack in (
+                    ("encoder_self", n_enc, "transformer.encoder.layers.{}.self_attn", "src", "encoder"),
+                    ("cross", n_dec, "transformer.decoder.layers.{}.cross_attn", "tgt", "decoder")):
+                li = self._layer_index(layer, n, stack)
                 images, captions = [], []
                 for i, r in enumerate(results):
                     title = f"{kind} attention, layer {li}, epoch {epoch}"
