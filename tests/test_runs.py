@@ -354,6 +354,7 @@ def test_run_info_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         write_json(path, {"status": "finished", "seed": 1})
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"status": "running", "seed": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run_info.json"]  # no half-written temp file left
 
 
 def test_experiment_and_run_names_cannot_leave_their_directory(tmp_path):

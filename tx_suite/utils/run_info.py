@@ -92,9 +92,19 @@ def collect_run_info(command: list[str] | None = None, **extra: Any) -> dict[str
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as indented JSON, atomically (temp file in the same directory + rename)."""
+    """Write ``data`` as indented JSON, atomically (temp file in the same directory + rename).
+
+    On a failed write (full disk, ...) the old file is left whole and the temp file removed.
+
+    Raises:
+        OSError: the write or the rename failed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
