@@ -216,6 +216,7 @@ def checkpoint_filter_fn(
             layer scale, QK-norm, attention pooling, ...) or lacks its class token; the message
             names the first offending key. A position embedding without rows for the class token
             (timm ``no_embed_class``, DeiT III), or one that is not square and has no ``old_grid_size``.
+            A ``model`` with a conv stem (timm ViT weights have none).
     """
     _refuse_stem(model)
     for wrapper in ("state_dict", "model"):
@@ -471,7 +472,8 @@ def load_timm_checkpoint(
     checkpoint's patch grid, default square), then (ours) converted by :func:`checkpoint_filter_fn`.
 
     Raises:
-        FileNotFoundError, ValueError: the file is missing / unreadable, or a tensor does not fit.
+        FileNotFoundError, ValueError: the file is missing / unreadable, or a tensor does not fit;
+            ValueError for a ``model`` with a conv stem (hybrid), which timm ViT weights cannot fill.
     """
     _refuse_stem(model)
     sd = source if isinstance(source, dict) else read_timm_checkpoint(source)
