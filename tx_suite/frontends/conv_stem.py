@@ -49,7 +49,6 @@ class ConvStem(nn.Module):
             layers += [nn.Conv2d(prev, c, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
             prev = c
         self.convs = nn.Sequential(*layers)
-        self.in_chans = in_chans
         self.out_chans = prev
         self.stride = math.prod(strides)
         for m in self.convs:
