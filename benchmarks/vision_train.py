@@ -137,13 +137,16 @@ def main(argv=None) -> int:
         callbacks.append(StopBeforeDeadline(args.max_minutes))
     trainer = pl.Trainer(logger=segment_logger(args.out, epochs_before), default_root_dir=str(args.out),
                          callbacks=[*callbacks, Curve()], enable_progress_bar=False, **trainer_cfg)
+    # The code that trains is the code at the start: commits made while the run goes on do not count.
+    commit, started = git_commit(), time.strftime("%Y-%m-%d %H:%M")
     start = time.perf_counter()
     trainer.fit(model, datamodule, ckpt_path=resume, weights_only=True)
     fit_s = time.perf_counter() - start
     test = trainer.test(model, datamodule, verbose=False)[0]
     result = {
         "config": str(args.config),
-        "commit": git_commit(),
+        "commit": commit,
+        "started": started,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
         "epochs": trainer.current_epoch,
@@ -158,6 +161,8 @@ def main(argv=None) -> int:
         "params": sum(p.numel() for p in model.model.parameters()),
         "curve": curve,
     }
+    if git_commit() != commit:
+        result["commit_at_end"] = git_commit()
     (args.out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}))
     print(f"\n| epoch | train wall (min) | val acc | test acc |\n|---|---|---|---|")
