@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true",
                    help="continue from <out>/checkpoints/last.ckpt (same --config and --max-epochs: they set the "
                         "cosine schedule); the curve and wall time carry on")
+    p.add_argument("--seed", type=int, help="override the config's seed_everything (e.g. members of an ensemble, "
+                                           "benchmarks/vision_ensemble.py); the train/val split keeps data.seed")
     p.add_argument("--limit-train", type=int, help="train on the first N images (smoke runs)")
     p.add_argument("--no-test-curve", action="store_true", help="test only at the end")
     args = p.parse_args(argv)
@@ -63,6 +65,8 @@ def main(argv=None) -> int:
     from tx_suite.tasks.callbacks.run_checkpoint import RunCheckpoint
 
     run_args = {"config": str(args.config), "max_epochs": args.max_epochs, "limit_train": args.limit_train}
+    if args.seed is not None:
+        run_args["seed"] = args.seed
     args_file, curve_file = args.out / "run_args.json", args.out / "curve.jsonl"
     resume = args.out / "checkpoints" / "last.ckpt" if args.resume else None
     if resume is not None:
@@ -72,7 +76,8 @@ def main(argv=None) -> int:
         if saved != run_args:
             p.error(f"--resume: this run was started with {saved}, not {run_args}")
     cfg = load_config(args.config)
-    pl.seed_everything(cfg.get("seed_everything", 1234), workers=True)
+    seed = args.seed if args.seed is not None else cfg.get("seed_everything", 1234)
+    pl.seed_everything(seed, workers=True)
     trainer_cfg = dict(cfg.get("trainer", {}))
     callbacks = [build(c) for c in trainer_cfg.pop("callbacks", []) or []
                  if not c["class_path"].endswith(("TQDMProgressBar", "RichProgressBar"))]
@@ -147,6 +152,7 @@ def main(argv=None) -> int:
         "config": str(args.config),
         "commit": commit,
         "started": started,
+        "seed": seed,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine(),
         "epochs": trainer.current_epoch,

@@ -1,0 +1,78 @@
+"""Test accuracy of image classifiers alone and as an ensemble (mean of their softmax outputs).
+
+    python benchmarks/vision_ensemble.py --ckpt runs/bench/a/checkpoints/last.ckpt \\
+        --ckpt runs/bench/b/checkpoints/last.ckpt [--config experiments/vision/mnist_vit.yaml]
+
+Each checkpoint is read with :func:`tx_suite.tasks.classification.load_classifier`
+(``weights_only=True``) and evaluated with its inference (EMA) weights in float32 on the test
+split of ``--config``'s data module. The ensemble averages the members' class probabilities,
+the usual way to combine independently trained networks (e.g. Lakshminarayanan et al. 2017, §2.4).
+Nothing is selected on the test set: every checkpoint given is a member. Prints JSON (also
+``--out``) and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from _common import ROOT, build, git_commit, machine
+
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from tx_suite.tasks.classification import load_classifier  # noqa: E402
+from tx_suite.utils.config import load_config  # noqa: E402
+
+
+@torch.no_grad()
+def test_probabilities(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(probs (N, num_classes), labels (N,))`` of ``model`` over ``loader``."""
+    probs, labels = [], []
+    for x, y in loader:
+        probs.append(model(x).float().softmax(-1))
+        labels.append(y)
+    return torch.cat(probs), torch.cat(labels)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", action="append", required=True, type=Path, help="a member (repeat for each)")
+    p.add_argument("--config", type=Path, default=ROOT / "experiments" / "vision" / "mnist_vit.yaml",
+                   help="experiment config whose data module gives the test split")
+    p.add_argument("--out", type=Path, help="also write the JSON here")
+    args = p.parse_args(argv)
+    for path in args.ckpt:
+        if not path.is_file():
+            p.error(f"--ckpt: no file at {path}")
+
+    datamodule = build(load_config(args.config)["data"])
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    loader = datamodule.test_dataloader()
+    members, total = [], None
+    for path in args.ckpt:
+        model = load_classifier(path).eval()
+        probs, labels = test_probabilities(model, loader)
+        total = probs if total is None else total + probs
+        members.append({"ckpt": str(path), "test_acc": (probs.argmax(-1) == labels).float().mean().item()})
+    ensemble_acc = (total.argmax(-1) == labels).float().mean().item()
+    result = {"config": str(args.config), "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+              "machine": machine(), "test_images": len(labels), "members": members,
+              "ensemble_test_acc": ensemble_acc}
+    print(json.dumps(result))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    print("\n| model | test acc |\n|---|---|")
+    for m in members:
+        print(f"| {m['ckpt']} | {m['test_acc']:.4f} |")
+    print(f"| ensemble of {len(members)} (mean softmax) | {ensemble_acc:.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
