@@ -57,6 +57,10 @@ def main(argv=None) -> int:
     members, total = [], None
     for path in args.ckpt:
         model = load_classifier(path).eval()
+        hp, dm = model.hparams, datamodule
+        if (hp.num_classes, hp.in_chans, hp.img_size) != (dm.num_classes, dm.in_chans, dm.img_size):
+            p.error(f"{path} classifies {hp.num_classes} classes of {hp.in_chans}x{hp.img_size}x{hp.img_size} "
+                    f"images, {args.config}'s data has {dm.num_classes} of {dm.in_chans}x{dm.img_size}x{dm.img_size}")
         probs, labels = test_probabilities(model, loader)
         total = probs if total is None else total + probs
         members.append({"ckpt": str(path), "test_acc": (probs.argmax(-1) == labels).float().mean().item()})

@@ -60,3 +60,13 @@ def test_a_missing_checkpoint_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         vision_ensemble.main(["--ckpt", str(tmp_path / "nope.ckpt")])
     assert e.value.code == 2 and "no file at" in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_other_data_is_a_usage_error(tmp_path, capsys):
+    pl.seed_everything(0, verbose=False)
+    task = tiny_task("tx", img_size=32, in_chans=3, patch_size=8)  # a CIFAR-shaped model, MNIST data
+    ckpt = tmp_path / "rgb.ckpt"
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams)}, ckpt)
+    with pytest.raises(SystemExit) as e:
+        vision_ensemble.main(["--ckpt", str(ckpt)])
+    assert e.value.code == 2 and "classifies 10 classes of 3x32x32 images" in capsys.readouterr().err
