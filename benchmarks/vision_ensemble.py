@@ -30,7 +30,7 @@ from tx_suite.utils.config import load_config  # noqa: E402
 
 
 @torch.no_grad()
-def test_probabilities(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_probabilities(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
     """``(probs (N, num_classes), labels (N,))`` of ``model`` over ``loader``."""
     probs, labels = [], []
     for x, y in loader:
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         if (hp.num_classes, hp.in_chans, hp.img_size) != (dm.num_classes, dm.in_chans, dm.img_size):
             p.error(f"{path} classifies {hp.num_classes} classes of {hp.in_chans}x{hp.img_size}x{hp.img_size} "
                     f"images, {args.config}'s data has {dm.num_classes} of {dm.in_chans}x{dm.img_size}x{dm.img_size}")
-        probs, labels = test_probabilities(model, loader)
+        probs, labels = predict_probabilities(model, loader)
         total = probs if total is None else total + probs
         members.append({"ckpt": str(path), "test_acc": (probs.argmax(-1) == labels).float().mean().item()})
     ensemble_acc = (total.argmax(-1) == labels).float().mean().item()
