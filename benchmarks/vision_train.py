@@ -167,8 +167,8 @@ def main(argv=None) -> int:
         "params": sum(p.numel() for p in model.model.parameters()),
         "curve": curve,
     }
-    if git_commit() != commit:
-        result["commit_at_end"] = git_commit()
+    if (commit_at_end := git_commit()) != commit:
+        result["commit_at_end"] = commit_at_end
     (args.out / "result.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}))
     print(f"\n| epoch | train wall (min) | val acc | test acc |\n|---|---|---|---|")
