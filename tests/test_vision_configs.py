@@ -40,7 +40,7 @@ def test_timm_baselines_differ_only_in_the_backbone():
 
 def test_hybrid_configs_change_only_the_stem_and_schedule():
     # The hybrid results in RESULTS.md are compared with mnist_vit's: only the front-end (and
-    # the epoch count) may differ, not the encoder, optimiser or augmentation.
+    # the schedule: epochs, warm-up) may differ, not the encoder, optimiser or augmentation.
     stem_keys = ("patch_size", "stem_channels", "stem_strides")
     plain = load_config(EXPERIMENTS / "mnist_vit.yaml")
     for name in ("mnist_vit_hybrid.yaml", "mnist_vit_hybrid_30min.yaml", "mnist_vit_hybrid_deep.yaml"):
