@@ -17,7 +17,8 @@ CONFIGS = sorted(p.name for p in EXPERIMENTS.glob("*.yaml") if p.name != "base.y
 def test_every_task_has_a_config():
     assert {"mnist_vit.yaml", "mnist_vit_timm.yaml", "mnist_vit_30min.yaml", "cifar10_vit.yaml",
             "cifar10_vit_timm.yaml", "cifar100_vit.yaml", "mnist_vit_hybrid.yaml",
-            "mnist_vit_hybrid_30min.yaml", "mnist_vit_hybrid_deep.yaml"} <= set(CONFIGS)
+            "mnist_vit_hybrid_30min.yaml", "mnist_vit_hybrid_deep.yaml", "mnist_vit_hybrid_deep_30min.yaml",
+            "mnist_vit_hybrid_deep_erasing.yaml"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -43,7 +44,8 @@ def test_hybrid_configs_change_only_the_stem_and_schedule():
     # the schedule: epochs, warm-up) may differ, not the encoder, optimiser or augmentation.
     stem_keys = ("patch_size", "stem_channels", "stem_strides")
     plain = load_config(EXPERIMENTS / "mnist_vit.yaml")
-    for name in ("mnist_vit_hybrid.yaml", "mnist_vit_hybrid_30min.yaml", "mnist_vit_hybrid_deep.yaml"):
+    for name in ("mnist_vit_hybrid.yaml", "mnist_vit_hybrid_30min.yaml", "mnist_vit_hybrid_deep.yaml",
+                 "mnist_vit_hybrid_deep_30min.yaml"):
         hybrid = load_config(EXPERIMENTS / name)
         args = dict(hybrid["model"]["init_args"])
         stem = {k: args.pop(k) for k in stem_keys}
@@ -52,6 +54,16 @@ def test_hybrid_configs_change_only_the_stem_and_schedule():
         expected = {k: v for k, v in plain["model"]["init_args"].items() if k not in (*stem_keys, "warmup_epochs")}
         assert args == expected, name
         assert hybrid["data"] == plain["data"], name
+
+
+def test_erasing_config_adds_only_random_erasing_to_the_deep_hybrid():
+    deep = load_config(EXPERIMENTS / "mnist_vit_hybrid_deep.yaml")
+    erasing = load_config(EXPERIMENTS / "mnist_vit_hybrid_deep_erasing.yaml")
+    augment = dict(erasing["data"]["init_args"]["augment"])
+    assert augment.pop("random_erasing") == 0.25
+    assert augment == deep["data"]["init_args"]["augment"]
+    for section in ("model", "trainer", "checkpoint"):
+        assert erasing[section] == deep[section], section
 
 
 def test_fit_then_classify_through_the_cli(subprocess_env, runs_dir, tmp_path):
