@@ -44,8 +44,7 @@ def test_hybrid_configs_change_only_the_stem_and_schedule():
     # the schedule: epochs, warm-up) may differ, not the encoder, optimiser or augmentation.
     stem_keys = ("patch_size", "stem_channels", "stem_strides")
     plain = load_config(EXPERIMENTS / "mnist_vit.yaml")
-    for name in ("mnist_vit_hybrid.yaml", "mnist_vit_hybrid_30min.yaml", "mnist_vit_hybrid_deep.yaml",
-                 "mnist_vit_hybrid_deep_30min.yaml"):
+    for name in ("mnist_vit_hybrid.yaml", "mnist_vit_hybrid_30min.yaml", "mnist_vit_hybrid_deep.yaml"):
         hybrid = load_config(EXPERIMENTS / name)
         args = dict(hybrid["model"]["init_args"])
         stem = {k: args.pop(k) for k in stem_keys}
@@ -56,7 +55,7 @@ def test_hybrid_configs_change_only_the_stem_and_schedule():
         assert hybrid["data"] == plain["data"], name
 
 
-def test_erasing_config_adds_only_random_erasing_to_the_deep_hybrid():
+def test_erasing_configs_add_only_random_erasing_and_a_schedule_to_the_deep_hybrid():
     deep = load_config(EXPERIMENTS / "mnist_vit_hybrid_deep.yaml")
     erasing = load_config(EXPERIMENTS / "mnist_vit_hybrid_deep_erasing.yaml")
     augment = dict(erasing["data"]["init_args"]["augment"])
@@ -64,6 +63,13 @@ def test_erasing_config_adds_only_random_erasing_to_the_deep_hybrid():
     assert augment == deep["data"]["init_args"]["augment"]
     for section in ("model", "trainer", "checkpoint"):
         assert erasing[section] == deep[section], section
+    # the 30-minute variant: the erasing config with a shorter schedule (epochs, warm-up, max_time)
+    short = load_config(EXPERIMENTS / "mnist_vit_hybrid_deep_30min.yaml")
+    assert short["data"] == erasing["data"]
+    args = dict(short["model"]["init_args"])
+    assert args.pop("warmup_epochs") == 1
+    assert args == {k: v for k, v in erasing["model"]["init_args"].items() if k != "warmup_epochs"}
+    assert short["trainer"]["max_time"] == "00:00:30:00" and short["trainer"]["max_epochs"] < 32
 
 
 def test_fit_then_classify_through_the_cli(subprocess_env, runs_dir, tmp_path):
