@@ -104,12 +104,19 @@ def main(argv=None) -> int:
             self.eval_s = 0.0
 
         def on_validation_epoch_end(self, trainer, module):
-            if trainer.sanity_checking:
-                return
+            if not trainer.sanity_checking:
+                self.record(trainer, module)
+
+        def on_train_epoch_end(self, trainer, module):
+            if sum(trainer.num_val_batches) == 0:  # data.val_size 0: trained on every training image
+                self.record(trainer, module)
+
+        def record(self, trainer, module):
             t0 = time.perf_counter()
+            val_acc = trainer.callback_metrics.get("val/acc")
             row = {"epoch": trainer.current_epoch + 1,
                    "wall_s": round(wall_before + t0 - self.start - self.eval_s, 1),
-                   "val_acc": float(trainer.callback_metrics.get("val/acc", float("nan")))}
+                   "val_acc": None if val_acc is None else float(val_acc)}
             if not args.no_test_curve:
                 module.eval()
                 correct = total = 0
@@ -163,7 +170,7 @@ def main(argv=None) -> int:
         "train_wall_s": curve[-1]["wall_s"] if curve else None,
         "test_acc": test["test/acc"],
         "test_loss": test["test/loss"],
-        "best_val_acc": max((r["val_acc"] for r in curve), default=None),
+        "best_val_acc": max((r["val_acc"] for r in curve if r["val_acc"] is not None), default=None),
         "params": sum(p.numel() for p in model.model.parameters()),
         "curve": curve,
     }
@@ -173,7 +180,7 @@ def main(argv=None) -> int:
     print(json.dumps({k: v for k, v in result.items() if k != "curve"}))
     print(f"\n| epoch | train wall (min) | val acc | test acc |\n|---|---|---|---|")
     for r in curve:
-        print(f"| {r['epoch']} | {r['wall_s'] / 60:.1f} | {r['val_acc']:.4f} | {r.get('test_acc', float('nan')):.4f} |")
+        print(f"| {r['epoch']} | {r['wall_s'] / 60:.1f} | {float('nan') if r['val_acc'] is None else r['val_acc']:.4f} | {r.get('test_acc', float('nan')):.4f} |")
     print(f"\n{'final' if result['finished'] else 'interim (resume to finish)'} test accuracy "
           f"{result['test_acc']:.4f} after {result['epochs']} of {result['max_epochs']} epochs, "
           f"fit wall time of this process {fit_s / 60:.1f} min")
