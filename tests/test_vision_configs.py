@@ -18,7 +18,7 @@ def test_every_task_has_a_config():
     assert {"mnist_vit.yaml", "mnist_vit_timm.yaml", "mnist_vit_30min.yaml", "cifar10_vit.yaml",
             "cifar10_vit_timm.yaml", "cifar100_vit.yaml", "mnist_vit_hybrid.yaml",
             "mnist_vit_hybrid_30min.yaml", "mnist_vit_hybrid_deep.yaml", "mnist_vit_hybrid_deep_30min.yaml",
-            "mnist_vit_hybrid_deep_erasing.yaml"} <= set(CONFIGS)
+            "mnist_vit_hybrid_deep_erasing.yaml", "mnist_vit_hybrid_deep_erasing_full.yaml"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -28,7 +28,9 @@ def test_config_builds_a_matching_task_and_datamodule(name):
     hp = task.hparams
     assert hp.num_classes == data.num_classes and hp.in_chans == data.in_chans and hp.img_size == data.img_size
     assert hp.backbone == ("timm" if "timm" in name else "tx")
-    assert cfg["checkpoint"] == {**cfg["checkpoint"], "monitor": "val/acc", "mode": "max"}
+    # without a validation split (val_size 0) there is no val/acc to rank checkpoints by
+    monitor = "val/acc" if data.val_size else None
+    assert cfg["checkpoint"] == {**cfg["checkpoint"], "monitor": monitor, "mode": "max"}
 
 
 def test_timm_baselines_differ_only_in_the_backbone():
@@ -72,6 +74,34 @@ def test_erasing_configs_add_only_random_erasing_and_a_schedule_to_the_deep_hybr
     trainer = dict(short["trainer"])
     assert trainer.pop("max_time") == "00:00:30:00" and trainer.pop("max_epochs") < 32
     assert trainer == {k: v for k, v in erasing["trainer"].items() if k != "max_epochs"}
+
+
+def test_full_data_config_drops_only_the_validation_split():
+    # RESULTS.md compares it with the erasing run, so nothing else may change.
+    erasing = load_config(EXPERIMENTS / "mnist_vit_hybrid_deep_erasing.yaml")
+    full = load_config(EXPERIMENTS / "mnist_vit_hybrid_deep_erasing_full.yaml")
+    data = dict(full["data"]["init_args"])
+    assert data.pop("val_size") == 0 and erasing["data"]["init_args"]["val_size"] == 5000
+    assert data == {k: v for k, v in erasing["data"]["init_args"].items() if k != "val_size"}
+    assert full["checkpoint"] == {**erasing["checkpoint"], "monitor": None}
+    for section in ("model", "trainer"):
+        assert full[section] == erasing[section], section
+    dm = build(full["data"])
+    dm.setup("fit")
+    assert len(dm.train_set) == 60000 and dm.val_dataloader() == []
+
+
+def test_fit_without_a_validation_split_through_the_cli(runs_dir):
+    """val_size 0: no validation loop, and last.ckpt still follows every epoch."""
+    from tx_suite.cli.main import main
+    from tx_suite.utils.checkpoint import load_checkpoint
+
+    assert main(["fit", "--config", str(EXPERIMENTS / "mnist_vit_hybrid_deep_erasing_full.yaml"),
+                 "--trainer.max_epochs=2", "--data.init_args.limit_train=128", "--data.init_args.batch_size=64",
+                 "--trainer.logger=false", "--model.init_args.compile=false", "--trainer.enable_progress_bar=false",
+                 "--run_id=t"]) == 0
+    ckpt = load_checkpoint(runs_dir / "mnist_vit_hybrid_deep_erasing_full" / "t" / "checkpoints" / "last.ckpt")
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
 
 
 def test_fit_then_classify_through_the_cli(subprocess_env, runs_dir, tmp_path):
