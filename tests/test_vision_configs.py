@@ -92,7 +92,7 @@ def test_full_data_config_drops_only_the_validation_split():
 
 
 def test_fit_without_a_validation_split_through_the_cli(runs_dir):
-    """val_size 0: no validation loop, and last.ckpt still follows every epoch."""
+    """val_size 0: fit runs with no validation loop and writes last.ckpt of the final epoch."""
     from tx_suite.cli.main import main
     from tx_suite.utils.checkpoint import load_checkpoint
 
