@@ -18,7 +18,8 @@ def test_every_task_has_a_config():
     assert {"mnist_vit.yaml", "mnist_vit_timm.yaml", "mnist_vit_30min.yaml", "cifar10_vit.yaml",
             "cifar10_vit_timm.yaml", "cifar100_vit.yaml", "mnist_vit_hybrid.yaml",
             "mnist_vit_hybrid_30min.yaml", "mnist_vit_hybrid_deep.yaml", "mnist_vit_hybrid_deep_30min.yaml",
-            "mnist_vit_hybrid_deep_erasing.yaml", "mnist_vit_hybrid_deep_erasing_full.yaml"} <= set(CONFIGS)
+            "mnist_vit_hybrid_deep_erasing.yaml", "mnist_vit_hybrid_deep_erasing_full.yaml",
+            "mnist_vit_hybrid_deep_affine20_full.yaml"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -89,6 +90,20 @@ def test_full_data_config_drops_only_the_validation_split():
     dm = build(full["data"])
     dm.setup("fit")
     assert len(dm.train_set) == 60000 and dm.val_dataloader() == []
+
+
+def test_affine20_config_widens_only_the_affine_range_of_the_full_data_config():
+    # RESULTS.md reads its result against the erasing_full runs: one factor, the augmentation range.
+    full = load_config(EXPERIMENTS / "mnist_vit_hybrid_deep_erasing_full.yaml")
+    wide = load_config(EXPERIMENTS / "mnist_vit_hybrid_deep_affine20_full.yaml")
+    augment, base_augment = dict(wide["data"]["init_args"]["augment"]), dict(full["data"]["init_args"]["augment"])
+    assert (augment.pop("affine_degrees"), augment.pop("affine_translate")) == (20, 0.2)
+    assert (base_augment.pop("affine_degrees"), base_augment.pop("affine_translate")) == (15, 0.1)
+    assert augment == base_augment
+    for section in ("model", "trainer", "checkpoint"):
+        assert wide[section] == full[section], section
+    assert {k: v for k, v in wide["data"]["init_args"].items() if k != "augment"} == {
+        k: v for k, v in full["data"]["init_args"].items() if k != "augment"}
 
 
 def test_fit_without_a_validation_split_through_the_cli(runs_dir):
