@@ -9,6 +9,11 @@ split of ``--config``'s data module. The ensemble averages the members' class pr
 the usual way to combine independently trained networks (e.g. Lakshminarayanan et al. 2017, §2.4).
 Nothing is selected on the test set: every checkpoint given is a member. Prints JSON (also
 ``--out``) and a table.
+
+To tell errors an ensemble can fix from those it cannot, the JSON also counts how the members'
+mistakes overlap: ``wrong_by_members[k]`` is the number of test images that exactly ``k`` of the
+members misclassify (``k = 0 .. len(members)``), and ``wrong_by_all`` lists the test indices
+every member gets wrong.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ def main(argv=None) -> int:
     datamodule.prepare_data()
     datamodule.setup("test")
     loader = datamodule.test_dataloader()
-    members, total = [], None
+    members, total, wrong = [], None, None
     for path in args.ckpt:
         model = load_classifier(path).eval()
         hp, dm = model.hparams, datamodule
@@ -63,11 +68,15 @@ def main(argv=None) -> int:
                     f"images, {args.config}'s data has {dm.num_classes} of {dm.in_chans}x{dm.img_size}x{dm.img_size}")
         probs, labels = predict_probabilities(model, loader)
         total = probs if total is None else total + probs
+        miss = (probs.argmax(-1) != labels).long()
+        wrong = miss if wrong is None else wrong + miss  # (N,) members wrong on each test image
         members.append({"ckpt": str(path), "test_acc": (probs.argmax(-1) == labels).float().mean().item()})
     ensemble_acc = (total.argmax(-1) == labels).float().mean().item()
     result = {"config": str(args.config), "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "machine": machine(), "test_images": len(labels), "members": members,
-              "ensemble_test_acc": ensemble_acc}
+              "ensemble_test_acc": ensemble_acc,
+              "wrong_by_members": torch.bincount(wrong, minlength=len(members) + 1).tolist(),
+              "wrong_by_all": torch.nonzero(wrong == len(members)).flatten().tolist()}
     print(json.dumps(result))
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
@@ -75,6 +84,9 @@ def main(argv=None) -> int:
     for m in members:
         print(f"| {m['ckpt']} | {m['test_acc']:.4f} |")
     print(f"| ensemble of {len(members)} (mean softmax) | {ensemble_acc:.4f} |")
+    print("\n| members wrong | " + " | ".join(map(str, range(1, len(members) + 1))) + " |")
+    print("|---" * (len(members) + 1) + "|")
+    print("| test images | " + " | ".join(map(str, result["wrong_by_members"][1:])) + " |")
     return 0
 
 

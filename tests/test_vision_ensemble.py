@@ -54,6 +54,10 @@ def test_members_and_ensemble_against_a_direct_computation(ckpts, tmp_path, caps
     assert 0.15 < min(accs) and accs[0] != accs[1]  # trained, and not the same model twice
     assert result["ensemble_test_acc"] == pytest.approx(((pa + pb).argmax(-1) == y).float().mean().item())
     assert "ensemble of 2" in capsys.readouterr().out
+    wrong = (pa.argmax(-1) != y).long() + (pb.argmax(-1) != y).long()
+    assert result["wrong_by_members"] == [(wrong == k).sum().item() for k in range(3)]
+    assert result["wrong_by_members"][2] > 0 and sum(result["wrong_by_members"]) == 10_000
+    assert result["wrong_by_all"] == torch.nonzero(wrong == 2).flatten().tolist()
 
 
 def test_a_missing_checkpoint_is_a_usage_error(tmp_path, capsys):
