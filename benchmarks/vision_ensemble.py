@@ -68,9 +68,9 @@ def main(argv=None) -> int:
                     f"images, {args.config}'s data has {dm.num_classes} of {dm.in_chans}x{dm.img_size}x{dm.img_size}")
         probs, labels = predict_probabilities(model, loader)
         total = probs if total is None else total + probs
-        miss = (probs.argmax(-1) != labels).long()
+        miss = (probs.argmax(-1) != labels).long()  # (N,) 1 where this member is wrong
         wrong = miss if wrong is None else wrong + miss  # (N,) members wrong on each test image
-        members.append({"ckpt": str(path), "test_acc": (probs.argmax(-1) == labels).float().mean().item()})
+        members.append({"ckpt": str(path), "test_acc": 1.0 - miss.float().mean().item()})
     ensemble_acc = (total.argmax(-1) == labels).float().mean().item()
     result = {"config": str(args.config), "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
               "machine": machine(), "test_images": len(labels), "members": members,
