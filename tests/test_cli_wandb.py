@@ -26,7 +26,7 @@ def closed_port() -> int:
 def test_mode_from_environment():
     assert resolve_wandb_mode({"WANDB_MODE": "disabled"}) == ("disabled", None)
     assert resolve_wandb_mode({"WANDB_MODE": "dryrun", "WANDB_API_KEY": "k"}) == ("offline", None)
-    assert resolve_wandb_mode({"WANDB_MODE": "online"}) == ("online", None)
+    assert resolve_wandb_mode({"WANDB_MODE": "online", "WANDB_API_KEY": "k"}) == ("online", None)
     with pytest.raises(ValueError, match="WANDB_MODE"):
         resolve_wandb_mode({"WANDB_MODE": "sometimes"})
 
@@ -37,6 +37,17 @@ def test_no_key_means_offline_without_probing(tmp_path):
 
     env = {"NETRC": str(tmp_path / "none")}
     assert resolve_wandb_mode(env, probe=probe) == ("offline", None)
+
+
+def test_explicit_online_without_key_goes_offline_instead_of_prompting(tmp_path):
+    # wandb.init would stop at its interactive login prompt; the explicit mode does not probe either
+    def probe(*_):
+        raise AssertionError("an explicit WANDB_MODE never probes the network")
+
+    env = {"WANDB_MODE": "online", "NETRC": str(tmp_path / "none")}
+    mode, warning = resolve_wandb_mode(env, probe=probe)
+    assert mode == "offline" and "no API key" in warning and "\n" not in warning
+    assert resolve_wandb_mode({**env, "WANDB_MODE": "offline"}, probe=probe) == ("offline", None)
 
 
 def test_netrc_entry_counts_as_key(tmp_path):
@@ -125,12 +136,19 @@ class Listener:
         self.sock.close()
 
 
-def test_offline_fit_writes_wandb_run_and_touches_no_network(runs_dir, subprocess_env):
+@pytest.mark.parametrize("wandb_mode", ["offline", None, "online"])
+def test_offline_fit_writes_wandb_run_and_touches_no_network(runs_dir, subprocess_env, tmp_path, wandb_mode):
+    """There is no API key here. Unset (the default), the run is offline, and wandb-core must not
+    post its usage metrics either (it did until the CLI set WANDB_MODE for the process). ``online``
+    must go offline rather than wait at wandb's login prompt (or fail at its no-tty error)."""
     listener = Listener()
     url = f"http://127.0.0.1:{listener.port}"
-    env = {k: v for k, v in subprocess_env.items() if k != "WANDB_API_KEY"}
-    env.update(WANDB_MODE="offline", WANDB_BASE_URL=url, HTTP_PROXY=url, HTTPS_PROXY=url, http_proxy=url,
-               https_proxy=url, NO_PROXY="", no_proxy="")
+    env = {k: v for k, v in subprocess_env.items()
+           if k not in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE")}
+    env.update(WANDB_BASE_URL=url, HTTP_PROXY=url, HTTPS_PROXY=url, http_proxy=url,
+               https_proxy=url, NO_PROXY="", no_proxy="", NETRC=str(tmp_path / "no-netrc"))
+    if wandb_mode:
+        env["WANDB_MODE"] = wandb_mode
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "tx_suite", "fit", "--config", TINY, "--trainer.max_epochs=1",
@@ -149,6 +167,7 @@ def test_offline_fit_writes_wandb_run_and_touches_no_network(runs_dir, subproces
     assert info["wandb"]["mode"] == "offline" and info["wandb"]["id"] == run.name
     assert info["wandb"]["dir"] == str(offline_run)
     assert f"wandb sync {offline_run}" in proc.stderr
+    assert ("WANDB_MODE=online but no API key" in proc.stderr) == (wandb_mode == "online")
     assert (run / "metrics.csv").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     # config.yaml keeps the logger as configured: this run's offline choices (log_model off, its
     # id, the tags folded in) would otherwise stick to every re-run of the file

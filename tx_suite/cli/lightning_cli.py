@@ -433,6 +433,10 @@ class TxSuiteCLI(LightningCLI):
         mode, warning = resolve_wandb_mode()
         if warning:
             _log(warning)
+        if mode in ("offline", "disabled"):
+            # wandb-core reads the process's WANDB_MODE, not the run's `mode`: an offline run under
+            # an unset (or overridden "online") WANDB_MODE still posts its usage metrics to the server.
+            os.environ["WANDB_MODE"] = mode
         # A W&B sweep agent names the run it started in WANDB_RUN_ID; the run must keep that id to
         # count for the sweep. A resumed run keeps its own.
         wandb_id = (previous.get("wandb") or {}).get("id") or os.environ.get("WANDB_RUN_ID") or run_dir.name

@@ -1,9 +1,11 @@
 """Choose the W&B mode for a run without ever hanging on a missing network (plain Python).
 
 Order: ``WANDB_MODE`` from the environment wins (``online``/``offline``/``disabled``; ``dryrun`` means
-offline); ``WANDB_DISABLED=true`` means disabled; with no API key (no ``WANDB_API_KEY``, no netrc
-entry for the W&B host) the run is offline; with a key, a short HTTP probe of the W&B server decides
-between online and offline (unreachable -> offline with a one-line warning).
+offline), except that ``online`` without an API key runs offline with a one-line warning, because
+wandb would otherwise stop at an interactive login prompt; ``WANDB_DISABLED=true`` means disabled;
+with no API key (no ``WANDB_API_KEY``, no netrc entry for the W&B host) the run is offline; with a
+key, a short HTTP probe of the W&B server decides between online and offline (unreachable ->
+offline with a one-line warning).
 """
 
 from __future__ import annotations
@@ -81,6 +83,10 @@ def resolve_wandb_mode(environ: Mapping[str, str] = os.environ, probe=can_reach)
         mode = _ALIASES.get(raw, raw)
         if mode not in MODES:
             raise ValueError(f"WANDB_MODE={raw!r} is not one of online, offline, disabled")
+        if mode == "online" and not has_api_key(environ):
+            # wandb.init would ask for a key on a terminal and wait there: an unattended run hangs
+            return "offline", ("W&B: WANDB_MODE=online but no API key (WANDB_API_KEY or `wandb login`); "
+                               "logging offline instead, upload later with `wandb sync`")
         return mode, None
     if (environ.get("WANDB_DISABLED") or "").strip().lower() in ("1", "true", "yes"):
         return "disabled", None
