@@ -20,7 +20,7 @@ def test_every_task_has_a_config():
             "cifar10_vit_timm.yaml", "cifar100_vit.yaml", "mnist_vit_hybrid.yaml",
             "mnist_vit_hybrid_30min.yaml", "mnist_vit_hybrid_deep.yaml", "mnist_vit_hybrid_deep_30min.yaml",
             "mnist_vit_hybrid_deep_erasing.yaml", "mnist_vit_hybrid_deep_erasing_full.yaml",
-            "mnist_vit_hybrid_deep_affine20_full.yaml"} <= set(CONFIGS)
+            "mnist_vit_hybrid_deep_affine20_full.yaml", "mnist_vit_hybrid_deep_affine20_full_60ep.yaml"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -105,6 +105,17 @@ def test_affine20_config_widens_only_the_affine_range_of_the_full_data_config():
         assert wide[section] == full[section], section
     assert {k: v for k, v in wide["data"]["init_args"].items() if k != "augment"} == {
         k: v for k, v in full["data"]["init_args"].items() if k != "augment"}
+
+
+def test_60_epoch_config_lengthens_only_the_schedule_of_the_affine20_config():
+    # RESULTS.md reads it against the 32-epoch affine20 seeds: one factor, the cosine's length
+    # (the warm-up stays 3 epochs; the cosine spans the rest).
+    short = load_config(EXPERIMENTS / "mnist_vit_hybrid_deep_affine20_full.yaml")
+    long = load_config(EXPERIMENTS / "mnist_vit_hybrid_deep_affine20_full_60ep.yaml")
+    assert (short["trainer"]["max_epochs"], long["trainer"]["max_epochs"]) == (32, 60)
+    assert long["trainer"] == {**short["trainer"], "max_epochs": 60}
+    for section in ("model", "data", "checkpoint"):
+        assert long[section] == short[section], section
 
 
 def test_fit_without_a_validation_split_through_the_cli(runs_dir):
