@@ -164,6 +164,22 @@ def test_logger_false_still_writes_run_dir(runs_dir):
     assert fit("--trainer.max_epochs=1", "--run_id", "nolog") == 2  # never overwrite a run
 
 
+def test_an_offline_fit_leaves_wandb_mode_as_it_found_it(runs_dir, monkeypatch, tmp_path):
+    """With no key the CLI sets WANDB_MODE=offline for its run; a notebook's next fit, after
+    `wandb login`, kept inheriting "offline" because the variable outlived the command."""
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    assert fit("--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+               "--trainer.logger=false") == 0
+    assert "WANDB_MODE" not in os.environ
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # a mode the user set is kept, not replaced
+    assert fit("--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
+               "--trainer.logger=false") == 0
+    assert os.environ["WANDB_MODE"] == "disabled"
+
+
 def test_checkpoint_references_say_what_is_wrong(tmp_path):
     from tx_suite.utils.runs import resolve_checkpoint
 

@@ -436,7 +436,7 @@ class TxSuiteCLI(LightningCLI):
         if mode in ("offline", "disabled"):
             # wandb-core reads the process's WANDB_MODE, not the run's `mode`: an offline run under
             # an unset (or overridden "online") WANDB_MODE still posts its usage metrics to the server.
-            os.environ["WANDB_MODE"] = mode
+            os.environ["WANDB_MODE"] = mode  # for this command only: run_cli puts the old value back
         # A W&B sweep agent names the run it started in WANDB_RUN_ID; the run must keep that id to
         # count for the sweep. A resumed run keeps its own.
         wandb_id = (previous.get("wandb") or {}).get("id") or os.environ.get("WANDB_RUN_ID") or run_dir.name
@@ -627,6 +627,9 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
     # console script's path; `python -m tx_suite` is re-run with -m), with the expanded configs.
     program = sys.argv[0] if from_sys_argv and sys.argv and sys.argv[0] else "tx-suite"
     saved_env = {k: os.environ.get(k) for k in (RUN_ID_ENV, RUNS_DIR_ENV, WANDB_DATA_DIR_ENV)}
+    # Set for an offline run's own process (see TxSuiteCLI); a notebook's next fit, after `wandb
+    # login`, must decide its mode afresh, not inherit "offline".
+    saved_wandb_mode = os.environ.get("WANDB_MODE")
     try:
         with _patched_argv([program, *expanded]):
             TxSuiteCLI(default_experiment=default_experiment, state=state, args=None)
@@ -650,4 +653,9 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
             else:
                 os.environ[key] = value
         _finish(state, status)
+        # after _finish: wandb.finish of an offline run still runs under the mode it started with
+        if saved_wandb_mode is None:
+            os.environ.pop("WANDB_MODE", None)
+        else:
+            os.environ["WANDB_MODE"] = saved_wandb_mode
     return 0
