@@ -626,10 +626,9 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
     # Lightning's DDP launcher re-runs sys.argv for the other ranks: keep the real program (the
     # console script's path; `python -m tx_suite` is re-run with -m), with the expanded configs.
     program = sys.argv[0] if from_sys_argv and sys.argv and sys.argv[0] else "tx-suite"
-    saved_env = {k: os.environ.get(k) for k in (RUN_ID_ENV, RUNS_DIR_ENV, WANDB_DATA_DIR_ENV)}
-    # Set for an offline run's own process (see TxSuiteCLI); a notebook's next fit, after `wandb
-    # login`, must decide its mode afresh, not inherit "offline".
-    saved_wandb_mode = os.environ.get("WANDB_MODE")
+    # Set for this command only. WANDB_MODE too: a notebook's next fit, after `wandb login`, must
+    # decide its mode afresh, not inherit an offline run's "offline".
+    saved_env = {k: os.environ.get(k) for k in (RUN_ID_ENV, RUNS_DIR_ENV, WANDB_DATA_DIR_ENV, "WANDB_MODE")}
     try:
         with _patched_argv([program, *expanded]):
             TxSuiteCLI(default_experiment=default_experiment, state=state, args=None)
@@ -647,15 +646,12 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
         state["error"] = f"{type(cause).__name__}: {one_line(cause)}"  # why, in run_info.json
         raise
     finally:
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        _finish(state, status)
-        # after _finish: wandb.finish of an offline run still runs under the mode it started with
-        if saved_wandb_mode is None:
-            os.environ.pop("WANDB_MODE", None)
-        else:
-            os.environ["WANDB_MODE"] = saved_wandb_mode
+        try:
+            _finish(state, status)  # wandb.finish still sees the run's own WANDB_MODE and data dir
+        finally:
+            for key, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     return 0
