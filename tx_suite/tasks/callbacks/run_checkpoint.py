@@ -34,7 +34,10 @@ class RunCheckpoint(ModelCheckpoint):
 
     An epoch whose metrics lack the monitored key (a metric computed only every N epochs, such as
     ``TranslationTask(bleu_every_n_epochs=N)``'s ``val/bleu``) keeps ``best.ckpt`` as it is and
-    still rewrites ``last.ckpt``; ModelCheckpoint would raise instead.
+    still rewrites ``last.ckpt``; ModelCheckpoint would raise instead. A run with no validation
+    batches at all (``val_size=0``, ``limit_val_batches=0``) can never log it: there ``best.ckpt``
+    is the latest epoch, as with ``monitor=None``, and one warning says so, because without a
+    ``best.ckpt`` ``--ckpt_path best`` would resolve to an older run of the experiment.
 
     Resuming from an epoch-end checkpoint with ``max_steps`` set (iteration-based training),
     Lightning 2.6 replays that epoch's end. The replay is not a new save point (nothing trained
@@ -57,6 +60,15 @@ class RunCheckpoint(ModelCheckpoint):
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
         if self.monitor is None or self.monitor in monitor_candidates:
             super()._save_topk_checkpoint(trainer, monitor_candidates)
+        elif self.save_top_k and _runs_no_validation(trainer):
+            # Nothing will ever log the key. Without a best.ckpt, `--ckpt_path best` would quietly
+            # pick an older run of the experiment, so the latest epoch stands in, as with monitor=None.
+            if not self._warned_missing:
+                self._warned_missing = True
+                rank_zero_warn(f"RunCheckpoint(monitor={self.monitor!r}): this run has no validation batches "
+                               "(val_size 0, limit_val_batches 0 or no val loader), so best.ckpt is the latest "
+                               "epoch, as with checkpoint.monitor: null")
+            self._save_none_monitor_checkpoint(trainer, monitor_candidates)
         elif not self._warned_missing:
             self._warned_missing = True
             rank_zero_warn(f"RunCheckpoint(monitor={self.monitor!r}): the key is missing at step "
@@ -108,3 +120,14 @@ class RunCheckpoint(ModelCheckpoint):
     @property
     def state_key(self) -> str:
         return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+
+def _runs_no_validation(trainer: pl.Trainer) -> bool:
+    """True when this fit can never log a validation metric: validation is off
+    (``limit_val_batches=0``, no ``validation_step`` or no val loader), or the val loaders it
+    set up hold no batches (an empty list, as a datamodule with ``val_size=0`` returns). A
+    loader not yet set up (``check_val_every_n_epoch`` > 1 before its first validation) is not
+    taken as none."""
+    if not trainer.enable_validation:
+        return True
+    return trainer.val_dataloaders is not None and sum(trainer.num_val_batches) == 0
