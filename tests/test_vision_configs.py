@@ -118,19 +118,26 @@ def test_60_epoch_config_lengthens_only_the_schedule_of_the_affine20_config():
         assert long[section] == short[section], section
 
 
-def test_fit_without_a_validation_split_through_the_cli(runs_dir):
-    """val_size 0: fit runs with no validation loop and writes last.ckpt of the final epoch."""
+def _tiny_fit(config: str, *extra: str) -> list[str]:
+    """Two epochs of 2 batches of ``config`` through the CLI as run ``t``; the warnings it raised."""
     from tx_suite.cli.main import main
-    from tx_suite.utils.checkpoint import load_checkpoint
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert main(["fit", "--config", str(EXPERIMENTS / "mnist_vit_hybrid_deep_erasing_full.yaml"),
+        assert main(["fit", "--config", str(EXPERIMENTS / config), *extra,
                      "--trainer.max_epochs=2", "--data.init_args.limit_train=128", "--data.init_args.batch_size=64",
                      "--trainer.logger=false", "--model.init_args.compile=false",
                      "--trainer.enable_progress_bar=false", "--run_id=t"]) == 0
+    return [str(w.message) for w in caught]
+
+
+def test_fit_without_a_validation_split_through_the_cli(runs_dir):
+    """val_size 0: fit runs with no validation loop and writes last.ckpt of the final epoch."""
+    from tx_suite.utils.checkpoint import load_checkpoint
+
+    said = _tiny_fit("mnist_vit_hybrid_deep_erasing_full.yaml")
     # the empty validation loader is intended: the config says so (limit_val_batches 0), no warning
-    assert not [w for w in caught if "across ranks is zero" in str(w.message)]
+    assert not [m for m in said if "across ranks is zero" in m]
     ckpt = load_checkpoint(runs_dir / "mnist_vit_hybrid_deep_erasing_full" / "t" / "checkpoints" / "last.ckpt")
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
 
@@ -139,16 +146,9 @@ def test_fit_without_a_validation_split_through_the_cli(runs_dir):
 def test_a_run_without_validation_makes_its_last_epoch_best(runs_dir, no_val):
     """A config that monitors val/acc, run with no validation batches: best.ckpt is the final epoch
     (otherwise `--ckpt_path best` would fall back to an older run), with one warning saying why."""
-    from tx_suite.cli.main import main
     from tx_suite.utils.checkpoint import load_checkpoint
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert main(["fit", "--config", str(EXPERIMENTS / "mnist_vit_hybrid_deep_erasing.yaml"), no_val,
-                     "--trainer.max_epochs=2", "--data.init_args.limit_train=128", "--data.init_args.batch_size=64",
-                     "--trainer.logger=false", "--model.init_args.compile=false",
-                     "--trainer.enable_progress_bar=false", "--run_id=t"]) == 0
-    said = [str(w.message) for w in caught if "RunCheckpoint" in str(w.message)]
+    said = [m for m in _tiny_fit("mnist_vit_hybrid_deep_erasing.yaml", no_val) if "RunCheckpoint" in m]
     assert len(said) == 1 and "no validation batches" in said[0], said
     best = load_checkpoint(runs_dir / "mnist_vit_hybrid_deep_erasing" / "t" / "checkpoints" / "best.ckpt")
     assert best["epoch"] == 1 and best["global_step"] == 4
@@ -157,17 +157,11 @@ def test_a_run_without_validation_makes_its_last_epoch_best(runs_dir, no_val):
 def test_validation_that_comes_later_still_chooses_best(runs_dir):
     """check_val_every_n_epoch 2, no sanity check, a save at every epoch end: epoch 1 has no val/acc
     yet, but validation is coming, so best.ckpt waits for it rather than taking the latest epoch."""
-    from tx_suite.cli.main import main
     from tx_suite.utils.checkpoint import load_checkpoint
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert main(["fit", "--config", str(EXPERIMENTS / "mnist_vit_hybrid_deep_erasing.yaml"),
-                     "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=2", "--trainer.num_sanity_val_steps=0",
-                     "--checkpoint.save_on_train_epoch_end=true", "--data.init_args.limit_train=128", "--data.init_args.batch_size=64", "--trainer.limit_val_batches=2",
-                     "--trainer.logger=false", "--model.init_args.compile=false",
-                     "--trainer.enable_progress_bar=false", "--run_id=t"]) == 0
-    said = [str(w.message) for w in caught if "RunCheckpoint" in str(w.message)]
+    said = [m for m in _tiny_fit("mnist_vit_hybrid_deep_erasing.yaml", "--trainer.check_val_every_n_epoch=2",
+                                 "--trainer.num_sanity_val_steps=0", "--checkpoint.save_on_train_epoch_end=true",
+                                 "--trainer.limit_val_batches=2") if "RunCheckpoint" in m]
     assert len(said) == 1 and "the key is missing at step 2" in said[0], said
     best = load_checkpoint(runs_dir / "mnist_vit_hybrid_deep_erasing" / "t" / "checkpoints" / "best.ckpt")
     state = next(v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint"))
