@@ -116,6 +116,23 @@ def test_a_training_set_smaller_than_a_batch_is_refused_at_fit_setup():
         two_ranks.setup("fit")
 
 
+def test_no_validation_split_turns_the_loop_off_for_the_fit_only():
+    """val_size 0 sets the trainer's limit_val_batches to 0 for the fit (no sanity check, no
+    warning about an empty loader list) and gives the old value back at teardown."""
+    dm = MNISTDataModule(val_size=0, batch_size=64, limit_train=64)
+    dm.trainer = types.SimpleNamespace(world_size=1, limit_val_batches=0.25)
+    dm.setup("validate")
+    assert dm.trainer.limit_val_batches == 0.25  # only a fit is changed
+    dm.setup("fit")
+    assert dm.trainer.limit_val_batches == 0 and dm.val_dataloader() == []
+    dm.teardown("fit")
+    assert dm.trainer.limit_val_batches == 0.25
+    held_out = MNISTDataModule(val_size=100, batch_size=64, limit_train=64)
+    held_out.trainer = types.SimpleNamespace(world_size=1, limit_val_batches=0.25)
+    held_out.setup("fit")
+    assert held_out.trainer.limit_val_batches == 0.25
+
+
 def test_validation_is_never_augmented_and_limit_train_stays_in_the_train_split(dm):
     """With augmentation on, the held-out images still go through the eval transform (the same
     tensors every time, those of the un-augmented module), and ``limit_train`` takes its images

@@ -123,8 +123,18 @@ class ImageClassificationDataModule(pl.LightningDataModule):
             self.val_set = Subset(self._dataset(True, self.eval_transform()), val_idx.tolist())
         if stage == "fit":
             self._check_train_batches()
+            if self.val_size == 0 and self.trainer is not None:
+                # No validation split: turn the loop (and its sanity check) off, so Lightning does
+                # not warn about an empty loader list. teardown() gives the trainer its value back.
+                self._limit_val_batches = self.trainer.limit_val_batches
+                self.trainer.limit_val_batches = 0
         if stage in (None, "test", "predict") and self.test_set is None:
             self.test_set = self._dataset(False, self.eval_transform())
+
+    def teardown(self, stage: str | None = None) -> None:
+        if stage == "fit" and self.trainer is not None and hasattr(self, "_limit_val_batches"):
+            self.trainer.limit_val_batches = self._limit_val_batches
+            del self._limit_val_batches
 
     def _check_train_batches(self) -> None:
         """Raise ValueError if the training set fills no ``batch_size`` batch (per process under DDP).
