@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import textwrap
 from pathlib import Path
 
@@ -249,12 +250,14 @@ def test_duplicate_keys_are_refused_but_merge_keys_may_override(tmp_path, capsys
 
 
 def test_seed_everything_true_picks_a_random_seed(capsys, runs_dir, monkeypatch):
+    """Each run in one process too: seed_everything's PL_GLOBAL_SEED is set for its command only
+    (else the next `true` would inherit it, as DDP ranks do)."""
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     seeds = set()
     for _ in range(2):
         assert main(["fit", "--config", TINY, "--seed_everything=true", "--trainer.fast_dev_run=true",
                      "--trainer.enable_progress_bar=false", "--trainer.logger=false"]) == 0
-        monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+        assert "PL_GLOBAL_SEED" not in os.environ
     for info in runs_dir.glob("*/*/run_info.json"):
         seeds.add(yaml.safe_load(info.read_text())["seed"])
     assert len(seeds) == 2 and 0 not in seeds  # Lightning 2.6 seeds 0 for `true`

@@ -627,8 +627,10 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
     # console script's path; `python -m tx_suite` is re-run with -m), with the expanded configs.
     program = sys.argv[0] if from_sys_argv and sys.argv and sys.argv[0] else "tx-suite"
     # Set for this command only. WANDB_MODE too: a notebook's next fit, after `wandb login`, must
-    # decide its mode afresh, not inherit an offline run's "offline".
-    saved_env = {k: os.environ.get(k) for k in (RUN_ID_ENV, RUNS_DIR_ENV, WANDB_DATA_DIR_ENV, "WANDB_MODE")}
+    # decide its mode afresh, not inherit an offline run's "offline"; and seed_everything's
+    # PL_GLOBAL_SEED, or its next `seed_everything: true` would reuse this run's seed.
+    saved_env = {k: os.environ.get(k) for k in (RUN_ID_ENV, RUNS_DIR_ENV, WANDB_DATA_DIR_ENV, "WANDB_MODE",
+                                                 "PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
     try:
         with _patched_argv([program, *expanded]):
             TxSuiteCLI(default_experiment=default_experiment, state=state, args=None)
