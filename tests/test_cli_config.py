@@ -263,6 +263,27 @@ def test_seed_everything_true_picks_a_random_seed(capsys, runs_dir, monkeypatch)
     assert len(seeds) == 2 and 0 not in seeds  # Lightning 2.6 seeds 0 for `true`
 
 
+def test_seed_everything_true_is_shared_by_ranks_that_torchrun_or_slurm_started(capsys, runs_dir, monkeypatch):
+    """Processes started together by torchrun/SLURM must agree on the seed (it seeds the samplers):
+    they derive it from their shared --run_id; without one the command stops with a one-line error."""
+    from tx_suite.cli.lightning_cli import random_seed
+
+    for var in ("PL_GLOBAL_SEED", "WORLD_SIZE", "SLURM_NTASKS", "JSM_NAMESPACE_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert random_seed("a") != random_seed("a")  # one process: drawn afresh (equal with p = 2**-32)
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert random_seed("a") == random_seed("a") != random_seed("b")
+    assert 0 <= random_seed("a") < 2**32
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # a rank Lightning's launcher started: rank 0's seed
+    assert random_seed(None) == 7
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    assert main(["fit", "--config", TINY, "--seed_everything=true", "--trainer.fast_dev_run=true",
+                 "--trainer.logger=false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs the same --run_id on every rank" in err[0], err
+    assert not list(runs_dir.glob("*/*"))  # stopped before any run directory
+
+
 def test_expanded_configs_with_the_same_file_name_stay_apart(tmp_path):
     """Two `--config` files named alike in different directories, both with `_base_`: each expanded
     file keeps its own merge (one must not overwrite the other)."""

@@ -89,6 +89,21 @@ def test_torchrun_script_matches_one_process(single, runs_dir, subprocess_env):
     assert max_diff(weights(run), single) < 1e-6
 
 
+def test_torchrun_ranks_share_a_random_seed(runs_dir, subprocess_env, tmp_path):
+    """`seed_everything: true` under torchrun: both ranks use one seed (the data order and shards
+    come from it), so the run equals one process trained with the seed that rank 0 recorded."""
+    env = {**subprocess_env, "OMP_NUM_THREADS": "1", "NPROC_PER_NODE": "2", "RUN_ID": "tr-seed",
+           "MASTER_PORT": str(free_port()), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "torchrun_fit.sh"), *COMMON[1:], *TWO_RANKS,
+                           "--seed_everything=true"], env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = check_rank_zero_run(runs_dir, "tiny_mnist", "tr-seed")
+    seed = json.loads((run / "run_info.json").read_text())["seed"]
+    assert seed != 1234  # not the config's default
+    assert main([*COMMON, "--runs_dir", str(tmp_path), "--run_id", "one", f"--seed_everything={seed}"]) == 0
+    assert max_diff(weights(run), weights(tmp_path / "tiny_mnist" / "one")) < 1e-6
+
+
 def test_vision_config_with_ema_trains_and_predicts_under_ddp(runs_dir, subprocess_env):
     """The ViT task keeps an EMA copy of the model (every vision config): DDP must not expect
     gradients for it (it failed with "parameters that were not used in producing the loss"), and

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import importlib
 import inspect
 import json
@@ -93,6 +94,37 @@ def launcher_rank() -> int:
             return int(os.environ[var])
     local, node = (int(os.environ.get(v, "0") or 0) for v in ("LOCAL_RANK", "NODE_RANK"))
     return local + node  # Lightning's launcher sets only these; nonzero means "not the main process"
+
+
+def launcher_world_size() -> int:
+    """Number of processes that torchrun, SLURM or jsrun started for this job; 1 otherwise (also
+    under Lightning's own launcher, which starts its other ranks later, from rank 0)."""
+    for var in ("WORLD_SIZE", "SLURM_NTASKS", "JSM_NAMESPACE_SIZE"):
+        if os.environ.get(var, "").strip().isdigit():
+            return int(os.environ[var])
+    return 1
+
+
+def random_seed(run_id: str | None) -> int:
+    """The seed for ``seed_everything: true``, in [0, 2**32).
+
+    A process that Lightning's launcher started takes rank 0's (``PL_GLOBAL_SEED``). Processes
+    that torchrun or SLURM started choose at the same time, apart: they derive it from the
+    ``--run_id`` they share, since different seeds would give each rank its own data order
+    (the samplers are seeded with it) and shards that overlap. A single process draws one.
+
+    Raises:
+        ValueError: several externally launched processes and no ``run_id``.
+    """
+    inherited = os.environ.get("PL_GLOBAL_SEED")
+    if inherited:
+        return int(inherited)
+    if launcher_world_size() > 1:
+        if not run_id:
+            raise ValueError("seed_everything: true with processes started by torchrun or SLURM needs the same "
+                             "--run_id on every rank (the seed is derived from it), or set a seed")
+        return int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:4], "big")
+    return random.SystemRandom().randrange(2**32)
 
 
 def explicit_model_keys(argv: list[str]) -> set[str]:
@@ -354,8 +386,7 @@ class TxSuiteCLI(LightningCLI):
             raise
 
     def _set_seed(self) -> None:
-        # `seed_everything: true` should pick a random seed; Lightning 2.6 picks 0 every time. DDP
-        # ranks started later inherit rank 0's choice through PL_GLOBAL_SEED.
+        # `seed_everything: true` should pick a random seed; Lightning 2.6 picks 0 every time.
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         # A resumed fit continues its run with the run's own seed: the resumable train loaders order
         # each epoch by `seed + epoch` (PL_GLOBAL_SEED), so another seed (a new random one for
@@ -366,8 +397,7 @@ class TxSuiteCLI(LightningCLI):
             _log(f"resuming with the run's seed_everything={recorded} (not {cfg.get('seed_everything')!r})")
             cfg["seed_everything"] = recorded
         if cfg.get("seed_everything") is True:
-            inherited = os.environ.get("PL_GLOBAL_SEED")
-            cfg["seed_everything"] = int(inherited) if inherited else random.SystemRandom().randrange(2**32)
+            cfg["seed_everything"] = random_seed(cfg.get("run_id"))
         super()._set_seed()
 
     def _resumed_run_seed(self, cfg: Any) -> int | None:
