@@ -262,6 +262,12 @@ def test_length_budget_rounds_down_as_fairseq():
     assert max_lengths(mask, 1.5, 10).tolist() == [14, 20, 17]
     assert max_lengths(mask, 1.2, 10).tolist() == [13, 18, 16]
     assert max_lengths(mask, 1.9, 0).tolist() == [5, 13, 9]
+    # Huge settings are capped, not wrapped around int64 (which gave a budget of 1: empty output).
+    from tx_suite.decoding.greedy import MAX_BUDGET
+
+    assert max_lengths(mask, 1e300, 0).tolist() == [MAX_BUDGET] * 3
+    assert max_lengths(mask, 1.0, 10**20).tolist() == [MAX_BUDGET] * 3
+    assert max_lengths(mask, 0.0, -10**20).tolist() == [-MAX_BUDGET] * 3
 
 
 def test_bleu_brevity_penalty_and_13a_tokenization():

@@ -302,11 +302,36 @@ def test_translate_errors_are_one_line(run, tmp_path, capsys):
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     assert translate_main(["--ckpt_path", str(tmp_path / "other.ckpt"), "x"]) == 2
     assert "not a translation checkpoint" in capsys.readouterr().err
+    # torch's size-mismatch message spans lines; a damaged tokenizer raised a bare Exception, exit 1
+    wide = torch.load(run["averaged"], weights_only=True)
+    wide["hyper_parameters"]["d_ff"] = 96
+    torch.save(wide, tmp_path / "wide.ckpt")
+    broken = torch.load(run["averaged"], weights_only=True)
+    broken["tokenizer"] = broken["tokenizer"][:40]
+    torch.save(broken, tmp_path / "broken.ckpt")
+    for name, message in (("wide", "weights do not match the stored hyper-parameters"),
+                          ("broken", "its stored BPE tokenizer cannot be read")):
+        assert translate_main(["--ckpt_path", str(tmp_path / f"{name}.ckpt"), "x"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    # a budget past int64 wrapped around to an empty line; now it is capped and decodes
+    assert translate_main(["--ckpt_path", str(run["averaged"]), "--max_len_a", "1e300", "Ein Hund."]) == 0
+    assert capsys.readouterr().out.strip()
     bare = torch.load(run["averaged"], weights_only=True)
     del bare["hyper_parameters"]
     torch.save(bare, tmp_path / "bare.ckpt")  # raised TypeError "missing ... 'vocab_size'", exit 1
     assert translate_main(["--ckpt_path", str(tmp_path / "bare.ckpt"), "x"]) == 2
     assert "has no model hyper-parameters" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting", [dict(val_beam_size=0), dict(beam_size=-1), dict(max_len_a=-0.5),
+                                     dict(max_len_b=float("inf")), dict(length_penalty=float("nan")),
+                                     dict(bleu_every_n_epochs=0), dict(n_samples=-1)])
+def test_bad_decoding_settings_are_refused_before_training(setting):
+    """A beam size of 0 failed only at the first decoding validation, after a whole epoch."""
+    (name, value), = setting.items()
+    with pytest.raises(ValueError, match=rf"^model\.{name} must be a finite number.*, got {value}$"):
+        TranslationTask(**{**TINY, **setting})
 
 
 def test_mismatched_datamodule_is_refused(run, tmp_path):
@@ -375,7 +400,8 @@ def test_sdpa_backend_reaches_loss_and_decoding(run, monkeypatch):
 
 def test_bleu_every_n_epochs_with_bleu_monitor(tmp_path):
     """BLEU every 2nd epoch and in the last one, here ended by max_steps; the checkpoint that
-    monitors val/bleu must not fail in epochs without it (Lightning's ModelCheckpoint raises)."""
+    monitors val/bleu must not fail in epochs without it (Lightning's ModelCheckpoint raises), and
+    the sample translations are logged only in epochs that decoded them (not again, stale)."""
     from tx_suite.tasks.callbacks.run_checkpoint import RunCheckpoint
 
     class Seen(pl.Callback):
@@ -391,14 +417,16 @@ def test_bleu_every_n_epochs_with_bleu_monitor(tmp_path):
     ck = RunCheckpoint(dirpath=tmp_path / "checkpoints", filename="best", monitor="val/bleu", mode="max",
                        save_last=True, save_top_k=1, enable_version_counter=False)
     seen = Seen()
-    trainer = pl.Trainer(max_epochs=10, max_steps=12, limit_train_batches=4, limit_val_batches=1,
+    trainer = pl.Trainer(max_epochs=10, max_steps=20, limit_train_batches=4, limit_val_batches=1,
                          num_sanity_val_steps=0, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[ck, seen])
+                         enable_model_summary=False, callbacks=[ck, seen, TranslationSamples(n=2)])
     with pytest.warns(UserWarning, match="val/bleu"):
         trainer.fit(TranslationTask(**TINY, bleu_every_n_epochs=2), _dm(tmp_path / "cache"))
-    assert seen.bleu_epochs == [1, 2]  # epoch 2 (0-based) is the last: max_steps ends it
-    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
-    assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)["global_step"] in (8, 12)
+    assert seen.bleu_epochs == [1, 3, 4]  # epoch 4 (0-based) is the last: max_steps ends it
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20
+    assert torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=True)["global_step"] in (8, 16, 20)
+    rows = (tmp_path / "val_samples.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    assert [int(r.split("\t")[0]) for r in rows] == [1, 1, 3, 3, 4, 4]
 
 
 def test_translate_normalizes_invisible_and_unusual_whitespace(run):

@@ -66,8 +66,13 @@ def load_translator(path: str | Path, device: str = "cpu") -> tuple[Seq2SeqTrans
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise TranslateError(f"{path}: weights do not match the stored hyper-parameters ({str(e)[:200]})") from None
-    return model.to(device).eval(), BPETokenizer.from_str(ckpt["tokenizer"]), hparams
+        detail = " ".join(str(e).split())[:200]  # torch's message spans several lines
+        raise TranslateError(f"{path}: weights do not match the stored hyper-parameters ({detail})") from None
+    try:
+        tok = BPETokenizer.from_str(ckpt["tokenizer"])
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad JSON model
+        raise TranslateError(f"{path}: its stored BPE tokenizer cannot be read ({e})") from None
+    return model.to(device).eval(), tok, hparams
 
 
 @torch.no_grad()

@@ -21,11 +21,17 @@ class Seq2SeqModel(Protocol):
     def new_cache(self) -> DecoderCache: ...
 
 
+#: Largest output budget, in tokens: the decoders allocate an output buffer that wide.
+MAX_BUDGET = 1 << 16
+
+
 def max_lengths(src_key_padding_mask: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
-    """Per-sentence output budget ``a * source_length + b`` tokens, EOS included (as fairseq's
-    ``--max-len-a/--max-len-b``). ``(B, S)`` mask -> ``(B,)`` long."""
+    """Per-sentence output budget ``floor(a * source_length) + b`` tokens, EOS included (as
+    fairseq's ``--max-len-a/--max-len-b``), at most :data:`MAX_BUDGET`. ``(B, S)`` mask -> ``(B,)`` long."""
     src_len = (~src_key_padding_mask).sum(1)
-    return (src_len.double() * max_len_a).long() + max_len_b
+    # In float64, clamped before the cast: a huge a or b must not wrap around int64.
+    budget = (src_len.double() * max_len_a).floor() + float(max_len_b)
+    return budget.clamp(-MAX_BUDGET, MAX_BUDGET).long()
 
 
 def step_logits(model: Seq2SeqModel, tokens: Tensor, memory: Tensor, memory_key_padding_mask: Tensor,

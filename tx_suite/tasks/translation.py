@@ -22,6 +22,26 @@ from tx_suite.tasks.translation_loss import label_smoothed_nll_loss
 from tx_suite.tasks.translation_schedules import build_scheduler
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks as spaces."""
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def check_decoding(**settings: float) -> None:
+    """Refuse decoding settings that would only fail (or decode nothing) at the first validation.
+
+    Raises:
+        ValueError: a beam size, ``bleu_every_n_epochs`` < 1, ``n_samples`` < 0, or a
+            ``length_penalty`` / ``max_len_a`` / ``max_len_b`` that is not finite (``max_len_a`` < 0).
+    """
+    for name, value in settings.items():
+        minimum = {"val_beam_size": 1, "beam_size": 1, "bleu_every_n_epochs": 1, "n_samples": 0,
+                   "max_len_a": 0}.get(name)
+        if not math.isfinite(value) or (minimum is not None and value < minimum):
+            bound = f" >= {minimum}" if minimum is not None else ""
+            raise ValueError(f"model.{name} must be a finite number{bound}, got {value}")
+
+
 class TranslationTask(pl.LightningModule):
     """Train and evaluate a :class:`Seq2SeqTransformer` on a translation datamodule.
 
@@ -61,7 +81,8 @@ class TranslationTask(pl.LightningModule):
 
     Raises:
         ValueError: the datamodule's vocabulary does not fit ``vocab_size``, its BPE model or
-            language pair differs from the checkpoint's, or ``sdpa_backend`` is unknown.
+            language pair differs from the checkpoint's, ``sdpa_backend`` is unknown, or a
+            decoding setting is out of range (see :func:`check_decoding`).
     """
 
     #: Arguments that do not shape the weights: with ``--ckpt_path`` a config file's value wins
@@ -80,6 +101,9 @@ class TranslationTask(pl.LightningModule):
                  bleu_every_n_epochs: int = 1, n_samples: int = 8, sdpa_backend: str | None = None):
         super().__init__()
         check_sdpa_backend(sdpa_backend)
+        check_decoding(val_beam_size=val_beam_size, beam_size=beam_size, length_penalty=length_penalty,
+                       max_len_a=max_len_a, max_len_b=max_len_b, bleu_every_n_epochs=bleu_every_n_epochs,
+                       n_samples=n_samples)
         self.save_hyperparameters()
         self.model = Seq2SeqTransformer(
             vocab_size, d_model=d_model, n_heads=n_heads, d_ff=d_ff, n_encoder_layers=n_encoder_layers,
@@ -191,8 +215,10 @@ class TranslationTask(pl.LightningModule):
             return beam_search(self.model, src, src_key_padding_mask, beam_size=beam, length_penalty=lp, **kw)
 
     def translate(self, batch: dict, beam_size: int | None = None) -> list[str]:
-        """Detokenized hypotheses for a batch."""
-        return self.tokenizer.decode_batch(self.generate(batch["src"], batch["src_key_padding_mask"], beam_size))
+        """Detokenized hypotheses for a batch, one line each (a decoded line break, possible with
+        byte fallback, becomes a space: hypothesis files hold one sentence per line)."""
+        hyps = self.tokenizer.decode_batch(self.generate(batch["src"], batch["src_key_padding_mask"], beam_size))
+        return [one_line(h) for h in hyps]
 
     # ------------------------------------------------------------------ evaluation
     def _decode_now(self, stage: str) -> bool:
@@ -249,10 +275,12 @@ class TranslationTask(pl.LightningModule):
         out = {"loss": sum(b[1] for b in batches) / n, "nll": sum(b[2] for b in batches) / n}
         out["ppl"] = math.exp(min(out["nll"], 50.0))
         rows = sorted(rows, key=lambda r: r["index"])
+        # Empty in an epoch that decodes nothing (bleu_every_n_epochs): the last decoded samples
+        # must not be logged again under this epoch.
+        self.val_samples = rows[: self.hparams.n_samples]
         if rows:
             out.update(translation_scores([r["hypothesis"] for r in rows], [r["reference"] for r in rows]))
             out["sent_per_s"] = len(rows) / max(decode_s, 1e-9)
-            self.val_samples = rows[: self.hparams.n_samples]
         for k, v in out.items():
             # sync_dist averages values that are already equal on every rank (no warning, no change).
             self.log(f"{stage}/{k}", v, prog_bar=k in ("loss", "bleu"), batch_size=1, sync_dist=True)
