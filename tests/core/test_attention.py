@@ -213,3 +213,14 @@ def test_explicit_scale_is_used_on_every_path(qkv, is_causal):
     for need_weights in (False, True):
         out, _ = scaled_dot_product_attention(q, k, v, is_causal=is_causal, need_weights=need_weights, scale=0.3)
         torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_integer_masks_are_refused_on_both_paths(qkv, need_weights):
+    """The weights path added a 0/1 integer mask to the scores as if it were additive; the fast
+    path's kernel refuses it. Both now raise the same TypeError."""
+    q, k, v = qkv
+    keep = torch.rand(q.size(-2), k.size(-2)) > 0.5
+    for dtype in (torch.long, torch.int32, torch.uint8):
+        with pytest.raises(TypeError, match="attn_mask must be bool"):
+            scaled_dot_product_attention(q, k, v, attn_mask=keep.to(dtype), need_weights=need_weights)

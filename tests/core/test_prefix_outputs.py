@@ -57,13 +57,36 @@ def test_vit_cls_forward_has_the_gradients_of_the_full_pass():
     assert seen == [torch.Size([4, 1, 32]), torch.Size([4, 17, 32])]
 
 
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_causal_n_outputs_are_the_first_rows_of_the_causal_pass(with_padding):
+    """With is_causal the kept queries are the first positions: they see only keys up to their
+    own (was: a ValueError without a mask, the right rows with one)."""
+    torch.manual_seed(0)
+    enc = Encoder(TransformerConfig(d_model=16, n_heads=2, d_ff=32, dropout=0.0), 2).eval()
+    mha = enc.layers[0].self_attn
+    x = torch.randn(2, 7, 16)
+    pad = torch.zeros(2, 7, dtype=torch.bool)
+    if with_padding:
+        pad[1, 5:] = True
+    kw = dict(key_padding_mask=pad) if with_padding else {}
+    full = enc(x, is_causal=True, **kw)
+    for n in (1, 3, 7):
+        real = ~pad[:, :n]  # padded rows hold whatever skip_padding left there; nothing reads them
+        part = enc(x, is_causal=True, n_outputs=n, **kw)
+        torch.testing.assert_close(part[real], full[:, :n][real], atol=1e-5, rtol=0)
+        attn = mha(x, is_causal=True, n_queries=n, **kw)[0]
+        torch.testing.assert_close(attn, mha(x, is_causal=True, **kw)[0][:, :n], atol=1e-6, rtol=0)
+
+
 def test_n_outputs_rejects_what_it_cannot_do():
     enc = Encoder(TransformerConfig(d_model=16, n_heads=2, d_ff=32), 1)
     x = torch.randn(2, 5, 16)
     with pytest.raises(ValueError, match="n_outputs"):
         enc(x, n_outputs=0)
-    with pytest.raises(ValueError, match="bidirectional"):
-        enc(x, is_causal=True, n_outputs=1)
+    mha = MultiHeadAttention(16, 2)
+    for n in (0, 6):  # failed in a view() with "shape '[2, 6, 16]' is invalid"
+        with pytest.raises(ValueError, match=r"n_queries must be in 1\.\.5"):
+            mha(x, n_queries=n)
     rope_enc = Encoder(TransformerConfig(d_model=16, n_heads=2, d_ff=32, rope=True), 1)
     with pytest.raises(ValueError, match="rotary"):
         rope_enc(x, n_outputs=1)

@@ -44,7 +44,14 @@ def scaled_dot_product_attention(
         ``(out, weights)``: ``out`` is ``(B, H, Tq, Dv)``; ``weights`` is ``(B, H, Tq, Tk)`` (after
         dropout, as applied to ``v``) or None. Rows whose keys are all masked give zero output
         and zero weights, as torch's kernels do.
+
+    Raises:
+        TypeError: ``attn_mask`` is neither bool nor floating point (a 0/1 integer mask is
+            ambiguous: keep-flags or additive scores?). Both paths refuse it.
     """
+    if attn_mask is not None and attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+        raise TypeError(f"attn_mask must be bool (True = may attend) or float (added to the scores), "
+                        f"got {attn_mask.dtype}")
     q_len, k_len = q.size(-2), k.size(-2)
     if is_causal and q_len > 1:
         if attn_mask is None and q_len == k_len and not need_weights:

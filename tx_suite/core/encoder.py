@@ -49,8 +49,8 @@ class Encoder(nn.Module):
         classifier reads: about 5/6 of the last layer's work is skipped at 50 tokens).
 
         Raises:
-            ValueError: ``n_outputs`` with ``is_causal`` or rotary embeddings (see
-                :class:`MultiHeadAttention`), or outside ``1..S``.
+            ValueError: ``n_outputs`` with rotary embeddings (see :class:`MultiHeadAttention`),
+                or outside ``1..S``.
         """
         if n_outputs is not None and not 1 <= n_outputs <= x.size(1):
             raise ValueError(f"n_outputs must be in 1..{x.size(1)}, got {n_outputs}")

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from .attention import scaled_dot_product_attention
 from .kv_cache import KVCache
-from .masks import merge_masks, padding_to_attn_mask
+from .masks import causal_mask, merge_masks, padding_to_attn_mask
 from .packing import project_real_tokens
 from .positional.rotary import RotaryEmbedding
 
@@ -109,8 +109,8 @@ class MultiHeadAttention(nn.Module):
 
         Raises:
             ValueError: cross-attention without ``memory`` and without a filled cache;
-                ``n_queries`` with cross-attention, a cache, ``real_index``, rotary embeddings
-                or ``is_causal``.
+                ``n_queries`` outside ``1..T`` or with cross-attention, a cache, ``real_index``
+                or rotary embeddings.
         """
         b, t, d = x.shape
         if n_queries is not None and self.cross_attention:
@@ -128,9 +128,16 @@ class MultiHeadAttention(nn.Module):
                 if cache is not None:
                     cache.set(k, v, key_padding_mask)
         elif n_queries is not None:
-            if cache is not None or real_index is not None or self.rope is not None or is_causal:
-                raise ValueError("n_queries works with plain bidirectional self-attention only "
-                                 "(no cache, real_index, rotary embeddings or is_causal)")
+            if not 1 <= n_queries <= t:
+                raise ValueError(f"n_queries must be in 1..{t}, got {n_queries}")
+            if cache is not None or real_index is not None or self.rope is not None:
+                raise ValueError("n_queries works with self-attention without a cache, real_index "
+                                 "or rotary embeddings")
+            if is_causal:
+                # The kernel would align t < T causal queries with the last keys (bottom-right);
+                # these are the first t positions: mask as the full T x T pass does, then slice.
+                attn_mask = merge_masks(attn_mask, causal_mask(t, t, device=x.device))
+                is_causal = False
             # Keys/values need every position, queries only the kept ones: split the fused weight
             # (row blocks q | k | v, as nn.MultiheadAttention's in_proj_weight).
             w_q, w_kv = self.qkv_proj.weight.split([d, 2 * d])
