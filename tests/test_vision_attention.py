@@ -66,6 +66,39 @@ def test_callbacks_write_figures_without_wandb(tmp_path, backbone):
     assert sum(v["count"] for v in per_class.values()) == 128  # one validation batch (limit_val_batches=1)
 
 
+def test_every_n_epochs_thins_out_fit_but_a_validate_run_always_reports(tmp_path):
+    """every_n_epochs 5 over a 3-epoch fit: only the last epoch reports; `validate` afterwards was
+    thinned out by the same rule (epoch 3 of 5: no figures at all) and must report."""
+    pl.seed_everything(0, verbose=False)
+    task = tiny_task("tx", patch_size=4)
+    callbacks = [AttentionMaps(num_images=2, every_n_epochs=5), ClassificationReport(max_images=4, every_n_epochs=5)]
+    tr = trainer(tmp_path, steps=-1, max_epochs=3, limit_train_batches=1, callbacks=callbacks)
+    tr.fit(task, mnist(limit_train=128))
+    drawn = {"attention_val_e002.png", "confusion_val_e002.png", "per_class_val_e002.json",
+             "misclassified_val_e002.png"}
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == drawn
+    for p in (tmp_path / "figures").iterdir():
+        p.unlink()
+    tr.validate(task, mnist(), verbose=False)  # tagged with the trainer's epoch count after the fit
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == {n.replace("e002", "e003") for n in drawn}
+
+
+def test_validation_due_in_fit_validate_and_the_last_epoch():
+    from types import SimpleNamespace
+
+    from tx_suite.tasks.callbacks.due import validation_due
+
+    def due(fn="fit", epoch=0, max_epochs=10, max_steps=-1, step=0, sanity=False, every=3):
+        t = SimpleNamespace(state=SimpleNamespace(fn=fn), current_epoch=epoch, max_epochs=max_epochs,
+                            max_steps=max_steps, global_step=step, sanity_checking=sanity)
+        return validation_due(t, every)
+
+    assert [e for e in range(10) if due(epoch=e)] == [2, 5, 8, 9]  # every 3rd and the last
+    assert not due(epoch=2, sanity=True) and due(fn="validate", epoch=0)
+    # max_steps alone (Lightning sets max_epochs -1): the last epoch is the one that reaches it
+    assert not due(epoch=0, max_epochs=-1, max_steps=40, step=20) and due(epoch=1, max_epochs=-1, max_steps=40, step=40)
+
+
 def test_callbacks_log_to_wandb_when_attached(tmp_path, monkeypatch):
     from pytorch_lightning.loggers import WandbLogger
 

@@ -16,9 +16,10 @@ from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer
 from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
+from tx_suite.tasks.callbacks.due import validation_due
 from tx_suite.tasks.sdpa_backend import check_sdpa_backend, sdpa_backend_context
-from tx_suite.tasks.translation_metrics import signatures, translation_scores
 from tx_suite.tasks.translation_loss import label_smoothed_nll_loss
+from tx_suite.tasks.translation_metrics import signatures, translation_scores
 from tx_suite.tasks.translation_schedules import build_scheduler
 
 
@@ -222,15 +223,8 @@ class TranslationTask(pl.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def _decode_now(self, stage: str) -> bool:
-        trainer = self.trainer
         # bleu_every_n_epochs thins out validation during fit; `validate` asks for the scores now.
-        if stage == "test" or trainer.state.fn != "fit":
-            return True
-        if trainer.sanity_checking:
-            return False
-        last_epoch = (trainer.max_epochs is not None and self.current_epoch + 1 >= trainer.max_epochs) or (
-            trainer.max_steps is not None and trainer.max_steps > 0 and self.global_step >= trainer.max_steps)
-        return (self.current_epoch + 1) % max(1, self.hparams.bleu_every_n_epochs) == 0 or last_epoch
+        return stage == "test" or validation_due(self.trainer, self.hparams.bleu_every_n_epochs)
 
     def _eval_start(self) -> None:
         self._eval = {"batches": [], "rows": [], "decode_s": 0.0}

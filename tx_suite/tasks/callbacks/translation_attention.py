@@ -18,6 +18,7 @@ from torch import Tensor
 from tx_suite.core import record_attention
 from tx_suite.data.bpe import BOS_ID
 from tx_suite.data.translation_dataset import encode_source, pad_batch
+from tx_suite.tasks.callbacks.due import validation_due
 from tx_suite.tasks.callbacks.log_step import metrics_log_step
 from tx_suite.tasks.callbacks.sharded import skip_rank_zero_forward
 from tx_suite.tasks.callbacks.translation_samples import run_dir
@@ -81,7 +82,7 @@ class TranslationAttentionMaps(pl.Callback):
         n_sentences: how many validation sentences when ``sentences`` is not given.
         layers: layer indices to draw (default: the last layer; negative counts from the end).
             Each must exist in both the encoder and the decoder, checked when the run starts.
-        every_n_epochs: draw every n-th validation.
+        every_n_epochs: draw every n-th validation of a fit and its last (and every `validate` run).
         max_tokens: sentences are truncated to this many source tokens, to keep figures legible.
 
     Raises:
@@ -154,9 +155,9 @@ class TranslationAttentionMaps(pl.Callback):
         return out
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if not trainer.is_global_zero or not validation_due(trainer, self.every_n_epochs):
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs or skip_rank_zero_forward(trainer, "attention maps"):
+        if skip_rank_zero_forward(trainer, "attention maps"):
             return
         results = self.attention_maps(pl_module, self._sources(trainer))
         n_enc, n_dec = self._stack_sizes(pl_module)

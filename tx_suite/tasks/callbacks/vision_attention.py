@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from tx_suite.tasks.callbacks.due import validation_due
 from tx_suite.tasks.callbacks.log_step import metrics_log_step
 from tx_suite.tasks.callbacks.sharded import skip_rank_zero_forward
 
@@ -198,7 +199,8 @@ class AttentionMaps(pl.Callback):
 
     Args:
         num_images: images drawn (the first of the validation set, the same every epoch).
-        every_n_epochs: draw after every n-th validation epoch (and always after testing).
+        every_n_epochs: draw after every n-th validation epoch of a fit and its last (and always
+            after `validate` and testing; see :func:`~tx_suite.tasks.callbacks.due.validation_due`).
         layer: layer whose per-head CLS attention is drawn (-1 = last).
     """
 
@@ -241,7 +243,7 @@ class AttentionMaps(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or skip_rank_zero_forward(trainer, "val/attention"):
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or trainer.current_epoch + 1 == trainer.max_epochs:
+        if validation_due(trainer, self.every_n_epochs):
             self.draw(trainer, pl_module, "val")
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module) -> None:

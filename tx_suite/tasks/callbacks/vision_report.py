@@ -20,6 +20,7 @@ import torch
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid
 
+from tx_suite.tasks.callbacks.due import validation_due
 from tx_suite.tasks.callbacks.log_step import metrics_log_step
 from tx_suite.tasks.callbacks.vision_attention import figure_tag, figure_to_image, log_figure
 
@@ -54,7 +55,8 @@ class ClassificationReport(pl.Callback):
 
     Args:
         max_images: misclassified images kept per epoch (the first ones met).
-        every_n_epochs: report after every n-th validation epoch (and always after testing).
+        every_n_epochs: report after every n-th validation epoch of a fit and its last (and always
+            after `validate` and testing; see :func:`~tx_suite.tasks.callbacks.due.validation_due`).
     """
 
     def __init__(self, max_images: int = 32, every_n_epochs: int = 1) -> None:
@@ -63,10 +65,7 @@ class ClassificationReport(pl.Callback):
         self._wrong: list[tuple[torch.Tensor, int, int, float]] = []
 
     def _due(self, trainer: pl.Trainer, stage: str) -> bool:
-        if stage == "test":
-            return True
-        epoch = trainer.current_epoch + 1
-        return not trainer.sanity_checking and (epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs)
+        return stage == "test" or validation_due(trainer, self.every_n_epochs)
 
     def _collect(self, trainer, outputs, batch, stage: str) -> None:
         if not self._due(trainer, stage) or len(self._wrong) >= self.max_images or not isinstance(outputs, dict):

@@ -1,0 +1,20 @@
+"""When a callback (or task) that reports every n-th validation epoch reports."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+
+
+def validation_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
+    """True for the validation runs that report: every one outside ``fit`` (``tx-suite validate``
+    asks for it now), none in the sanity check, and in ``fit`` every ``every_n_epochs``-th epoch
+    and the last one, whether ``max_epochs`` or ``max_steps`` ends the fit."""
+    if trainer.state.fn != "fit":
+        return True
+    if trainer.sanity_checking:
+        return False
+    epoch = trainer.current_epoch + 1
+    # max_epochs is -1 when only max_steps bounds the fit
+    last = (trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch) or (
+        trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step)
+    return epoch % max(1, every_n_epochs) == 0 or last
