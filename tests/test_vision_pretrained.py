@@ -11,11 +11,13 @@ from tx_suite.tasks.classification import ImageClassification
 SIZE = dict(patch_size=4, d_model=32, n_layers=2, n_heads=4, d_ff=64)
 
 
-def timm_vit(**kw):
+def timm_vit(distilled: bool = False, **kw):
+    from timm.models.deit import VisionTransformerDistilled
+
     torch.manual_seed(0)
     args = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2.0)
     args.update(kw)
-    return TimmViT(**args).eval()
+    return (VisionTransformerDistilled if distilled else TimmViT)(**args).eval()
 
 
 def task(path, **kw):
@@ -109,6 +111,17 @@ def test_bad_weights_are_named(tmp_path):
         task(tmp_path / "run.ckpt")
 
 
+@pytest.mark.parametrize("name", ["crossvit_tiny_240", "xcit_tiny_12_p16_224", "vit_small_patch16_18x2_224",
+                                  "swin_tiny_patch4_window7_224"])
+def test_timm_model_names_of_other_architectures_are_refused(name):
+    """The first three crashed with AttributeError / TypeError while reading their sizes."""
+    from tx_suite.tasks.classification import timm_arch
+
+    with pytest.raises(ValueError, match=f"timm model '{name}' is not a VisionTransformer of timm's standard Block"):
+        timm_arch(name)
+    assert timm_arch("deit_tiny_distilled_patch16_224") == timm_arch("vit_tiny_patch16_224")
+
+
 def test_pretrained_timm_offline_fails_fast(monkeypatch):
     import socket
 
@@ -150,6 +163,8 @@ FOREIGN = {
     "registers": (dict(reg_tokens=4), r"reg_token.*register tokens"),
     "deit3": (dict(no_embed_class=True), r"pos_embed has 49 rows.*no_embed_class"),
     "map_pool": (dict(global_pool="map"), r"attn_pool\..*attention pooling"),
+    # named a 50-row pos_embed "not a square grid" (its 7 x 7 grid + CLS + distillation token)
+    "deit_distilled": (dict(distilled=True), r"dist_token.*distillation token"),
 }
 
 

@@ -328,6 +328,7 @@ _TIMM_FEATURES = [
     (r"\.ls\d\.gamma$|\.gamma_\d$", "layer scale, timm init_values"),
     (r"\.[qk]_norm\.", "QK-norm, timm qk_norm=True"),
     (r"^reg_token$", "register tokens, timm reg_tokens"),
+    (r"^dist_token$|^head_dist\.", "a distillation token, timm's DeiT VisionTransformerDistilled"),
     (r"^attn_pool\.", "attention pooling, timm global_pool='map'"),
     (r"^norm_pre\.", "a norm before the blocks, timm pre_norm=True"),
     (r"^fc_norm\.", "a norm after pooling, timm fc_norm / global_pool='avg'"),
@@ -353,11 +354,12 @@ def _check_token_layout(
     only without the prefix rows is taken for timm's ``no_embed_class=True`` layout (DeiT III).
 
     Raises:
-        ValueError: a ``cls_token`` / ``reg_token`` in one and not the other, another register
+        ValueError: a ``cls_token`` / ``reg_token`` / ``dist_token`` in one and not the other, another register
             count, or the other ``pos_embed`` layout; the message names the key.
     """
     want = timm_vit.state_dict()
-    for key, what in (("cls_token", "a class token"), ("reg_token", "register tokens, timm reg_tokens")):
+    for key, what in (("cls_token", "a class token"), ("reg_token", "register tokens, timm reg_tokens"),
+                      ("dist_token", "a distillation token, timm's DeiT VisionTransformerDistilled")):
         if key in sd and key not in want:
             raise ValueError(f"pretrained weights have {key} ({what}), which this ViT does not have: "
                              "it cannot start from them")

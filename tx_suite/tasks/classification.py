@@ -49,10 +49,16 @@ def timm_arch(name: str) -> dict:
 
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model {name!r} (see timm.list_models('vit_*'))")
+    from timm.models.vision_transformer import Block, VisionTransformer
+
     with torch.device("meta"):
         m = timm.create_model(name, pretrained=False)
-    if not hasattr(m, "blocks") or not hasattr(m, "patch_embed"):
-        raise ValueError(f"timm model {name!r} is not a VisionTransformer")
+    # Other families (CrossViT, XCiT, Swin) and ViTs of other blocks (parallel ones) have no
+    # sizes our encoder layers take. Extra tokens (registers, DeiT's distillation token) have
+    # sizes; their weights are refused, naming the token, if pretrained weights are loaded.
+    if not isinstance(m, VisionTransformer) or type(m.blocks[0]) is not Block:
+        raise ValueError(f"timm model {name!r} is not a VisionTransformer of timm's standard Block: "
+                         "our ViT has no layers of its kind")
     return {
         "patch_size": m.patch_embed.patch_size[0],
         "d_model": m.embed_dim,
