@@ -71,7 +71,9 @@ class PatchEmbedding(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model)) if class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.num_patches, d_model))
         self.pos_drop = Dropout(pos_dropout)
-        # ViT/timm init: positions N(0, 0.02) truncated; CLS near zero; projection N(0, 0.02).
+        # timm's ViT init for positions (truncated N(0, 0.02)) and CLS (near zero). The projection
+        # is truncated N(0, 0.02) like timm's linear layers; timm's own patch conv keeps PyTorch's
+        # default init and the ViT paper's code uses LeCun normal (recorded results used this one).
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
