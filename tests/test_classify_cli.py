@@ -115,6 +115,19 @@ def test_channel_mismatch_is_an_error_unless_converted(run, capsys):
     a, b = (line.split(": ", 1)[1] for line in out.splitlines())
     assert a == b  # gray -> RGB -> gray is lossless
 
+    # Alpha: an opaque one converts as the gray image; a transparent canvas (a black digit on it
+    # became an all-black image) is refused.
+    opaque, clear = run["tmp"] / "opaque.png", run["tmp"] / "clear.png"
+    Image.open(run["pngs"][0]).convert("RGBA").save(opaque)
+    digit = Image.open(run["pngs"][0]).convert("L")
+    Image.merge("LA", (Image.new("L", digit.size, 0), digit)).save(clear)  # black ink, alpha = the digit
+    code, out, err = _classify(capsys, "--ckpt", run["ckpt"], "--convert", opaque, run["pngs"][0])
+    assert code == 0 and "converted RGBA -> L" in err
+    a, b = (line.split(": ", 1)[1] for line in out.splitlines())
+    assert a == b
+    code, out, err = _classify(capsys, "--ckpt", run["ckpt"], "--convert", clear)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "has transparent pixels" in err, err
+
     palette = run["tmp"] / "palette_gray.png"  # gray pixels stored as a palette image (mode P)
     Image.open(run["pngs"][0]).convert("P").save(palette)
     assert Image.open(palette).mode == "P"

@@ -46,7 +46,8 @@ def load_image(path: str | Path, img_size: int, in_chans: int, resize: bool = Tr
 
     Raises:
         ImageError: unreadable file (also one PIL refuses as a decompression bomb), wrong
-            channel count (without ``convert``) or wrong size (without ``resize``).
+            channel count (without ``convert``; with it, an alpha band that is not opaque) or
+            wrong size (without ``resize``).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -85,6 +86,11 @@ def load_image(path: str | Path, img_size: int, in_chans: int, resize: bool = Tr
                 f"{path}: image has {chans} channel(s) ({img.mode}), the model takes {in_chans} "
                 f"({CHANNEL_MODES[in_chans]}); pass --convert to convert it"
             )
+        if "A" in img.getbands() and img.getchannel("A").getextrema()[0] < 255:
+            # Converting drops the alpha band: what is drawn on a transparent canvas would keep
+            # only its colour values (a black digit on transparency becomes an all-black image).
+            raise ImageError(f"{path}: has transparent pixels, which --convert cannot flatten without knowing the "
+                             "background of the training images; flatten it onto that background first")
         notes.append(f"converted {img.mode} -> {CHANNEL_MODES[in_chans]}")
         img = img.convert(CHANNEL_MODES[in_chans])
     if img.size != (img_size, img_size):
