@@ -40,7 +40,8 @@ HOOKS = [
 def test_rank_zero_model_calls_are_skipped_under_fsdp(make, hook, monkeypatch):
     def trainer(strategy, world_size=2):
         return SimpleNamespace(strategy=strategy, sanity_checking=False, is_global_zero=True, current_epoch=0,
-                               max_epochs=1, datamodule=Untouchable(), world_size=world_size)
+                               max_epochs=1, max_steps=-1, global_step=0, state=SimpleNamespace(fn="fit"),
+                               datamodule=Untouchable(), world_size=world_size)
 
     fsdp = trainer(FSDPStrategy())
     assert shards_parameters(fsdp) and not shards_parameters(trainer(DDPStrategy()))
