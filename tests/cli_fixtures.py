@@ -127,6 +127,17 @@ class KillAtStep(pl.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class SignalAtStep(pl.Callback):
+    """Sends its own process ``signum`` (default SIGTERM) right after training step ``step``."""
+
+    def __init__(self, step: int, signum: int = int(signal.SIGTERM)) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
 class LogImageTable(pl.Callback):
     """Logs a W&B table with one image after each validation (as the vision and translation
     reports do), through every ``WandbLogger`` of the trainer."""

@@ -44,6 +44,19 @@ def final_state(run: Path) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     return {m: series[m][-1][1] for m in ("val/acc", "val/loss")}, ckpt["state_dict"]
 
 
+def test_sigterm_is_an_interruption_not_a_finished_run(runs_dir, subprocess_env):
+    """Lightning stops a fit on SIGTERM (timeout, docker stop, preemption) with a SystemExit without
+    a code: it was recorded as finished with exit status 0, so `make quickstart` went on to test."""
+    term = '--trainer.callbacks+={"class_path": "cli_fixtures.SignalAtStep", "init_args": {"step": 5}}'
+    proc = subprocess.run([sys.executable, "-m", "tx_suite", *COMMON, "--run_id", "termed", term],
+                          env=subprocess_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert "continue this run with" in proc.stderr
+    info = load_run(runs_dir / "tiny_mnist" / "termed").info
+    assert info["status"] == "interrupted"
+    assert load_checkpoint(runs_dir / "tiny_mnist" / "termed" / "checkpoints" / "last.ckpt")["global_step"] < 16
+
+
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(runs_dir, subprocess_env):
     resumable = ["--data.init_args.resumable=true"]
     assert main([*COMMON, *resumable, "--run_id", "uninterrupted"]) == 0

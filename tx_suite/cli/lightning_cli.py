@@ -30,6 +30,7 @@ import random
 import re
 import shlex
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -669,6 +670,11 @@ def run_cli(args: list[str], from_sys_argv: bool = True) -> int:
         status = "interrupted"
         raise
     except SystemExit as exc:  # Lightning exits with status 1 after a graceful Ctrl-C shutdown
+        if type(exc).__name__ == "SIGTERMException":
+            # Lightning's stop on SIGTERM (timeout, docker stop, preemption) is a SystemExit with
+            # no code, which would read as success; exit as a process killed by it would.
+            status = "interrupted"
+            raise SystemExit(128 + signal.SIGTERM) from exc
         status = "finished" if exc.code in (0, None) else "interrupted"
         raise
     except Exception as exc:
