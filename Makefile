@@ -10,6 +10,9 @@ export WANDB_SILENT ?= true
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
 .PHONY: install quickstart test clean distclean
+# A failed install (e.g. the torch/torchvision check) removes the stamp pip already wrote, so the
+# next `make` installs again instead of running on a broken environment.
+.DELETE_ON_ERROR:
 
 # The stamp is the console script pip writes; pyproject.toml changes trigger a reinstall.
 $(BIN)/tx-suite: pyproject.toml
