@@ -27,7 +27,7 @@ def test_mode_from_environment():
     assert resolve_wandb_mode({"WANDB_MODE": "disabled"}) == ("disabled", None)
     assert resolve_wandb_mode({"WANDB_MODE": "dryrun", "WANDB_API_KEY": "k"}) == ("offline", None)
     assert resolve_wandb_mode({"WANDB_MODE": "online", "WANDB_API_KEY": "k"}) == ("online", None)
-    with pytest.raises(ValueError, match="WANDB_MODE"):
+    with pytest.raises(ValueError, match="WANDB_MODE='sometimes' is not one of online, offline, disabled, shared"):
         resolve_wandb_mode({"WANDB_MODE": "sometimes"})
 
 
@@ -47,6 +47,10 @@ def test_explicit_online_without_key_goes_offline_instead_of_prompting(tmp_path)
     env = {"WANDB_MODE": "online", "NETRC": str(tmp_path / "none")}
     mode, warning = resolve_wandb_mode(env, probe=probe)
     assert mode == "offline" and "no API key" in warning and "\n" not in warning
+    # shared (several writers to one online run) prompted for a key on a terminal too
+    mode, warning = resolve_wandb_mode({**env, "WANDB_MODE": "shared"}, probe=probe)
+    assert mode == "offline" and "WANDB_MODE=shared but no API key" in warning
+    assert resolve_wandb_mode({**env, "WANDB_MODE": "shared", "WANDB_API_KEY": "k"}, probe=probe) == ("shared", None)
     assert resolve_wandb_mode({**env, "WANDB_MODE": "offline"}, probe=probe) == ("offline", None)
 
 

@@ -82,10 +82,10 @@ def resolve_wandb_mode(environ: Mapping[str, str] = os.environ, probe=can_reach)
     if raw:
         mode = _ALIASES.get(raw, raw)
         if mode not in MODES:
-            raise ValueError(f"WANDB_MODE={raw!r} is not one of online, offline, disabled")
-        if mode == "online" and not has_api_key(environ):
+            raise ValueError(f"WANDB_MODE={raw!r} is not one of {', '.join(MODES)} (or dryrun, run)")
+        if mode in ("online", "shared") and not has_api_key(environ):
             # wandb.init would ask for a key on a terminal and wait there: an unattended run hangs
-            return "offline", ("W&B: WANDB_MODE=online but no API key (WANDB_API_KEY or `wandb login`); "
+            return "offline", (f"W&B: WANDB_MODE={mode} but no API key (WANDB_API_KEY or `wandb login`); "
                                "logging offline instead, upload later with `wandb sync`")
         return mode, None
     if (environ.get("WANDB_DISABLED") or "").strip().lower() in ("1", "true", "yes"):
