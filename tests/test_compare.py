@@ -125,6 +125,22 @@ def test_summary_and_diff_api(runs, tmp_path):
     assert summary["lr3e-3"]["val/loss"]["best"] == min(values) and summary["lr3e-3"]["val/loss"]["final"] == values[-1]
 
 
+def test_runs_of_one_name_in_two_runs_directories_keep_their_own_numbers(runs, tmp_path):
+    """Same experiment and run id under two runs dirs: the labels were equal, so the table keyed
+    by them showed the second run's metrics in both columns."""
+    from tx_suite.utils.compare import labels
+
+    twin = tmp_path / "elsewhere" / "tiny_mnist" / "lr3e-3"
+    shutil.copytree(runs["b"], twin, ignore=shutil.ignore_patterns("checkpoints"))  # b's numbers, a's name
+    a, b, c = load_run(runs["a"]), load_run(runs["b"]), load_run(twin)
+    names = labels([a, c])
+    assert len(set(names)) == 2 and names[1] == "elsewhere/tiny_mnist/lr3e-3", names
+    summary = summarize([a, c], ["val/loss"])
+    assert summary[names[0]]["val/loss"]["final"] == a.series["val/loss"][-1][1]
+    assert summary[names[1]]["val/loss"]["final"] == b.series["val/loss"][-1][1] != a.series["val/loss"][-1][1]
+    assert labels([a, a]) == ["tiny_mnist/lr3e-3 #1", "tiny_mnist/lr3e-3 #2"]
+
+
 def test_a_step_logged_twice_keeps_the_later_value(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("epoch,step,train/loss,val/acc\n0,1,2.0,\n0,3,1.5,\n0,3,1.4,\n0,2,1.8,\n0,3,,0.5\n0,4,nan,\n")

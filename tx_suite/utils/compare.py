@@ -286,10 +286,20 @@ def skipped_message(skipped: Sequence[Path]) -> str:
 
 # ---------------------------------------------------------------------------------------- summaries
 def labels(runs: Sequence[Run]) -> list[str]:
-    """Short unique names: the run id when all runs share an experiment, else ``experiment/run_id``."""
+    """Short unique names: the run id when all runs share an experiment, else ``experiment/run_id``,
+    and for runs of the same experiment and id in different runs directories, as many trailing
+    path components as tell them apart (tables and plots are keyed by these names)."""
     if len({r.experiment for r in runs}) <= 1 and len({r.run_id for r in runs}) == len(runs):
         return [r.run_id for r in runs]
-    return [r.name for r in runs]
+    names = [r.name for r in runs]
+    if len(set(names)) == len(names):
+        return names
+    depth = max(len(r.path.resolve().parts) for r in runs)
+    for k in range(3, depth + 1):
+        names = ["/".join(r.path.resolve().parts[-k:]) for r in runs]
+        if len(set(names)) == len(names):
+            return names
+    return [f"{r.name} #{i + 1}" for i, r in enumerate(runs)]  # the same directory named twice
 
 
 def shared_metrics(runs: Sequence[Run], prefixes: Sequence[str] = STAGES) -> list[str]:
