@@ -235,6 +235,26 @@ def test_a_resumed_run_compares_with_its_newest_config(runs, tmp_path):
     assert load_run(run).config["trainer"]["max_epochs"] == 7
 
 
+def test_a_resume_that_fails_before_training_leaves_the_run_as_it_was(runs, tmp_path, capsys):
+    """The resume's config was written at setup, so compare showed the failed attempt's settings
+    (hidden 64 here) and status for weights and metrics that are still the original run's."""
+    run = tmp_path / "tiny_mnist" / "r"
+    shutil.copytree(runs["a"], run)
+    assert main(["fit", "--config", TINY, *QUIET, "--runs_dir", str(tmp_path), "--trainer.max_epochs=3",
+                 "--ckpt_path", str(run / "checkpoints" / "last.ckpt"), "--model.init_args.hidden=64"]) != 0
+    capsys.readouterr()
+    assert not list(run.glob("config.resume-*.yaml"))
+    resumed = load_run(run)
+    assert resumed.info["resumes"][-1]["status"] == "failed" and resumed.info["resumes"][-1]["trained"] is False
+    assert resumed.status == "finished" and resumed.config == load_run(runs["a"]).config
+    # a resume that trains is recorded as before: its config and its status
+    assert main(["fit", "--config", TINY, *QUIET, "--runs_dir", str(tmp_path), "--trainer.max_epochs=3",
+                 "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]) == 0
+    resumed = load_run(run)
+    assert len(list(run.glob("config.resume-*.yaml"))) == 1 and resumed.config["trainer"]["max_epochs"] == 3
+    assert resumed.status == "finished" and "trained" not in resumed.info["resumes"][-1]
+
+
 def test_skipped_message_offers_naming_only_for_runs_that_naming_includes(tmp_path):
     """Naming an evaluation run's directory includes it, naming a run without metrics.csv is an
     error ("has no metrics.csv"): the stderr line must not tell the user to do the latter."""

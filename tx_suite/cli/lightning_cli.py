@@ -579,9 +579,12 @@ def _finish(state: dict[str, Any], status: str) -> None:
         target["error"] = state["error"]
     if state.get("wandb_mode"):
         target["wandb"] = {"mode": state.get("wandb_mode"), "id": state.get("wandb_id"), "dir": state.get("wandb_dir")}
+    trainer = state.get("trainer")
+    saver = next((cb for cb in getattr(trainer, "callbacks", None) or [] if isinstance(cb, SaveRunConfig)), None)
+    if state.get("resumed") and status != "finished" and saver is not None and saver.resume_pending:
+        target["trained"] = False  # ended before training: `compare` keeps the run's earlier status
     write_json(Path(run_dir) / RUN_INFO, info)
     finish_wandb(status)
-    trainer = state.get("trainer")
     if (status == "failed" and not state.get("resumed") and state.get("rank_zero")
             and not getattr(trainer, "logged_metrics", None) and _holds_no_results(Path(run_dir))):
         # Failed before anything was logged (a wrong data path, a bad argument found late): an

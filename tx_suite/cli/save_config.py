@@ -29,6 +29,9 @@ class SaveRunConfig(SaveConfigCallback):
             self.config = self.config.clone()
             self.config["trainer"]["logger"] = logger_as_given
 
+    #: True while a resumed fit's config waits for its training to start (see ``setup``).
+    resume_pending = False
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.already_saved:
             return
@@ -37,10 +40,22 @@ class SaveRunConfig(SaveConfigCallback):
             run_dir.mkdir(parents=True, exist_ok=True)
             path = run_dir / self.config_filename
             if path.exists():
-                path = run_dir / f"config.resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
-            self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=False)
-            self.save_config(trainer, pl_module, stage)
+                # A resume: its config is recorded when it starts training, so one that fails
+                # before (weights that do not fit, a bad override) leaves the run's record as it was.
+                self.resume_pending = True
+            else:
+                self._save(path, trainer, pl_module, stage)
         self.already_saved = True
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.resume_pending and trainer.is_global_zero:
+            run_dir = Path(self.config["trainer"]["default_root_dir"])
+            self._save(run_dir / f"config.resume-{time.strftime('%Y%m%d-%H%M%S')}.yaml", trainer, pl_module, "fit")
+            self.resume_pending = False
+
+    def _save(self, path: Path, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=False)
+        self.save_config(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         from pytorch_lightning.loggers import WandbLogger

@@ -82,8 +82,11 @@ class Run:
 
     @property
     def status(self) -> str | None:
-        """Status of the latest (possibly resumed) invocation: finished, failed, interrupted, running."""
-        return (self.info.get("resumes") or [self.info])[-1].get("status")
+        """Status of the latest (possibly resumed) invocation that trained: finished, failed,
+        interrupted, running. A resume that ended before training (``"trained": false``) left
+        the run as it was."""
+        records = [r for r in (self.info.get("resumes") or [self.info]) if r.get("trained", True)]
+        return (records or [self.info])[-1].get("status")
 
     @property
     def last_step(self) -> int:
