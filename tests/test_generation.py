@@ -17,9 +17,9 @@ TINY_TF = dict(text_vocab_size=64, text_len=16, d_model=32, n_heads=4, d_ff=64, 
                dropout=0.0, warmup_steps=5, lr=3e-3)
 
 
-def save_vqvae(path, images, seed):
+def save_vqvae(path, images, seed, **kw):
     torch.manual_seed(seed)
-    task = VQVAETask(**TINY_VQ)
+    task = VQVAETask(**{**TINY_VQ, **kw})
     task.model(images)  # k-means initialisation of the codebook from real encodings
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, max_epochs=0)
     trainer.strategy.connect(task)
@@ -89,6 +89,18 @@ def test_a_datamodule_with_other_caption_token_ids_encodes_with_the_checkpoints(
     assert other.tokenizer.to_str() == CaptionTokenizer.from_str(saved, other.tokenizer.max_len).to_str()
 
 
+@pytest.mark.parametrize("setting, message", [
+    (dict(samples_per_caption=0), "model.samples_per_caption must be >= 1, got 0"),
+    (dict(sample_temperature=-1.0), "model.sample_temperature must be a finite number >= 0, got -1.0"),
+    (dict(sample_top_k=0), "model.sample_top_k must be >= 1, got 0"),
+    (dict(sample_top_p=0.0), r"model.sample_top_p must be in \(0, 1\], got 0.0"),
+    (dict(sample_cfg_scale=float("inf")), "model.sample_cfg_scale must be a finite number, got inf")])
+def test_sample_grid_settings_are_refused_before_training(trained, setting, message):
+    """They were first used by the sample grid, after a whole epoch (and no checkpoint)."""
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        TextToImageTask(str(trained["vq"]), **TINY_TF, **setting)
+
+
 def test_an_image_does_not_depend_on_batch_size_or_later_captions(trained):
     task = load_text_to_image(trained["ckpt"])
     caps = ["top-left: tiny red 7", "bottom-right: big blue 2", "top-right: big green 7"]
@@ -143,6 +155,13 @@ def test_checkpoint_round_trip_and_tokenizer_checks(trained, capsys):
     again = load_text_to_image(trained["ckpt"], tokenizer_ckpt=str(other))
     assert "using the copy stored in the checkpoint" in capsys.readouterr().err
     assert again.tokenizer_fingerprint == task.tokenizer_fingerprint
+    assert torch.equal(again.generate(["top-left: tiny red 7"], 2, seed=3), a)
+    # ... also when it holds a codebook of another size (the model was built for the file's 64
+    # codes, then the stored copy's 32-code weights did not fit it)
+    bigger = save_vqvae(trained["tmp"] / "bigger.ckpt", trained["images"], seed=1, codebook_size=64)
+    again = load_text_to_image(trained["ckpt"], tokenizer_ckpt=str(bigger))
+    assert "using the copy stored in the checkpoint" in capsys.readouterr().err
+    assert again.vqvae.codebook_size == 32 and again.model.image_head.out_features == ref.model.image_head.out_features
     assert torch.equal(again.generate(["top-left: tiny red 7"], 2, seed=3), a)
     # the stage-1 file gone: the copy alone
     ckpt = torch.load(trained["ckpt"], weights_only=True)

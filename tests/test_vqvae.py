@@ -214,6 +214,29 @@ def test_reconstruction_grid_puts_each_row_of_inputs_above_its_reconstructions()
     assert out.flatten().tolist() == [0, 1, 2, 3, 100, 101, 102, 103, 4, 5, 6, 7, 104, 105, 106, 107]
 
 
+@pytest.mark.parametrize("n_images, val_size, rows", [(4, 100, 1), (16, 8, 1), (16, 100, 2), (20, 13, 1)])
+def test_reconstruction_grid_draws_whole_rows_of_the_images_it_has(tmp_path, monkeypatch, n_images, val_size, rows):
+    """log_images 4 (< a row of 8) drew nothing and crashed (torch.stack of an empty list), and a
+    validation set smaller than n_images ran past its end, both after the first training epoch."""
+    from types import SimpleNamespace
+
+    from tx_suite.tasks.callbacks import generation_images
+
+    drawn = {}
+    monkeypatch.setattr(generation_images, "log_image",
+                        lambda trainer, key, image, caption=None: drawn.setdefault(key, image))
+    model = VQVAE(hidden=16, res_channels=8, n_res_blocks=1, codebook_size=32, codebook_dim=8).eval()
+    data = [{"image": torch.rand(3, 32, 32)} for _ in range(val_size)]
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, world_size=1,
+                              datamodule=SimpleNamespace(datasets={"val": data}))
+    module = SimpleNamespace(model=model, device=torch.device("cpu"), code_counts=torch.ones(32))
+    generation_images.ReconstructionGrid(n_images=n_images).on_validation_end(trainer, module)
+    per_row = min(8, n_images, val_size)
+    assert drawn["val/reconstructions"].shape[-2:] == (2 * rows * 33 + 1, per_row * 33 + 1)  # 32 px + padding 1
+    with pytest.raises(ValueError, match="n_images >= 1"):
+        generation_images.ReconstructionGrid(n_images=0)
+
+
 def test_decode_accepts_exactly_the_codebook_range():
     model = VQVAE(hidden=16, res_channels=8, n_res_blocks=1, codebook_size=32, codebook_dim=8).eval()
     assert model.decode(torch.tensor([[[0, 31], [31, 0]]])).shape == (1, 3, 8, 8)

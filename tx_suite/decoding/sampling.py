@@ -30,6 +30,20 @@ class ImageTokenModel(Protocol):
     def next_image_logits(self, text: Tensor, codes: Tensor) -> Tensor: ...
 
 
+def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                   cfg_scale: float = 1.0) -> None:
+    """Raise, before any sampling, the ValueError that :func:`sample_next`, :func:`filter_logits`
+    or :func:`sample_image_tokens` would raise for these settings at their first step."""
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not math.isfinite(cfg_scale):
+        raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
+
+
 def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
     """Mask logits outside the top-k (Fan et al. 2018) and/or the nucleus of cumulative
     probability ``top_p`` (Holtzman et al. 2020, Sec. 3.1) to ``-inf``.

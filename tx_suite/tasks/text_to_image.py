@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from tx_suite.data.captions_tokenizer import CaptionTokenizer
-from tx_suite.decoding.sampling import sample_image_tokens
+from tx_suite.decoding.sampling import check_sampling, sample_image_tokens
 from tx_suite.models.text_to_image import TextToImageTransformer
 from tx_suite.models.vqvae import VQVAE
 from tx_suite.tasks.callbacks.generation_images import SampleGrid
@@ -89,6 +89,13 @@ class TextToImageTask(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         check_sdpa_backend(sdpa_backend)
+        # The sample grid first samples after a whole epoch: refuse its settings now, not then.
+        if samples_per_caption < 1:
+            raise ValueError(f"model.samples_per_caption must be >= 1, got {samples_per_caption}")
+        try:
+            check_sampling(sample_temperature, sample_top_k, sample_top_p, sample_cfg_scale)
+        except ValueError as err:
+            raise ValueError(f"model.sample_{err}") from None
         path = resolve_checkpoint(tokenizer_ckpt, kind="VQ-VAE")
         # Absolute: a relative path would only resolve from the directory training ran in.
         self.hparams["tokenizer_ckpt"] = str(Path(path).resolve())
@@ -97,11 +104,7 @@ class TextToImageTask(pl.LightningModule):
         # state_dict, optimiser and train()/eval() switching (stage 2 loads it by path).
         object.__setattr__(self, "vqvae", vqvae)
         self.tokenizer_fingerprint = codebook_fingerprint(vqvae)
-        grid = vqvae.grid_size(image_size)
-        self.model = TextToImageTransformer(
-            text_vocab_size=text_vocab_size, text_len=text_len, codebook_size=vqvae.codebook_size,
-            grid_height=grid, grid_width=grid, d_model=d_model, n_heads=n_heads, d_ff=d_ff,
-            n_layers=n_layers, dropout=dropout)
+        self.model = self._build_model(vqvae)
         self.caption_tokenizer: CaptionTokenizer | None = None
         #: the datamodule class the model was trained with, as :func:`load_text_to_image` read it
         self.data_class_path: str | None = None
@@ -109,6 +112,15 @@ class TextToImageTask(pl.LightningModule):
                                          for sub in ("all", "seen", "heldout")})
 
     vqvae: VQVAE
+
+    def _build_model(self, vqvae: VQVAE) -> TextToImageTransformer:
+        """The transformer for ``vqvae``'s codebook and code grid (they size its image tokens)."""
+        h = self.hparams
+        grid = vqvae.grid_size(h.image_size)
+        return TextToImageTransformer(
+            text_vocab_size=h.text_vocab_size, text_len=h.text_len, codebook_size=vqvae.codebook_size,
+            grid_height=grid, grid_width=grid, d_model=h.d_model, n_heads=h.n_heads, d_ff=h.d_ff,
+            n_layers=h.n_layers, dropout=h.dropout)
 
     # ---- setup and checkpoints -----------------------------------------------------------------
 
@@ -152,6 +164,11 @@ class TextToImageTask(pl.LightningModule):
                 print(f"tx-suite: {self.hparams.tokenizer_ckpt} is not the VQ-VAE this model was trained with "
                       f"(codebook {self.tokenizer_fingerprint}, trained on {expected}; stage 1 trained further or "
                       "replaced?): using the copy stored in the checkpoint", file=sys.stderr)
+                if (vqvae.codebook_size, vqvae.grid_size(self.hparams.image_size)) != (
+                        self.vqvae.codebook_size, self.vqvae.grid_size(self.hparams.image_size)):
+                    # The file given has another codebook size or grid: this model was sized for
+                    # it, so build it again for the stored copy before its weights are loaded.
+                    self.model = self._build_model(vqvae).to(self.device)
                 object.__setattr__(self, "vqvae", vqvae.to(self.device))
                 self.tokenizer_fingerprint = expected
         check_fingerprint(checkpoint, self.tokenizer_fingerprint, self.hparams.tokenizer_ckpt)
@@ -391,6 +408,6 @@ def load_text_to_image(path: str | Path, tokenizer_ckpt: str | None = None,
     try:
         task.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
-        raise TokenizerMismatchError(f"{path} does not fit tokenizer {hparams['tokenizer_ckpt']}: "
-                                     f"{str(err).splitlines()[0]}") from None
+        detail = " ".join(str(err).split())[:300]  # torch's message: a header line, then the keys
+        raise TokenizerMismatchError(f"{path} does not fit tokenizer {hparams['tokenizer_ckpt']}: {detail}") from None
     return task.eval()

@@ -88,7 +88,9 @@ class ReconstructionGrid(pl.Callback):
     """
 
     def __init__(self, n_images: int = 16, nrow: int = 8):
-        self.n_images = n_images - n_images % nrow
+        if n_images < 1 or nrow < 1:
+            raise ValueError(f"ReconstructionGrid needs n_images >= 1 and nrow >= 1, got {n_images} and {nrow}")
+        self.n_images = n_images
         self.nrow = nrow
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -98,11 +100,14 @@ class ReconstructionGrid(pl.Callback):
             return
         if not skip_rank_zero_forward(trainer, "val/reconstructions"):
             dataset = trainer.datamodule.datasets["val"]
-            images = torch.stack([dataset[i]["image"] for i in range(self.n_images)]).to(pl_module.device)
+            # Whole rows of at most n_images of those the validation set has (fewer than a row: one row).
+            n = min(self.n_images, len(dataset))
+            nrow = min(self.nrow, n)
+            n -= n % nrow
+            images = torch.stack([dataset[i]["image"] for i in range(n)]).to(pl_module.device)
             with torch.no_grad():
                 recon = pl_module.model(images).recon.clamp(0, 1)
-            grid = make_grid(interleave_rows(images, recon, self.nrow), nrow=self.nrow, padding=1,
-                             pad_value=0.5)
+            grid = make_grid(interleave_rows(images, recon, nrow), nrow=nrow, padding=1, pad_value=0.5)
             log_image(trainer, "val/reconstructions", grid, "rows: input, reconstruction")
         log_image(trainer, "val/code_histogram", codebook_usage_plot(pl_module.code_counts))  # no model call
 
