@@ -234,6 +234,11 @@ def test_ckpt_path_last_with_a_run_id_resumes_that_run(runs_dir, capsys):
     assert len(list((runs_dir / "tiny_mnist").iterdir())) == 3
     assert fit("--run_id=nope", "--ckpt_path", "last") == 2
     assert "with run_id nope: no " in capsys.readouterr().err
+    # test with --run_id choosing the run's checkpoint: refused as "run directory already exists"
+    assert main(["test", "--config", TINY, *QUIET, "--run_id=b", "--ckpt_path", "best"]) == 0
+    err = capsys.readouterr().err
+    assert "tiny_mnist/b/checkpoints/best.ckpt" in err and "run_id b (chose the checkpoint)" in err
+    assert len(list((runs_dir / "tiny_mnist").iterdir())) == 4
 
 
 def test_runs_dir_with_a_tilde_is_one_directory(tmp_path, monkeypatch, capsys):

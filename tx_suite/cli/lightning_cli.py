@@ -258,6 +258,7 @@ class TxSuiteCLI(LightningCLI):
                           {"callbacks": [StopOnNonFiniteLoss(), RNGStateCallback(), RestoreLoaderState(),
                                         PredictionWriter()]})
         self._ckpt_global_step: int | None = None  # of --ckpt_path, set while parsing (after_fit reads it)
+        self._run_id_picked_checkpoint = False  # `--ckpt_path best|last` resolved in run_id's run
         super().__init__(**kwargs)
 
     # ------------------------------------------------------------------ parser
@@ -310,6 +311,7 @@ class TxSuiteCLI(LightningCLI):
             experiment = validate_name(cfg.get("experiment") or self._default_experiment)
             # With a run_id (a run's config.yaml names its own), that run's checkpoint, not the newest run's.
             resolved = find_checkpoint(cfg.runs_dir, experiment, ckpt_path, run_id=cfg.get("run_id"))
+            self._run_id_picked_checkpoint = bool(cfg.get("run_id"))
             _log(f"--ckpt_path {ckpt_path} -> {resolved}")
             ckpt_path = cfg.ckpt_path = str(resolved)
         ckpt = load_checkpoint(ckpt_path)
@@ -439,11 +441,14 @@ class TxSuiteCLI(LightningCLI):
         if run_dir is None:
             # Other ranks take rank 0's choice (it may have replaced the config's run_id, below).
             run_id = cfg.run_id if rank_zero else (os.environ.get(RUN_ID_ENV) or cfg.run_id)
-            if (rank_zero and run_id and (runs_dir / experiment / run_id).exists()
-                    and not any(a == "--run_id" or a.startswith("--run_id=") for a in sys.argv[1:])):
-                # A run's config.yaml names its run_id: re-running or testing it makes a run of its
-                # own (resuming it is `--ckpt_path last`, which finds that run's checkpoint).
-                _log(f"run_id {run_id} (from a config file) is an existing run; this {subcommand} run gets a new id")
+            given = any(a == "--run_id" or a.startswith("--run_id=") for a in sys.argv[1:])
+            if rank_zero and run_id and (runs_dir / experiment / run_id).exists() and (
+                    not given or self._run_id_picked_checkpoint):
+                # A run's config.yaml names its run_id, or `--run_id X --ckpt_path best` chose X's
+                # checkpoint: re-running or testing it makes a run of its own (resuming it is
+                # `fit --ckpt_path last`, which finds that run's checkpoint).
+                source = "chose the checkpoint" if given else "from a config file"
+                _log(f"run_id {run_id} ({source}) is an existing run; this {subcommand} run gets a new id")
                 run_id = None
             run_id = validate_name(run_id, "run_id") if run_id else new_run_id()
             run_dir = runs_dir / experiment / run_id
