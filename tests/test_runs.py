@@ -261,7 +261,13 @@ def test_test_with_a_runs_saved_config_makes_a_run_of_its_own(runs_dir, capsys):
     assert main(["test", "--config", str(config_a), *QUIET, "--ckpt_path", "best"]) == 0
     assert "tiny_mnist/a/checkpoints/best.ckpt" in capsys.readouterr().err
     assert len(list((runs_dir / "tiny_mnist").iterdir())) == 2
-    assert main(["test", "--config", str(config_a), *QUIET, "--ckpt_path", "best", "--run_id=a"]) == 2  # explicit
+    # An explicit --run_id that chose the checkpoint (docs/cli.md) does the same, and says so.
+    assert main(["test", "--config", str(config_a), *QUIET, "--ckpt_path", "best", "--run_id=a"]) == 0
+    assert "run_id a (chose the checkpoint) is an existing run" in capsys.readouterr().err
+    # With a checkpoint file the run_id names the new run: an existing one is still refused.
+    best = runs_dir / "tiny_mnist" / "a" / "checkpoints" / "best.ckpt"
+    assert main(["test", "--config", TINY, *QUIET, "--ckpt_path", str(best), "--run_id=a"]) == 2
+    assert "run directory already exists" in capsys.readouterr().err
 
 
 def test_fit_refuses_a_weights_only_checkpoint_before_touching_its_run(runs_dir, capsys):
