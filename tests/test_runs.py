@@ -239,6 +239,12 @@ def test_ckpt_path_last_with_a_run_id_resumes_that_run(runs_dir, capsys):
     err = capsys.readouterr().err
     assert "tiny_mnist/b/checkpoints/best.ckpt" in err and "run_id b (chose the checkpoint)" in err
     assert len(list((runs_dir / "tiny_mnist").iterdir())) == 4
+    # EXPERIMENT:best, as translate/classify/generate take it: was "checkpoint not found"
+    assert main(["validate", "--config", TINY, *QUIET, "--ckpt_path", "tiny_mnist:best"]) == 0
+    assert "--ckpt_path tiny_mnist:best -> " in capsys.readouterr().err
+    assert main(["validate", "--config", TINY, *QUIET, "--ckpt_path", "nope:best"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint not found: 'nope:best'" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_runs_dir_with_a_tilde_is_one_directory(tmp_path, monkeypatch, capsys):

@@ -57,6 +57,7 @@ from tx_suite.utils.runs import (
     default_runs_dir,
     find_checkpoint,
     new_run_id,
+    resolve_checkpoint,
     run_dir_of_checkpoint,
     validate_name,
 )
@@ -312,6 +313,11 @@ class TxSuiteCLI(LightningCLI):
             # With a run_id (a run's config.yaml names its own), that run's checkpoint, not the newest run's.
             resolved = find_checkpoint(cfg.runs_dir, experiment, ckpt_path, run_id=cfg.get("run_id"))
             self._run_id_picked_checkpoint = bool(cfg.get("run_id"))
+            _log(f"--ckpt_path {ckpt_path} -> {resolved}")
+            ckpt_path = cfg.ckpt_path = str(resolved)
+        elif re.fullmatch(r"[^/:]+:(best|last)", str(ckpt_path)) and not Path(ckpt_path).exists():
+            # EXPERIMENT:best, as the translate/classify/generate commands and stage-2 configs take it
+            resolved = resolve_checkpoint(ckpt_path, cfg.runs_dir)
             _log(f"--ckpt_path {ckpt_path} -> {resolved}")
             ckpt_path = cfg.ckpt_path = str(resolved)
         ckpt = load_checkpoint(ckpt_path)
