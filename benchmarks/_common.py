@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -25,16 +26,51 @@ def build(spec: dict, **extra):
     return getattr(importlib.import_module(module), name)(**{**(spec.get("init_args") or {}), **extra})
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 batches or steps would only fail later, in a division)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_ints(text: str) -> list[int]:
+    """argparse type: comma-separated integers >= 1 (``"1,5"``)."""
+    return [positive_int(part) for part in text.split(",")]
+
+
+def finite_floats(text: str) -> list[float]:
+    """argparse type: comma-separated finite numbers (``"0.6,1.0"``)."""
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {part!r}") from None
+        if not math.isfinite(values[-1]):
+            raise argparse.ArgumentTypeError(f"not a finite number: {part!r}")
+    return values
+
+
+def repo_path(path: str) -> str:
+    """``path`` as given if it exists from here, else relative to the repository (so the default
+    configs work from any directory)."""
+    return path if Path(path).exists() or Path(path).is_absolute() else str(ROOT / path)
+
+
 def step_benchmark_args(description: str, config: str = "experiments/translation/multi30k_en_de_tiny.yaml",
                         flags: dict[str, str] | None = None) -> argparse.Namespace:
     """Command line of the translation step-timing benchmarks: ``--config`` (default ``config``),
     ``--batches``, ``--repeats``, and a boolean option per ``flags`` entry (``{"--flag": help}``)."""
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--config", default=config)
+    ap.add_argument("--config", default=config, type=repo_path)
     for flag, help_text in (flags or {}).items():
         ap.add_argument(flag, action="store_true", help=help_text)
-    ap.add_argument("--batches", type=int, default=4, help="real training batches per timed pass")
-    ap.add_argument("--repeats", type=int, default=3, help="timed passes per variant (alternating)")
+    ap.add_argument("--batches", type=positive_int, default=4, help="real training batches per timed pass")
+    ap.add_argument("--repeats", type=positive_int, default=3, help="timed passes per variant (alternating)")
     return ap.parse_args()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 from _common import ROOT, alternate, git_commit, machine, step_benchmark_args, translation_pass, translation_setup
@@ -30,7 +31,7 @@ def main() -> int:
     skip_padding = not args.no_skip_padding
     from tx_suite.utils.config import load_config
 
-    precision = str((load_config(ROOT / args.config).get("trainer") or {}).get("precision", "32-true"))
+    precision = str((load_config(Path(args.config)).get("trainer") or {}).get("precision", "32-true"))
     task, batches = translation_setup(args.config, args.batches)
     task.model.train()
     for m in task.model.modules():

@@ -21,7 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")  # before Lightning is imported
 
-from _common import ROOT, StopBeforeDeadline, build, git_commit, segment_logger  # noqa: E402
+from _common import (ROOT, StopBeforeDeadline, build, finite_floats, git_commit, positive_ints,  # noqa: E402
+                     segment_logger)
 
 sys.path.insert(0, str(ROOT))
 
@@ -34,8 +35,8 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--max_epochs", type=int, default=None)
     ap.add_argument("--train_limit", type=int, default=None, help="first N training pairs only (smoke runs)")
-    ap.add_argument("--test_beams", default="1,5")
-    ap.add_argument("--tune_lenpen", default=None,
+    ap.add_argument("--test_beams", type=positive_ints, default=[1, 5], help="comma-separated beam sizes (1,5)")
+    ap.add_argument("--tune_lenpen", type=finite_floats, default=None,
                     help="comma-separated length penalties: for each checkpoint and beam > 1, test with the one "
                          "that gives the best validation BLEU (tuned on valid, never on test, as fairseq does)")
     ap.add_argument("--skip_fit", action="store_true", help="only score the checkpoints already in --out")
@@ -113,14 +114,15 @@ def main() -> int:
         result["fit_wall_s"] = round(time.time() - t_start, 1)
         result["epochs"] = trainer.current_epoch
     ckpts = {"last": out / "checkpoints" / "last.ckpt", "averaged": out / "checkpoints" / "averaged.ckpt"}
+    ckpts = {name: path for name, path in ckpts.items() if path.is_file()}
+    if not ckpts:  # --skip_fit on an empty --out reported success with nothing scored
+        ap.error(f"no checkpoint to score: neither {out}/checkpoints/last.ckpt nor averaged.ckpt exists")
     scores = []
     for name, path in ckpts.items():
-        if not path.is_file():
-            continue
-        for beam in [int(b) for b in args.test_beams.split(",")]:
+        for beam in args.test_beams:
             overrides, val_bleu = {}, {}
             if args.tune_lenpen and beam > 1:
-                for lp in [float(x) for x in args.tune_lenpen.split(",")]:
+                for lp in args.tune_lenpen:
                     task = TranslationTask.load_from_checkpoint(path, weights_only=True, val_beam_size=beam,
                                                                 length_penalty=lp, bleu_every_n_epochs=1)
                     tester = pl.Trainer(default_root_dir=out / f"val_{name}_beam{beam}", logger=False,

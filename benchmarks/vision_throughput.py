@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import positive_int  # noqa: E402
 from tx_suite.tasks.classification import build_backbone  # noqa: E402
 
 MNIST_VIT = dict(num_classes=10, img_size=28, in_chans=1, patch_size=4, d_model=128, n_layers=6, n_heads=4,
@@ -56,9 +57,9 @@ def make_step(backbone: str, precision: str, sdpa: str | None, batch_size: int):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=8, help="timed steps per round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--steps", type=positive_int, default=8, help="timed steps per round")
+    p.add_argument("--rounds", type=positive_int, default=3)
     args = p.parse_args(argv)
     rows = []
     for precision, sdpa in (("bf16", "math"), ("bf16", None), ("fp32", None)):
