@@ -124,9 +124,10 @@ os.chdir(REPO)  # experiment configs and data paths are relative to the reposito
 os.environ.setdefault("WANDB_MODE", "disabled")  # these short runs need no W&B record
 if SMALL:
     torch.set_num_threads(1)  # small mode runs beside other jobs; one thread avoids contention
-# Small mode trains into a temporary folder; otherwise runs land in runs/ (or $TX_SUITE_RUNS_DIR)
-# like any other run.
-RUNS_DIR = Path(tempfile.mkdtemp(prefix="tx-suite-nb-")) if SMALL else Path(default_runs_dir())
+# Small mode trains into a temporary folder, removed when the kernel exits; otherwise runs land in
+# runs/ (or $TX_SUITE_RUNS_DIR) like any other run.
+_TMP = tempfile.TemporaryDirectory(prefix="tx-suite-nb-") if SMALL else None
+RUNS_DIR = Path(_TMP.name) if _TMP else Path(default_runs_dir())
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
