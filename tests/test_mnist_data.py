@@ -84,6 +84,15 @@ def test_extraction_is_cached(tmp_path):
     stamp = target.stat().st_mtime_ns
     extract_mnist(DATA, tmp_path)
     assert target.stat().st_mtime_ns == stamp
+    # A damaged extracted file was reused (its stamp held only the archive's sum), and a stamp
+    # of non-text bytes raised UnicodeDecodeError on every run: both are extracted again.
+    whole = target.read_bytes()
+    target.write_bytes(whole[:5000])
+    extract_mnist(DATA, tmp_path)
+    assert target.read_bytes() == whole
+    target.with_name(target.name + ".src-sha256").write_bytes(b"\xff\xfe\x00")
+    extract_mnist(DATA, tmp_path)
+    assert target.read_bytes() == whole and target.stat().st_mtime_ns != stamp
 
 
 def test_augment_values_of_the_wrong_kind_name_their_key():

@@ -34,7 +34,7 @@ def extract_mnist(data_dir: str | Path, cache_dir: str | Path) -> Path:
 
     Each ``<data_dir>/MNIST/raw/<name>.gz`` is checked against its SHA-256 and decompressed to
     ``<cache_dir>/MNIST/raw/<name>``, next to a ``<name>.src-sha256`` stamp holding the archive's
-    sum; a file whose stamp matches is not extracted again. Writes go through a temporary file and
+    sum and the extracted file's; a file whose stamp matches both is not extracted again. Writes go through a temporary file and
     an atomic rename, so concurrent runs never see half a file.
 
     Returns:
@@ -52,13 +52,17 @@ def extract_mnist(data_dir: str | Path, cache_dir: str | Path) -> Path:
         digest = sha256(src)
         dst = raw / name[: -len(".gz")]
         stamp = dst.with_name(dst.name + ".src-sha256")
-        if dst.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
+        # The stamp holds the sums of the archive and of the extracted file: a damaged extracted
+        # file (or an unreadable stamp) is extracted again rather than trusted.
+        if (dst.is_file() and stamp.is_file()
+                and stamp.read_bytes().decode("ascii", "replace").strip() == f"{digest} {sha256(dst)}"):
             continue
         tmp = dst.with_name(f"{dst.name}.tmp{os.getpid()}")
         with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
             shutil.copyfileobj(fin, fout)
+        extracted = sha256(tmp)
         os.replace(tmp, dst)
-        tmp.write_text(digest)
+        tmp.write_text(f"{digest} {extracted}")
         os.replace(tmp, stamp)
     return cache_dir
 
