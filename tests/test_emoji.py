@@ -100,3 +100,15 @@ def test_items_are_all_captions_of_the_first_vendor_then_the_second():
         assert first["caption"] == second["caption"] == r.caption
         torch.testing.assert_close(first["image"], cell_image(tw, r.sheet_x, r.sheet_y), atol=1 / 255, rtol=0)
         torch.testing.assert_close(second["image"], cell_image(go, r.sheet_x, r.sheet_y), atol=1 / 255, rtol=0)
+
+
+def test_bundled_data_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    """The default root "data" was taken from the working directory: emoji and Captioned MNIST
+    failed outside the repository ("data file not found: data/emoji/emoji.json"), unlike MNIST."""
+    from tx_suite.data.captioned_mnist import load_mnist
+
+    here = len(load_records())
+    monkeypatch.chdir(tmp_path)
+    assert len(load_records()) == here
+    images, labels = load_mnist(train=False)
+    assert images.shape == (10000, 28, 28) and labels.shape == (10000,)

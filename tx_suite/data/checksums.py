@@ -47,8 +47,23 @@ def sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+#: Repository root (``tx_suite/data/`` -> two levels up); ``data/`` is looked up here when a
+#: relative data root does not exist below the working directory.
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def resolve_data_dir(data_dir: str | Path) -> Path:
+    """``data_dir`` as given if it exists (or is absolute), else relative to the repository root
+    (so the default ``"data"`` works from any working directory)."""
+    path = Path(data_dir)
+    if path.is_absolute() or path.exists():
+        return path
+    return _REPO_ROOT / path
+
+
 def verify(root: str | Path, relpath: str) -> Path:
-    """Check ``root/relpath`` against :data:`SHA256` and return its path.
+    """Check ``root/relpath`` (``root`` as :func:`resolve_data_dir` finds it) against :data:`SHA256`
+    and return its path.
 
     Files without a recorded sum (for example test sets fetched later) are returned unchecked.
 
@@ -56,14 +71,15 @@ def verify(root: str | Path, relpath: str) -> Path:
         FileNotFoundError: the file does not exist.
         ChecksumError: the file exists but its SHA-256 differs; the message names the file.
     """
-    path = Path(root) / relpath
+    root = resolve_data_dir(root)
+    path = root / relpath
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     expected = SHA256.get(relpath)
     if expected is not None:
         actual = sha256(path)
         if actual != expected:
-            bundled = Path(root).resolve() == (Path(__file__).resolve().parents[2] / "data")
+            bundled = root.resolve() == _REPO_ROOT / "data"
             fix = "restore it with `git checkout -- data/`" if bundled else "replace it with an intact copy, e.g. from the repository's data/"
             raise ChecksumError(
                 f"corrupt data file {path}: SHA-256 {actual[:12]}... != expected {expected[:12]}... ({fix})"

@@ -13,20 +13,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from tx_suite.data.checksums import resolve_data_dir  # noqa: F401 (re-exported)
 from tx_suite.data.vision_transforms import build_eval_transform, build_train_transform, check_augment
 from tx_suite.utils.resumable_loader import ResumableDataLoader
-
-#: Repository root (``tx_suite/data/`` -> two levels up); ``data/`` is looked up here when a
-#: relative ``data_dir`` does not exist below the working directory.
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def resolve_data_dir(data_dir: str | Path) -> Path:
-    """``data_dir`` as given if it exists (or is absolute), else relative to the repository root."""
-    path = Path(data_dir)
-    if path.is_absolute() or path.exists():
-        return path
-    return _REPO_ROOT / path
 
 
 class ImageClassificationDataModule(pl.LightningDataModule):
