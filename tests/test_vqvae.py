@@ -285,3 +285,24 @@ def test_a_cuda_only_sdpa_backend_warns_once_per_name_and_device(monkeypatch):
         with sdpa_backend_context("cudnn", "cpu"):
             pass
     assert [str(w.message).split(" has")[0] for w in caught] == ["sdpa_backend='efficient'", "sdpa_backend='cudnn'"]
+
+
+def test_sizes_the_models_cannot_take_are_refused():
+    """A 30x30 image came back as a 28x28 reconstruction (the loss then failed on the shapes), and
+    a transposed code grid was flattened into the wrong 2-D positions without a word."""
+    from tx_suite.models.text_to_image import TextToImageTransformer
+
+    vq = VQVAE(hidden=16, res_channels=8, n_res_blocks=1, codebook_size=32, codebook_dim=8).eval()
+    for bad in (torch.rand(1, 3, 30, 30), torch.rand(1, 3, 32, 30)):
+        with pytest.raises(ValueError, match="not a multiple of the VQ-VAE's downsample factor 4"):
+            vq(bad)
+        with pytest.raises(ValueError, match="not a multiple"):
+            vq.encode(bad)
+    assert vq(torch.rand(1, 3, 32, 24)).recon.shape == (1, 3, 32, 24)
+    m = TextToImageTransformer(30, 5, 16, 3, 4, d_model=32, n_heads=4, d_ff=64, n_layers=1).eval()
+    text, codes = torch.randint(0, 30, (2, 5)), torch.randint(0, 16, (2, 3, 4))
+    out = m(text, codes)
+    torch.testing.assert_close(m(text, codes.flatten(1)).image_logits, out.image_logits)
+    for bad in (codes.transpose(1, 2), codes.reshape(2, 2, 6), codes.flatten(1)[:, :11]):
+        with pytest.raises(ValueError, match=r"image codes must be \(B, 3, 4\) or \(B, 12\)"):
+            m(text, bad)

@@ -74,8 +74,15 @@ class TextToImageTransformer(nn.Module):
         """Teacher-forced pass over the whole sequence.
 
         The last image code is never an input (nothing follows it), so the stream is
-        ``[t_1 .. t_L, <boi>, i_1 .. i_{N-1}]`` of length ``L + N``.
+        ``[t_1 .. t_L, <boi>, i_1 .. i_{N-1}]`` of length ``L + N``. ``image_codes`` is the
+        ``(B, H, W)`` grid or its raster order ``(B, N)``.
+
+        Raises:
+            ValueError: ``image_codes`` of another grid shape or length (a transposed grid too).
         """
+        if tuple(image_codes.shape[1:]) not in (self.grid, (self.num_image_tokens,)):
+            raise ValueError(f"image codes must be (B, {self.grid[0]}, {self.grid[1]}) or "
+                             f"(B, {self.num_image_tokens}), got {tuple(image_codes.shape)}")
         codes = image_codes.flatten(1)  # (B, H, W) -> (B, N)
         x, pad = self.sequence(text, codes[:, :-1])  # (B, L + N, D), (B, L + N)
         h = self.decoder(x, key_padding_mask=pad)

@@ -137,12 +137,23 @@ class VQVAE(nn.Module):
         self.codebook_synced = True
         return True
 
+    def _check_size(self, images: torch.Tensor) -> None:
+        h, w = images.shape[-2:]
+        if h % self.downsample or w % self.downsample:
+            raise ValueError(f"image size {h}x{w} is not a multiple of the VQ-VAE's downsample factor {self.downsample}")
+
     def grid_size(self, image_size: int = 32) -> int:
         """Side of the code grid for a square image of side ``image_size``."""
         return image_size // self.downsample
 
     def forward(self, images: torch.Tensor) -> VQVAEOutput:
-        """Encode, quantize, decode. ``images`` ``(B, C, H, W)`` -> :class:`VQVAEOutput`."""
+        """Encode, quantize, decode. ``images`` ``(B, C, H, W)`` -> :class:`VQVAEOutput`.
+
+        Raises:
+            ValueError: ``H`` or ``W`` is not a multiple of ``downsample`` (the reconstruction
+                would come back smaller than the input).
+        """
+        self._check_size(images)
         z = self.encoder(images)  # (B, codebook_dim, h, w)
         zq, codes, commit_loss = self.quantizer(z)
         return VQVAEOutput(self.decoder(zq), codes, commit_loss.sum())
@@ -152,7 +163,11 @@ class VQVAE(nn.Module):
         """``(B, C, H, W)`` images -> ``(B, h, w)`` long codes in ``[0, codebook_size)``.
 
         Call in eval mode: in training mode the quantizer updates its EMA codebook.
+
+        Raises:
+            ValueError: ``H`` or ``W`` is not a multiple of ``downsample``.
         """
+        self._check_size(images)
         _, codes, _ = self.quantizer(self.encoder(images))
         return codes
 
