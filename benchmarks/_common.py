@@ -58,7 +58,9 @@ def finite_floats(text: str) -> list[float]:
 def repo_path(path: str) -> str:
     """``path`` as given if it exists from here, else relative to the repository (so the default
     configs work from any directory)."""
-    return path if Path(path).exists() or Path(path).is_absolute() else str(ROOT / path)
+    from tx_suite.data.checksums import resolve_data_dir  # the same rule as the data roots
+
+    return str(resolve_data_dir(path))
 
 
 def step_benchmark_args(description: str, config: str = "experiments/translation/multi30k_en_de_tiny.yaml",

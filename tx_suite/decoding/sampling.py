@@ -32,8 +32,8 @@ class ImageTokenModel(Protocol):
 
 def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                    cfg_scale: float = 1.0) -> None:
-    """Raise, before any sampling, the ValueError that :func:`sample_next`, :func:`filter_logits`
-    or :func:`sample_image_tokens` would raise for these settings at their first step."""
+    """Raise ValueError for settings that :func:`sample_next`, :func:`filter_logits` and
+    :func:`sample_image_tokens` cannot use (they call this too); for checks before any sampling."""
     if not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_k is not None and top_k < 1:
@@ -53,15 +53,12 @@ def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None 
     Raises:
         ValueError: ``top_k < 1`` or ``top_p`` outside (0, 1].
     """
+    check_sampling(top_k=top_k, top_p=top_p)
     if top_k is not None:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
         if top_k < logits.size(-1):
             kth = logits.topk(top_k, dim=-1).values[..., -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None:
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if top_p < 1.0:
             sorted_logits, order = logits.sort(dim=-1, descending=True)
             cum = sorted_logits.softmax(-1).cumsum(-1)
@@ -95,8 +92,7 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     Raises:
         ValueError: a negative or non-finite temperature (and see :func:`filter_logits`).
     """
-    if not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    check_sampling(temperature=temperature)
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float()
@@ -143,8 +139,7 @@ def sample_image_tokens(model: ImageTokenModel, text: Tensor, *, temperature: fl
     Raises:
         ValueError: ``cfg_scale != 1`` without ``null_text``, or not finite; not ``B`` generators.
     """
-    if not math.isfinite(cfg_scale):
-        raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
+    check_sampling(cfg_scale=cfg_scale)
     guided = cfg_scale != 1.0
     if guided:
         if null_text is None:
