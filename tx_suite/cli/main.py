@@ -192,11 +192,10 @@ def _run_guarded(command: str, fn: Callable[[], int | None]) -> int:
         err = root_cause(err)
         if isinstance(err, RuntimeError) and str(err).startswith("Error(s) in loading state_dict"):
             # torch's list of every mismatched tensor: the first one says enough
-            from tx_suite.utils.checkpoint import CheckpointError
+            from tx_suite.utils.checkpoint import CheckpointError, state_dict_mismatch
 
-            first = " ".join(str(err).split("\n\t")[1:2]).strip() or one_line(err)
             err = CheckpointError(f"the checkpoint's weights do not fit the model the config builds (a "
-                                  f"--model.init_args value that changes its shape?): {first[:300]}")
+                                  f"--model.init_args value that changes its shape?): {state_dict_mismatch(err)}")
         user = isinstance(err, _user_errors())
         kind = "error" if user else f"error ({type(err).__name__})"
         print(f"{PROG} {command}: {kind}: {one_line(err)}", file=sys.stderr)

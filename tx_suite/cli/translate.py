@@ -28,11 +28,11 @@ from tqdm import tqdm
 from tx_suite.cli.devices import check_device
 from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer
 from tx_suite.data.translation_dataset import encode_source, pad_batch
-from tx_suite.data.text_normalize import normalize_source, split_lines
+from tx_suite.data.text_normalize import normalize_source, one_line, split_lines
 from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
-from tx_suite.utils.checkpoint import load_checkpoint
+from tx_suite.utils.checkpoint import load_checkpoint, state_dict_mismatch
 from tx_suite.utils.runs import default_runs_dir, find_checkpoint, resolve_checkpoint
 
 PROG = "tx-suite translate"
@@ -66,8 +66,8 @@ def load_translator(path: str | Path, device: str = "cpu") -> tuple[Seq2SeqTrans
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        detail = " ".join(str(e).split())[:200]  # torch's message spans several lines
-        raise TranslateError(f"{path}: weights do not match the stored hyper-parameters ({detail})") from None
+        raise TranslateError(f"{path}: weights do not match the stored hyper-parameters "
+                             f"({state_dict_mismatch(e)})") from None
     try:
         tok = BPETokenizer.from_str(ckpt["tokenizer"])
     except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for a bad JSON model
@@ -111,8 +111,7 @@ def translate_lines(model: Seq2SeqTransformer, tok: BPETokenizer, lines: Sequenc
         else:
             hyp = beam_search(model, src, mask, beam_size=beam_size, length_penalty=length_penalty, **kw)
         for i, h in zip(idx, tok.decode_batch(hyp)):
-            # A newline inside a translation would break the one-line-per-input contract.
-            out[i] = h.replace("\r", " ").replace("\n", " ")
+            out[i] = one_line(h)  # a newline would break the one-line-per-input contract
         bar.update(len(idx))
     bar.close()
     return out

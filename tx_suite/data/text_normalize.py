@@ -59,3 +59,9 @@ def split_lines(data: bytes) -> list[str]:
     if text.endswith("\n"):
         text = text[:-1]
     return [line.removesuffix("\r") for line in text.split("\n")] if text or data else []
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks as spaces: a decoded hypothesis (byte fallback can produce
+    a newline) must stay one line of a one-sentence-per-line file."""
+    return text.replace("\r", " ").replace("\n", " ")

@@ -21,7 +21,7 @@ from tx_suite.tasks.callbacks.generation_images import SampleGrid
 from tx_suite.tasks.sdpa_backend import check_sdpa_backend, sdpa_backend_context
 from tx_suite.tasks.vqvae import (codebook_fingerprint, load_vqvae, read_checkpoint, resolve_checkpoint, vqvae_from_state,
                                   vqvae_state)
-from tx_suite.utils.checkpoint import init_kwargs
+from tx_suite.utils.checkpoint import init_kwargs, state_dict_mismatch
 from tx_suite.utils.runs import CHECKPOINT_DIR
 
 #: checkpoint key of the datamodule class the model was trained with
@@ -408,6 +408,6 @@ def load_text_to_image(path: str | Path, tokenizer_ckpt: str | None = None,
     try:
         task.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
-        detail = " ".join(str(err).split())[:300]  # torch's message: a header line, then the keys
-        raise TokenizerMismatchError(f"{path} does not fit tokenizer {hparams['tokenizer_ckpt']}: {detail}") from None
+        raise TokenizerMismatchError(f"{path} does not fit tokenizer {hparams['tokenizer_ckpt']}: "
+                                     f"{state_dict_mismatch(err)}") from None
     return task.eval()

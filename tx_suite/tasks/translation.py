@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer
+from tx_suite.data.text_normalize import one_line
 from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
@@ -21,11 +22,6 @@ from tx_suite.tasks.sdpa_backend import check_sdpa_backend, sdpa_backend_context
 from tx_suite.tasks.translation_loss import label_smoothed_nll_loss
 from tx_suite.tasks.translation_metrics import signatures, translation_scores
 from tx_suite.tasks.translation_schedules import build_scheduler
-
-
-def one_line(text: str) -> str:
-    """``text`` with its line breaks as spaces."""
-    return text.replace("\r", " ").replace("\n", " ")
 
 
 def check_decoding(**settings: float) -> None:

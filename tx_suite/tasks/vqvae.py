@@ -14,6 +14,7 @@ from torchmetrics.image import PeakSignalNoiseRatio
 from tx_suite.models.vqvae import VQVAE
 from tx_suite.tasks.callbacks.generation_images import ReconstructionGrid
 from tx_suite.tasks.one_cycle import one_cycle
+from tx_suite.utils.checkpoint import state_dict_mismatch
 from tx_suite.utils.runs import resolve_checkpoint as _resolve_checkpoint
 
 #: VQVAETask hyper-parameters that define the model (all of its __init__ but the optimiser's).
@@ -220,6 +221,7 @@ def vqvae_from_state(state: dict, source: str = "stored VQ-VAE") -> VQVAE:
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"{source} does not match its hyper-parameters: {str(err).splitlines()[0]}") from None
+        # (the first line alone is torch's header, "Error(s) in loading state_dict for VQVAE:")
+        raise ValueError(f"{source} does not match its hyper-parameters: {state_dict_mismatch(err)}") from None
     model.tx_config = dict(state["config"])  # for vqvae_state
     return model.eval().requires_grad_(False)

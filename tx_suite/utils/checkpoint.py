@@ -49,6 +49,13 @@ def _brief(text: str, limit: int = 160) -> str:
     return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."
 
 
+def state_dict_mismatch(err: BaseException, limit: int = 300) -> str:
+    """One line for torch's ``load_state_dict`` error: its first mismatched tensor, not the
+    header ("Error(s) in loading state_dict for X:") nor the list of every tensor."""
+    lines = [" ".join(line.split()) for line in str(err).split("\n\t")]
+    return (lines[1] if len(lines) > 1 else lines[0])[:limit] or type(err).__name__
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint/weight file with ``torch.load(path, weights_only=True)``.
 
