@@ -335,6 +335,29 @@ def test_last_and_best_mean_the_run_whose_checkpoints_were_written_last(tmp_path
         find_checkpoint(tmp_path, "exp", "last", run_id="20250103-000000-cccc")
 
 
+def test_best_of_a_newest_run_without_one_is_an_error_not_an_older_runs_best(tmp_path):
+    """A fit stopped before its first validation writes last.ckpt only: `best` must not quietly
+    evaluate an older run's weights, in the Lightning CLI's form or as EXPERIMENT:best."""
+    from tx_suite.utils.runs import RunLookupError, find_checkpoint, resolve_checkpoint
+
+    old = tmp_path / "exp" / "20250101-000000-aaaa" / "checkpoints"
+    new = tmp_path / "exp" / "20250102-000000-bbbb" / "checkpoints"
+    for directory, names, mtime in ((old, ("best", "last"), 100.0), (new, ("last",), 200.0)):
+        directory.mkdir(parents=True)
+        for name in names:
+            (directory / f"{name}.ckpt").write_bytes(b"")
+            os.utime(directory / f"{name}.ckpt", (mtime, mtime))
+    assert find_checkpoint(tmp_path, "exp", "last") == new / "last.ckpt"
+    with pytest.raises(RunLookupError, match=r"newest run of exp, .*20250102-000000-bbbb, has no best\.ckpt.*"
+                                             r"older run's .*20250101-000000-aaaa/checkpoints/best\.ckpt"):
+        find_checkpoint(tmp_path, "exp", "best")
+    with pytest.raises(FileNotFoundError, match="'exp:best': .*20250102-000000-bbbb, has no best"):
+        resolve_checkpoint("exp:best", tmp_path)
+    assert find_checkpoint(tmp_path, "exp", "best", run_id="20250101-000000-aaaa") == old / "best.ckpt"
+    (new / "best.ckpt").write_bytes(b"")  # its first validation came
+    assert find_checkpoint(tmp_path, "exp", "best") == new / "best.ckpt"
+
+
 def test_run_ids_sort_by_time_and_checkpoints_map_back_to_their_run(tmp_path):
     import re
     import time

@@ -63,13 +63,17 @@ def _newest_ckpt_mtime(run_dir: Path) -> float:
 
 
 def find_checkpoint(runs_dir: str | Path, experiment: str, which: str = "last", run_id: str | None = None) -> Path:
-    """The ``{which}.ckpt`` of the newest run of ``experiment`` that has one, or of run ``run_id``.
+    """The ``{which}.ckpt`` of the newest run of ``experiment``, or of run ``run_id``.
 
     "Newest" is the run whose checkpoints were written most recently, so a resumed older run
-    counts as new again. Runs without checkpoints (test/predict runs) are skipped.
+    counts as new again. Runs without checkpoints (test/predict runs) are skipped. The newest run
+    must have ``{which}.ckpt`` itself: a fit stopped before its first validation has ``last.ckpt``
+    but no ``best.ckpt``, and falling back to an older run's ``best`` would evaluate other weights
+    than the run just trained without saying so.
 
     Raises:
-        RunLookupError: no run of the experiment (or run ``run_id``) has ``checkpoints/{which}.ckpt``.
+        RunLookupError: no run of the experiment (or run ``run_id``) has ``checkpoints/{which}.ckpt``,
+            or the newest run with checkpoints lacks it (the message names the older run that has it).
     """
     exp_dir = experiment_dir(runs_dir, experiment)
     if run_id:
@@ -83,21 +87,32 @@ def find_checkpoint(runs_dir: str | Path, experiment: str, which: str = "last", 
             f"--ckpt_path {which}: no {exp_dir}/*/{CHECKPOINT_DIR}/{which}.ckpt found "
             f"(train first with `tx-suite fit --config ...`, or pass a checkpoint file)"
         )
-    return max(candidates, key=lambda p: (_newest_ckpt_mtime(p.parent.parent), p.parent.parent.name))
+    def newest(run_dirs):
+        return max(run_dirs, key=lambda run: (_newest_ckpt_mtime(run), run.name))
+    found = newest([p.parent.parent for p in candidates])
+    latest = newest([p.parent for p in exp_dir.glob(f"*/{CHECKPOINT_DIR}") if any(p.glob("*.ckpt"))])
+    if latest != found:
+        why = " (a fit stopped before its first validation writes none)" if which == "best" else ""
+        raise RunLookupError(
+            f"--ckpt_path {which}: the newest run of {experiment}, {latest}, has no {which}.ckpt{why}; "
+            f"give a checkpoint file instead, e.g. the older run's {found / CHECKPOINT_DIR / (which + '.ckpt')}"
+        )
+    return found / CHECKPOINT_DIR / f"{which}.ckpt"
 
 
 def resolve_checkpoint(spec: str | Path, runs_dir: str | Path | None = None, kind: str = "",
                        hint: str = "train it first with `tx-suite fit --config ...`") -> Path:
     """A checkpoint file from a path or from ``"<experiment>:best"`` / ``"<experiment>:last"``.
 
-    The experiment form is :func:`find_checkpoint` (the newest run of the experiment that has that
-    checkpoint), so a stage-2 config or a command can name a checkpoint without knowing the run
+    The experiment form is :func:`find_checkpoint` (that checkpoint of the newest run of the
+    experiment), so a stage-2 config or a command can name a checkpoint without knowing the run
     id. ``runs_dir`` defaults to :func:`default_runs_dir`.
 
     Raises:
         FileNotFoundError: no such file, or no run of the experiment has that checkpoint (the
             message starts with ``kind``, e.g. "VQ-VAE checkpoint not found", and ends with
-            ``hint``, where ``{name}`` stands for the experiment).
+            ``hint``, where ``{name}`` stands for the experiment), or only an older run than the
+            newest has it (the message names that run's file).
     """
     what = f"{kind} checkpoint" if kind else "checkpoint"
     runs_dir = default_runs_dir() if runs_dir is None else runs_dir
@@ -108,8 +123,10 @@ def resolve_checkpoint(spec: str | Path, runs_dir: str | Path | None = None, kin
     if sep and which in ("best", "last") and _NAME_RE.match(name):
         try:
             return find_checkpoint(runs_dir, name, which)
-        except RunLookupError:
+        except RunLookupError as err:
             runs = Path(runs_dir).expanduser() / name
+            if any(runs.glob(f"*/{CHECKPOINT_DIR}/{which}.ckpt")):  # an older run has it, not the newest
+                raise FileNotFoundError(f"{what} not found: {spec!r}: {err}") from None
             other = "last" if which == "best" else "best"
             if any(runs.glob(f"*/{CHECKPOINT_DIR}/{other}.ckpt")):  # trained, but not this file: no point training it again
                 fix = f"its runs have {name}:{other} only"
