@@ -200,6 +200,17 @@ def test_checkpoint_written_by_lightning_cli_loads(run, tmp_path):
         load_classifier(tmp_path / "other.ckpt")
 
 
+def test_weights_that_do_not_fit_the_stored_hyper_parameters_name_the_tensor(run, tmp_path, capsys):
+    """torch's load_state_dict error starts with a header line that names no tensor."""
+    ckpt = torch.load(run["ckpt"], weights_only=True)
+    ckpt["hyper_parameters"]["d_model"] *= 2
+    torch.save(ckpt, tmp_path / "wider.ckpt")
+    with pytest.raises(ValueError, match=r"not an image-classification checkpoint: size mismatch for model\."):
+        load_classifier(tmp_path / "wider.ckpt")
+    code, out, err = _classify(capsys, "--ckpt", tmp_path / "wider.ckpt", run["pngs"][0])
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "size mismatch for model." in err
+
+
 def test_a_gpu_attention_kernel_of_the_training_run_is_not_kept(run, capsys, tmp_path, monkeypatch):
     """A checkpoint trained with sdpa_backend: efficient (GPU only) and compile classifies on CPU."""
     ckpt = torch.load(run["ckpt"], weights_only=True)

@@ -154,12 +154,6 @@ def _check_cxx_compiler() -> None:
                            "found); install one or set model.init_args.compile: false")
 
 
-def _first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception message (torch's unpickling errors run long)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
-
-
 def _probe(host: str, timeout: float = 5.0) -> None:
     """Raise ConnectionError within ``timeout`` seconds if ``host``:443 cannot be reached."""
     import socket
@@ -567,7 +561,7 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> ImageClassif
         tx_suite.utils.checkpoint.CheckpointError: missing, corrupt or unsafe file (a ValueError).
         ValueError: the file is not a Lightning checkpoint of this task.
     """
-    from tx_suite.utils.checkpoint import init_kwargs, load_checkpoint
+    from tx_suite.utils.checkpoint import init_kwargs, load_checkpoint, state_dict_mismatch
 
     path = Path(path)
     ckpt = load_checkpoint(path, map_location=map_location)
@@ -585,6 +579,6 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> ImageClassif
         model = ImageClassification(**hparams)
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError) as e:
-        raise ValueError(f"{path} is not an image-classification checkpoint: {_first_line(e)}") from e
+        raise ValueError(f"{path} is not an image-classification checkpoint: {state_dict_mismatch(e)}") from e
     model.meta = ckpt.get(META_KEY, {})
     return model.eval()
