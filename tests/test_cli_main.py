@@ -51,6 +51,46 @@ def test_python_dash_m_matches_the_console_script(subprocess_env):
     assert proc.returncode == 2  # no command is a usage error
 
 
+def spam_command(argv):
+    for i in range(100_000):  # far past a pipe's buffer: the write itself fails, not only the exit flush
+        print("line", i)
+
+
+def spam_over_a_socket_command(argv):
+    import socket
+
+    a, b = socket.socketpair()
+    b.close()
+    a.sendall(b"x" * 10_000_000)  # a BrokenPipeError that has nothing to do with stdout
+
+
+@pytest.mark.parametrize("command", ["--help", "spam"])
+def test_a_reader_that_goes_away_ends_the_command_quietly(subprocess_env, command):
+    """`tx-suite compare | head`: exit 141 (as SIGPIPE would) with nothing on stderr, whether the
+    write itself or the flush at exit finds the pipe closed."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes anything
+    try:
+        proc = subprocess.run([sys.executable, "-c", _SPAM, command], env=subprocess_env, stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60, cwd=os.path.dirname(__file__))
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_still_an_error(subprocess_env):
+    proc = subprocess.run([sys.executable, "-c", _SPAM, "sock"], env=subprocess_env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1 and "error (BrokenPipeError)" in proc.stderr, proc.stderr
+
+
+_SPAM = ("import sys; from tx_suite.cli import main as m; "
+         "m.COMMANDS.update(spam='test_cli_main:spam_command', sock='test_cli_main:spam_over_a_socket_command'); "
+         "sys.exit(m.main(sys.argv[1:]))")
+
+
 def test_commands_table_dispatches_lazily(monkeypatch, capsys):
     monkeypatch.setitem(cli_main.COMMANDS, "fake", "test_cli_main:fake_command")
     assert cli_main.main(["fake", "--x", "1"]) == 3

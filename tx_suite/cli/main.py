@@ -43,6 +43,8 @@ LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+#: 128 + SIGPIPE, what a shell reports for a command whose reader went away (``tx-suite compare | head``)
+EXIT_BROKEN_PIPE = 141
 
 
 def usage() -> str:
@@ -147,7 +149,39 @@ def root_cause(err: BaseException) -> BaseException:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``tx-suite`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    """Run ``tx-suite`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status.
+
+    A reader that closes the output early (``tx-suite --help | head -3``) ends the command quietly
+    with status 141, as ``SIGPIPE`` would, instead of a ``BrokenPipeError`` traceback.
+    """
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # stdout to a pipe is block-buffered: a closed reader shows here
+        return status
+    except BrokenPipeError:
+        if not _stdout_broken():
+            raise
+        # Python flushes stdout again at exit and would print "Exception ignored ... BrokenPipeError"
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _stdout_broken() -> bool:
+    """Whether stdout's reader has gone (so a BrokenPipeError came from stdout, not from a socket
+    or a child process's pipe): poll reports an error on the write end of a pipe without readers."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is not a file
+        return False
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(usage())
@@ -187,8 +221,8 @@ def _run_guarded(command: str, fn: Callable[[], int | None]) -> int:
         print(f"{PROG} {command}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the top level is where errors become messages
-        if debug_enabled():
-            raise
+        if debug_enabled() or (isinstance(err, BrokenPipeError) and _stdout_broken()):
+            raise  # main() ends a closed pipe quietly
         err = root_cause(err)
         if isinstance(err, RuntimeError) and str(err).startswith("Error(s) in loading state_dict"):
             # torch's list of every mismatched tensor: the first one says enough
