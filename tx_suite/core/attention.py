@@ -48,6 +48,7 @@ def scaled_dot_product_attention(
     Raises:
         TypeError: ``attn_mask`` is neither bool nor floating point (a 0/1 integer mask is
             ambiguous: keep-flags or additive scores?). Both paths refuse it.
+        ValueError: ``is_causal`` with fewer keys than queries (``Tk < Tq``).
     """
     if attn_mask is not None and attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
         raise TypeError(f"attn_mask must be bool (True = may attend) or float (added to the scores), "

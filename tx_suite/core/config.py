@@ -36,6 +36,10 @@ class TransformerConfig:
             feed-forward blocks on the real tokens only (:mod:`tx_suite.core.packing`): same
             real-token outputs, less work. Off: every row is computed, as ``torch.nn.Transformer``
             does in training.
+
+    Raises:
+        ValueError: ``n_heads`` does not divide ``d_model``, an unknown ``activation``, or a
+            dropout / drop-path rate outside [0, 1).
     """
 
     d_model: int = 512

@@ -12,6 +12,9 @@ class DropPath(nn.Module):
     used by timm and the ViT/DeiT recipes). Identity in eval mode or when ``p == 0``.
 
     Shapes: ``(B, ...) -> (B, ...)``.
+
+    Raises:
+        ValueError: ``p`` outside [0, 1).
     """
 
     def __init__(self, p: float = 0.0) -> None:

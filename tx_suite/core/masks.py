@@ -36,7 +36,11 @@ def causal_mask(q_len: int, k_len: int | None = None, device: torch.device | Non
 
 
 def padding_to_attn_mask(key_padding_mask: Tensor) -> Tensor:
-    """``(B, Tk)`` key padding mask (True = pad) -> ``(B, 1, 1, Tk)`` bool attn mask (True = attend)."""
+    """``(B, Tk)`` key padding mask (True = pad) -> ``(B, 1, 1, Tk)`` bool attn mask (True = attend).
+
+    Raises:
+        TypeError: ``key_padding_mask`` is not bool (a 0/1 integer mask is ambiguous).
+    """
     if key_padding_mask.dtype != torch.bool:
         raise TypeError(f"key_padding_mask must be bool (True = padding), got {key_padding_mask.dtype}")
     return ~key_padding_mask[:, None, None, :]

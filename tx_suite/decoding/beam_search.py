@@ -7,6 +7,11 @@ them). A sentence is done when it has K finished hypotheses; the one with the be
 length-normalized score ``log P(y|x) / |y|^alpha`` is returned (fairseq's ``--lenpen``; alpha = 0
 ranks by total log-probability, alpha = 1 by mean log-probability per token, larger values favour
 longer outputs). Finished sentences leave the batch, as in :func:`greedy_search`.
+
+This is not the GNMT penalty ``((5 + |y|) / 6)^alpha`` (Wu et al. 2016, Sec. 7) that Vaswani et al.
+2017 (Sec. 6.1) used with alpha = 0.6, beam 4 and a length limit of input + 50, so an alpha
+from one does not carry over to the other. The defaults here are beam 5, alpha 1 and a budget
+of ``1.2 * |x| + 10`` tokens.
 """
 
 from __future__ import annotations

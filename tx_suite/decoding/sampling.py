@@ -48,7 +48,8 @@ def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None 
     """Mask logits outside the top-k (Fan et al. 2018) and/or the nucleus of cumulative
     probability ``top_p`` (Holtzman et al. 2020, Sec. 3.1) to ``-inf``.
 
-    ``logits`` ``(B, K)`` -> ``(B, K)``. The most likely token always survives.
+    ``logits`` ``(B, K)`` -> ``(B, K)``. The most likely token always survives, and so does every
+    token tied with the k-th largest logit (so ``top_k`` can keep more than k).
 
     Raises:
         ValueError: ``top_k < 1`` or ``top_p`` outside (0, 1].
@@ -73,7 +74,8 @@ def guided_logits(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
     """Classifier-free guidance on logits: ``uncond + scale * (cond - uncond)``.
 
     Ho and Salimans 2022, Eq. 6 (on scores), applied to next-token logits as in Make-A-Scene
-    (Gafni et al. 2022, Sec. 3.3) and Parti (Yu et al. 2022, Sec. 3.1). ``scale = 1`` is plain
+    (Gafni et al. 2022) and Parti (Yu et al. 2022, Sec. 2.4). ``cond``, ``uncond``: ``(B, K)``
+    logits of the same rows with and without the caption -> ``(B, K)``. ``scale = 1`` is plain
     conditional sampling; ``scale > 1`` trades diversity for caption fidelity.
     """
     return uncond + scale * (cond - uncond)
@@ -182,12 +184,14 @@ def sample_image_tokens(model: ImageTokenModel, text: Tensor, *, temperature: fl
 @torch.no_grad()
 def rerank(candidates: Tensor, scores: Tensor, n_candidates: int, keep: int = 1) -> Tensor:
     """Keep the ``keep`` best of each caption's ``n_candidates`` (DALL-E's CLIP re-ranking,
-    Ramesh et al. 2021, Sec. 2.5, with any scorer).
+    Ramesh et al. 2021, Sec. 2.6, with any scorer).
 
     Args:
         candidates: ``(B * n_candidates, ...)``, the candidates of caption ``i`` at rows
             ``i * n_candidates .. (i + 1) * n_candidates - 1``.
         scores: ``(B * n_candidates,)``, higher is better.
+        n_candidates: candidates per caption; the row count must be a multiple of it.
+        keep: how many to keep per caption, ``1 .. n_candidates``.
 
     Returns:
         ``(B * keep, ...)``, best first within each caption.

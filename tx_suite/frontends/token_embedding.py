@@ -17,7 +17,8 @@ class TokenEmbedding(nn.Module):
 
     §3.4: "In the embedding layers, we multiply those weights by sqrt(d_model)"; §3.5 adds the
     positional encodings and §5.4 applies dropout to the sum. Weights are drawn from
-    N(0, d_model^-1/2) so the scaled embeddings have unit variance (as fairseq), and the
+    a normal distribution with standard deviation d_model^-1/2, so the scaled embeddings have unit
+    variance (as fairseq), and the
     ``pad_id`` row is zero. For a tied output projection (§3.4, Press & Wolf 2017) share
     :attr:`weight`: ``lm_head.weight = emb.weight``.
 

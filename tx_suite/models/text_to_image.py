@@ -7,6 +7,12 @@ The composition is the shared core's :class:`~tx_suite.core.DecoderOnly` over th
 :class:`~tx_suite.frontends.TextImageSequence` front-end (text: :class:`TokenEmbedding`, image:
 :class:`ImageTokenGrid` with 2-D row/column positions).
 
+Where this differs from the paper: every layer uses dense causal attention (DALL-E's sparse row,
+column and convolutional image-to-image masks are not implemented); padded caption positions are
+masked out of attention (DALL-E instead learns a padding token for each text position, which
+is attended to); and the text embedding is scaled by sqrt(d_model) as in Vaswani et al. Sec. 3.4,
+so at initialisation the learned text positions (std 0.02) are small next to it.
+
 The sampling interface (``new_cache``, ``prefill``, ``step``, ``next_image_logits``) is what
 :mod:`tx_suite.decoding.sampling` drives.
 """

@@ -21,7 +21,8 @@ class VisionTransformer(nn.Module):
     """ViT: patch embedding + CLS -> pre-norm encoder -> pooled representation -> linear head.
 
     ViT §3.1: ``z_0 = [x_class; x_p E] + E_pos``, ``L`` pre-norm layers with GELU MLPs, and
-    ``y = LN(z_L^0)`` (the CLS output) goes to the classifier. ``global_pool="avg"`` averages the
+    ``y = LN(z_L^0)`` (the CLS output) goes to the classifier, a single linear layer (the paper's
+    fine-tuning head; its pre-training head has one hidden layer). ``global_pool="avg"`` averages the
     patch outputs instead (§D.3 / timm), normalising after pooling as timm does. The module and
     parameter layout follow timm's ``VisionTransformer`` so that :func:`checkpoint_filter_fn`
     loads any timm ViT checkpoint of the same shape.

@@ -6,7 +6,7 @@ quantizer, and the mirror image with transposed convolutions up. The quantizer i
 ``vector_quantize_pytorch.VectorQuantize`` with an EMA codebook (Sec. A.1 of the paper; Razavi et
 al. 2019), k-means initialisation from the first batch and replacement of dead codes (codes whose
 EMA cluster size falls below a threshold are re-drawn from the current batch; Dhariwal et al.
-2020, "Jukebox", Sec. 3.3).
+2020, "Jukebox", Sec. 3.1).
 """
 
 from __future__ import annotations

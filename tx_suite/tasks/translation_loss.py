@@ -48,9 +48,9 @@ def label_smoothed_nll_loss(logits: Tensor, target: Tensor, epsilon: float,
 
     Label smoothing (Szegedy et al. 2016, §7; Vaswani et al. 2017, §5.4, eps_ls = 0.1) trains
     against ``(1 - eps) * one_hot(y) + eps / V``, i.e.
-    ``loss = (1 - eps) * (-log p_y) + eps * mean_v(-log p_v)`` (as fairseq's
-    ``label_smoothed_cross_entropy`` and ``F.cross_entropy(label_smoothing=eps)``; equal values and
-    gradients, ``tests/test_translation_model.py``).
+    ``loss = (1 - eps) * (-log p_y) + eps * mean_v(-log p_v)`` (as ``F.cross_entropy(label_smoothing=eps)``
+    and older fairseq's ``label_smoothed_cross_entropy``; equal values and gradients,
+    ``tests/test_translation_model.py``; fairseq now spreads ``eps`` over the ``V - 1`` other tokens).
 
     Args:
         logits: ``(..., V)``, e.g. ``(B, T, V)`` or only the non-padding rows ``(N, V)``;
