@@ -49,6 +49,7 @@ def test_png_digits_get_the_same_probabilities_as_the_datamodule(run, capsys):
     code, out, err = _classify(capsys, "--ckpt", run["ckpt"], "--topk", "10", "--json", *run["pngs"])
     assert code == 0 and err == ""
     rows = [json.loads(line) for line in out.splitlines()]
+    assert len(rows) == len(run["pngs"])  # one row per file, or the checks below check nothing
     model = load_classifier(run["ckpt"])
     with torch.no_grad():
         probs = model(run["x"]).softmax(-1)
@@ -240,6 +241,7 @@ def test_experiment_best_names_the_newest_run(run, capsys, tmp_path):
     by_file = _classify(capsys, "--ckpt", run["ckpt"], "--json", run["pngs"][0])
     by_name = _classify(capsys, "--ckpt", "mnist_vit:best", "--runs_dir", root, "--json", run["pngs"][0])
     assert by_name == by_file and by_name[0] == 0
+    assert json.loads(by_name[1])["file"] == str(run["pngs"][0])  # a row, not two empty outputs
     code, _, err = _classify(capsys, "--ckpt", "mnist_vit:last", "--runs_dir", root, run["pngs"][0])
     assert code == 2 and "no " in err and "mnist_vit/*/checkpoints/last.ckpt" in err and "mnist_vit:best only" in err
     code, _, err = _classify(capsys, "--ckpt", "mnist_vit_timm:best", "--runs_dir", root, run["pngs"][0])

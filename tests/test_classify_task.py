@@ -188,13 +188,20 @@ def test_predict_writes_top_class_per_image_in_dataset_order(tmp_path):
     task = tiny_task("tx")
     out = tmp_path / "pred"
     tr = trainer(tmp_path, steps=1, callbacks=[PredictionWriter(out)], limit_predict_batches=2)
-    tr.predict(task, datamodule=mnist(batch_size=16), return_predictions=False)
+    dm = mnist(batch_size=16)
+    tr.predict(task, datamodule=dm, return_predictions=False)
     rows = (out / "predictions.csv").read_text().splitlines()
     assert rows[0] == "index,label,probability" and len(rows) > 16
     index, labels, probs = zip(*(r.split(",") for r in rows[1:]))
     assert [int(i) for i in index] == list(range(len(rows) - 1))
     classes = task.meta.get("classes") or list(range(10))  # names from the data when it has them
     assert set(labels) <= {str(c) for c in classes} and all(0.1 <= float(p) <= 1 for p in probs)
+    # each row is the model's own top class of that test image, with its softmax probability
+    x = torch.stack([dm.test_set[i][0] for i in range(len(index))])
+    with torch.no_grad():
+        want_p, want_c = task.eval()(x).softmax(-1).max(-1)
+    assert list(labels) == [str(classes[c]) for c in want_c.tolist()]
+    assert [float(p) for p in probs] == pytest.approx(want_p.tolist(), abs=1e-5)
 
 
 def test_a_class_absent_from_the_evaluated_slice_has_no_accuracy(tmp_path):

@@ -222,9 +222,14 @@ def test_generate_command_writes_a_grid_and_reports_errors(trained, tmp_path, ca
     assert code == 2 and "no runs/no_such_experiment" in capsys.readouterr().err
 
 
-def test_bf16_with_pinned_attention_kernel_trains(trained, tmp_path):
+def test_bf16_with_pinned_attention_kernel_trains(trained, tmp_path, monkeypatch):
+    import torch.nn.attention as attention
+
     with pytest.raises(ValueError, match="sdpa_backend"):
         TextToImageTask(str(trained["vq"]), **TINY_TF, sdpa_backend="fastest")
+    pinned = []
+    real_sdpa_kernel = attention.sdpa_kernel
+    monkeypatch.setattr(attention, "sdpa_kernel", lambda b: pinned.append(list(b)) or real_sdpa_kernel(b))
     dm = CaptionedMNISTDataModule(batch_size=16, train_size=64, val_size=16, test_size=16)
     task = TextToImageTask(str(trained["vq"]), **TINY_TF, sdpa_backend="math")
     trainer = pl.Trainer(max_steps=3, precision="bf16-mixed", logger=False, enable_checkpointing=False,
@@ -232,6 +237,7 @@ def test_bf16_with_pinned_attention_kernel_trains(trained, tmp_path):
                          default_root_dir=tmp_path)
     trainer.fit(task, dm)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert len(pinned) == 3 and all(b == [attention.SDPBackend.MATH] for b in pinned)  # one per step
 
 
 def test_fit_through_the_cli_then_generate(trained, subprocess_env, runs_dir, tmp_path):
@@ -374,8 +380,28 @@ def test_judge_scores_and_generate_reranks(trained, tmp_path, capsys, monkeypatc
     assert torch.allclose(got, torch.tensor(expected), atol=1e-5)
 
     out = tmp_path / "best.png"
-    assert generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "top-left: tiny red 7", "--n", "2",
-                          "--judge", str(tmp_path / "judge.ckpt"), "--candidates", "5", "--out", str(out)]) == 0
+    # the command keeps the best 2 of 5, best first: with known scores (the untrained VQ-VAE decodes
+    # every candidate to nearly the same image, which the judge scores alike), and the exact images
+    import torchvision.utils
+
+    import tx_suite.tasks.judge as judge_module
+
+    seen, real_make_grid = {}, torchvision.utils.make_grid
+
+    def scores(judge, images, captions):
+        seen["candidates"] = images
+        return torch.tensor([0.0, 3.0, 1.0, 4.0, 2.0])
+
+    def make_grid(images, **kw):
+        seen.setdefault("kept", images)  # the first call; save_image calls it again on the grid
+        return real_make_grid(images, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(judge_module, "caption_scores", scores)
+        m.setattr(torchvision.utils, "make_grid", make_grid)
+        assert generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "top-left: tiny red 7", "--n", "2",
+                              "--judge", str(tmp_path / "judge.ckpt"), "--candidates", "5", "--out", str(out)]) == 0
+    assert len(seen["candidates"]) == 5 and torch.equal(seen["kept"], seen["candidates"][[3, 1]])
     summary = json.loads(capsys.readouterr().out)
     assert summary["reranked"] and summary["images_sampled"] == 5
     assert Image.open(out).size == (2 * 33 + 1, 33 + 1)  # the best 2 in one row
