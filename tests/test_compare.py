@@ -294,3 +294,14 @@ def test_differing_keys_among_three_runs_and_best_by_the_checkpoints_own_mode(tm
     summary = summarize([a, c], ["val/acc"])
     assert summary["a"]["val/acc"] == {"final": 0.5, "best": 0.2, "best_step": 1, "mode": "min"}
     assert summary["c"]["val/acc"] == {"final": 0.5, "best": 0.9, "best_step": 2, "mode": "max"}
+
+
+def test_best_direction_from_the_metric_name():
+    """The "best" column's direction when a metric is not the run's checkpoint monitor: a codebook's
+    perplexity (VQ-VAE) is better higher, a language model's perplexity lower."""
+    from tx_suite.utils.compare import best_mode
+
+    expected = {"val/ppl": "min", "test/perplexity": "min", "val/loss": "min", "val/bleu": "max",
+                "val/codebook_perplexity": "max", "train/codebook_usage": "max", "val/psnr": "max",
+                "lr-AdamW": None}
+    assert {m: best_mode(m) for m in expected} == expected

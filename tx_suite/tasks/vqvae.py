@@ -35,7 +35,7 @@ class VQVAETask(pl.LightningModule):
 
     Logged: ``train/loss``, ``train/recon_loss``, ``train/commit_loss``, ``val/recon_loss``,
     ``val/psnr`` (dB, 10 log10(1 / MSE) over the epoch), ``{train,val}/codebook_usage`` (fraction
-    of the K codes used at least once in the epoch) and ``{train,val}/perplexity``
+    of the K codes used at least once in the epoch) and ``{train,val}/codebook_perplexity``
     (``exp(H(p))`` of the epoch's code histogram, from 1 up to K; Razavi et al. 2019).
     ``code_counts`` holds the last validation epoch's histogram (summed over DDP ranks) for the
     image callbacks.
@@ -98,7 +98,7 @@ class VQVAETask(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         usage, perplexity = self.usage_stats(self._all_ranks(self.train_code_counts))
         self.log("train/codebook_usage", usage)
-        self.log("train/perplexity", perplexity)
+        self.log("train/codebook_perplexity", perplexity)
 
     def _eval_step(self, batch: dict, stage: str) -> None:
         images = batch["image"]
@@ -124,7 +124,7 @@ class VQVAETask(pl.LightningModule):
         self.code_counts.copy_(self._all_ranks(self.code_counts))
         usage, perplexity = self.usage_stats(self.code_counts)
         self.log(f"{stage}/codebook_usage", usage)
-        self.log(f"{stage}/perplexity", perplexity)
+        self.log(f"{stage}/codebook_perplexity", perplexity)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -46,6 +46,8 @@ INFO_FILE = "run_info.json"
 #: Metric name prefixes shown by default (``lr-*`` from LearningRateMonitor and the like are left out).
 STAGES = ("train/", "val/", "test/")
 #: Name fragments that say whether lower or higher is better, for the "best" column.
+#: Checked first: a VQ codebook's usage and perplexity are better when more codes are in use.
+HIGHER_IS_BETTER_FIRST = ("codebook",)
 LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "err", "nll", "fid", "wer", "cer", "bpd", "mse", "mae")
 HIGHER_IS_BETTER = ("acc", "bleu", "chrf", "f1", "precision", "recall", "auc", "iou", "psnr", "ssim", "top")
 _MISSING = object()
@@ -321,6 +323,8 @@ def best_mode(metric: str, run: Run | None = None) -> str | None:
         if metric == monitor:
             return mode
     leaf = metric.rsplit("/", 1)[-1].lower()
+    if any(k in leaf for k in HIGHER_IS_BETTER_FIRST):
+        return "max"
     if any(k in leaf for k in LOWER_IS_BETTER):
         return "min"
     if any(k in leaf for k in HIGHER_IS_BETTER):
