@@ -134,6 +134,20 @@ def test_tiny_temperatures_are_greedy_and_non_finite_settings_are_refused():
             sample_next(logits, bad)
 
 
+def test_temperatures_below_the_float32_normal_range_are_greedy_where_denormals_are_flushed():
+    """torch.compile on torch 2.5 leaves the process flushing denormals (as set_flush_denormal does):
+    a 1e-40 temperature then divided as 0, and 0 / 0 gave a NaN row that drew the last token."""
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0], [0.5, -1.0, 0.0, 4.0], [2.0, 2.0, -1.0, 0.0]])
+    u = torch.tensor([0.999, 0.5, 0.75])
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        for t in (1e-38, 1e-40, 1e-45):
+            assert sample_next(logits, t, uniform=u).tolist() == [1, 3, 1]  # a tie of maxima shares the mass
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_non_finite_guidance_is_refused(model):
     for bad in (float("nan"), float("inf")):
         with pytest.raises(ValueError, match="cfg_scale must be a finite number"):

@@ -98,12 +98,19 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float()
-    scaled = logits / temperature
-    # A tiny temperature overflows logits to +inf (a NaN softmax). Such rows are shifted by their
-    # maximum first, which sends the others to -inf (the argmax, as temperature -> 0); the other
-    # rows keep the plain division, so earlier seeds draw the same tokens bit for bit.
-    overflow = torch.isposinf(scaled).any(-1, keepdim=True)
-    scaled = torch.where(overflow, (logits - logits.amax(-1, keepdim=True)) / temperature, scaled)
+    if temperature < torch.finfo(torch.float32).tiny:
+        # Below float32's normal range the division itself cannot be trusted: where denormals are
+        # flushed (torch.set_flush_denormal, or after torch.compile on torch 2.5) the temperature
+        # reads as 0 and a 0 logit gives 0 / 0 = NaN. Take the limit: the row's maxima, ties shared.
+        peak = logits.amax(-1, keepdim=True)
+        scaled = torch.zeros_like(logits).masked_fill(logits < peak, float("-inf"))
+    else:
+        scaled = logits / temperature
+        # A tiny temperature overflows logits to +inf (a NaN softmax). Such rows are shifted by their
+        # maximum first, which sends the others to -inf (the argmax, as temperature -> 0); the other
+        # rows keep the plain division, so earlier seeds draw the same tokens bit for bit.
+        overflow = torch.isposinf(scaled).any(-1, keepdim=True)
+        scaled = torch.where(overflow, (logits - logits.amax(-1, keepdim=True)) / temperature, scaled)
     probs = filter_logits(scaled, top_k, top_p).softmax(-1)
     if uniform is not None:
         cdf = probs.cumsum(-1)  # (B, K)
