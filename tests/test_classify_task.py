@@ -78,6 +78,8 @@ def test_optimizer_and_schedule(tmp_path, backbone):
     (-1, 10, 1, 1.0, 4),  # no epoch limit at all
     (30, 6, 2, 1.5, 4),   # accumulation: 2 optimizer steps per epoch of 4 batches
     (30, 6, 2, 1.0, 5),   # 3 optimizer steps per epoch of 5 batches: the last, incomplete accumulation steps too
+    (30, 6, 1, 0.5, 3),   # half an epoch of 3 steps: the warm-up rounds up, to 2 steps
+    (30, 4, 1, 5.0, 4),   # a warm-up longer than the run: cut so the last step still reaches the peak
 ])
 def test_warmup_epochs_count_epochs_of_the_loader_when_max_steps_ends_the_run(
         tmp_path, max_epochs, max_steps, accumulate, warmup_epochs, batches):
@@ -94,7 +96,7 @@ def test_warmup_epochs_count_epochs_of_the_loader_when_max_steps_ends_the_run(
     tr.fit(task, mnist(limit_train=64 * batches))
     assert len(lrs) == max_steps
     per_epoch = math.ceil(batches / accumulate)  # optimizer steps per epoch
-    peak = math.ceil(warmup_epochs * per_epoch)
+    peak = min(math.ceil(warmup_epochs * per_epoch), max_steps - 1)
     assert lrs.index(max(lrs)) == peak, lrs
     assert lrs[peak] == pytest.approx(1e-3)
 

@@ -175,8 +175,9 @@ def test_max_len_counts_eos_and_sizes_are_the_padded_width():
     for i, size in enumerate(full.sizes()):  # what the token budget counts is the padded batch width
         b = collate_translation([full[i]])
         assert size == max(b["src"].size(1), b["tgt_in"].size(1), b["tgt_out"].size(1))
-    out = encode_source(_WordTokenizer(), ["a bb ccc dddd", "a"], max_len=3)
-    assert [o.tolist() for o in out] == [[5, 6, 2], [5, 2]]  # truncated to max_len, EOS kept
+    out = encode_source(_WordTokenizer(), ["a bb ccc dddd", "a", "a bb ccc", "a bb"], max_len=3)
+    # truncated to max_len, EOS kept: 3 words + EOS are one too many, 2 + EOS fit exactly
+    assert [o.tolist() for o in out] == [[5, 6, 2], [5, 2], [5, 6, 2], [5, 6, 2]]
 
 
 @pytest.mark.parametrize("world", [2, 3])

@@ -121,6 +121,9 @@ def test_inverse_cdf_never_draws_a_zero_probability_token():
     two = sample_next(logits, top_k=2, uniform=u).tolist()  # tokens 0 and 2 kept, p = 0.73 / 0.27
     assert set(two) == {0, 2} and two[0] == 0 and two[-1] == 2
     assert sample_next(logits[:1], top_k=2, uniform=torch.tensor([1.0])).item() == 2  # u * total rounded up
+    # u = 0 lies on the cdf's first plateau when the first token has no probability
+    assert sample_next(torch.tensor([[float("-inf"), 0.0, 1.0], [0.0, 2.0, 1.0]]), top_k=2,
+                       uniform=torch.zeros(2)).tolist() == [1, 1]
 
 
 def test_tiny_temperatures_are_greedy_and_non_finite_settings_are_refused():
@@ -166,3 +169,14 @@ def test_rows_that_do_not_overflow_are_divided_as_before():
         cdf = probs.cumsum(-1)
         plain = torch.searchsorted(cdf, (u[:, None] * cdf[:, -1:]), right=True).squeeze(-1).clamp(max=511)
         assert torch.equal(sample_next(logits, t, uniform=u), plain)
+
+
+def test_top_p_stops_at_the_token_that_reaches_it():
+    """Holtzman et al.'s nucleus is the smallest set whose mass reaches p: at probabilities
+    0.5 / 0.25 / 0.25 and p = 0.5 the first token alone, at p = 0.75 the first two."""
+    import math
+
+    logits = torch.tensor([[math.log(2), 0.0, 0.0]])
+    assert filter_logits(logits, top_p=0.5).isfinite().tolist() == [[True, False, False]]
+    assert filter_logits(logits, top_p=0.75).isfinite().tolist() == [[True, True, False]]
+    assert filter_logits(logits, top_p=0.76).isfinite().tolist() == [[True, True, True]]

@@ -1,5 +1,6 @@
 """Seq2seq model, loss, schedules, decoding and metrics, on a small model trained on real Multi30k."""
 
+import functools
 import math
 
 import pytest
@@ -303,3 +304,14 @@ def test_decoders_never_produce_pad_or_bos():
     assert greedy.tolist() == [[5, 5, EOS_ID]]
     beam = beam_search(_PrefersSpecialTokens(), src, mask, beam_size=2, use_cache=False, **SPECIAL)
     assert beam.tolist() == [[5, 5, EOS_ID]]
+
+
+def test_a_budget_of_zero_tokens_still_ends_each_output_with_eos():
+    """max_len_b may be 0 or negative (only finiteness is checked): the budget is clamped to one
+    token, the EOS, never an empty row that the detokenizer could not tell from a missing one."""
+    src = torch.tensor([[5, 6, EOS_ID], [5, EOS_ID, PAD_ID]])
+    mask = src == PAD_ID
+    for decode in (greedy_search, functools.partial(beam_search, beam_size=2)):
+        for b in (0, -5):
+            out = decode(_PrefersSpecialTokens(), src, mask, max_len_a=0.0, max_len_b=b, use_cache=False, **SPECIAL)
+            assert out.tolist() == [[EOS_ID], [EOS_ID]]
