@@ -41,6 +41,8 @@ def test_heldout_emoji_are_disjoint_and_keep_variations_together():
     both = EmojiDataset(split="val")
     assert {r.name for r in both.records} == names[1] and len(both) == 2 * len(val)
     assert both[len(val)]["vendor"] == 1 and both[0]["caption"] == both[len(val)]["caption"]
+    # the held-out choice is a function of the seed too
+    assert {r.name for r in EmojiDataset(split="val", vendors=["twitter"], seed=1).records} != names[1]
 
 
 def test_bpe_covers_heldout_names_better_than_words():

@@ -300,3 +300,25 @@ def test_a_fetch_that_is_not_gzip_is_refused_and_not_cached(tmp_path, monkeypatc
     with pytest.raises(Multi30kError, match="did not return a gzip file"):
         split_path("test_2018_flickr", "de", cache_dir=tmp_path)
     assert not list(tmp_path.rglob("*.gz")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_split_files_of_different_lengths_are_refused(monkeypatch):
+    """A line missing in one language would shift every later pair by one sentence."""
+    lines = {"de": ["Ein Hund.", "Eine Katze.", "Ein Haus."], "en": ["A dog.", "A cat."]}
+    monkeypatch.setattr(multi30k, "read_split", lambda split, lang, **kw: lines[lang])
+    with pytest.raises(ValueError, match="Multi30k val: de has 3 lines but en has 2"):
+        read_pair("val", "de", "en")
+
+
+def test_the_data_seed_sets_the_batch_order(dm):
+    def first_batch():
+        return next(iter(dm.train_dataloader()))["tgt_text"]
+
+    seed = dm.hparams.seed
+    before = first_batch()
+    try:
+        dm.hparams.seed = seed + 1
+        other = first_batch()
+    finally:
+        dm.hparams.seed = seed
+    assert first_batch() == before != other

@@ -281,7 +281,7 @@ def test_translate_errors_are_one_line(run, tmp_path, capsys):
     assert "cannot write" in capsys.readouterr().err
     # options that leave no output budget, or no length penalty, gave empty lines and exit 0
     for bad_options in (["--max_len_b", "-20"], ["--max_len_a", "0", "--max_len_b", "1"],
-                        ["--length_penalty", "nan"], ["--max_len_a", "inf"]):
+                        ["--length_penalty", "nan"], ["--max_len_a", "inf"], ["--max_len_a", "-1"]):
         assert translate_main(["--ckpt_path", str(run["averaged"]), *bad_options, "x"]) == 2, bad_options
         err = capsys.readouterr().err
         assert "error: --" in err and len(err.strip().splitlines()) == 1, err
