@@ -96,3 +96,23 @@ def test_same_as_compares_the_vocabulary_not_its_size(corpus):
     a, b = BPETokenizer.train(de, vocab_size=500), BPETokenizer.train(en, vocab_size=500)
     assert a.vocab_size == b.vocab_size == 500
     assert not a.same_as(b) and a.same_as(BPETokenizer.from_str(a.to_str()))
+
+
+def test_a_damaged_cache_entry_is_rebuilt(corpus, tmp_path):
+    a = BPETokenizer.load_or_train(corpus, tmp_path, vocab_size=400)
+    (path,) = (tmp_path / "bpe").glob("*.json")
+    path.write_text('{"version": "1.0", "model": {trunc')  # a cache file cut short
+    b = BPETokenizer.load_or_train(corpus, tmp_path, vocab_size=400)
+    assert b.to_str() == a.to_str()
+    assert BPETokenizer.from_file(path).to_str() == a.to_str()  # and the cache file is repaired
+
+
+def test_a_tokenizer_without_byte_fallback_tokens_is_refused():
+    from tokenizers import Tokenizer, models
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "a": 4, "b": 5}
+    plain = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    with pytest.raises(ValueError, match="byte-fallback tokens missing"):
+        BPETokenizer(plain)
+    with pytest.raises(ValueError, match="byte-fallback tokens missing"):
+        BPETokenizer.from_str(plain.to_str())

@@ -220,3 +220,22 @@ def test_a_failed_atomic_save_keeps_the_old_file_and_leaves_no_temporary(tmp_pat
         atomic_save({"global_step": 8, "bad": lambda: None}, path)  # a lambda cannot be pickled
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
     assert load_checkpoint(path)["global_step"] == 7
+
+
+def test_atomic_save_fsyncs_the_file_and_its_directory(tmp_path, monkeypatch):
+    # without both fsyncs a power loss after the rename can leave an empty or missing checkpoint
+    import stat
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        st = os.fstat(fd)
+        synced.append((stat.S_ISDIR(st.st_mode), st.st_ino))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    path = tmp_path / "sub" / "a.ckpt"
+    atomic_save({"global_step": 1}, path)
+    assert (False, path.stat().st_ino) in synced, "the written file (renamed to path) is fsynced"
+    assert (True, path.parent.stat().st_ino) in synced, "the directory holding the rename is fsynced"

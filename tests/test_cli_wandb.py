@@ -206,3 +206,50 @@ def test_offline_run_keeps_its_logged_tables_in_the_run_directory(runs_dir, subp
     assert not outside, outside
     staged = [p for p in (run / "wandb").rglob("*") if p.is_file() and "staging" in p.parts]
     assert len(staged) >= 2, staged  # the table's JSON and its image
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes", " True "])
+def test_wandb_disabled_variable_disables_wandb(tmp_path, value):
+    def probe(*_):
+        raise AssertionError("a disabled run never probes the network")
+
+    env = {"WANDB_DISABLED": value, "WANDB_API_KEY": "k", "NETRC": str(tmp_path / "none")}
+    assert resolve_wandb_mode(env, probe=probe) == ("disabled", None)
+
+
+@pytest.mark.parametrize("mode", ["offline", "disabled", "shared"])
+def test_log_model_is_off_unless_online(mode):
+    from tx_suite.cli.loggers import wandb_log_model
+
+    assert wandb_log_model(True, mode) is False and wandb_log_model("all", mode) is False
+    assert wandb_log_model(True, "online") is True and wandb_log_model("all", "online") == "all"
+    assert wandb_log_model(None, "online") is False
+
+
+def test_configure_loggers_sets_wandb_identity_tags_and_resume(tmp_path):
+    from jsonargparse import Namespace
+
+    from tx_suite.cli.loggers import configure_loggers
+
+    cfg = [Namespace(class_path="pytorch_lightning.loggers.WandbLogger",
+                     init_args=Namespace(project="p", log_model=True, tags=["mine", "both"]))]
+    (wb,) = configure_loggers(cfg, run_dir=tmp_path / "r1", experiment="exp", subcommand="fit",
+                              tags=["cli", "both"], wandb_mode="offline", wandb_id="r1")
+    init = wb.init_args
+    assert init.tags == ["both", "cli", "mine"]  # the config's own tags are kept, not replaced
+    assert init.resume == "allow"  # --ckpt_path last continues the same W&B run
+    assert init.log_model is False and init.mode == "offline" and init.id == "r1"
+    assert init.group == "exp" and init.job_type == "fit" and init.name == "exp/r1"
+
+
+@pytest.mark.parametrize("status, exit_code", [("finished", 0), ("failed", 1), ("interrupted", 1)])
+def test_finish_wandb_reports_failure_exit_code(monkeypatch, status, exit_code):
+    import wandb
+
+    from tx_suite.cli.loggers import finish_wandb
+
+    calls = []
+    monkeypatch.setattr(wandb, "run", object())
+    monkeypatch.setattr(wandb, "finish", lambda **kwargs: calls.append(kwargs))
+    finish_wandb(status)
+    assert calls == [{"exit_code": exit_code}]
