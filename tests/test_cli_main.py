@@ -151,3 +151,6 @@ def test_resume_command_replaces_ckpt_path(tmp_path):
     ckpt = tmp_path / "runs" / "e" / "r" / "checkpoints" / "last.ckpt"
     cmd = ["tx-suite", "fit", "--config", "my exp.yaml", "--ckpt_path=old.ckpt", "--trainer.max_epochs=3"]
     assert resume_command(cmd, ckpt) == f"tx-suite fit --config 'my exp.yaml' --trainer.max_epochs=3 --ckpt_path {ckpt}"
+    # The separate-argument form: the stale path after --ckpt_path goes too, not left as a stray argument.
+    cmd = ["tx-suite", "fit", "--config", "c.yaml", "--ckpt_path", "old.ckpt", "--trainer.max_epochs=3"]
+    assert resume_command(cmd, ckpt) == f"tx-suite fit --config c.yaml --trainer.max_epochs=3 --ckpt_path {ckpt}"

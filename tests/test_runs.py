@@ -307,6 +307,54 @@ def test_a_run_that_fails_before_logging_anything_leaves_no_directory(runs_dir, 
     assert "removed" not in capsys.readouterr().err and (runs_dir / "tiny_mnist" / "wandb_only").is_dir()
 
 
+def test_a_failed_run_with_files_or_checkpoints_of_its_own_is_not_removed(tmp_path):
+    """Only a run directory holding nothing but its setup files counts as empty: a failed run that
+    logged no metric but wrote a file of its own (a callback's) or a checkpoint is kept."""
+    from tx_suite.cli.lightning_cli import _holds_no_results
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "wandb").mkdir()
+    for name in ("run_info.json", "config.yaml", "hparams.yaml"):
+        (run / name).write_text("{}")
+    assert _holds_no_results(run)
+    (run / "samples.png").write_bytes(b"png")  # a callback's file
+    assert not _holds_no_results(run)
+    (run / "samples.png").unlink()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+    assert not _holds_no_results(run)
+    assert not _holds_no_results(tmp_path / "missing")
+
+
+def test_a_system_exit_with_an_error_code_during_fit_is_an_interruption(runs_dir, monkeypatch):
+    """Lightning ends a fit with SystemExit(1) after a graceful Ctrl-C: the run did not finish."""
+    import cli_fixtures
+
+    def stop(self, outputs, batch, batch_idx):
+        if self.global_step == 3:
+            raise SystemExit(1)
+
+    monkeypatch.setattr(cli_fixtures.TinyMNISTClassifier, "on_train_batch_end", stop)
+    assert fit("--trainer.max_epochs=1", "--run_id=stopped") == 1
+    info = json.loads((runs_dir / "tiny_mnist" / "stopped" / "run_info.json").read_text())
+    assert info["status"] == "interrupted"
+
+
+def test_resuming_another_experiments_checkpoint_records_that_runs_experiment(runs_dir, capsys):
+    """A run belongs to the experiment it started in, whatever --experiment the resume names."""
+    assert fit("--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+               "--run_id=a") == 0
+    last = runs_dir / "tiny_mnist" / "a" / "checkpoints" / "last.ckpt"
+    assert fit("--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+               "--experiment=other", "--ckpt_path", str(last)) == 0
+    assert "experiment 'tiny_mnist' (not 'other')" in capsys.readouterr().err
+    info = json.loads((runs_dir / "tiny_mnist" / "a" / "run_info.json").read_text())
+    assert info["resumes"][-1]["experiment"] == "tiny_mnist"
+    (resumed_config,) = (runs_dir / "tiny_mnist" / "a").glob("config.resume-*.yaml")
+    assert yaml.safe_load(resumed_config.read_text())["experiment"] == "tiny_mnist"
+    assert not (runs_dir / "other").exists()
+
+
 def test_last_and_best_mean_the_run_whose_checkpoints_were_written_last(tmp_path):
     """`--ckpt_path last|best` and `EXPERIMENT:best`: the run with the newest checkpoint file (a resumed
     older run counts as new again), not the oldest run nor simply the highest run id."""

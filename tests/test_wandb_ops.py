@@ -85,3 +85,15 @@ def test_sweep_agent_run_id_becomes_the_wandb_id(runs_dir, monkeypatch):
                  "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]) == 0
     (run,) = (runs_dir / "tiny_mnist").iterdir()
     assert json.loads((run / "run_info.json").read_text())["wandb"]["id"] == "sweeprun1"
+
+
+def test_a_resumed_run_keeps_its_own_wandb_id_under_a_sweep_run_id(runs_dir, monkeypatch):
+    """WANDB_RUN_ID names a new run's W&B id; a resumed run continues its own W&B run."""
+    quick = ["fit", "--config", TINY, "--trainer.enable_progress_bar=false", "--trainer.limit_train_batches=2",
+             "--trainer.limit_val_batches=1"]
+    monkeypatch.delenv("WANDB_RUN_ID", raising=False)
+    assert main([*quick, "--trainer.max_epochs=1", "--run_id=own"]) == 0
+    monkeypatch.setenv("WANDB_RUN_ID", "sweeprun1")
+    assert main([*quick, "--trainer.max_epochs=2", "--ckpt_path", "last"]) == 0
+    info = json.loads((runs_dir / "tiny_mnist" / "own" / "run_info.json").read_text())
+    assert info["wandb"]["id"] == "own" and info["resumes"][-1]["wandb"]["id"] == "own", info
