@@ -62,6 +62,11 @@ def _newest_ckpt_mtime(run_dir: Path) -> float:
     return max((p.stat().st_mtime for p in ckpts), default=0.0)
 
 
+def _recency(run_dir: Path) -> tuple[float, str]:
+    """Sort key of runs: the newest checkpoint written, then the run id."""
+    return _newest_ckpt_mtime(run_dir), run_dir.name
+
+
 def find_checkpoint(runs_dir: str | Path, experiment: str, which: str = "last", run_id: str | None = None) -> Path:
     """The ``{which}.ckpt`` of the newest run of ``experiment``, or of run ``run_id``.
 
@@ -81,23 +86,22 @@ def find_checkpoint(runs_dir: str | Path, experiment: str, which: str = "last", 
         if not path.is_file():
             raise RunLookupError(f"--ckpt_path {which} with run_id {run_id}: no {path}")
         return path
-    candidates = [p for p in exp_dir.glob(f"*/{CHECKPOINT_DIR}/{which}.ckpt") if p.is_file()]
-    if not candidates:
+    name = f"{which}.ckpt"
+    runs = [p.parent for p in exp_dir.glob(f"*/{CHECKPOINT_DIR}") if any(p.glob("*.ckpt"))]
+    have = [run for run in runs if (run / CHECKPOINT_DIR / name).is_file()]
+    if not have:
         raise RunLookupError(
-            f"--ckpt_path {which}: no {exp_dir}/*/{CHECKPOINT_DIR}/{which}.ckpt found "
+            f"--ckpt_path {which}: no {exp_dir}/*/{CHECKPOINT_DIR}/{name} found "
             f"(train first with `tx-suite fit --config ...`, or pass a checkpoint file)"
         )
-    def newest(run_dirs):
-        return max(run_dirs, key=lambda run: (_newest_ckpt_mtime(run), run.name))
-    found = newest([p.parent.parent for p in candidates])
-    latest = newest([p.parent for p in exp_dir.glob(f"*/{CHECKPOINT_DIR}") if any(p.glob("*.ckpt"))])
-    if latest != found:
+    latest = max(runs, key=_recency)
+    if latest not in have:
         why = " (a fit stopped before its first validation writes none)" if which == "best" else ""
         raise RunLookupError(
-            f"--ckpt_path {which}: the newest run of {experiment}, {latest}, has no {which}.ckpt{why}; "
-            f"give a checkpoint file instead, e.g. the older run's {found / CHECKPOINT_DIR / (which + '.ckpt')}"
+            f"--ckpt_path {which}: the newest run of {experiment}, {latest}, has no {name}{why}; give a "
+            f"checkpoint file instead, e.g. the older run's {max(have, key=_recency) / CHECKPOINT_DIR / name}"
         )
-    return found / CHECKPOINT_DIR / f"{which}.ckpt"
+    return latest / CHECKPOINT_DIR / name
 
 
 def resolve_checkpoint(spec: str | Path, runs_dir: str | Path | None = None, kind: str = "",
