@@ -66,6 +66,21 @@ def test_cache_is_keyed_by_settings(corpus, tmp_path):
     BPETokenizer.from_str(a.to_str())  # checkpoint form loads
 
 
+def test_a_failed_save_keeps_the_cached_file_and_leaves_no_temporary(tok, tmp_path, monkeypatch):
+    path = tmp_path / "bpe.json"
+    tok.save(path)
+    before = path.read_text(encoding="utf-8")
+
+    def serialisation_fails():
+        raise RuntimeError("serialisation failed")
+
+    monkeypatch.setattr(tok, "to_str", serialisation_fails)
+    with pytest.raises(RuntimeError, match="serialisation failed"):
+        tok.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["bpe.json"]  # no stray .tmp next to the cache
+    assert path.read_text(encoding="utf-8") == before
+
+
 def test_too_small_vocab_is_rejected(corpus):
     with pytest.raises(ValueError, match="vocab_size must be > 260"):
         BPETokenizer.train(corpus, vocab_size=200)

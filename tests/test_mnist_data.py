@@ -95,6 +95,22 @@ def test_extraction_is_cached(tmp_path):
     assert target.read_bytes() == whole and target.stat().st_mtime_ns != stamp
 
 
+def test_an_interrupted_extraction_leaves_no_partial_or_temporary_file(tmp_path, monkeypatch):
+    import tx_suite.data.mnist as mnist
+
+    def disk_full(fin, fout):
+        fout.write(fin.read(100))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mnist.shutil, "copyfileobj", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        extract_mnist(DATA, tmp_path)
+    assert list((tmp_path / "MNIST" / "raw").iterdir()) == []  # neither a truncated IDX file nor a .tmp
+    monkeypatch.undo()
+    root = extract_mnist(DATA, tmp_path)
+    assert (root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").stat().st_size == 10008
+
+
 def test_augment_values_of_the_wrong_kind_name_their_key():
     from tx_suite.data.vision_transforms import check_augment
 

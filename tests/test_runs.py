@@ -447,18 +447,18 @@ def test_run_info_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
 
     path = tmp_path / "run_info.json"
     write_json(path, {"status": "running", "seed": 1})
-    real = Path.write_text
 
-    def dies_midway(self, text, *args, **kwargs):  # a full disk or a kill during the write
-        real(self, text[:10], *args, **kwargs)
-        raise OSError("No space left on device")
+    def disk_full(fd):  # the data did not reach the disk: the new file must not replace the old
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", dies_midway)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
         write_json(path, {"status": "finished", "seed": 1})
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"status": "running", "seed": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run_info.json"]  # no half-written temp file left
+    write_json(path, {"status": "finished", "seed": 1})
+    assert json.loads(path.read_text()) == {"status": "finished", "seed": 1}
 
 
 def test_experiment_and_run_names_cannot_leave_their_directory(tmp_path):

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from tx_suite.utils.file_mode import match_umask
+from tx_suite.utils.atomic_write import atomic_open
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -122,14 +120,10 @@ class BPETokenizer:
         return self._tok.to_str()
 
     def save(self, path: str | Path) -> None:
-        """Write the tokenizer JSON atomically (a crash never leaves a half-written cache file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        match_umask(fd)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        """Write the tokenizer JSON atomically: a crash or a failed write never leaves a half-written
+        cache file, nor a temporary one unless the process is killed mid-write."""
+        with atomic_open(path, "w", encoding="utf-8") as f:
             f.write(self.to_str())
-        os.replace(tmp, path)
 
     @classmethod
     def load_or_train(cls, texts: Sequence[str], cache_dir: str | Path, vocab_size: int = 8000,

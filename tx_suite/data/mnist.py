@@ -11,7 +11,6 @@ against the SHA-256 table of :mod:`tx_suite.data.checksums` and extracted once i
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torchvision.datasets import MNIST
 
 from tx_suite.data.checksums import sha256, verify
 from tx_suite.data.vision_datamodule import ImageClassificationDataModule
+from tx_suite.utils.atomic_write import atomic_open
 
 MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -57,13 +57,10 @@ def extract_mnist(data_dir: str | Path, cache_dir: str | Path) -> Path:
         if (dst.is_file() and stamp.is_file()
                 and stamp.read_bytes().decode("ascii", "replace").strip() == f"{digest} {sha256(dst)}"):
             continue
-        tmp = dst.with_name(f"{dst.name}.tmp{os.getpid()}")
-        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+        with gzip.open(src, "rb") as fin, atomic_open(dst, "wb") as fout:
             shutil.copyfileobj(fin, fout)
-        extracted = sha256(tmp)
-        os.replace(tmp, dst)
-        tmp.write_text(f"{digest} {extracted}")
-        os.replace(tmp, stamp)
+        with atomic_open(stamp, "w", encoding="ascii") as f:
+            f.write(f"{digest} {sha256(dst)}")
     return cache_dir
 
 

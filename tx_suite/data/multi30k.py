@@ -12,14 +12,13 @@ from __future__ import annotations
 import gzip
 import os
 import re
-import tempfile
 import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tx_suite.data.checksums import verify
-from tx_suite.utils.file_mode import match_umask
+from tx_suite.utils.atomic_write import atomic_open
 
 LANGUAGES = ("en", "de", "fr", "cs")
 #: Splits shipped in ``data/`` (cs has no test_2017_flickr).
@@ -96,12 +95,8 @@ def _fetch(url: str, dest: Path, timeout: float) -> None:
         gzip.decompress(data)
     except OSError as e:
         raise Multi30kError(f"{url} did not return a gzip file ({e})") from e
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp")
-    match_umask(fd)
-    with os.fdopen(fd, "wb") as f:
+    with atomic_open(dest, "wb") as f:
         f.write(data)
-    os.replace(tmp, dest)
 
 
 def split_path(split: str, lang: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,

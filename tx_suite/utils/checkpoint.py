@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tx_suite.utils.file_mode import match_umask
+from tx_suite.utils.atomic_write import atomic_open
 
 
 class CheckpointError(ValueError):
@@ -112,41 +111,13 @@ def init_kwargs(hparams: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in hparams.items() if not k.startswith("_")}
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` that never leaves a partial file at ``path``.
 
-    Writes ``.<name>.<random>.tmp`` next to ``path``, flushes and fsyncs it, then ``os.replace``-s it
-    over ``path`` and fsyncs the directory. If anything fails (including a serialization error
-    mid-write) the temporary file is removed and ``path`` keeps its previous content. A process
-    killed mid-write leaves at most a stray ``.tmp`` file, never a corrupt ``path``.
+    Through :func:`tx_suite.utils.atomic_write.atomic_open`: a temporary file next to ``path``,
+    fsynced and renamed over it, then the directory fsynced. If anything fails (including a
+    serialization error mid-write) the temporary file is removed and ``path`` keeps its previous
+    content. A process killed mid-write leaves at most a stray ``.tmp`` file, never a corrupt ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        match_umask(fd)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)

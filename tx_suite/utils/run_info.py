@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tx_suite.utils.atomic_write import atomic_open
+
 #: Distributions whose exact versions every run records (missing ones are recorded as None).
 PACKAGES = (
     "tx-suite",
@@ -92,19 +94,14 @@ def collect_run_info(command: list[str] | None = None, **extra: Any) -> dict[str
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as indented JSON, atomically (temp file in the same directory + rename).
+    """Write ``data`` as indented JSON, atomically (:func:`tx_suite.utils.atomic_write.atomic_open`).
 
-    On a failed write (full disk, ...) the old file is left whole and the temp file removed.
+    On a failed write (full disk, ...) the old file is left whole and the temp file removed; the
+    new file is fsynced before it replaces the old one.
 
     Raises:
         OSError: the write or the rename failed.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)

@@ -1,0 +1,62 @@
+"""atomic_open: the file is replaced whole or not at all, and no temporary file is left behind."""
+
+import os
+import stat
+
+import pytest
+
+from tx_suite.utils.atomic_write import atomic_open
+
+
+def listing(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_the_file_appears_only_when_the_block_ends(tmp_path):
+    path = tmp_path / "sub" / "out.txt"
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("Grüße\n")
+        assert not path.exists()  # readers never see a half-written file
+    assert path.read_text(encoding="utf-8") == "Grüße\n"
+    assert listing(path.parent) == ["out.txt"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() makes it, not mkstemp's 0600
+
+
+def test_an_error_in_the_block_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(path) as f:
+            f.write(b"new, half written")
+            raise KeyboardInterrupt  # BaseException too: Ctrl-C during a save loses nothing
+    assert path.read_bytes() == b"old"
+    assert listing(tmp_path) == ["out.bin"]
+
+
+def test_a_failed_fsync_is_a_failed_write(tmp_path, monkeypatch):
+    # the data must be on disk before the rename, or a power loss can leave an empty file at path
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+    synced = []
+
+    def failing_fsync(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        with atomic_open(path) as f:
+            f.write(b"new")
+    assert synced == [False]  # the file, before the rename (the directory's fsync comes after it)
+    assert path.read_bytes() == b"old"
+    assert listing(tmp_path) == ["out.bin"]
+
+
+@pytest.mark.parametrize("mode", ["a", "r+", "ab", "x"])
+def test_only_whole_file_write_modes_are_accepted(tmp_path, mode):
+    with pytest.raises(ValueError, match="mode must be 'w' or 'wb'"):
+        with atomic_open(tmp_path / "out", mode):
+            pass
+    assert listing(tmp_path) == []

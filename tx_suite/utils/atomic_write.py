@@ -1,0 +1,73 @@
+"""Write a file whole or not at all: the one temp-file-then-rename helper every writer here uses.
+
+Checkpoints, ``run_info.json``, the BPE cache, extracted MNIST files and downloaded Multi30k
+archives are all read back later by another process, often after a crash or a kill. Each is
+written to a temporary file in the target's directory (so the rename stays on one filesystem and
+is atomic, POSIX ``rename(2)``), flushed and fsynced, renamed over the target, and the directory is
+fsynced so that the rename itself survives a power loss. On any failure (full disk, a serialization
+error, ``KeyboardInterrupt``) the temporary file is removed and the target keeps its old content.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from tx_suite.utils.file_mode import match_umask
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """fsync a directory so that a rename into it is durable (best effort: some filesystems refuse)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Open ``path`` for writing so that it is replaced whole when the ``with`` block ends, or not at all.
+
+    The block writes to ``.<name>.<random>.tmp`` next to ``path``; on a normal exit the file is
+    flushed, fsynced, given the mode ``open()`` would give it (``0666 & ~umask``) and
+    ``os.replace``-d over ``path``, then the directory is fsynced. If the block (or the fsync or the
+    rename) raises, the temporary file is removed and the exception propagates: ``path`` keeps its
+    previous content. A process killed mid-write leaves at most a stray ``.tmp`` file.
+
+    Args:
+        path: the target; its parent directories are created.
+        mode: ``"wb"`` or ``"w"`` (text, then pass ``encoding``).
+
+    Raises:
+        ValueError: ``mode`` is not a write mode.
+        OSError: the write, fsync or rename failed.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes a new file: mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, encoding=encoding) as f:
+            match_umask(f.fileno())
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(path.parent)
