@@ -449,6 +449,25 @@ def test_translate_normalizes_invisible_and_unusual_whitespace(run):
     assert outs[1:-1] == [outs[0]] * len(variants) and outs[-1] == ""
 
 
+def test_a_decoded_line_break_cannot_split_a_translation(run, tmp_path, monkeypatch):
+    # byte fallback can decode to "\n" or "\r": the output file must keep one line per input line
+    from tx_suite.data.bpe import BPETokenizer
+
+    real = BPETokenizer.decode_batch
+
+    def with_breaks(self, ids):
+        return [f"{h}\nnext\rline" for h in real(self, ids)]
+
+    monkeypatch.setattr(BPETokenizer, "decode_batch", with_breaks)
+    inp = tmp_path / "in.txt"
+    inp.write_text("Ein Hund.\nZwei Männer.\n\nEine Frau.\n", encoding="utf-8")
+    assert translate_main(["--ckpt_path", str(run["averaged"]), "-i", str(inp), "-o", str(tmp_path / "out.txt"),
+                           "--beam_size", "1"]) == 0
+    out = (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n")
+    assert len(out) == 5 and out[-1] == "" and out[2] == ""
+    assert all(o.endswith(" next line") for o in (out[0], out[1], out[3])), out
+
+
 def test_translate_progress_bar_only_on_a_terminal(run, monkeypatch):
     import io
 
