@@ -672,6 +672,13 @@ def test_translation_samples_rows_keep_their_columns(tmp_path, monkeypatch):
     rows = [{"index": i, "source": f"Quelle {i}", "reference": f"reference {i}", "hypothesis": f"hypo\t{i}"}
             for i in range(3)]
     trainer = _fake_trainer(tmp_path, [WandbLogger(save_dir=str(tmp_path), mode="disabled")])
+    # the sanity check's samples (an untrained model, epoch 0 again) are not rows of the run,
+    # nor are another rank's (rank 0 writes the file)
+    for flag, value in (("sanity_checking", True), ("is_global_zero", False)):
+        setattr(trainer, flag, value)
+        TranslationSamples(n=2).on_validation_end(trainer, SimpleNamespace(val_samples=rows))
+        setattr(trainer, flag, not value)
+    assert not (tmp_path / "val_samples.tsv").exists() and tables == []
     TranslationSamples(n=2).on_validation_end(trainer, SimpleNamespace(val_samples=rows))
     lines = (tmp_path / "val_samples.tsv").read_text(encoding="utf-8").splitlines()
     fields = [line.split("\t") for line in lines[1:]]
