@@ -26,11 +26,17 @@ class RunCheckpoint(ModelCheckpoint):
         last_every_n_train_steps: also write ``last.ckpt`` (only it) every this many optimizer
             steps, for crash recovery mid-epoch (``--checkpoint.last_every_n_train_steps=500``).
             Unlike ``every_n_train_steps`` it leaves the choice of ``best.ckpt`` to the end of
-            each epoch, when the monitored validation metric is fresh. The last batch of an epoch
-            is skipped: the epoch-end save writes ``last.ckpt`` then anyway. Exact mid-epoch
+            each epoch, when the monitored validation metric is fresh. A due step that is the last
+            batch of an epoch is written once, at the epoch end (after that epoch's validation,
+            if any). Exact mid-epoch
             resumption also needs a resumable train loader
             (:class:`tx_suite.utils.resumable_loader.ResumableDataLoader`).
         **kwargs: the arguments of :class:`~pytorch_lightning.callbacks.ModelCheckpoint`.
+
+    The end of a fit always leaves ``last.ckpt`` at the final step. Lightning writes it then only
+    if no ``last.ckpt`` was written before, so a fit whose last steps came after its last save
+    point (``val_check_interval`` that does not divide the epoch, ``check_val_every_n_epoch`` > 1)
+    ended with a ``last.ckpt`` some steps old, which ``--ckpt_path last`` then tested or resumed.
 
     An epoch whose metrics lack the monitored key (a metric computed only every N epochs, such as
     ``TranslationTask(bleu_every_n_epochs=N)``'s ``val/bleu``) keeps ``best.ckpt`` as it is and
@@ -56,6 +62,7 @@ class RunCheckpoint(ModelCheckpoint):
         self.last_every_n_train_steps = last_every_n_train_steps
         self._warned_missing = False
         self._replay_at_step: Optional[int] = None
+        self._last_step_written: Optional[int] = None  # global_step of the newest last.ckpt
 
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
         if self.monitor is None or self.monitor in monitor_candidates:
@@ -85,6 +92,7 @@ class RunCheckpoint(ModelCheckpoint):
             # The restored checkpoint was written at this step: Lightning's replay of its epoch end
             # must not count as a new save point.
             self._last_global_step_saved = trainer.global_step
+            self._last_step_written = trainer.global_step
             if epoch_end_replay.undo_epoch_count(trainer):
                 self._replay_at_step = trainer.global_step
 
@@ -93,13 +101,21 @@ class RunCheckpoint(ModelCheckpoint):
         # none; that 1-step smoke test's last.ckpt would then be what `--ckpt_path last` resumes.
         if trainer.fast_dev_run:
             return
-        super().on_train_end(trainer, pl_module)
+        if self.save_last and self._last_step_written is not None and self._last_step_written != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)  # writes last.ckpt if none was written in this fit
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._replay_at_step is not None and trainer.global_step == self._replay_at_step:
             epoch_end_replay.undo_step_count(trainer)
         self._replay_at_step = None
         super().on_train_epoch_end(trainer, pl_module)
+        n = self.last_every_n_train_steps
+        # The last batch's due save was left to the epoch end, which writes last.ckpt only if a
+        # validation or an epoch-end save point came with it.
+        if (n and self.save_last and trainer.global_step % n == 0 and self._last_step_written != trainer.global_step
+                and not trainer.fast_dev_run and not trainer.sanity_checking):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
@@ -116,6 +132,11 @@ class RunCheckpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         # A mid-epoch last.ckpt must not count as "saved at this step" for the epoch-end top-k save.
         self._last_global_step_saved = saved_step
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_step_written = trainer.global_step
 
     @property
     def state_key(self) -> str:

@@ -1,0 +1,71 @@
+"""RunCheckpoint: last.ckpt at every save point and at the end of the fit, best.ckpt unaffected."""
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from tx_suite.tasks.callbacks.run_checkpoint import RunCheckpoint
+from tx_suite.utils.checkpoint import load_checkpoint
+
+
+class Improving(pl.LightningModule):
+    """A linear model whose validation score improves at every validation (val/loss = -step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", -float(self.global_step))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def fit(tmp_path, n_batches, epochs=1, **trainer_kw):
+    """Fit with RunCheckpoint(last_every_n_train_steps=3); return the (file, step) of every write."""
+    data = DataLoader(TensorDataset(torch.randn(n_batches, 2)), batch_size=1)
+    writes = []
+    ck = RunCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", mode="min", save_top_k=1,
+                       save_last=True, last_every_n_train_steps=3)
+    real = ck._save_checkpoint
+
+    def spy(trainer, filepath):
+        writes.append((filepath.rsplit("/", 1)[1], trainer.global_step))
+        real(trainer, filepath)
+
+    ck._save_checkpoint = spy
+    trainer = pl.Trainer(max_epochs=epochs, limit_val_batches=1, callbacks=[ck], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, **trainer_kw)
+    trainer.fit(Improving(), data, data)
+    return writes
+
+
+def test_a_validation_at_a_mid_epoch_last_save_step_still_writes_best(tmp_path):
+    # val_check_interval == last_every_n_train_steps: at steps 3 and 6 both the mid-epoch last.ckpt
+    # and the validation's best.ckpt are due; the first must not make ModelCheckpoint skip the second
+    writes = fit(tmp_path, 8, val_check_interval=3)
+    assert [step for name, step in writes if name == "best.ckpt"] == [3, 6]
+    assert load_checkpoint(tmp_path / "best.ckpt")["global_step"] == 6
+
+
+def test_last_ckpt_is_the_final_step_when_the_fit_ends_after_its_last_validation(tmp_path):
+    # 8 batches, validation every 3: steps 7-8 come after the last save point. Lightning writes
+    # last.ckpt at the end of a fit only if it wrote none before, so it stayed at step 6.
+    fit(tmp_path, 8, val_check_interval=3)
+    assert load_checkpoint(tmp_path / "last.ckpt")["global_step"] == 8
+
+
+def test_a_due_step_on_an_epochs_last_batch_is_written_at_the_epoch_end(tmp_path):
+    # 6 batches an epoch, validation at batch 4: the due steps 6 and 12 are last batches, left to the
+    # epoch end, where no validation (hence no save point) comes. Each state is written once.
+    writes = fit(tmp_path, 6, epochs=2, val_check_interval=4)
+    assert [step for name, step in writes if name == "last.ckpt"] == [3, 4, 6, 9, 10, 12]
+    assert [step for name, step in writes if name == "best.ckpt"] == [4, 10]
+    # and where the epoch end validates, its save point writes last.ckpt once, not twice
+    writes = fit(tmp_path / "aligned", 6, epochs=2)
+    assert [step for name, step in writes if name == "last.ckpt"] == [3, 6, 9, 12]
+    assert [step for name, step in writes if name == "best.ckpt"] == [6, 12]
