@@ -152,6 +152,14 @@ def test_print_config_shows_merged_values(capsys, runs_dir):
     assert not runs_dir.exists()  # printing the config starts no run
 
 
+def test_a_config_without_a_seed_gets_the_documented_default(capsys, runs_dir, tmp_path):
+    # docs/cli.md: seed_everything defaults to 1234 also where no base config sets it
+    bare = write(tmp_path / "bare.yaml", "model:\n  class_path: cli_fixtures.TinyMNISTClassifier\n"
+                 "data:\n  class_path: cli_fixtures.TinyMNISTDataModule\n")
+    assert main(["fit", "--config", str(bare), "--print_config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["seed_everything"] == 1234
+
+
 def test_trainer_only_diffs_do_not_rename_the_experiment(capsys, runs_dir, tmp_path):
     scale = TESTS.parent / "experiments" / "scale"
     assert default_experiment_name([TINY, str(scale / "ddp.yaml"), str(scale / "bf16.yaml")]) == "tiny_mnist"
