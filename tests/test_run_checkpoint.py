@@ -25,22 +25,24 @@ class Improving(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def fit(tmp_path, n_batches, epochs=1, **trainer_kw):
-    """Fit with RunCheckpoint(last_every_n_train_steps=3); return the (file, step) of every write."""
+def fit(tmp_path, n_batches, epochs=1, last_every=3, **trainer_kw):
+    """Fit with RunCheckpoint(last_every_n_train_steps=last_every); return the (file, step) of every write."""
     data = DataLoader(TensorDataset(torch.randn(n_batches, 2)), batch_size=1)
-    writes = []
+    writes, batches = [], []
     ck = RunCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", mode="min", save_top_k=1,
-                       save_last=True, last_every_n_train_steps=3)
+                       save_last=True, last_every_n_train_steps=last_every)
     real = ck._save_checkpoint
 
     def spy(trainer, filepath):
         writes.append((filepath.rsplit("/", 1)[1], trainer.global_step))
+        batches.append(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
         real(trainer, filepath)
 
     ck._save_checkpoint = spy
     trainer = pl.Trainer(max_epochs=epochs, limit_val_batches=1, callbacks=[ck], logger=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, **trainer_kw)
     trainer.fit(Improving(), data, data)
+    fit.batches = batches  # the epoch's batches processed at each write
     return writes
 
 
@@ -69,3 +71,12 @@ def test_a_due_step_on_an_epochs_last_batch_is_written_at_the_epoch_end(tmp_path
     writes = fit(tmp_path / "aligned", 6, epochs=2)
     assert [step for name, step in writes if name == "last.ckpt"] == [3, 6, 9, 12]
     assert [step for name, step in writes if name == "best.ckpt"] == [6, 12]
+
+
+def test_with_gradient_accumulation_each_due_step_is_written_once_at_the_batch_that_took_it(tmp_path):
+    # 12 batches, accumulate 4: optimizer steps at batches 4, 8, 12. The batches after a step keep
+    # its global_step; a last.ckpt rewritten there holds half-accumulated batches whose gradients
+    # are not saved, so the resumed run's next step would see only part of them.
+    writes = fit(tmp_path, 12, accumulate_grad_batches=4, last_every=1)
+    last = [(step, b) for (name, step), b in zip(writes, fit.batches) if name == "last.ckpt"]
+    assert last == [(1, 4), (2, 8), (3, 12)]

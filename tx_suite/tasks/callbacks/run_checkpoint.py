@@ -125,6 +125,9 @@ class RunCheckpoint(ModelCheckpoint):
             or not self.save_last
             or trainer.global_step % n != 0
             or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            # With accumulate_grad_batches the batches after an optimizer step keep its global_step:
+            # only the batch that took the step is a whole state (no half-accumulated gradients).
+            or self._last_step_written == trainer.global_step
             or self._should_skip_saving_checkpoint(trainer)  # fast_dev_run, or already saved at this step
         ):
             return
