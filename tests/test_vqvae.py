@@ -306,3 +306,43 @@ def test_sizes_the_models_cannot_take_are_refused():
     for bad in (codes.transpose(1, 2), codes.reshape(2, 2, 6), codes.flatten(1)[:, :11]):
         with pytest.raises(ValueError, match=r"image codes must be \(B, 3, 4\) or \(B, 12\)"):
             m(text, bad)
+
+
+def test_a_mid_epoch_resume_keeps_the_epochs_training_code_histogram(tmp_path):
+    """train/codebook_usage and /perplexity are over the whole epoch: a run killed after batch 4 of 6
+    and resumed from its step-4 last.ckpt reports the uninterrupted epochs' values (it counted only
+    the two batches after the resume, and called one used code a collapsed codebook); the next
+    epoch starts from zero again."""
+    from tx_suite.data.captioned_mnist_datamodule import CaptionedMNISTDataModule
+    from tx_suite.tasks.callbacks import RestoreLoaderState, RNGStateCallback, RunCheckpoint
+
+    class Crash(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 3:
+                raise RuntimeError("killed")
+
+    class Histograms(pl.Callback):  # callbacks' epoch-end hooks run before the task's, which logs
+        def __init__(self):
+            self.seen = []
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.seen.append(pl_module.train_code_counts.clone())
+
+    def fit(root, *extra, ckpt_path=None):
+        pl.seed_everything(0, verbose=False)
+        task = VQVAETask(hidden=16, res_channels=8, n_res_blocks=1, codebook_size=32, codebook_dim=8, log_images=0)
+        trainer = pl.Trainer(max_epochs=2, limit_val_batches=0, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=root, callbacks=[
+                                 RunCheckpoint(dirpath=root, save_last=True, monitor=None, last_every_n_train_steps=2),
+                                 RestoreLoaderState(), RNGStateCallback(), *extra])
+        trainer.fit(task, CaptionedMNISTDataModule(batch_size=8, train_size=48, val_size=16, test_size=16),
+                    ckpt_path=ckpt_path, weights_only=True)
+        return task, trainer
+
+    whole, resumed = Histograms(), Histograms()
+    fit(tmp_path / "whole", whole)
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(tmp_path / "cut", Crash())
+    fit(tmp_path / "cut", resumed, ckpt_path=tmp_path / "cut" / "last.ckpt")
+    assert [int(c.sum()) for c in whole.seen] == [6 * 8 * 8 * 8] * 2  # 6 batches of 8 images, 8x8 codes each
+    assert len(resumed.seen) == 2 and all(torch.equal(a, b) for a, b in zip(resumed.seen, whole.seen))

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from tx_suite.tasks import epoch_tallies
 from tx_suite.tasks.sdpa_backend import check_sdpa_backend, sdpa_backend_context
 
 BACKBONES = ("tx", "timm")
@@ -365,21 +366,10 @@ class ImageClassification(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.meta:
             checkpoint[META_KEY] = self.meta
-        if self._trainer is not None and self.trainer.world_size == 1 and self._mid_epoch():
-            # `train/acc` is an epoch-level running accuracy: a run resumed mid-epoch continues these
-            # tallies instead of counting only the batches after the resume. (With several DDP
-            # ranks each holds its own; they are not saved, and a resumed epoch starts afresh.)
-            checkpoint[TRAIN_ACC_KEY] = {"epoch": self.current_epoch, "global_step": self.global_step,
-                                         "state": {k: v.detach().cpu().clone()
-                                                   for k, v in self.train_acc.metric_state.items()}}
-
-    def _mid_epoch(self) -> bool:
-        """True while some of this epoch's training batches are still to come (a checkpoint from an
-        epoch's end, after its last batch, resumes in the next epoch, which starts with no tallies)."""
-        # state.fn, not trainer.training: a checkpoint written at a mid-epoch validation
-        # (val_check_interval) is saved while the trainer is validating.
-        processed = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return self.trainer.state.fn == "fit" and processed < self.trainer.num_training_batches
+        # `train/acc` is an epoch-level running accuracy: a run resumed mid-epoch continues its tallies.
+        tallies = epoch_tallies.pack(self._trainer, self.train_acc.metric_state)
+        if tallies is not None:
+            checkpoint[TRAIN_ACC_KEY] = tallies
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.meta = checkpoint.get(META_KEY, self.meta)
@@ -404,12 +394,11 @@ class ImageClassification(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._end_ema_warning_filter()
-        saved, self._resumed_train_acc = self._resumed_train_acc, None
-        # Only into the epoch it was taken in, and only at the step it was taken at.
-        if (saved and self.trainer.world_size == 1 and saved.get("epoch") == self.current_epoch
-                and saved.get("global_step") == self.global_step and isinstance(saved.get("state"), dict)):
+        state = epoch_tallies.unpack(self._resumed_train_acc, self.trainer)
+        self._resumed_train_acc = None
+        if state is not None:
             self.train_acc.reset()
-            self.train_acc.merge_state({k: v.to(self.device) for k, v in saved["state"].items()})
+            self.train_acc.merge_state({k: v.to(self.device) for k, v in state.items()})
 
     def teardown(self, stage: str) -> None:
         self._end_ema_warning_filter()  # a fit that failed before training started

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from tx_suite.models.vqvae import VQVAE
+from tx_suite.tasks import epoch_tallies
 from tx_suite.tasks.callbacks.generation_images import ReconstructionGrid
 from tx_suite.tasks.one_cycle import one_cycle
 from tx_suite.utils.checkpoint import state_dict_mismatch
@@ -21,6 +22,8 @@ from tx_suite.utils.runs import resolve_checkpoint as _resolve_checkpoint
 MODEL_KEYS = ("hidden", "res_channels", "n_res_blocks", "downsample", "codebook_size",
               "codebook_dim", "decay", "commitment_weight", "kmeans_init",
               "threshold_ema_dead_code", "rotation_trick")
+#: checkpoint key of the training code histogram of the epoch in progress (mid-epoch checkpoints)
+TRAIN_COUNTS_KEY = "tx_suite_train_code_counts"
 
 
 class VQVAETask(pl.LightningModule):
@@ -58,6 +61,7 @@ class VQVAETask(pl.LightningModule):
         K = codebook_size
         self.register_buffer("code_counts", torch.zeros(K, dtype=torch.long), persistent=False)
         self.register_buffer("train_code_counts", torch.zeros(K, dtype=torch.long), persistent=False)
+        self._resumed_counts = None  # TRAIN_COUNTS_KEY of the checkpoint fit resumes
 
     def configure_callbacks(self) -> list[pl.Callback]:
         # Registered here rather than in the config: it belongs to every VQ-VAE run, whatever
@@ -91,6 +95,24 @@ class VQVAETask(pl.LightningModule):
         self.log("train/commit_loss", out.commit_loss, batch_size=n)
         self.train_code_counts += torch.bincount(out.codes.flatten(), minlength=len(self.code_counts))
         return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The train/codebook_* metrics are over the whole epoch: a run resumed mid-epoch continues
+        # its histogram (epoch_tallies) instead of counting only the batches after the resume.
+        tallies = epoch_tallies.pack(self._trainer, {"counts": self.train_code_counts})
+        if tallies is not None:
+            checkpoint[TRAIN_COUNTS_KEY] = tallies
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed_counts = checkpoint.get(TRAIN_COUNTS_KEY)
+
+    def on_train_start(self) -> None:
+        # Lightning does not call on_train_epoch_start for an epoch it resumes mid-way.
+        state = epoch_tallies.unpack(self._resumed_counts, self.trainer)
+        self._resumed_counts = None
+        counts = None if state is None else state.get("counts")
+        if torch.is_tensor(counts) and counts.shape == self.train_code_counts.shape:
+            self.train_code_counts.copy_(counts)
 
     def on_train_epoch_start(self) -> None:
         self.train_code_counts.zero_()
