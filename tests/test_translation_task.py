@@ -653,7 +653,8 @@ def test_generate_passes_its_decoding_settings(monkeypatch):
 def _fake_trainer(tmp_path, loggers=(), epoch=4, global_step=21):
     from types import SimpleNamespace
 
-    return SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=epoch, global_step=global_step,
+    return SimpleNamespace(sanity_checking=False, should_stop=False, is_global_zero=True, current_epoch=epoch,
+                           global_step=global_step,
                            loggers=list(loggers), default_root_dir=str(tmp_path), state=SimpleNamespace(fn="fit"),
                            max_epochs=None, max_steps=-1,
                            fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=global_step - 1)))

@@ -88,15 +88,19 @@ def test_validation_due_in_fit_validate_and_the_last_epoch():
 
     from tx_suite.tasks.callbacks.due import validation_due
 
-    def due(fn="fit", epoch=0, max_epochs=10, max_steps=-1, step=0, sanity=False, every=3):
+    def due(fn="fit", epoch=0, max_epochs=10, max_steps=-1, step=0, sanity=False, every=3, stop=False, can_stop=True):
         t = SimpleNamespace(state=SimpleNamespace(fn=fn), current_epoch=epoch, max_epochs=max_epochs,
-                            max_steps=max_steps, global_step=step, sanity_checking=sanity)
+                            max_steps=max_steps, global_step=step, sanity_checking=sanity, should_stop=stop,
+                            fit_loop=SimpleNamespace(_can_stop_early=can_stop))
         return validation_due(t, every)
 
     assert [e for e in range(10) if due(epoch=e)] == [2, 5, 8, 9]  # every 3rd and the last
     assert not due(epoch=2, sanity=True) and due(fn="validate", epoch=0)
     # max_steps alone (Lightning sets max_epochs -1): the last epoch is the one that reaches it
     assert not due(epoch=0, max_epochs=-1, max_steps=40, step=20) and due(epoch=1, max_epochs=-1, max_steps=40, step=40)
+    # max_time (or early stopping) ends the fit: Lightning's last validation reports, unless
+    # min_epochs keeps the fit going
+    assert due(epoch=0, stop=True) and not due(epoch=0, stop=True, can_stop=False)
 
 
 def test_callbacks_log_to_wandb_when_attached(tmp_path, monkeypatch):

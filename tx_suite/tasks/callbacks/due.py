@@ -8,7 +8,10 @@ import pytorch_lightning as pl
 def validation_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
     """True for the validation runs that report: every one outside ``fit`` (``tx-suite validate``
     asks for it now), none in the sanity check, and in ``fit`` every ``every_n_epochs``-th epoch
-    and the last one, whether ``max_epochs`` or ``max_steps`` ends the fit."""
+    and the last validation of the fit: in the epoch that reaches ``max_epochs`` or ``max_steps``,
+    or the one Lightning runs when the fit is told to stop (``max_time``, early stopping: the
+    trainer's ``should_stop``, once ``min_epochs`` / ``min_steps`` allow it). ``max_steps``
+    reached between validation points gets no validation from Lightning at all."""
     if trainer.state.fn != "fit":
         return True
     if trainer.sanity_checking:
@@ -17,4 +20,7 @@ def validation_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
     # max_epochs is -1 when only max_steps bounds the fit
     last = (trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch) or (
         trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step)
-    return epoch % max(1, every_n_epochs) == 0 or last
+    # Lightning's Timer sets should_stop mid-epoch and the epoch loop then validates once more
+    # (training_epoch_loop._should_check_val_fx); below min_epochs the fit goes on regardless.
+    return (epoch % max(1, every_n_epochs) == 0 or last
+            or (trainer.should_stop and getattr(trainer.fit_loop, "_can_stop_early", True)))
