@@ -193,8 +193,10 @@ class CheckpointAveraging(pl.Callback):
     def _take(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Once per epoch: Lightning also replays on_train_epoch_end when it resumes from a
         # checkpoint written at an epoch end (same step: skipped). An epoch cut short by max_steps
-        # or max_time and then resumed with more steps reaches its real end later: that replaces
-        # the early snapshot, as an uninterrupted run would only have taken this one.
+        # and then resumed with more steps reaches its real end later: that replaces the early
+        # snapshot, as an uninterrupted run would only have taken this one. (A max_time stop is an
+        # epoch end for Lightning: the resumed fit starts the next epoch and the rest of the cut
+        # one is never trained, so its snapshot stays.)
         if self.snapshot_epoch == trainer.current_epoch:
             if self.snapshot_step is None or trainer.global_step <= self.snapshot_step:
                 return
