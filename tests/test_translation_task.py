@@ -685,7 +685,7 @@ def test_translation_samples_rows_keep_their_columns(tmp_path, monkeypatch):
     fields = [line.split("\t") for line in lines[1:]]
     assert [f[:1] + f[2:] for f in fields] == [["4", "Quelle 0", "reference 0", "hypo 0"],
                                                ["4", "Quelle 1", "reference 1", "hypo 1"]]
-    assert all(f[1].isdigit() for f in fields)  # the step column
+    assert all(f[1] == "20" for f in fields)  # the step of the validation metrics, as in the W&B table
     assert tables == [("val/samples", ["epoch", "source", "reference", "hypothesis"],
                        [[4, "Quelle 0", "reference 0", "hypo\t0"], [4, "Quelle 1", "reference 1", "hypo\t1"]], 20)]
 
@@ -722,6 +722,12 @@ def test_attention_maps_draw_the_asked_layers_with_query_rows_and_key_columns(tm
     assert [p.rsplit("/", 1)[1] for p in callback.saved] == [
         "epoch004_encoder_self_layer2_s0.png", "epoch004_cross_layer1_s0.png",
         "epoch004_encoder_self_layer0_s0.png", "epoch004_cross_layer0_s0.png"]
+    # a fit validating every 50 of its 200 batches an epoch: the step keeps the four validations apart
+    callback.saved.clear()
+    several = _fake_trainer(tmp_path)
+    several.val_check_batch, several.num_training_batches = 50, 200
+    callback.on_validation_end(several, SimpleNamespace(model=model))
+    assert callback.saved[0].rsplit("/", 1)[1] == "epoch004_step000021_encoder_self_layer2_s0.png"
     # plot_heads: head i's panel shows weights[i] with queries as rows and keys as columns
     weights = torch.rand(2, 3, 5)
     fig = plot_heads(weights, ["q0", "q1", "q2"], list("abcde"), "t")

@@ -66,6 +66,20 @@ def test_callbacks_write_figures_without_wandb(tmp_path, backbone):
     assert sum(v["count"] for v in per_class.values()) == 128  # one validation batch (limit_val_batches=1)
 
 
+def test_two_validations_an_epoch_keep_both_reports(tmp_path):
+    # val_check_interval 0.5: validations after steps 2 and 4 of epoch 0; named by epoch alone the
+    # second overwrote the first
+    pl.seed_everything(0, verbose=False)
+    task = tiny_task("tx", patch_size=7)
+    tr = trainer(tmp_path, steps=-1, max_epochs=1, limit_train_batches=4, val_check_interval=0.5,
+                 callbacks=[AttentionMaps(num_images=2), ClassificationReport(max_images=4)])
+    tr.fit(task, mnist(limit_train=256))
+    names = {p.name for p in (tmp_path / "figures").iterdir()}
+    for step in ("000002", "000004"):
+        assert {f"attention_val_e000_step{step}.png", f"confusion_val_e000_step{step}.png",
+                f"per_class_val_e000_step{step}.json"} <= names, names
+
+
 def test_every_n_epochs_thins_out_fit_but_a_validate_run_always_reports(tmp_path):
     """every_n_epochs 5 over a 3-epoch fit: only the last epoch reports; `validate` afterwards was
     thinned out by the same rule (epoch 3 of 5: no figures at all) and must report."""

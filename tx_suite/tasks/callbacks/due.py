@@ -24,3 +24,16 @@ def validation_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
     # (training_epoch_loop._should_check_val_fx); below min_epochs the fit goes on regardless.
     return (epoch % max(1, every_n_epochs) == 0 or last
             or (trainer.should_stop and getattr(trainer.fit_loop, "_can_stop_early", True)))
+
+
+def step_suffix(trainer: pl.Trainer) -> str:
+    """``"_step000120"`` (the global step) for the file names of a fit that validates more than once
+    per training epoch (``val_check_interval`` shorter than the epoch, or a time interval), where
+    names by epoch alone would overwrite each other; ``""`` otherwise, so that the usual one
+    validation per epoch keeps its short names."""
+    if trainer.state.fn != "fit":
+        return ""
+    every = getattr(trainer, "val_check_batch", None)  # None before the fit sets it up
+    timed = getattr(trainer, "_val_check_time_interval", None) is not None  # Lightning >= 2.6
+    several = timed or (every is not None and every < trainer.num_training_batches)
+    return f"_step{trainer.global_step:06d}" if several else ""

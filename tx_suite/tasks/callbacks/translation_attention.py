@@ -18,7 +18,7 @@ from torch import Tensor
 from tx_suite.core import record_attention
 from tx_suite.data.bpe import BOS_ID
 from tx_suite.data.translation_dataset import encode_source, pad_batch
-from tx_suite.tasks.callbacks.due import validation_due
+from tx_suite.tasks.callbacks.due import step_suffix, validation_due
 from tx_suite.tasks.callbacks.log_step import metrics_log_step
 from tx_suite.tasks.callbacks.sharded import skip_rank_zero_forward
 from tx_suite.tasks.callbacks.translation_samples import run_dir
@@ -178,7 +178,7 @@ class TranslationAttentionMaps(pl.Callback):
                     else:
                         folder = run_dir(trainer) / "attention"
                         folder.mkdir(parents=True, exist_ok=True)
-                        path = folder / f"epoch{epoch:03d}_{kind}_layer{li}_s{i}.png"
+                        path = folder / f"epoch{epoch:03d}{step_suffix(trainer)}_{kind}_layer{li}_s{i}.png"
                         fig.savefig(path, dpi=100)
                         _close(fig)
                         self.saved.append(str(path))

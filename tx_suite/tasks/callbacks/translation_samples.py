@@ -21,7 +21,8 @@ class TranslationSamples(pl.Callback):
     The rows come from :attr:`TranslationTask.val_samples` (the same sentences each time, so their
     progress can be followed). With a :class:`WandbLogger` they go to the table ``val/samples``;
     the rows are also appended to ``<run dir>/val_samples.tsv`` (epoch, step, source, reference,
-    hypothesis), which needs no logger.
+    hypothesis; ``step`` is the one ``metrics.csv`` logs that validation's metrics at), which needs
+    no logger.
 
     Args:
         n: number of sentences (at most the task's ``n_samples``).
@@ -36,10 +37,13 @@ class TranslationSamples(pl.Callback):
         if trainer.sanity_checking or not rows or not trainer.is_global_zero:
             return
         data = [[trainer.current_epoch, r["source"], r["reference"], r["hypothesis"]] for r in rows]
+        # the step the validation metrics are logged at (metrics.csv, W&B), not global_step, which
+        # is one ahead of it during a validation inside fit
+        step = metrics_log_step(trainer)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_table("val/samples", columns=["epoch", "source", "reference", "hypothesis"], data=data,
-                                 step=metrics_log_step(trainer))
+                                 step=step)
         path = run_dir(trainer) / "val_samples.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)
         new = not path.exists()
@@ -47,7 +51,7 @@ class TranslationSamples(pl.Callback):
             if new:
                 f.write("epoch\tstep\tsource\treference\thypothesis\n")
             for (epoch, s, r, h) in data:
-                f.write(f"{epoch}\t{trainer.global_step}\t{_tsv(s)}\t{_tsv(r)}\t{_tsv(h)}\n")
+                f.write(f"{epoch}\t{step}\t{_tsv(s)}\t{_tsv(r)}\t{_tsv(h)}\n")
 
 
 def _tsv(text: str) -> str:

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from tx_suite.tasks.callbacks.due import validation_due
+from tx_suite.tasks.callbacks.due import step_suffix, validation_due
 from tx_suite.tasks.callbacks.log_step import metrics_log_step
 from tx_suite.tasks.callbacks.sharded import skip_rank_zero_forward
 
@@ -171,8 +171,10 @@ def figure_to_image(fig):
 
 
 def figure_tag(trainer: pl.Trainer, stage: str) -> str:
-    """File-name tag: ``val_e007`` for validation epoch 7, ``test`` for the test run."""
-    return "test" if stage == "test" else f"{stage}_e{trainer.current_epoch:03d}"
+    """File-name tag: ``val_e007`` for validation epoch 7 (``val_e007_step000120`` where a fit
+    validates several times an epoch, :func:`~tx_suite.tasks.callbacks.due.step_suffix`), ``test``
+    for the test run."""
+    return "test" if stage == "test" else f"{stage}_e{trainer.current_epoch:03d}{step_suffix(trainer)}"
 
 
 def log_figure(trainer: pl.Trainer, key: str, image, filename: str) -> str:
