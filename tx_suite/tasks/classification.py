@@ -224,8 +224,8 @@ class ImageClassification(pl.LightningModule):
             ``"efficient"``, ``"cudnn"``) for all attention calls; ``None`` = PyTorch's choice.
             A CUDA-only kernel is not pinned off CUDA (one warning), so a GPU-trained
             checkpoint evaluates on a CPU.
-            On CPU with bf16 autocast, ``"math"`` trains about 2x faster (1.9-2.1x) than the default
-            flash kernel at ViT-MNIST sizes (T = 50), whose bf16 backward is slow.
+            On CPU with bf16 autocast, ``"math"`` trains 1.3-2.1x faster (by host, RESULTS.md) than
+            the default flash kernel at ViT-MNIST sizes (T = 50), whose bf16 backward is slow.
         compile: run the training forward through ``torch.compile`` (built when ``fit`` starts;
             the first steps wait for it, ~1 min on 2 CPU cores). Evaluation, export and the
             checkpoint's keys are unchanged: only the training call is compiled. On a 2-core CPU
