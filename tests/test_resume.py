@@ -267,3 +267,47 @@ def test_resumable_sampler_skips_once_then_serves_whole_epochs():
     sampler.start_index = 4
     assert list(sampler) == full[4:]
     assert list(sampler) == full  # start_index applies to the next iter() only
+
+
+@pytest.mark.parametrize("sampler", ["resumable", "token_budget"])
+def test_a_mid_epoch_resume_with_worker_processes_continues_the_saved_epochs_order(tmp_path, sampler):
+    """Lightning creates the resumed fit's first iterator before it calls set_epoch, and worker
+    processes take their first indices from the sampler right then: the skip was applied to
+    epoch 0's order (3 of 12 samples trained twice in the resumed epoch, 3 never)."""
+    from pytorch_lightning import Callback, LightningModule, Trainer
+    from torch.utils.data import TensorDataset
+
+    from tx_suite.data.bucketing import TokenBudgetBatchSampler
+
+    class Recorder(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append((self.current_epoch, sorted(batch[0].tolist())))
+            return self.layer(batch[0].float()[:, None]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+        def train_dataloader(self):
+            data, kw = TensorDataset(torch.arange(12)), dict(num_workers=2, persistent_workers=True)
+            if sampler == "resumable":
+                return ResumableDataLoader(data, batch_size=3, shuffle=True, seed=0, **kw)
+            return ResumableDataLoader(data, batch_sampler=TokenBudgetBatchSampler([1 + i % 3 for i in range(12)], 6,
+                                                                                    shuffle=True, seed=0), **kw)
+
+    class SaveAt(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 1 and batch_idx == 1:
+                trainer.save_checkpoint(tmp_path / "mid.ckpt")
+
+    kw = dict(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+              enable_checkpointing=False, accelerator="cpu")
+    whole, resumed = Recorder(), Recorder()
+    Trainer(callbacks=[SaveAt()], **kw).fit(whole)
+    Trainer(**kw).fit(resumed, ckpt_path=tmp_path / "mid.ckpt")
+    epoch1 = [b for e, b in whole.seen if e == 1]
+    assert len(epoch1) >= 3 and [b for e, b in resumed.seen] == epoch1[2:]

@@ -137,5 +137,14 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": int(epoch), "batches_served": int(self._served)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Make the next ``iter()`` skip the batches already served in the saved epoch."""
+        """Make the next ``iter()`` order the saved epoch and skip the batches already served in it.
+
+        The epoch is restored here, not left to Lightning's ``set_epoch``: Lightning creates the
+        resumed fit's first iterator before it sets the epoch, and worker processes
+        (``num_workers`` > 0) draw their first indices from the sampler as soon as the iterator
+        exists, so they would skip into epoch 0's order (samples trained twice, others never).
+        """
         self._resume_at = int(state.get("batches_served", 0))
+        if "epoch" in state:
+            sampler = self.sampler if isinstance(self.sampler, ResumableSampler) else self.batch_sampler
+            sampler.set_epoch(int(state["epoch"]))
