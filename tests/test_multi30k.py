@@ -124,6 +124,18 @@ def test_max_len_that_drops_every_pair_is_an_error(tmp_path):
         dm.setup("fit")
 
 
+def test_a_val_split_that_is_also_the_train_split_is_evaluated_whole(tmp_path):
+    # the datasets were cached by split name only: validation got the training set, cut to
+    # train_limit pairs and filtered by max_len (2 of the 1014 pairs here)
+    dm = Multi30kDataModule(train_split="val", val_split="val", train_limit=100, vocab_size=400, max_len=20,
+                            cache_dir=str(tmp_path))
+    dm.setup("fit")
+    train = dm.train_dataloader().dataset
+    assert len(dm.val_dataloader().dataset) == 1014
+    assert dm.dataset("val", train=False) is dm.val_dataloader().dataset
+    assert len(train) + train.n_dropped == 100 and len(train) < 100
+
+
 def test_token_budget_batches_cover_every_index_once():
     sizes = torch.randint(1, 40, (500,)).tolist() + [100]  # one pair longer than the budget
     s = TokenBudgetBatchSampler(sizes, max_tokens=64, shuffle=True, seed=1)

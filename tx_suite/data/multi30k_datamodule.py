@@ -78,7 +78,7 @@ class Multi30kDataModule(pl.LightningDataModule):
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.cache_dir = Path(cache_dir) if cache_dir else self.data_dir / "cache"
         self._tokenizer: BPETokenizer | None = None
-        self.datasets: dict[str, TranslationDataset] = {}
+        self.datasets: dict[tuple[str, bool], TranslationDataset] = {}  # by (split, as training pairs)
         # Names are checked now so that a typo fails at startup, not after training.
         for split in {train_split, val_split, test_split}:
             for lang in (src_lang, tgt_lang):
@@ -100,8 +100,8 @@ class Multi30kDataModule(pl.LightningDataModule):
             src, tgt = [s.lower() for s in src], [t.lower() for t in tgt]
         return src, tgt
 
-    def _train_text(self) -> tuple[list[str], list[str]]:
-        src, tgt = self._read(self.hparams.train_split)
+    def _train_text(self, split: str | None = None) -> tuple[list[str], list[str]]:
+        src, tgt = self._read(split or self.hparams.train_split)
         n = self.hparams.train_limit
         return (src[:n], tgt[:n]) if n is not None else (src, tgt)
 
@@ -127,11 +127,14 @@ class Multi30kDataModule(pl.LightningDataModule):
                 split_path(split, lang, self.data_dir, self.cache_dir, download=h.download)
         _ = self.tokenizer
 
-    def dataset(self, split: str) -> TranslationDataset:
-        """Tokenized pairs of ``split`` (cached per split; training pairs above ``max_len`` dropped)."""
-        if split not in self.datasets:
-            if split == self.hparams.train_split:
-                src, tgt = self._train_text()
+    def dataset(self, split: str, train: bool | None = None) -> TranslationDataset:
+        """Tokenized pairs of ``split``, cached. As training pairs (``train_limit``, pairs above
+        ``max_len`` dropped) when ``train`` (default: ``split`` is ``train_split``), else all of them:
+        a ``val_split`` equal to ``train_split`` is evaluated whole, not as the filtered training set."""
+        train = split == self.hparams.train_split if train is None else train
+        if (split, train) not in self.datasets:
+            if train:
+                src, tgt = self._train_text(split)
                 ds = TranslationDataset(src, tgt, self.tokenizer, max_len=self.hparams.max_len)
                 if ds.n_dropped:
                     log.info("dropped %d training pairs longer than %d tokens", ds.n_dropped, self.hparams.max_len)
@@ -140,20 +143,20 @@ class Multi30kDataModule(pl.LightningDataModule):
             else:
                 src, tgt = self._read(split)
                 ds = TranslationDataset(src, tgt, self.tokenizer)
-            self.datasets[split] = ds
-        return self.datasets[split]
+            self.datasets[split, train] = ds
+        return self.datasets[split, train]
 
     def setup(self, stage: str | None = None) -> None:
         h = self.hparams
         if stage in (None, "fit"):
             self.dataset(h.train_split)
         if stage in (None, "fit", "validate"):
-            self.dataset(h.val_split)
+            self.dataset(h.val_split, train=False)
         if stage in (None, "test", "predict"):
-            self.dataset(h.test_split)
+            self.dataset(h.test_split, train=False)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        ds = self.dataset(split)
+        ds = self.dataset(split, train)
         budget = self.hparams.max_tokens if train else (self.hparams.eval_max_tokens or self.hparams.max_tokens)
         # Batches are sharded over data-parallel ranks (the sampler reads the process group), for
         # evaluation too: TranslationTask gathers the ranks' hypotheses before corpus-level BLEU,

@@ -125,7 +125,7 @@ class TranslationAttentionMaps(pl.Callback):
         if self.sentences:
             return list(self.sentences)
         dm = trainer.datamodule
-        ds = dm.dataset(dm.hparams.val_split)
+        ds = dm.dataset(dm.hparams.val_split, train=False)
         return list(ds.src_text[: self.n_sentences])
 
     @torch.no_grad()
