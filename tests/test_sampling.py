@@ -135,6 +135,15 @@ def test_tiny_temperatures_are_greedy_and_non_finite_settings_are_refused():
     for bad in (float("nan"), float("inf"), -1.0):
         with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
             sample_next(logits, bad)
+    # a row of negative logits underflows to all -inf instead (NaN softmax: the last token, or an error)
+    negative = torch.tensor([[-10.0, -30.0, -20.0, -50.0], [-40.0, -8.0, -90.0, -10.0]])
+    for t in (1e-3, 2e-38):
+        assert sample_next(negative, t, uniform=u).tolist() == [0, 1]
+        assert sample_next(negative, t, generator=torch.Generator().manual_seed(0)).tolist() == [0, 1]
+    # greedy (temperature 0) still refuses filters no sampler could use
+    for bad in (dict(top_k=0), dict(top_p=5.0)):
+        with pytest.raises(ValueError, match="top_k must be >= 1|top_p must be in"):
+            sample_next(logits, 0.0, **bad)
 
 
 def test_temperatures_below_the_float32_normal_range_are_greedy_where_denormals_are_flushed():

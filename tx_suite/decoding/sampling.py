@@ -94,7 +94,7 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
     Raises:
         ValueError: a negative or non-finite temperature (and see :func:`filter_logits`).
     """
-    check_sampling(temperature=temperature)
+    check_sampling(temperature=temperature, top_k=top_k, top_p=top_p)  # also for greedy: bad flags are errors
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float()
@@ -106,10 +106,11 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = No
         scaled = torch.zeros_like(logits).masked_fill(logits < peak, float("-inf"))
     else:
         scaled = logits / temperature
-        # A tiny temperature overflows logits to +inf (a NaN softmax). Such rows are shifted by their
-        # maximum first, which sends the others to -inf (the argmax, as temperature -> 0); the other
-        # rows keep the plain division, so earlier seeds draw the same tokens bit for bit.
-        overflow = torch.isposinf(scaled).any(-1, keepdim=True)
+        # A tiny temperature overflows logits to +inf, or, in a row whose logits are all negative,
+        # every one to -inf (a NaN softmax either way). Such rows are shifted by their maximum
+        # first, which sends the others to -inf (the argmax, as temperature -> 0); the other rows
+        # keep the plain division, so earlier seeds draw the same tokens bit for bit.
+        overflow = ~torch.isfinite(scaled.amax(-1, keepdim=True))
         scaled = torch.where(overflow, (logits - logits.amax(-1, keepdim=True)) / temperature, scaled)
     probs = filter_logits(scaled, top_k, top_p).softmax(-1)
     if uniform is not None:
