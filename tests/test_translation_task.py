@@ -783,6 +783,9 @@ def test_normalize_source_keeps_what_nfc_keeps_and_split_lines_keeps_line_number
     kept = "„Ein ﬁx² ½ Ｔ“ – «Hallo»… ¿qué? l'été"
     assert normalize_source(kept) == kept
     assert normalize_source("Haus\u00adtür") == "Haustür"
+    # an invisible character between a letter and its combining accent must not block composition
+    for joiner in ("\u200b", "\u00ad", "\u200d"):
+        assert normalize_source(f"Caf{'e'}{joiner}\u0301") == "Café"
     assert split_lines(b"a\r\nb\n") == ["a", "b"] and split_lines(b"a\n\n") == ["a", ""]
     assert split_lines(b"") == [] and split_lines(b"\n") == [""] and split_lines(b"a") == ["a"]
     assert split_lines("a\x0cb\u2028c\nd".encode()) == ["a\x0cb\u2028c", "d"]
