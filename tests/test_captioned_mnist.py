@@ -1,5 +1,6 @@
 """Captioned MNIST: deterministic scenes, renderer geometry, captions, the held-out split."""
 
+import re
 import shutil
 
 import pytest
@@ -59,6 +60,12 @@ def test_split_covers_all_combinations_and_rejects_bad_pairs():
     assert parse_pairs(["7-green", [7, "green"], (7, 1)]) == {(7, 1)}
     with pytest.raises(ValueError, match="unknown colour"):
         parse_pairs(["7-purple"])
+    # every malformed entry is a ValueError naming it as written (was int()'s bare message or a TypeError)
+    for bad, says in (("seven-red", "'seven-red': the digit must be 0..9, got 'seven'"), (7, "7 is not (digit, colour)"),
+                      ([7.5, "red"], "the digit must be 0..9, got 7.5"), ([7, None], "colour must be a name or an index"),
+                      ("12-red", "'12-red': the digit must be 0..9, got 12")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            parse_pairs([bad])
     with pytest.raises(ValueError, match="every seen example"):
         split_combinations([(3, c) for c in COLOURS])
 

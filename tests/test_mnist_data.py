@@ -61,6 +61,13 @@ def test_unknown_augment_key_is_rejected():
         MNISTDataModule(augment={"rotate": 10})
 
 
+@pytest.mark.parametrize("limit", [0, -5])
+def test_a_limit_train_below_one_is_refused(limit):
+    # 0 trained on the whole split and -5 on all but the last 5 images, silently
+    with pytest.raises(ValueError, match=f"limit_train must be >= 1 .*got {limit}"):
+        MNISTDataModule(limit_train=limit)
+
+
 def test_corrupt_archive_is_named(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)

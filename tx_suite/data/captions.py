@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 DIGIT_WORDS: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
@@ -101,21 +101,25 @@ def parse_pairs(pairs: Iterable[Sequence]) -> frozenset[tuple[int, int]]:
         ValueError: an unknown digit or colour, naming the bad entry.
     """
     out = set()
-    for pair in pairs:
-        if isinstance(pair, str):
-            pair = pair.replace(":", "-").split("-", 1)
-        if len(pair) != 2:
-            raise ValueError(f"held-out pair {pair!r} is not (digit, colour)")
-        digit, colour = int(pair[0]), pair[1]
+    for entry in pairs:
+        pair = entry.replace(":", "-").split("-", 1) if isinstance(entry, str) else entry
+        if not isinstance(pair, Sequence) or len(pair) != 2:
+            raise ValueError(f"held-out pair {entry!r} is not (digit, colour), e.g. [7, red] or '7-red'")
+        digit, colour = pair
+        if isinstance(digit, bool) or not (isinstance(digit, int) or (isinstance(digit, str) and digit.isdigit())):
+            raise ValueError(f"held-out pair {entry!r}: the digit must be 0..9, got {digit!r}")
+        digit = int(digit)
         if not 0 <= digit <= 9:
-            raise ValueError(f"held-out pair {pair!r}: digit must be 0..9")
+            raise ValueError(f"held-out pair {entry!r}: the digit must be 0..9, got {digit!r}")
         if isinstance(colour, str) and not colour.isdigit():
             if colour not in COLOURS:
-                raise ValueError(f"held-out pair {pair!r}: unknown colour, expected one of {COLOUR_NAMES}")
+                raise ValueError(f"held-out pair {entry!r}: unknown colour, expected one of {COLOUR_NAMES}")
             colour = COLOUR_NAMES.index(colour)
+        if isinstance(colour, bool) or not isinstance(colour, (int, str)):
+            raise ValueError(f"held-out pair {entry!r}: the colour must be a name or an index, got {colour!r}")
         colour = int(colour)
         if not 0 <= colour < len(COLOURS):
-            raise ValueError(f"held-out pair {pair!r}: colour index out of range")
+            raise ValueError(f"held-out pair {entry!r}: colour index out of range")
         out.add((digit, colour))
     return frozenset(out)
 

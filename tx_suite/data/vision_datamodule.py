@@ -38,7 +38,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         limit_train: use only the first N images of the training split (quick runs and tests).
 
     Raises:
-        ValueError: ``val_size`` is negative or not smaller than the training set; bad ``augment``;
+        ValueError: ``val_size`` is negative or not smaller than the training set; ``limit_train``
+            below 1; bad ``augment``;
             (``setup("fit")``) fewer training images (after ``limit_train``) than ``batch_size``.
     """
 
@@ -64,6 +65,8 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         super().__init__()
         if val_size < 0:
             raise ValueError(f"val_size must be >= 0, got {val_size}")
+        if limit_train is not None and limit_train < 1:  # 0 meant "all", -5 "all but the last 5"
+            raise ValueError(f"limit_train must be >= 1 (or null for the whole split), got {limit_train}")
         self.data_dir = resolve_data_dir(data_dir)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or 2 * batch_size
