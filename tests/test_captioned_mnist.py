@@ -131,6 +131,10 @@ def test_tokenizer_fixed_length_and_datamodule_batch():
     ids = tok.encode(["top-left: tiny red 7", "a purple seven"])
     assert ids.shape == (2, 16) and ids[0, 7:].eq(tok.pad_id).all()
     assert ids[1, 1] == tok.unk_id  # "purple" is not a caption word
+    # special tokens typed in a caption are unknown words: "[PAD]" alone was the empty caption
+    typed = tok.encode(["[PAD]", "tiny [BOI] red [UNK] 7"])
+    assert typed[0, 0] == tok.unk_id and typed[0, 1:].eq(tok.pad_id).all()
+    assert typed[1, :5].tolist() == [ids[0, 4], tok.unk_id, ids[0, 5], tok.unk_id, ids[0, 6]]
     assert tok.decode(ids[:1]) == ["top - left : tiny red 7"]
     # Capitals are the same words (users type them), for the tokenizer and the judge's parser.
     assert torch.equal(tok.encode(["Top-Left: Tiny RED 7"]), ids[:1])

@@ -93,10 +93,14 @@ class CaptionTokenizer:
         return self.tokenizer.get_vocab_size()
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """Captions -> ``(B, max_len)`` long ids, truncated and right-padded with ``pad_id``."""
+        """Captions -> ``(B, max_len)`` long ids, truncated and right-padded with ``pad_id``.
+
+        ``[PAD]`` or ``[BOI]`` typed in a caption is an unknown word (``unk_id``), not the special
+        token: a caption ``"[PAD]"`` would otherwise be the all-padding empty caption, the
+        unconditional input of classifier-free guidance."""
         out = torch.full((len(texts), self.max_len), self.pad_id, dtype=torch.long)
         for i, enc in enumerate(self.tokenizer.encode_batch(list(texts))):
-            ids = enc.ids[: self.max_len]
+            ids = [self.unk_id if t in (self.pad_id, self.boi_id) else t for t in enc.ids[: self.max_len]]
             out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         return out
 
