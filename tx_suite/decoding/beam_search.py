@@ -11,7 +11,8 @@ longer outputs). Finished sentences leave the batch, as in :func:`greedy_search`
 This is not the GNMT penalty ``((5 + |y|) / 6)^alpha`` (Wu et al. 2016, Sec. 7) that Vaswani et al.
 2017 (Sec. 6.1) used with alpha = 0.6, beam 4 and a length limit of input + 50, so an alpha
 from one does not carry over to the other. The defaults here are beam 5, alpha 1 and a budget
-of ``1.2 * |x| + 10`` tokens.
+of ``1.2 * |x| + 10`` tokens. Unlike fairseq's default ``min_len=1``, EOS may be the first token
+(an empty translation), here and in :func:`~tx_suite.decoding.greedy.greedy_search`.
 """
 
 from __future__ import annotations
