@@ -107,7 +107,7 @@ def test_resumable_loader_skips_served_batches_and_keeps_the_order():
     assert [b[0].tolist() for b in fresh] != full  # a new order each epoch
 
     before = torch.get_rng_state()
-    iter(loader)
+    next(iter(loader))
     assert torch.equal(torch.get_rng_state(), before)  # no global RNG draw when an epoch starts
 
 
@@ -270,10 +270,11 @@ def test_resumable_sampler_skips_once_then_serves_whole_epochs():
 
 
 @pytest.mark.parametrize("sampler", ["resumable", "token_budget"])
-def test_a_mid_epoch_resume_with_worker_processes_continues_the_saved_epochs_order(tmp_path, sampler):
+def test_a_resume_with_worker_processes_continues_in_the_saved_epochs_order(tmp_path, sampler):
     """Lightning creates the resumed fit's first iterator before it calls set_epoch, and worker
-    processes take their first indices from the sampler right then: the skip was applied to
-    epoch 0's order (3 of 12 samples trained twice in the resumed epoch, 3 never)."""
+    processes take their first indices from the sampler right then: mid-epoch, the skip was
+    applied to epoch 0's order (3 of 12 samples trained twice in the resumed epoch, 3 never);
+    from an epoch end, the next epoch replayed epoch 0's order."""
     from pytorch_lightning import Callback, LightningModule, Trainer
     from torch.utils.data import TensorDataset
 
@@ -304,10 +305,17 @@ def test_a_mid_epoch_resume_with_worker_processes_continues_the_saved_epochs_ord
             if trainer.current_epoch == 1 and batch_idx == 1:
                 trainer.save_checkpoint(tmp_path / "mid.ckpt")
 
-    kw = dict(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
-              enable_checkpointing=False, accelerator="cpu")
+    kw = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+              accelerator="cpu")
     whole, resumed = Recorder(), Recorder()
-    Trainer(callbacks=[SaveAt()], **kw).fit(whole)
-    Trainer(**kw).fit(resumed, ckpt_path=tmp_path / "mid.ckpt")
+    Trainer(max_epochs=2, callbacks=[SaveAt()], **kw).fit(whole)
+    Trainer(max_epochs=2, **kw).fit(resumed, ckpt_path=tmp_path / "mid.ckpt")
     epoch1 = [b for e, b in whole.seen if e == 1]
     assert len(epoch1) >= 3 and [b for e, b in resumed.seen] == epoch1[2:]
+    # from an epoch end, the next epoch is whole, in its own order (it replayed epoch 0's)
+    first = Trainer(max_epochs=1, **kw)
+    first.fit(Recorder())
+    first.save_checkpoint(tmp_path / "end.ckpt")
+    resumed = Recorder()
+    Trainer(max_epochs=2, **kw).fit(resumed, ckpt_path=tmp_path / "end.ckpt")
+    assert [b for e, b in resumed.seen] == epoch1 != [b for e, b in whole.seen if e == 0]

@@ -116,18 +116,22 @@ class ResumableDataLoader(DataLoader):
         self._resume_at = 0  # batches to skip on the next iter(), from load_state_dict
 
     def __iter__(self) -> Iterator[Any]:
-        # Eager (not a generator function): the skip applies to the iterator created now, even if
-        # no batch is ever drawn from it, and a stale skip never leaks into a later epoch.
+        # The skip is taken now (not in the generator): it belongs to the iterator created now,
+        # even if no batch is ever drawn from it, and a stale skip never leaks into a later epoch.
         skip, self._resume_at = self._resume_at, 0
+        self._served = skip
+        return self._batches(skip)
+
+    def _batches(self, skip: int) -> Iterator[Any]:
+        # A generator: DataLoader's own iterator is made at the first next(). Lightning creates a
+        # resumed fit's first iterator before it calls set_epoch, and worker processes
+        # (num_workers > 0) draw their indices from the sampler as soon as their iterator exists:
+        # made then, a fit resumed from an epoch end trained its next epoch in epoch 0's order.
         if isinstance(self.sampler, ResumableSampler):
             self.sampler.start_index = skip * self.batch_size
         else:
             self.batch_sampler.start_batch = skip
-        self._served = skip
-        return self._count(super().__iter__())
-
-    def _count(self, batches: Iterator[Any]) -> Iterator[Any]:
-        for batch in batches:
+        for batch in super().__iter__():
             self._served += 1
             yield batch
 
