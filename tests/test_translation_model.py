@@ -126,6 +126,26 @@ def test_inverse_sqrt_schedule():
     assert cos[0] == pytest.approx(0.1) and max(cos) == pytest.approx(1.0) and cos[10] == pytest.approx(1.0)
     assert cos[-1] == pytest.approx(0.1) and min(cos[10:]) == pytest.approx(0.1)  # ends at min_lr_ratio * lr
     assert cos[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 50 / 100)))
+    # Trained further (--ckpt_path last with a larger max_steps): Lightning restores the scheduler's
+    # state into one built for the new length, which must then follow that length. torch's
+    # SequentialLR(LinearLR, CosineAnnealingLR) restored the old T_max and its cosine rose back to
+    # the peak past it (7e-4 at step 5999 of a 3500-step run extended to 7000, instead of 5e-5).
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    short = build_scheduler(opt, "cosine", warmup_steps=10, total_steps=60, min_lr_ratio=0.1)
+    for _ in range(60):
+        opt.step()
+        short.step()
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    longer = build_scheduler(opt, "cosine", warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    longer.load_state_dict(short.state_dict())
+    resumed = []
+    for _ in range(51):
+        resumed.append(opt.param_groups[0]["lr"] / peak)
+        opt.step()
+        longer.step()
+    # (the first resumed step runs at the rate in force when the checkpoint was written: Lightning
+    # restores the optimizer's lr too, and the schedule sets the next one)
+    assert resumed[1:] == pytest.approx(cos[61:111], abs=1e-12)
     const = lrs("constant", 12, warmup_steps=4, total_steps=100)
     assert const == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 9)  # no step at lr = 0
     with pytest.raises(ValueError, match="inverse_sqrt"):

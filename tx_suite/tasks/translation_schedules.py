@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, LRScheduler, SequentialLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 SCHEDULES = ("inverse_sqrt", "cosine", "constant")
 
@@ -24,14 +24,34 @@ def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
     return min(s / warmup, math.sqrt(warmup / s))
 
 
+def cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based): a linear rise from
+    ``1 / warmup`` to 1 over ``warmup_steps`` steps, then a cosine from 1 down to ``min_lr_ratio``
+    at ``total_steps``, flat after it.
+
+    The cosine is SGDR's (Loshchilov & Hutter 2017, Eq. 5) without restarts:
+    ``eta_min + (eta_max - eta_min) * (1 + cos(pi * t / T)) / 2`` with ``t = step - warmup``,
+    ``T = total_steps - warmup``. The same values as torch's ``SequentialLR(LinearLR,
+    CosineAnnealingLR)`` up to rounding, but stateless: a run resumed with a longer ``total_steps``
+    follows its new length (torch's schedulers restored their old ``T_max``, and past it their
+    periodic cosine climbed back to the peak).
+    """
+    warm = max(1, warmup_steps)
+    if step < warm:
+        return 1.0 / warm + (1.0 - 1.0 / warm) * step / warm
+    t, period = step - warm, max(1, total_steps - warm)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 + math.cos(math.pi * min(t, period) / period)) / 2.0
+
+
 def build_scheduler(optimizer: Optimizer, name: str, warmup_steps: int, total_steps: int,
                     min_lr_ratio: float = 0.0) -> LRScheduler:
     """A per-step schedule for ``optimizer`` (whose ``lr`` is the peak rate).
 
     Args:
         name: ``inverse_sqrt`` (:func:`inverse_sqrt_factor`), ``cosine`` (linear warm-up, then
-            cosine decay to ``min_lr_ratio * lr`` at ``total_steps``; Loshchilov & Hutter 2017,
-            torch's ``CosineAnnealingLR``), or ``constant`` (linear warm-up, then flat).
+            cosine decay to ``min_lr_ratio * lr`` at ``total_steps``, :func:`cosine_factor`), or
+            ``constant`` (linear warm-up, then flat). All are ``LambdaLR`` of a closed form, so a
+            resumed run trained further follows its new length.
         warmup_steps: steps of linear warm-up.
         total_steps: optimizer steps in the whole run (cosine only).
         min_lr_ratio: final rate of the cosine schedule as a fraction of the peak.
@@ -44,13 +64,8 @@ def build_scheduler(optimizer: Optimizer, name: str, warmup_steps: int, total_st
     if name == "constant":
         return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
     if name == "cosine":
-        base_lr = optimizer.param_groups[0]["lr"]
-        warm = max(1, warmup_steps)
-        return SequentialLR(optimizer, [
-            LinearLR(optimizer, start_factor=1.0 / warm, end_factor=1.0, total_iters=warm),
-            CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warm), eta_min=base_lr * min_lr_ratio),
-        ], milestones=[warm])
+        return LambdaLR(optimizer, lambda step: cosine_factor(step, warmup_steps, total_steps, min_lr_ratio))
     raise ValueError(f"unknown lr schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-__all__ = ["SCHEDULES", "build_scheduler", "inverse_sqrt_factor"]
+__all__ = ["SCHEDULES", "build_scheduler", "cosine_factor", "inverse_sqrt_factor"]
