@@ -143,8 +143,29 @@ def test_runs_of_one_name_in_two_runs_directories_keep_their_own_numbers(runs, t
 
 def test_a_step_logged_twice_keeps_the_later_value(tmp_path):
     path = tmp_path / "metrics.csv"
-    path.write_text("epoch,step,train/loss,val/acc\n0,1,2.0,\n0,3,1.5,\n0,3,1.4,\n0,2,1.8,\n0,3,,0.5\n0,4,nan,\n")
+    path.write_text("epoch,step,train/loss,val/acc\n0,1,2.0,\n0,3,1.5,\n0,3,1.4,\n0,2,1.8,\n0,3,,0.5\n")
     assert read_metrics(path) == {"train/loss": [(1, 2.0), (2, 1.8), (3, 1.4)], "val/acc": [(3, 0.5)]}
+
+
+def test_a_run_that_diverged_shows_its_non_finite_final_value(tmp_path, capsys):
+    """NaN and inf were dropped when reading metrics.csv: "final" showed the last finite loss, and a
+    diverged run looked healthy. Best stays over the finite values; the JSON stays strict JSON."""
+    import math
+
+    from tx_suite.cli.compare import _json_safe
+    from tx_suite.utils.compare import Run, format_report, plot_curves, summarize
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss\n0,1,2.0\n0,3,1.5\n0,5,nan\n0,7,inf\n")
+    series = read_metrics(path)
+    assert [s for s, _ in series["train/loss"]] == [1, 3, 5, 7] and series["train/loss"][-1][1] == math.inf
+    run = Run(tmp_path, "exp", "r", series, config={"checkpoint": {"monitor": "train/loss"}})
+    summary = summarize([run], ["train/loss"])["r"]["train/loss"]
+    assert summary["final"] == math.inf and (summary["best"], summary["best_step"]) == (1.5, 3)
+    assert "inf" in format_report([run], ["train/loss"])
+    plot_curves([run], ["train/loss"])  # the finite points are drawn
+    assert json.loads(json.dumps(_json_safe({"a": [math.nan, -math.inf, 1.0]}), allow_nan=False)) == {
+        "a": ["nan", "-inf", 1.0]}
 
 
 def test_paths_that_are_not_runs_are_one_line_errors(runs, tmp_path, capsys):

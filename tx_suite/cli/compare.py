@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -109,10 +110,23 @@ def main(argv: list[str] | None = None) -> int:
                 "metrics": summary[label],
                 "config": {k: v[i] for k, v in diff.items()},
             })
-        print(json.dumps({"metrics": metrics, "config_diff": list(diff), "run_info_diff": info_diff(runs),
-                          "runs": rows, "skipped": [str(p) for p in skipped], "files": files}, indent=2, default=str))
+        print(json.dumps(_json_safe({"metrics": metrics, "config_diff": list(diff), "run_info_diff": info_diff(runs),
+                                     "runs": rows, "skipped": [str(p) for p in skipped], "files": files}),
+                         indent=2, default=str, allow_nan=False))
         return 0
     print(format_report(runs, metrics))
     for kind, path in files.items():
         print(f"{kind}: {path}")
     return 0
+
+
+def _json_safe(value):
+    """NaN and infinite floats as the strings ``"nan"``, ``"inf"``, ``"-inf"`` (a diverged run's final
+    loss): JSON has no such numbers, and ``NaN`` tokens break strict parsers such as ``jq``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

@@ -106,23 +106,23 @@ class Run:
 # ------------------------------------------------------------------------------------------ reading
 def _float(raw: str | None) -> float | None:
     try:
-        value = float(raw)  # type: ignore[arg-type]
+        return float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
-    return value if math.isfinite(value) else None
 
 
 def read_metrics(path: str | Path) -> dict[str, list[tuple[int, float]]]:
     """``metrics.csv`` -> ``{metric: [(step, value), ...]}`` sorted by step, one value per step.
 
-    Empty and non-finite cells are skipped; the ``epoch`` and ``step`` columns are not metrics.
-    A step logged more than once keeps its last value (rows are in logging order).
+    Empty cells are skipped; NaN and infinite values are kept (a run that diverged must not look
+    healthy); the ``epoch`` and ``step`` columns are not metrics. A step logged more than once keeps
+    its last value (rows are in logging order).
     """
     by_step: dict[str, dict[int, float]] = {}
     with Path(path).open(newline="") as f:
         for row in csv.DictReader(f):
             step = _float(row.get("step"))
-            step = int(step) if step is not None else 0
+            step = int(step) if step is not None and math.isfinite(step) else 0
             for key, raw in row.items():
                 if key in ("step", "epoch") or key is None:
                     continue
@@ -335,8 +335,9 @@ def best_mode(metric: str, run: Run | None = None) -> str | None:
 def summarize(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
     """``{label: {metric: {"final", "best", "best_step", "mode"}}}`` for each run and metric.
 
-    ``final`` is the last logged value; ``best`` is the min or max over the run (see
-    :func:`best_mode`; None when the direction is unknown) and ``best_step`` its step.
+    ``final`` is the last logged value, NaN or infinite included; ``best`` is the min or max of the
+    run's finite values (see :func:`best_mode`; None when the direction is unknown or no value is
+    finite) and ``best_step`` its step.
     ``metrics`` defaults to :func:`shared_metrics`. A metric a run did not log is left out of its dict.
     """
     metrics = shared_metrics(runs) if metrics is None else list(metrics)
@@ -349,9 +350,10 @@ def summarize(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> dict
                 continue
             mode = best_mode(m, run)
             entry: dict[str, Any] = {"final": values[-1][1], "best": None, "best_step": None, "mode": mode}
-            if mode is not None:
+            finite = [sv for sv in values if math.isfinite(sv[1])]
+            if mode is not None and finite:
                 pick = min if mode == "min" else max
-                step, best = pick(values, key=lambda sv: sv[1])
+                step, best = pick(finite, key=lambda sv: sv[1])
                 entry.update(best=best, best_step=step)
             row[m] = entry
         out[label] = row
@@ -468,7 +470,7 @@ def plot_curves(runs: Sequence[Run], metrics: Sequence[str] | None = None, ncols
     names = curve_labels(runs)
     for ax, metric in zip(axes, metrics):
         for run, name in zip(runs, names):
-            values = run.series.get(metric)
+            values = [sv for sv in run.series.get(metric) or [] if math.isfinite(sv[1])]  # the table shows the rest
             if not values:
                 continue
             steps, ys = zip(*values)
