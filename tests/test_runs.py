@@ -472,3 +472,38 @@ def test_experiment_and_run_names_cannot_leave_their_directory(tmp_path):
     with pytest.raises(ValueError, match="invalid run_id name"):
         validate_name("../r1", "run_id")
     assert experiment_dir(tmp_path, "exp") == tmp_path / "exp"
+
+
+@pytest.mark.parametrize("content", [None, "{}", "[]", "{not json"])
+def test_a_run_without_a_readable_run_info_can_be_resumed(runs_dir, capsys, content):
+    """A run directory from an older version or a plain Trainer has no run_info.json: the resume
+    referenced its own record inside itself ("Circular reference detected") and never trained."""
+    assert fit("--trainer.max_epochs=1", "--run_id=old") == 0
+    info = runs_dir / "tiny_mnist" / "old" / "run_info.json"
+    if content is None:
+        info.unlink()
+    else:
+        info.write_text(content)
+    assert fit("--trainer.max_epochs=2", "--ckpt_path", "last") == 0, capsys.readouterr().err
+    record = json.loads(info.read_text())
+    assert record["status"] == "finished" and record["run_id"] == "old" and "resumes" not in record
+    assert load_checkpoint(runs_dir / "tiny_mnist" / "old" / "checkpoints" / "last.ckpt")["epoch"] == 1
+    if content == "{not json":  # what could not be read is kept, not overwritten
+        assert (info.parent / "run_info.json.unreadable").read_text() == content
+
+
+def test_a_run_id_taken_after_the_command_was_parsed_is_refused(runs_dir, capsys, monkeypatch):
+    """Two fits with one --run_id both passed the exists() check at parse time and then wrote into
+    one directory (one of them failed, the other's record said failed)."""
+    from tx_suite.cli.lightning_cli import TxSuiteCLI
+
+    real = TxSuiteCLI.instantiate_classes
+
+    def another_run_claims_it(self):
+        (runs_dir / "tiny_mnist" / "same").mkdir(parents=True)  # the other process, in between
+        real(self)
+
+    monkeypatch.setattr(TxSuiteCLI, "instantiate_classes", another_run_claims_it)
+    assert fit("--trainer.max_epochs=1", "--run_id=same") == 2
+    assert "run directory already exists" in capsys.readouterr().err
+    assert list((runs_dir / "tiny_mnist" / "same").iterdir()) == []  # the other run's directory untouched

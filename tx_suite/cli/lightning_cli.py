@@ -466,7 +466,14 @@ class TxSuiteCLI(LightningCLI):
         cfg.run_id = run_dir.name
         previous = {}
         if resumed and (run_dir / RUN_INFO).is_file():
-            previous = json.loads((run_dir / RUN_INFO).read_text())
+            try:
+                previous = json.loads((run_dir / RUN_INFO).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as e:  # unreadable: kept aside, the resume records itself
+                kept = run_dir / f"{RUN_INFO}.unreadable"
+                shutil.copy2(run_dir / RUN_INFO, kept)
+                _log(f"{run_dir / RUN_INFO} cannot be read ({type(e).__name__}); kept as {kept.name}")
+            if not isinstance(previous, dict):
+                previous = {}
 
         if resumed:  # expected when continuing a run in place
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -542,7 +549,13 @@ class TxSuiteCLI(LightningCLI):
         if self.subcommand is None or not self.state.get("rank_zero", True):
             return
         run_dir: Path = self.state["run_dir"]
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            # A new run claims its directory here, atomically: two runs started with the same
+            # --run_id both passed the exists() check at parse time, then wrote into one directory.
+            run_dir.mkdir(parents=True, exist_ok=self.state["resumed"])
+        except FileExistsError:
+            raise FileExistsError(f"run directory already exists: {run_dir} (another run took this run_id; "
+                                  "choose another --run_id)") from None
         self.state["trainer"] = self.trainer  # _finish asks it whether anything was logged
         self.state.update(start_wandb(self.trainer.loggers, _log))
         cfg = self.config[self.subcommand]
@@ -559,10 +572,13 @@ class TxSuiteCLI(LightningCLI):
             wandb={"mode": self.state.get("wandb_mode"), "id": self.state.get("wandb_id")},
             status="running",  # until the run ends; a killed run keeps this
         )
-        if self.state["resumed"]:
-            info = dict(self.state["previous_info"]) or record
+        if self.state["resumed"] and self.state["previous_info"]:
+            info = dict(self.state["previous_info"])
             info.setdefault("resumes", []).append(record)
             _log(f"resuming run {run_dir} from {cfg.ckpt_path}")
+        elif self.state["resumed"]:  # no (readable) run_info.json: this resume's record stands for the run
+            info = record
+            _log(f"resuming run {run_dir} from {cfg.ckpt_path} (it had no run_info.json)")
         else:
             info = record
             _log(f"run directory: {run_dir}")
