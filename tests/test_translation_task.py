@@ -96,8 +96,16 @@ def test_averaging_averages(run, tmp_path):
     # The callback's in-memory average of the last 2 epochs equals averaging those epoch files.
     cb = torch.load(run["averaged"], weights_only=True)["state_dict"]
     torch.testing.assert_close(cb[key], avg["state_dict"][key])
-    with pytest.raises(ValueError, match="different keys"):
+    with pytest.raises(ValueError, match="differ in their keys \\('n'"):
         average_state_dicts([a, {"w": a["w"]}])
+    # the same keys in another order average; an integer buffer of another shape, or a tensor that is
+    # float in one file and integer in another, is refused (it came silently from the last file)
+    assert torch.equal(average_state_dicts([{"n": a["n"], "w": a["w"]}, b])["w"], out["w"])
+    for odd, says in (({"w": a["w"], "n": torch.tensor([5, 6])}, "'n' has different shapes"),
+                      ({"w": torch.tensor([1, 2]), "n": a["n"]}, "'w' is floating point in some")):
+        for pair in ([odd, b], [b, odd]):
+            with pytest.raises(ValueError, match=says):
+                average_state_dicts(pair)
     # Same shapes, another vocabulary (a de->fr run of the same size): refused, not averaged.
     other = torch.load(epochs[-1], weights_only=True)
     assert "tokenizer" in other
@@ -171,6 +179,17 @@ def test_average_snapshots_of_a_checkpoint(run, tmp_path, capsys):
     older = torch.load(epochs[-2], map_location="cpu", weights_only=True)["state_dict"]
     k = floats[0]
     torch.testing.assert_close(two[k], (final["state_dict"][k] + older[k]) / 2, rtol=0, atol=1e-7)
+    # what average must not overwrite: an input, a training checkpoint (its optimizer state is
+    # what a resume needs), nor average a single file (`average a.ckpt b.ckpt` meant as "a and b")
+    before = epochs[-1].read_bytes()
+    capsys.readouterr()
+    for args, says in (([str(epochs[-1]), str(epochs[-1]), str(epochs[-2])], "is also an input"),
+                       ([str(epochs[-1]), str(epochs[-2])], "is a training checkpoint"),
+                       ([str(tmp_path / "new.ckpt"), str(epochs[-2])], "one checkpoint to average")):
+        assert cli_main(["average", *args]) == 2
+        assert says in capsys.readouterr().err
+    assert epochs[-1].read_bytes() == before and not (tmp_path / "new.ckpt").exists()
+    assert cli_main(["average", str(tmp_path / "avg2.ckpt"), str(epochs[-1]), str(epochs[-2])]) == 0  # an average is replaced
 
 
 def test_translate_keeps_line_count_on_bad_input(run, tmp_path, capsys, monkeypatch):

@@ -38,22 +38,26 @@ def average_state_dicts(state_dicts: Sequence[Mapping[str, Tensor]]) -> dict[str
     """Element-wise mean of floating-point tensors; other entries come from the last state dict.
 
     Raises:
-        ValueError: empty input, or the state dicts have different keys or shapes.
+        ValueError: empty input, or the state dicts differ in their keys (in any order), in a
+            tensor's shape, or in whether a tensor is floating point.
     """
     if not state_dicts:
         raise ValueError("nothing to average")
     keys = list(state_dicts[-1].keys())
     for i, sd in enumerate(state_dicts):
-        if list(sd.keys()) != keys:
-            raise ValueError(f"state dict {i} has different keys from the last one")
+        if set(sd.keys()) != set(keys):
+            odd = sorted(set(sd.keys()) ^ set(keys))
+            raise ValueError(f"state dict {i} and the last one differ in their keys ({odd[0]!r} ...)")
     out: dict[str, Tensor] = {}
     for k in keys:
         last = state_dicts[-1][k]
+        if any(sd[k].shape != last.shape for sd in state_dicts):
+            raise ValueError(f"tensor {k!r} has different shapes across checkpoints")
+        if any(torch.is_floating_point(sd[k]) != torch.is_floating_point(last) for sd in state_dicts):
+            raise ValueError(f"tensor {k!r} is floating point in some checkpoints and not in others")
         if not torch.is_floating_point(last):
             out[k] = last.clone()
             continue
-        if any(sd[k].shape != last.shape for sd in state_dicts):
-            raise ValueError(f"tensor {k!r} has different shapes across checkpoints")
         acc = torch.zeros(last.shape, dtype=torch.float64)
         for sd in state_dicts:
             acc += sd[k].detach().to("cpu", torch.float64)
@@ -235,6 +239,19 @@ class CheckpointAveraging(pl.Callback):
             print(f"averaged the last {len(self.snapshots)} epoch weights into {self.path}", file=sys.stderr)
 
 
+def _check_output(output: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output that would destroy what the user has: one of the inputs, or a training
+    checkpoint (its optimizer state, needed to resume, is not in an average). An earlier average
+    is replaced."""
+    if not output.exists():
+        return
+    if any(p.exists() and output.samefile(p) for p in inputs):
+        raise ValueError(f"{output} is also an input: write the average to another file")
+    if output.is_file() and "optimizer_states" in load_checkpoint(output):
+        raise ValueError(f"{output} is a training checkpoint (it holds optimizer state to resume from): "
+                         "write the average to another file")
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "python -m tx_suite.tasks.callbacks.translation_averaging") -> int:
     ap = argparse.ArgumentParser(prog=prog, description="Average the weights of Lightning checkpoints.")
     ap.add_argument("output", help="averaged checkpoint to write")
@@ -248,6 +265,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m tx_suite.task
     if args.last is not None and not args.snapshots:
         ap.error("--last goes with --snapshots")
     try:
+        _check_output(Path(args.output), [Path(p) for p in (args.inputs or [args.snapshots])])
+        if args.inputs and len(args.inputs) < 2:
+            raise ValueError(f"one checkpoint to average ({args.inputs[0]}): give two or more "
+                             f"({prog} OUT.ckpt IN1.ckpt IN2.ckpt ...)")
         if args.snapshots:
             out = average_snapshots(args.snapshots, args.last, args.output)
             what = out["averaged_from"][0]
