@@ -377,6 +377,9 @@ def test_last_and_best_mean_the_run_whose_checkpoints_were_written_last(tmp_path
     os.utime(new_last, (400.0, 400.0))
     assert find_checkpoint(tmp_path, "exp", "best") == new_best
     assert resolve_checkpoint("exp:last", tmp_path) == new_last
+    # an average written later into the older run's checkpoints/ does not make it the newest run
+    ckpt("20250101-000000-aaaa", "avg", 500.0)
+    assert find_checkpoint(tmp_path, "exp", "last") == new_last
     # a run id picks that run whatever the times
     assert find_checkpoint(tmp_path, "exp", "last", run_id="20250101-000000-aaaa") == old_last
     with pytest.raises(RunLookupError, match="run_id 20250103-000000-cccc"):

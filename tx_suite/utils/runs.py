@@ -58,20 +58,25 @@ def experiment_dir(runs_dir: str | Path, experiment: str) -> Path:
 
 
 def _newest_ckpt_mtime(run_dir: Path) -> float:
-    ckpts = list((run_dir / CHECKPOINT_DIR).glob("*.ckpt"))
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    # The files a fit writes, where it has them: a file put there later (an average written into an
+    # older run's checkpoints/) must not make that run the newest.
+    own = [ckpt_dir / f"{name}.ckpt" for name in ("last", "best") if (ckpt_dir / f"{name}.ckpt").is_file()]
+    ckpts = own or list(ckpt_dir.glob("*.ckpt"))
     return max((p.stat().st_mtime for p in ckpts), default=0.0)
 
 
 def _recency(run_dir: Path) -> tuple[float, str]:
-    """Sort key of runs: the newest checkpoint written, then the run id."""
+    """Sort key of runs: the newest ``last.ckpt``/``best.ckpt`` written (any checkpoint where a run has
+    neither), then the run id."""
     return _newest_ckpt_mtime(run_dir), run_dir.name
 
 
 def find_checkpoint(runs_dir: str | Path, experiment: str, which: str = "last", run_id: str | None = None) -> Path:
     """The ``{which}.ckpt`` of the newest run of ``experiment``, or of run ``run_id``.
 
-    "Newest" is the run whose checkpoints were written most recently, so a resumed older run
-    counts as new again. Runs without checkpoints (test/predict runs) are skipped. The newest run
+    "Newest" is the run whose ``last.ckpt`` or ``best.ckpt`` was written most recently, so a resumed
+    older run counts as new again (and an average written into an older run's directory does not). Runs without checkpoints (test/predict runs) are skipped. The newest run
     must have ``{which}.ckpt`` itself: a fit stopped before its first validation has ``last.ckpt``
     but no ``best.ckpt``, and falling back to an older run's ``best`` would evaluate other weights
     than the run just trained without saying so.
