@@ -146,6 +146,28 @@ def test_inverse_sqrt_schedule():
     # (the first resumed step runs at the rate in force when the checkpoint was written: Lightning
     # restores the optimizer's lr too, and the schedule sets the next one)
     assert resumed[1:] == pytest.approx(cos[61:111], abs=1e-12)
+    # a cosine checkpoint from before (torch's SequentialLR state) resumes at its step
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
+    from tx_suite.tasks.translation import TranslationTask
+    from tx_suite.tasks.translation_schedules import upgrade_scheduler_state
+
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    old = SequentialLR(opt, [LinearLR(opt, start_factor=0.1, total_iters=10),
+                             CosineAnnealingLR(opt, T_max=100, eta_min=0.1 * peak)], milestones=[10])
+    for _ in range(30):
+        opt.step()
+        old.step()
+    ckpt = {"lr_schedulers": [old.state_dict()]}
+    task = TranslationTask(vocab_size=64, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1)
+    task.on_load_checkpoint(ckpt)  # Lightning calls it before it restores the schedulers
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    new = build_scheduler(opt, "cosine", warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    new.load_state_dict(ckpt["lr_schedulers"][0])  # was KeyError: 'lr_lambdas'
+    opt.step()
+    new.step()
+    assert opt.param_groups[0]["lr"] / peak == pytest.approx(cos[31], abs=1e-12)
+    assert upgrade_scheduler_state(new.state_dict()) == new.state_dict()  # current states pass as they are
     const = lrs("constant", 12, warmup_steps=4, total_steps=100)
     assert const == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 9)  # no step at lr = 0
     with pytest.raises(ValueError, match="inverse_sqrt"):

@@ -21,7 +21,7 @@ from tx_suite.tasks.callbacks.due import validation_due
 from tx_suite.tasks.sdpa_backend import check_sdpa_backend, sdpa_backend_context
 from tx_suite.tasks.translation_loss import label_smoothed_nll_loss
 from tx_suite.tasks.translation_metrics import signatures, translation_scores
-from tx_suite.tasks.translation_schedules import build_scheduler
+from tx_suite.tasks.translation_schedules import build_scheduler, upgrade_scheduler_state
 
 
 def check_decoding(**settings: float) -> None:
@@ -138,6 +138,9 @@ class TranslationTask(pl.LightningModule):
             checkpoint["tokenizer"] = self.tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning calls this before it restores the schedulers: older cosine states are upgraded here.
+        if checkpoint.get("lr_schedulers"):
+            checkpoint["lr_schedulers"] = [upgrade_scheduler_state(s) for s in checkpoint["lr_schedulers"]]
         if "tokenizer" in checkpoint:
             self._adopt_tokenizer(BPETokenizer.from_str(checkpoint["tokenizer"]), "datamodule")
         self._trained_data = dict(checkpoint.get("datamodule_hyper_parameters") or {})

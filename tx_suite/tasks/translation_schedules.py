@@ -68,4 +68,18 @@ def build_scheduler(optimizer: Optimizer, name: str, warmup_steps: int, total_st
     raise ValueError(f"unknown lr schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-__all__ = ["SCHEDULES", "build_scheduler", "cosine_factor", "inverse_sqrt_factor"]
+def upgrade_scheduler_state(state: dict) -> dict:
+    """A checkpoint's scheduler state as the current schedules load it.
+
+    Cosine checkpoints written before :func:`cosine_factor` hold a torch ``SequentialLR`` state
+    (``_schedulers``, ``_milestones``), which ``LambdaLR.load_state_dict`` refuses (``KeyError:
+    'lr_lambdas'``). The step count (``last_epoch``) and the last rates are all a closed-form
+    schedule needs: the rest is dropped. Other states are returned as they are.
+    """
+    if "_schedulers" not in state or "lr_lambdas" in state:
+        return state
+    kept = {k: state[k] for k in ("last_epoch", "_last_lr") if k in state}
+    return {**kept, "_step_count": state["last_epoch"] + 1, "lr_lambdas": [None]}
+
+
+__all__ = ["SCHEDULES", "build_scheduler", "cosine_factor", "inverse_sqrt_factor", "upgrade_scheduler_state"]
