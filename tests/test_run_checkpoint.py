@@ -80,3 +80,40 @@ def test_with_gradient_accumulation_each_due_step_is_written_once_at_the_batch_t
     writes = fit(tmp_path, 12, accumulate_grad_batches=4, last_every=1)
     last = [(step, b) for (name, step), b in zip(writes, fit.batches) if name == "last.ckpt"]
     assert last == [(1, 4), (2, 8), (3, 12)]
+
+
+def test_a_max_steps_stop_between_validations_resumes_where_it_stopped(tmp_path):
+    """The final last.ckpt of a fit stopped by max_steps mid-epoch (validation every 3 of 8 batches,
+    stop at 5): written at the end of the fit, after Lightning counted the epoch as done, it resumed
+    in the next epoch (3 batches of epoch 0 never trained, the skip applied to epoch 1's order)."""
+    from tx_suite.tasks.callbacks import RestoreLoaderState
+    from tx_suite.utils.resumable_loader import ResumableDataLoader
+
+    class Recorder(Improving):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(int(batch[0][0, 0]))
+            return super().training_step(batch, batch_idx)
+
+        def train_dataloader(self):
+            return ResumableDataLoader(TensorDataset(torch.arange(8.0)[:, None].repeat(1, 2)), batch_size=1,
+                                       shuffle=True, seed=0)
+
+        def val_dataloader(self):
+            return DataLoader(TensorDataset(torch.zeros(1, 2)), batch_size=1)
+
+    def fit(root, max_steps, ckpt_path=None):
+        model = Recorder()
+        ck = RunCheckpoint(dirpath=root, filename="best", monitor="val/loss", mode="min", save_last=True)
+        pl.Trainer(max_steps=max_steps, val_check_interval=3, callbacks=[ck, RestoreLoaderState()], logger=False,
+                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0).fit(
+                       model, ckpt_path=ckpt_path)
+        return model.seen
+
+    whole = fit(tmp_path / "whole", 16)
+    assert fit(tmp_path / "cut", 5) == whole[:5]
+    assert load_checkpoint(tmp_path / "cut" / "last.ckpt")["global_step"] == 5
+    assert fit(tmp_path / "cut", 16, ckpt_path=tmp_path / "cut" / "last.ckpt") == whole[5:]

@@ -27,16 +27,19 @@ class RunCheckpoint(ModelCheckpoint):
             steps, for crash recovery mid-epoch (``--checkpoint.last_every_n_train_steps=500``).
             Unlike ``every_n_train_steps`` it leaves the choice of ``best.ckpt`` to the end of
             each epoch, when the monitored validation metric is fresh. A due step that is the last
-            batch of an epoch is written once, at the epoch end (after that epoch's validation,
-            if any). Exact mid-epoch
+            batch of an epoch is left to the epoch end (below). Exact mid-epoch
             resumption also needs a resumable train loader
             (:class:`tx_suite.utils.resumable_loader.ResumableDataLoader`).
         **kwargs: the arguments of :class:`~pytorch_lightning.callbacks.ModelCheckpoint`.
 
-    The end of a fit always leaves ``last.ckpt`` at the final step. Lightning writes it then only
-    if no ``last.ckpt`` was written before, so a fit whose last steps came after its last save
-    point (``val_check_interval`` that does not divide the epoch, ``check_val_every_n_epoch`` > 1)
+    ``last.ckpt`` is also written at every training epoch end that came without a save point
+    (``val_check_interval`` that does not divide the epoch, ``check_val_every_n_epoch`` > 1, a
+    ``max_steps`` stop between validations), so a fit always ends with ``last.ckpt`` at its final
+    step: Lightning writes it at the end of a fit only if none was written before, and such a fit
     ended with a ``last.ckpt`` some steps old, which ``--ckpt_path last`` then tested or resumed.
+    It is written in ``on_train_epoch_end``, before Lightning counts the epoch as done, so a
+    resume from a ``max_steps`` stop continues that epoch. (These extra writes are for
+    ``save_last=True``; ``save_last="link"`` keeps Lightning's behaviour.)
 
     An epoch whose metrics lack the monitored key (a metric computed only every N epochs, such as
     ``TranslationTask(bleu_every_n_epochs=N)``'s ``val/bleu``) keeps ``best.ckpt`` as it is and
@@ -101,19 +104,16 @@ class RunCheckpoint(ModelCheckpoint):
         # none; that 1-step smoke test's last.ckpt would then be what `--ckpt_path last` resumes.
         if trainer.fast_dev_run:
             return
-        if self.save_last and self._last_step_written is not None and self._last_step_written != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        super().on_train_end(trainer, pl_module)  # writes last.ckpt if none was written in this fit
+        super().on_train_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._replay_at_step is not None and trainer.global_step == self._replay_at_step:
             epoch_end_replay.undo_step_count(trainer)
         self._replay_at_step = None
         super().on_train_epoch_end(trainer, pl_module)
-        n = self.last_every_n_train_steps
-        # The last batch's due save was left to the epoch end, which writes last.ckpt only if a
-        # validation or an epoch-end save point came with it.
-        if (n and self.save_last and trainer.global_step % n == 0 and self._last_step_written != trainer.global_step
+        # An epoch end without a save point (no validation at its last batch, none at the epoch end)
+        # still writes last.ckpt: the newest state, and the final one of a fit that stops here.
+        if (self.save_last is True and self._last_step_written != trainer.global_step
                 and not trainer.fast_dev_run and not trainer.sanity_checking):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
@@ -122,7 +122,7 @@ class RunCheckpoint(ModelCheckpoint):
         n = self.last_every_n_train_steps
         if (
             not n
-            or not self.save_last
+            or self.save_last is not True
             or trainer.global_step % n != 0
             or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
             # With accumulate_grad_batches the batches after an optimizer step keep its global_step:
