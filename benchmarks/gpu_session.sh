@@ -4,7 +4,8 @@
 #      multi30k_en_de_tiny_gpu.yaml) trained and scored on test_2016_flickr (issue #3's en->de
 #      target, ~5 h on 2 CPU cores), stopped after FIT_MINUTES at an epoch end if not done;
 #   2. benchmarks/core_throughput.py on the GPU (issue #2's GPU rows), in the time left.
-# Writes logs and JSON to $OUT (default runs/gpu_session); checkpoints stay in $RUN_DIR, so a
+# Writes logs, JSON, the averaged weights and the test hypotheses (7 files: the device tool brings
+# back at most 8) to $OUT (default runs/gpu_session); the other checkpoints stay in $RUN_DIR, so a
 # second call on the same machine can finish an unfinished fit with RESUME=1, or only score its
 # checkpoints with SCORE_ONLY=1.
 #
@@ -22,7 +23,9 @@ OUT=${OUT:-runs/gpu_session}
 RUN_DIR=${RUN_DIR:-/tmp/tx_gpu_tiny}
 FIT_MINUTES=${FIT_MINUTES:-5.5}
 PY=${PY:-python3}
-BUDGET=${BUDGET:-560}  # seconds for both steps: the device tool's 600 s per command, less the start
+BUDGET=${BUDGET:-560}  # seconds for both steps, within the device tool's 600 s per command; the
+                       # machine's start is device time too: with under ~12 min left, lower
+                       # FIT_MINUTES and BUDGET (e.g. FIT_MINUTES=4 BUDGET=420)
 status=0
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
@@ -53,6 +56,11 @@ grep -E '^\{"epoch' "$OUT/translation.log" | tail -3 | cut -c1-200
 tail -6 "$OUT/translation.log"
 cp "$RUN_DIR/result.json" "$OUT/translation_result.json" 2>/dev/null
 cp "$RUN_DIR/metrics.csv" "$OUT/translation_metrics.csv" 2>/dev/null
+# The scored weights and hypotheses come back too (a machine stays warm 30 s, so a second call
+# rarely finds $RUN_DIR): the BLEU figures can then be checked and the weights rescored on CPU.
+# One archive for the hypotheses: the device tool brings back at most 8 files from $OUT (7 here).
+cp "$RUN_DIR/checkpoints/averaged.ckpt" "$OUT/translation_averaged.ckpt" 2>/dev/null
+(cd "$RUN_DIR" && tar czf - test_*/test_hypotheses.txt 2>/dev/null) > "$OUT/translation_hypotheses.tgz"
 
 left=$(( BUDGET - ($(date +%s) - t0) ))
 echo "== 2. core throughput (${left} s left)"
