@@ -105,7 +105,7 @@ def parse_pairs(pairs: Iterable[Sequence]) -> frozenset[tuple[int, int]]:
         pair = entry.replace(":", "-").split("-", 1) if isinstance(entry, str) else entry
         if not isinstance(pair, Sequence) or len(pair) != 2:
             raise ValueError(f"held-out pair {entry!r} is not (digit, colour), e.g. [7, red] or '7-red'")
-        digit, colour = pair
+        digit, colour = (v.strip() if isinstance(v, str) else v for v in pair)
         if isinstance(digit, bool) or not (isinstance(digit, int) or (isinstance(digit, str) and digit.isdigit())):
             raise ValueError(f"held-out pair {entry!r}: the digit must be 0..9, got {digit!r}")
         digit = int(digit)
