@@ -470,8 +470,12 @@ class TxSuiteCLI(LightningCLI):
                 previous = json.loads((run_dir / RUN_INFO).read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:  # unreadable: kept aside, the resume records itself
                 kept = run_dir / f"{RUN_INFO}.unreadable"
-                shutil.copy2(run_dir / RUN_INFO, kept)
-                _log(f"{run_dir / RUN_INFO} cannot be read ({type(e).__name__}); kept as {kept.name}")
+                try:
+                    shutil.copy2(run_dir / RUN_INFO, kept)
+                    where = f"kept as {kept.name}"
+                except OSError:
+                    where = "not copied either"
+                _log(f"{run_dir / RUN_INFO} cannot be read ({type(e).__name__}); {where}")
             if not isinstance(previous, dict):
                 previous = {}
 
