@@ -191,13 +191,13 @@ def resample_pos_embed(
 def _resample_wanted(
     pos_embed: Tensor, model_rows: int, grid: tuple[int, int], prefix: int, old_grid: tuple[int, int] | None,
 ) -> bool:
-    """Whether ``pos_embed`` must be resampled to ``grid``: another row count, a given old grid, or
-    a square patch count (the grid a state dict is taken to have) when ``grid`` is not that square."""
-    if old_grid is not None or pos_embed.shape[1] != model_rows:
-        return True
-    n = pos_embed.shape[1] - prefix
-    side = math.isqrt(max(n, 0))
-    return side * side == n and tuple(grid) != (side, side)
+    """Whether ``pos_embed`` must be resampled to ``grid``: a given ``old_grid`` other than ``grid``,
+    or, without one, another row count (as timm's ``checkpoint_filter_fn`` decides). The same row
+    count is used as it is: a state dict does not record its grid, and one saved from a model of
+    this very (non-square) grid was scrambled when read as the square of its patch count."""
+    if old_grid is not None:
+        return tuple(old_grid) != tuple(grid)
+    return pos_embed.shape[1] != model_rows
 
 
 def checkpoint_filter_fn(
