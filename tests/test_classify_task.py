@@ -373,3 +373,21 @@ def test_both_backbones_pool_alike(pool):
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["tx", "timm"])
+def test_the_mlp_has_exactly_d_ff_units(backbone):
+    # both ViTs build int(d_model * mlp_ratio) units, and 115 / 56 * 56 = 114.99... in floating
+    # point: d_ff 115 trained 114 units without a word (6,015 such pairs for d_model 8..1024)
+    from tx_suite.models.vit import load_timm_checkpoint, timm_twin
+    from tx_suite.tasks.classification import build_backbone
+
+    model = build_backbone(backbone, num_classes=10, img_size=28, in_chans=1, patch_size=7, d_model=56,
+                           n_layers=1, n_heads=4, d_ff=115)
+    fc1 = model.blocks[0].mlp.fc1 if backbone == "timm" else model.encoder.layers[0].ffn.fc1
+    assert fc1.out_features == 115
+    if backbone == "tx":  # timm weights of that size load into it (its timm twin has 115 units too)
+        assert timm_twin(model).blocks[0].mlp.fc1.out_features == 115
+        twin = build_backbone("timm", num_classes=10, img_size=28, in_chans=1, patch_size=7, d_model=56,
+                              n_layers=1, n_heads=4, d_ff=115)
+        load_timm_checkpoint(model, twin.state_dict())

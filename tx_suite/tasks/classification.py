@@ -118,7 +118,9 @@ def build_backbone(
             embed_dim=d_model,
             depth=n_layers,
             num_heads=n_heads,
-            mlp_ratio=d_ff / d_model,
+            # timm builds int(d_model * mlp_ratio) units, and d_ff / d_model can land just below
+            # d_ff in floating point (115 / 56 * 56 = 114.99...): a thousandth of a unit more
+            mlp_ratio=(d_ff + 1e-3) / d_model,
             pos_drop_rate=dropout,
             proj_drop_rate=dropout,
             attn_drop_rate=attn_dropout,
