@@ -262,6 +262,23 @@ def test_a_directory_means_its_image_files(run, capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, err = _classify(capsys, "--ckpt", run["ckpt"], tmp_path / "empty")
     assert code == 1 and "a directory without image files" in err
+    # a dangling link in the directory is an error line of its own (it was skipped, exit 0)
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    code, out, err = _classify(capsys, "--ckpt", run["ckpt"], "--topk", "1", folder)
+    assert code == 1 and len(out.splitlines()) == 3 and f"{folder / 'gone.png'}: no such file" in err
+
+
+def test_an_exif_orientation_is_applied_as_viewers_show_the_image(run, capsys, tmp_path):
+    # a phone JPEG: pixels stored sideways, EXIF orientation 6 ("rotate 90 clockwise to show")
+    upright = Image.open(run["pngs"][0])
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "phone.png", exif=exif)
+    upright.save(tmp_path / "upright.png")
+    code, out, _ = _classify(capsys, "--ckpt", run["ckpt"], "--json", tmp_path / "upright.png", tmp_path / "phone.png")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(rows) == 2 and rows[0]["top"] == rows[1]["top"], rows
 
 
 def test_batched_classification_equals_one_batch(run):

@@ -49,13 +49,15 @@ def load_image(path: str | Path, img_size: int, in_chans: int, resize: bool = Tr
             channel count (without ``convert``; with it, an alpha band that is not opaque) or
             wrong size (without ``resize``).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     try:
         with Image.open(path) as im:
             im.load()  # decode now: truncated files fail here, not later
-            img = im.copy()
+            # As viewers show it: a phone's JPEG stores its pixels sideways with an EXIF
+            # orientation tag, and was classified as stored
+            img = ImageOps.exif_transpose(im)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -142,8 +144,9 @@ def expand_dirs(paths: Sequence[str]) -> list[str]:
     out: list[str] = []
     for path in paths:
         p = Path(path)
-        found = sorted(str(f) for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES) \
-            if p.is_dir() else []
+        # A dangling link is listed too, for its one-line error (is_file() is False for it).
+        found = sorted(str(f) for f in p.iterdir() if (f.is_file() or (f.is_symlink() and not f.exists()))
+                       and f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else []
         out.extend(found or [path])
     return out
 
