@@ -339,6 +339,10 @@ def test_captions_file_with_bom_and_tabs_reads_clean(tmp_path):
     path.write_bytes("top-left:\ttiny red 7\r\n\r\n \u200b\ncenter: big blue 3\n".encode("utf-8-sig"))
     args = build_parser().parse_args(["--ckpt", "x", "--captions_file", str(path), "--caption", " a\u00a0b "])
     assert read_captions(args) == ["a b", "top-left: tiny red 7", "center: big blue 3"]
+    # an explicit empty caption sampled unconditionally without a word
+    for empty in ("", " \u200b "):
+        with pytest.raises(ValueError, match="--caption is empty"):
+            read_captions(build_parser().parse_args(["--ckpt", "x", "--caption", "tiny red 7", "--caption", empty]))
 
 
 def test_captions_from_stdin_and_a_directory_is_named(tmp_path, monkeypatch):

@@ -58,11 +58,14 @@ def read_captions(args: argparse.Namespace) -> list[str]:
 
     Raises:
         FileNotFoundError: the captions file does not exist. IsADirectoryError: it is a directory.
-        ValueError: no captions.
+        ValueError: no captions, or an empty ``--caption``.
     """
     from tx_suite.data.text_normalize import normalize_source, split_lines
 
     captions = [normalize_source(c) for c in args.caption]
+    if any(not c for c in captions):  # a file's blank lines are skipped; an explicit one is a mistake
+        raise ValueError("--caption is empty (or only spaces): an empty caption is the unconditional "
+                         "input that guidance subtracts, not a caption")
     if args.captions_file is not None:
         if str(args.captions_file) == "-":
             lines = split_lines(sys.stdin.buffer.read())
