@@ -33,9 +33,9 @@ class RunCheckpoint(ModelCheckpoint):
         **kwargs: the arguments of :class:`~pytorch_lightning.callbacks.ModelCheckpoint`.
 
     ``last.ckpt`` is also written at every training epoch end that came without a save point
-    (``val_check_interval`` that does not divide the epoch, ``check_val_every_n_epoch`` > 1, a
-    ``max_steps`` stop between validations), so a fit always ends with ``last.ckpt`` at its final
-    step: Lightning writes it at the end of a fit only if none was written before, and such a fit
+    (``val_check_interval`` that does not divide the epoch, ``check_val_every_n_epoch`` > 1,
+    ``every_n_epochs`` > 1, whose cadence then applies to ``best.ckpt`` only, a ``max_steps`` stop
+    between validations), so a fit always ends with ``last.ckpt`` at its final step: Lightning writes it at the end of a fit only if none was written before, and such a fit
     ended with a ``last.ckpt`` some steps old, which ``--ckpt_path last`` then tested or resumed.
     It is written in ``on_train_epoch_end``, before Lightning counts the epoch as done, so a
     resume from a ``max_steps`` stop continues that epoch. (These extra writes are for
