@@ -193,13 +193,19 @@ def resample_pos_embed(
 def _resample_wanted(
     pos_embed: Tensor, model_rows: int, grid: tuple[int, int], prefix: int, old_grid: tuple[int, int] | None,
 ) -> bool:
-    """Whether ``pos_embed`` must be resampled to ``grid``: a given ``old_grid`` other than ``grid``,
-    or, without one, another row count (as timm's ``checkpoint_filter_fn`` decides). The same row
-    count is used as it is: a state dict does not record its grid, and one saved from a model of
-    this very (non-square) grid was scrambled when read as the square of its patch count."""
+    """Whether ``pos_embed`` must be resampled to ``grid``: a given ``old_grid`` other than ``grid``;
+    without one, another row count, or a square patch count (the grid a state dict is taken to
+    have, as every pretrained timm ViT's is) when ``grid`` is not that square: 14 x 14 weights into
+    a 7 x 28 grid have the same row count but must be resampled. Weights saved from a non-square
+    grid whose patch count is a square (2 x 8) therefore need ``old_grid`` even to load into the
+    same grid."""
     if old_grid is not None:
         return tuple(old_grid) != tuple(grid)
-    return pos_embed.shape[1] != model_rows
+    if pos_embed.shape[1] != model_rows:
+        return True
+    n = pos_embed.shape[1] - prefix
+    side = math.isqrt(max(n, 0))
+    return side * side == n and tuple(grid) != (side, side)
 
 
 def checkpoint_filter_fn(
