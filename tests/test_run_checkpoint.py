@@ -26,23 +26,23 @@ class Improving(pl.LightningModule):
 
 
 def fit(tmp_path, n_batches, epochs=1, last_every=3, **trainer_kw):
-    """Fit with RunCheckpoint(last_every_n_train_steps=last_every); return the (file, step) of every write."""
+    """Fit with RunCheckpoint(last_every_n_train_steps=last_every); return the (file, global step,
+    batches of the epoch processed) of every checkpoint write."""
     data = DataLoader(TensorDataset(torch.randn(n_batches, 2)), batch_size=1)
-    writes, batches = [], []
+    writes = []
     ck = RunCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", mode="min", save_top_k=1,
                        save_last=True, last_every_n_train_steps=last_every)
     real = ck._save_checkpoint
 
     def spy(trainer, filepath):
-        writes.append((filepath.rsplit("/", 1)[1], trainer.global_step))
-        batches.append(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        writes.append((filepath.rsplit("/", 1)[1], trainer.global_step,
+                       trainer.fit_loop.epoch_loop.batch_progress.current.processed))
         real(trainer, filepath)
 
     ck._save_checkpoint = spy
     trainer = pl.Trainer(max_epochs=epochs, limit_val_batches=1, callbacks=[ck], logger=False, enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, **trainer_kw)
     trainer.fit(Improving(), data, data)
-    fit.batches = batches  # the epoch's batches processed at each write
     return writes
 
 
@@ -50,7 +50,7 @@ def test_a_validation_at_a_mid_epoch_last_save_step_still_writes_best(tmp_path):
     # val_check_interval == last_every_n_train_steps: at steps 3 and 6 both the mid-epoch last.ckpt
     # and the validation's best.ckpt are due; the first must not make ModelCheckpoint skip the second
     writes = fit(tmp_path, 8, val_check_interval=3)
-    assert [step for name, step in writes if name == "best.ckpt"] == [3, 6]
+    assert [step for name, step, _ in writes if name == "best.ckpt"] == [3, 6]
     assert load_checkpoint(tmp_path / "best.ckpt")["global_step"] == 6
 
 
@@ -65,12 +65,12 @@ def test_a_due_step_on_an_epochs_last_batch_is_written_at_the_epoch_end(tmp_path
     # 6 batches an epoch, validation at batch 4: the due steps 6 and 12 are last batches, left to the
     # epoch end, where no validation (hence no save point) comes. Each state is written once.
     writes = fit(tmp_path, 6, epochs=2, val_check_interval=4)
-    assert [step for name, step in writes if name == "last.ckpt"] == [3, 4, 6, 9, 10, 12]
-    assert [step for name, step in writes if name == "best.ckpt"] == [4, 10]
+    assert [step for name, step, _ in writes if name == "last.ckpt"] == [3, 4, 6, 9, 10, 12]
+    assert [step for name, step, _ in writes if name == "best.ckpt"] == [4, 10]
     # and where the epoch end validates, its save point writes last.ckpt once, not twice
     writes = fit(tmp_path / "aligned", 6, epochs=2)
-    assert [step for name, step in writes if name == "last.ckpt"] == [3, 6, 9, 12]
-    assert [step for name, step in writes if name == "best.ckpt"] == [6, 12]
+    assert [step for name, step, _ in writes if name == "last.ckpt"] == [3, 6, 9, 12]
+    assert [step for name, step, _ in writes if name == "best.ckpt"] == [6, 12]
 
 
 def test_with_gradient_accumulation_each_due_step_is_written_once_at_the_batch_that_took_it(tmp_path):
@@ -78,7 +78,7 @@ def test_with_gradient_accumulation_each_due_step_is_written_once_at_the_batch_t
     # its global_step; a last.ckpt rewritten there holds half-accumulated batches whose gradients
     # are not saved, so the resumed run's next step would see only part of them.
     writes = fit(tmp_path, 12, accumulate_grad_batches=4, last_every=1)
-    last = [(step, b) for (name, step), b in zip(writes, fit.batches) if name == "last.ckpt"]
+    last = [(step, processed) for name, step, processed in writes if name == "last.ckpt"]
     assert last == [(1, 4), (2, 8), (3, 12)]
 
 

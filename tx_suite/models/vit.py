@@ -88,9 +88,7 @@ class VisionTransformer(nn.Module):
         stem = ConvStem(in_chans, stem_channels, stem_strides) if stem_channels else None
         self.patch_embed = PatchEmbedding(img_size, patch_size, in_chans, d_model, class_token, dropout, stem)
         cfg = TransformerConfig(
-            # as timm, int(d_model * mlp_ratio), but a ratio d_ff / d_model that lands just below
-            # d_ff in floating point (115 / 56 * 56 = 114.99...) still builds d_ff units
-            d_model=d_model, n_heads=n_heads, d_ff=int(d_model * mlp_ratio + 1e-6), dropout=dropout,
+            d_model=d_model, n_heads=n_heads, d_ff=int(d_model * mlp_ratio), dropout=dropout,  # as timm
             attn_dropout=attn_dropout, activation="gelu", norm_first=True, norm_eps=norm_eps,
             drop_path=drop_path, final_norm=global_pool == "token",
         )
@@ -188,6 +186,13 @@ def resample_pos_embed(
     return resample_abs_pos_embed(
         pos_embed, new_size=list(new_grid), old_size=list(old_grid), num_prefix_tokens=num_prefix_tokens,
     )
+
+
+def mlp_ratio_of(d_ff: int, d_model: int) -> float:
+    """The ``mlp_ratio`` that makes a ViT (ours or timm's: both build ``int(d_model * mlp_ratio)``
+    units) have exactly ``d_ff`` MLP units. ``d_ff / d_model`` can land just below in floating point
+    (115 / 56 * 56 = 114.99..., one unit lost); a thousandth of a unit more cannot reach ``d_ff + 1``."""
+    return (d_ff + 1e-3) / d_model
 
 
 def _resample_wanted(
@@ -328,7 +333,7 @@ def timm_twin(model: VisionTransformer) -> nn.Module:
             img_size=model.patch_embed.img_size, patch_size=model.patch_embed.patch_size,
             in_chans=model.patch_embed.in_chans, num_classes=model.num_classes, global_pool=model.global_pool,
             embed_dim=d_model, depth=len(model.encoder.layers), num_heads=layer.self_attn.n_heads,
-            mlp_ratio=(layer.ffn.fc1.out_features + 1e-3) / d_model, class_token=model.patch_embed.cls_token is not None,
+            mlp_ratio=mlp_ratio_of(layer.ffn.fc1.out_features, d_model), class_token=model.patch_embed.cls_token is not None,
         )
 
 

@@ -106,6 +106,8 @@ def build_backbone(
     if backbone == "timm" and (stem_channels or stem_strides):
         raise ValueError("stem_channels / stem_strides (a conv stem) are for backbone: tx; "
                          "timm's VisionTransformer has no conv stem")
+    from tx_suite.models.vit import mlp_ratio_of
+
     if backbone == "timm":
         from timm.models.vision_transformer import VisionTransformer
 
@@ -118,9 +120,7 @@ def build_backbone(
             embed_dim=d_model,
             depth=n_layers,
             num_heads=n_heads,
-            # timm builds int(d_model * mlp_ratio) units, and d_ff / d_model can land just below
-            # d_ff in floating point (115 / 56 * 56 = 114.99...): a thousandth of a unit more
-            mlp_ratio=(d_ff + 1e-3) / d_model,
+            mlp_ratio=mlp_ratio_of(d_ff, d_model),
             pos_drop_rate=dropout,
             proj_drop_rate=dropout,
             attn_drop_rate=attn_dropout,
@@ -136,7 +136,7 @@ def build_backbone(
         d_model=d_model,
         n_layers=n_layers,
         n_heads=n_heads,
-        mlp_ratio=d_ff / d_model,
+        mlp_ratio=mlp_ratio_of(d_ff, d_model),
         dropout=dropout,
         attn_dropout=attn_dropout,
         drop_path=drop_path,

@@ -76,7 +76,8 @@ def find_checkpoint(runs_dir: str | Path, experiment: str, which: str = "last", 
     """The ``{which}.ckpt`` of the newest run of ``experiment``, or of run ``run_id``.
 
     "Newest" is the run whose ``last.ckpt`` or ``best.ckpt`` was written most recently, so a resumed
-    older run counts as new again (and an average written into an older run's directory does not). Runs without checkpoints (test/predict runs) are skipped. The newest run
+    older run counts as new again (and an average written into an older run's directory does not).
+    Runs without checkpoints (test/predict runs) are skipped. The newest run
     must have ``{which}.ckpt`` itself: a fit stopped before its first validation has ``last.ckpt``
     but no ``best.ckpt``, and falling back to an older run's ``best`` would evaluate other weights
     than the run just trained without saying so.
