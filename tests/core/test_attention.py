@@ -224,3 +224,23 @@ def test_integer_masks_are_refused_on_both_paths(qkv, need_weights):
     for dtype in (torch.long, torch.int32, torch.uint8):
         with pytest.raises(TypeError, match="attn_mask must be bool"):
             scaled_dot_product_attention(q, k, v, attn_mask=keep.to(dtype), need_weights=need_weights)
+
+
+@pytest.mark.parametrize("extra", ["key_padding_mask", "is_causal", "encoder"])
+def test_integer_masks_are_refused_after_merging_too(extra):
+    """With a padding mask or stack-level causality the masks are merged before attention; an
+    integer mask used to fail there with "value cannot be converted to type int64_t"."""
+    from tx_suite.core import Encoder, TransformerConfig
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    keep = (torch.rand(5, 5) > 0.3).long()
+    pad = torch.zeros(2, 5, dtype=torch.bool)
+    pad[1, 3:] = True
+    with pytest.raises(TypeError, match="attn_mask must be bool"):
+        if extra == "encoder":
+            Encoder(TransformerConfig(d_model=16, n_heads=2, d_ff=32), 1)(x, key_padding_mask=pad, attn_mask=keep)
+        else:
+            mha = MultiHeadAttention(16, 2)
+            kwargs = {"key_padding_mask": pad} if extra == "key_padding_mask" else {"is_causal": True}
+            mha(x, attn_mask=keep, **kwargs)

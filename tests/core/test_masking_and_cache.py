@@ -129,3 +129,19 @@ def test_kv_cache_appends_in_place_and_keeps_masks_and_order():
     assert torch.equal(cache.key_padding_mask, torch.cat(masks, dim=1)[index])
     k, v = torch.randn(3, 2, 1, 4, generator=g), torch.randn(3, 2, 1, 4, generator=g)
     assert torch.equal(cache.append(k, v)[1], torch.cat([torch.cat(vs, dim=2)[index], v], dim=2))
+
+
+def test_a_zero_layer_decoder_still_advances_the_cached_position():
+    """Positions come from ``cache.length``; with no layer there are no keys to count."""
+    from tx_suite.models.seq2seq import Seq2SeqTransformer
+
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(50, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=0,
+                               dropout=0.0).eval()
+    src, tgt = torch.randint(1, 50, (2, 5)), torch.randint(1, 50, (2, 6))
+    full = model(src, tgt)
+    memory = model.encode(src)
+    cache = model.new_cache()
+    steps = [model.decode(tgt[:, t:t + 1], memory, cache=cache) for t in range(6)]
+    assert cache.length == 6
+    assert (torch.cat(steps, 1) - full).abs().max() <= 1e-5

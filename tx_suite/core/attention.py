@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .masks import causal_mask, merge_masks
+from .masks import causal_mask, check_attn_mask_dtype, merge_masks
 
 
 def scaled_dot_product_attention(
@@ -50,9 +50,7 @@ def scaled_dot_product_attention(
             ambiguous: keep-flags or additive scores?). Both paths refuse it.
         ValueError: ``is_causal`` with fewer keys than queries (``Tk < Tq``).
     """
-    if attn_mask is not None and attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
-        raise TypeError(f"attn_mask must be bool (True = may attend) or float (added to the scores), "
-                        f"got {attn_mask.dtype}")
+    check_attn_mask_dtype(attn_mask)
     q_len, k_len = q.size(-2), k.size(-2)
     if is_causal and q_len > 1:
         if attn_mask is None and q_len == k_len and not need_weights:

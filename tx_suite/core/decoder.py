@@ -85,4 +85,6 @@ class Decoder(nn.Module):
                 cache=cache.layers[i] if cache is not None else None, real_index=real_index,
                 memory_real_index=memory_real_index,
             )
+        if cache is not None:
+            cache.length += x.size(1)
         return self.norm(x)

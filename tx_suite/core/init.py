@@ -7,7 +7,15 @@ from torch import nn
 
 def xavier_init_(module: nn.Module) -> None:
     """Xavier-uniform weights and zero biases for every ``nn.Linear`` (Glorot & Bengio 2010), as
-    ``torch.nn.Transformer`` and fairseq initialise Transformers; LayerNorms stay at (1, 0)."""
+    ``torch.nn.Transformer`` and fairseq initialise Transformers; LayerNorms stay at (1, 0).
+
+    Each ``nn.Linear`` gets its own bound ``sqrt(6 / (fan_in + fan_out))``. Self-attention's fused
+    ``qkv_proj`` ``(3D, D)`` therefore matches torch's ``in_proj_weight`` (and fairseq's per-matrix
+    gain ``1/sqrt(2)``) exactly. Cross-attention is split into ``q_proj`` ``(D, D)`` and ``kv_proj``
+    ``(2D, D)``, so its query weights start sqrt(2) and its key/value weights sqrt(4/3) wider than
+    torch's fused cross-attention matrix. This is kept because every recorded translation result
+    was trained with it (``benchmarks/RESULTS.md``).
+    """
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)

@@ -107,11 +107,9 @@ class DecoderCache:
     """
 
     layers: list[LayerCache]
-
-    @property
-    def length(self) -> int:
-        """Number of positions already decoded (the position offset of the next input)."""
-        return self.layers[0].self_attn.length if self.layers else 0
+    #: Positions already decoded, advanced by the decoder's forward. Kept here rather than read
+    #: from the first layer's keys so that a zero-layer stack still offsets its positions.
+    length: int = 0
 
     def reorder(self, index: Tensor, include_cross: bool = True) -> None:
         """Reorder/select batch entries of every cache, ``index`` ``(B',)`` long.

@@ -46,6 +46,17 @@ def padding_to_attn_mask(key_padding_mask: Tensor) -> Tensor:
     return ~key_padding_mask[:, None, None, :]
 
 
+def check_attn_mask_dtype(attn_mask: Tensor | None) -> None:
+    """Refuse an ``attn_mask`` that is neither bool nor floating point.
+
+    Raises:
+        TypeError: an integer mask (0/1 is ambiguous: keep-flags or additive scores?).
+    """
+    if attn_mask is not None and attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
+        raise TypeError(f"attn_mask must be bool (True = may attend) or float (added to the scores), "
+                        f"got {attn_mask.dtype}")
+
+
 def to_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
     """Boolean mask (True = attend) -> float mask with 0 / -inf; float masks pass through."""
     if mask.dtype != torch.bool:
@@ -57,7 +68,12 @@ def merge_masks(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     """Combine two attention masks (either may be None): AND for bool, sum for float.
 
     Shapes must broadcast to ``(B, H, Tq, Tk)``.
+
+    Raises:
+        TypeError: either mask is an integer tensor (checked here, before merging hides it).
     """
+    check_attn_mask_dtype(a)
+    check_attn_mask_dtype(b)
     if a is None:
         return b
     if b is None:

@@ -23,7 +23,8 @@ class Seq2SeqTransformer(nn.Module):
         d_model, n_heads, d_ff, dropout, attn_dropout, activation, norm_first: see
             :class:`tx_suite.core.TransformerConfig`.
         n_encoder_layers, n_decoder_layers: stack depths.
-        pad_id: padding id (zero embedding row, no gradient).
+        pad_id: padding id (its embedding row starts at zero and gets no gradient from the lookup;
+            with ``tie_output`` the output projection still trains it, harmless as padded keys are masked).
         share_embeddings: one embedding matrix for source and target.
         tie_output: output projection weight = target embedding matrix.
         pos_encoding: ``"sinusoidal"`` or ``"learned"``.
