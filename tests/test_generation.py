@@ -1,6 +1,7 @@
 """Text-to-image stage 2: loss goes down on real scenes, checkpoints, tokenizer checks, CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -318,9 +319,18 @@ def test_predict_writes_samples_for_the_test_captions_and_vqvae_codes(trained, t
     assert [r[2] for r in rows[1:]] == [dm.datasets["test"][i]["caption"] for i in range(8)]
     first = Image.open(tmp_path / "t2i" / rows[1][1])
     assert first.size == (32, 32)
-    # Reproducible: batch 0 is sampled with seed 0, as generate() does for the same caption.
+    # Reproducible: the caption at test index i is sampled with row seed i, as generate() does
+    # for it at row i; so its image depends neither on the batch nor on the DDP rank it lands in
+    # (it was seeded by (batch_idx, row in batch), which every rank repeats).
     again = t2i.generate([rows[1][2]], seed=0)[0]
     assert torch.allclose(pil_to_tensor(first) / 255.0, again, atol=1 / 255)  # PNG: 8 bits
+    for i in (5, 6):  # the second batch of 4
+        with Image.open(tmp_path / "t2i" / rows[1 + i][1]) as im:
+            written = pil_to_tensor(im) / 255.0
+        expected = t2i.generate([rows[1 + i][2]], seed=0, rows=[i])[0]
+        assert torch.allclose(written, expected, atol=1 / 255)
+    with pytest.raises(ValueError, match="rows gives 1 seed rows for 2 images"):
+        t2i.generate([rows[1][2]], 2, rows=[0])
 
     vq = VQVAETask.load_from_checkpoint(trained["vq"], weights_only=True)
     trainer = pl.Trainer(logger=False, enable_progress_bar=False, callbacks=[PredictionWriter(tmp_path / "vq")])
@@ -596,3 +606,19 @@ def test_load_judge_restores_the_trained_weights_in_eval_mode(tmp_path):
 def test_row_seeds_differ_for_every_seed_and_row():
     """generate(seed=1) must not repeat generate(seed=0) shifted by one image."""
     assert len({row_seed(seed, row) for seed in range(64) for row in range(64)}) == 64 * 64
+
+
+def test_a_stage2_file_in_a_shallow_checkpoints_folder_keeps_the_recorded_path(tmp_path):
+    """/data/checkpoints/t2i.ckpt has no <runs>/<experiment>/<run_id> above it: the lookup of a
+    moved runs directory raised IndexError there instead of falling back to the stored copy."""
+    from tx_suite.tasks.text_to_image import _relocated_tokenizer
+
+    recorded = "/old/machine/runs/vqvae_mnist/2026-12-01/checkpoints/best.ckpt"
+    assert _relocated_tokenizer(recorded, Path("/checkpoints/t2i.ckpt")) == recorded
+    assert _relocated_tokenizer(recorded, Path("/data/checkpoints/t2i.ckpt")) == recorded
+    # a runs directory moved whole: the same run under the stage-2 file's runs root is found
+    moved = tmp_path / "runs" / "vqvae_mnist" / "2026-12-01" / "checkpoints" / "best.ckpt"
+    moved.parent.mkdir(parents=True)
+    moved.touch()
+    stage2 = tmp_path / "runs" / "t2i" / "r1" / "checkpoints" / "last.ckpt"
+    assert _relocated_tokenizer(recorded, stage2) == str(moved)

@@ -346,3 +346,23 @@ def test_a_mid_epoch_resume_keeps_the_epochs_training_code_histogram(tmp_path):
     fit(tmp_path / "cut", resumed, ckpt_path=tmp_path / "cut" / "last.ckpt")
     assert [int(c.sum()) for c in whole.seen] == [6 * 8 * 8 * 8] * 2  # 6 batches of 8 images, 8x8 codes each
     assert len(resumed.seen) == 2 and all(torch.equal(a, b) for a, b in zip(resumed.seen, whole.seen))
+
+
+def test_only_a_training_batch_initialises_the_codebook(scenes):
+    """Lightning's sanity check runs validation images (held-out test digits) through the model
+    before any training batch; the library's k-means initialisation used to take them."""
+    torch.manual_seed(0)
+    model = VQVAE(hidden=16, res_channels=8, n_res_blocks=1, codebook_size=32, codebook_dim=8)
+    model.eval()
+    out = model(scenes[-32:])
+    assert model.encode(scenes[-32:]).eq(0).all() and out.codes.eq(0).all()  # the all-zero codebook
+    assert not bool(model.quantizer._codebook.initted)
+    assert model.quantizer._codebook.embed.abs().sum() == 0
+    model.train()
+    model(scenes[:64])
+    assert bool(model.quantizer._codebook.initted)
+    trained_init = model.quantizer._codebook.embed.clone()
+    assert trained_init.abs().sum() > 0
+    model.eval()
+    model(scenes[-32:])  # eval after initialisation changes nothing
+    assert torch.equal(model.quantizer._codebook.embed, trained_init)

@@ -14,7 +14,8 @@ class CaptionedImagesDataModule(pl.LightningDataModule):
 
     Subclasses fill ``self.datasets`` (keys ``train``/``val``/``test``) in ``setup`` and set
     ``self.tokenizer``; batches gain ``text`` ``(B, text_len)`` long, the tokenized captions.
-    ``predict`` uses the test split. Reads ``batch_size`` and ``num_workers`` from the hparams.
+    ``predict`` uses the test split, its batches also carry ``index`` ``(B,)``, each item's
+    position in it. Reads ``batch_size`` and ``num_workers`` from the hparams.
     """
 
     tokenizer: CaptionTokenizer
@@ -28,10 +29,11 @@ class CaptionedImagesDataModule(pl.LightningDataModule):
         batch["text"] = self.tokenizer.encode(batch["caption"])
         return batch
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, with_index: bool = False) -> DataLoader:
         # The (shuffled) training loader resumes mid-epoch where a checkpoint left it.
         loader_cls = ResumableDataLoader if shuffle else DataLoader
-        return loader_cls(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+        dataset = WithIndex(self.datasets[split]) if with_index else self.datasets[split]
+        return loader_cls(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle,
                           num_workers=self.hparams.num_workers, collate_fn=self.collate,
                           persistent_workers=self.hparams.num_workers > 0)
 
@@ -45,4 +47,19 @@ class CaptionedImagesDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        # Items carry their test-set index: predict seeds each sample by it, so an image does not
+        # depend on the batch or the DDP rank the caption landed in.
+        return self._loader("test", shuffle=False, with_index=True)
+
+
+class WithIndex(Dataset):
+    """A dict-item dataset whose items gain ``index``: their position in ``dataset``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[i], "index": i}

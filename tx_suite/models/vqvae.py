@@ -4,9 +4,9 @@ Architecture after van den Oord et al. 2017, "Neural Discrete Representation Lea
 strided 4 x 4 convolutions down, residual blocks (ReLU, 3 x 3 conv, ReLU, 1 x 1 conv), a vector
 quantizer, and the mirror image with transposed convolutions up. The quantizer is
 ``vector_quantize_pytorch.VectorQuantize`` with an EMA codebook (Sec. A.1 of the paper; Razavi et
-al. 2019), k-means initialisation from the first batch and replacement of dead codes (codes whose
-EMA cluster size falls below a threshold are re-drawn from the current batch; Dhariwal et al.
-2020, "Jukebox", Sec. 3.1).
+al. 2019), k-means initialisation from the first training batch and replacement of dead codes
+(codes whose EMA cluster size falls below a threshold are re-drawn from the current batch;
+Dhariwal et al. 2020, "Jukebox", Sec. 3.1).
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ class VQVAE(nn.Module):
         codebook_dim: dimension of each code.
         decay: EMA decay of the codebook (paper: 0.99).
         commitment_weight: beta of the commitment loss ``||z_e - sg[e]||^2`` (paper Eq. 3: 0.25).
-        kmeans_init: initialise the codebook by k-means on the first batch.
+        kmeans_init: initialise the codebook by k-means on the first training batch (an eval pass
+            before it, e.g. Lightning's sanity check on validation images, does not).
         threshold_ema_dead_code: re-draw codes whose EMA usage falls below this count (0 = off).
         rotation_trick: gradient through the quantizer by the rotation trick (Fifty et al. 2024)
             instead of the straight-through estimator.
@@ -155,7 +156,7 @@ class VQVAE(nn.Module):
         """
         self._check_size(images)
         z = self.encoder(images)  # (B, codebook_dim, h, w)
-        zq, codes, commit_loss = self.quantizer(z)
+        zq, codes, commit_loss = self._quantize(z)
         return VQVAEOutput(self.decoder(zq), codes, commit_loss.sum())
 
     @torch.no_grad()
@@ -168,8 +169,23 @@ class VQVAE(nn.Module):
             ValueError: ``H`` or ``W`` is not a multiple of ``downsample``.
         """
         self._check_size(images)
-        _, codes, _ = self.quantizer(self.encoder(images))
+        _, codes, _ = self._quantize(self.encoder(images))
         return codes
+
+    def _quantize(self, z: torch.Tensor):
+        """``self.quantizer(z)``, except that only a training batch may run the k-means codebook
+        initialisation: the library runs it on whatever batch comes first, in eval mode too, and
+        Lightning's sanity check sends validation images (held-out test digits) before any training
+        batch. An eval pass before it sees the not yet initialised (all-zero) codebook."""
+        codebook = getattr(self.quantizer, "_codebook", None)
+        initted = getattr(codebook, "initted", None)
+        if self.training or not torch.is_tensor(initted) or bool(initted):
+            return self.quantizer(z)
+        initted.fill_(True)
+        try:
+            return self.quantizer(z)
+        finally:
+            initted.fill_(False)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

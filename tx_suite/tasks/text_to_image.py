@@ -253,12 +253,19 @@ class TextToImageTask(pl.LightningModule):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        """One image per caption of the batch, sampled with the ``sample_*`` options and seed
-        ``batch_idx`` (reproducible): ``{"image": (B, 3, H, W) in [0, 1], "caption": list[str]}``."""
+        """One image per caption of the batch, sampled with the ``sample_*`` options:
+        ``{"image": (B, 3, H, W) in [0, 1], "caption": list[str]}``.
+
+        Reproducible: the image of the caption at test-set ``index`` is drawn with seed
+        ``row_seed(0, index)``, the same on one process or N (a batch without ``index``, from
+        another datamodule, falls back to seed ``batch_idx``, which DDP ranks share).
+        """
         hp = self.hparams
+        index = batch.get("index")
         images = self.generate(batch["caption"], temperature=hp.sample_temperature,
-                               top_k=hp.sample_top_k, top_p=hp.sample_top_p,
-                               cfg_scale=hp.sample_cfg_scale, seed=batch_idx)
+                               top_k=hp.sample_top_k, top_p=hp.sample_top_p, cfg_scale=hp.sample_cfg_scale,
+                               seed=0 if index is not None else batch_idx,
+                               rows=index.tolist() if index is not None else None)
         return {"image": images, "caption": list(batch["caption"])}
 
     def configure_optimizers(self):
@@ -296,27 +303,32 @@ class TextToImageTask(pl.LightningModule):
     def generate(self, captions: Sequence[str], n_per_caption: int = 1, *,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  cfg_scale: float = 1.0, use_cache: bool = True, seed: int | None = 0,
-                 batch_size: int = 64) -> torch.Tensor:
+                 batch_size: int = 64, rows: Sequence[int] | None = None) -> torch.Tensor:
         """Images for ``captions``: ``(len(captions) * n_per_caption, 3, H, W)`` in [0, 1],
         the ``n_per_caption`` images of caption ``i`` at rows ``i * n .. (i + 1) * n - 1``.
 
         Image ``row`` is drawn with its own generator seeded :func:`row_seed` ``(seed, row)``, so
         the same seed gives the same image for the same caption at the same row, whatever
-        ``batch_size`` and the captions after it (``seed=None``: the global RNG).
+        ``batch_size`` and the captions after it (``seed=None``: the global RNG). ``rows`` replaces
+        the row numbers ``0 .. N-1`` the seeds are taken from (``predict`` passes test-set indices).
 
         Raises:
             RuntimeError: no caption tokenizer attached (train with a datamodule first).
+            ValueError: ``rows`` does not give one number per image.
         """
         if self.caption_tokenizer is None:
             raise RuntimeError("no caption tokenizer: load a checkpoint saved by training, or "
                                "call set_caption_tokenizer()")
+        if rows is not None and len(rows) != len(captions) * n_per_caption:
+            raise ValueError(f"rows gives {len(rows)} seed rows for {len(captions) * n_per_caption} images")
         was_training = self.model.training
         self.model.eval()
         text = self.caption_tokenizer.encode(list(captions)).to(self.device)
         text = text.repeat_interleave(n_per_caption, dim=0)  # (C, L) -> (C * n, L)
         # One generator per image, seeded from (seed, row): an image does not change with
         # batch_size or with the captions after it.
-        gens = ([torch.Generator(device=self.device).manual_seed(row_seed(seed, r)) for r in range(len(text))]
+        rows = range(len(text)) if rows is None else rows
+        gens = ([torch.Generator(device=self.device).manual_seed(row_seed(seed, r)) for r in rows]
                 if seed is not None else None)
         images = []
         for start in range(0, len(text), batch_size):
@@ -351,7 +363,9 @@ def _relocated_tokenizer(recorded: str, stage2: Path) -> str:
     recorded one is gone: a runs/ directory moved or copied whole, or a path recorded relative to
     another working directory. The codebook fingerprint still checks that it is the same VQ-VAE."""
     rec, s2 = Path(recorded), stage2.resolve()
-    if rec.is_file() or len(rec.parts) < 4 or rec.parent.name != CHECKPOINT_DIR or s2.parent.name != CHECKPOINT_DIR:
+    # (a stage-2 file in a shallow checkpoints/ folder, e.g. /data/checkpoints/, has no runs root)
+    if (rec.is_file() or len(rec.parts) < 4 or rec.parent.name != CHECKPOINT_DIR
+            or s2.parent.name != CHECKPOINT_DIR or len(s2.parents) < 4):
         return recorded
     candidate = s2.parents[3] / Path(*rec.parts[-4:])  # <runs>/<experiment>/<run_id>/checkpoints/<file>
     return str(candidate) if candidate.is_file() else recorded
