@@ -324,5 +324,5 @@ def test_best_direction_from_the_metric_name():
 
     expected = {"val/ppl": "min", "test/perplexity": "min", "val/loss": "min", "val/bleu": "max",
                 "val/codebook_perplexity": "max", "train/codebook_usage": "max", "val/psnr": "max",
-                "lr-AdamW": None}
+                "val/bits_per_image_token": "min", "test/bits_per_image_token_heldout": "min", "lr-AdamW": None}
     assert {m: best_mode(m) for m in expected} == expected

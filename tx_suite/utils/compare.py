@@ -48,7 +48,7 @@ STAGES = ("train/", "val/", "test/")
 #: Name fragments that say whether lower or higher is better, for the "best" column.
 #: Checked first: a VQ codebook's usage and perplexity are better when more codes are in use.
 HIGHER_IS_BETTER_FIRST = ("codebook",)
-LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "err", "nll", "fid", "wer", "cer", "bpd", "mse", "mae")
+LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "err", "nll", "fid", "wer", "cer", "bpd", "bits", "mse", "mae")
 HIGHER_IS_BETTER = ("acc", "bleu", "chrf", "f1", "precision", "recall", "auc", "iou", "psnr", "ssim", "top")
 _MISSING = object()
 
