@@ -499,7 +499,8 @@ class ImageClassification(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         warmup = min(self._warmup_steps(total), max(total - 1, 0))
         # warmup_prefix: the cosine starts at the peak when the warm-up ends and reaches lr_min
-        # at the last step (timm's default would start it mid-way, at cos(pi * warmup / total)).
+        # after the last step (timm's default would start it mid-way, at cos(pi * warmup / total)).
+        # (The last step runs one cosine step above lr_min; kept, as every recorded run used it.)
         scheduler = _ThisRunsCosine(
             optimizer,
             t_initial=max(total - warmup, 1),
