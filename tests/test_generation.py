@@ -622,3 +622,16 @@ def test_a_stage2_file_in_a_shallow_checkpoints_folder_keeps_the_recorded_path(t
     moved.touch()
     stage2 = tmp_path / "runs" / "t2i" / "r1" / "checkpoints" / "last.ckpt"
     assert _relocated_tokenizer(recorded, stage2) == str(moved)
+
+
+def test_generate_refuses_an_unwritable_out_before_sampling(trained, tmp_path, monkeypatch, capsys):
+    """The grid used to be written after sampling, so an --out that cannot be written cost every sample."""
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking --out")
+
+    monkeypatch.setattr(TextToImageTask, "generate", no_sampling)
+    code = generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "top-left: tiny red 7",
+                          "--out", "/proc/tx_suite_no_such_dir/grid.png"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write --out /proc/tx_suite_no_such_dir/grid.png" in err
+    assert len(err.strip().splitlines()) == 1

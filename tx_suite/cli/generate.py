@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -102,6 +103,14 @@ def run(args: argparse.Namespace) -> dict:
     blocking = next((p for p in args.out.parents if p.exists()), None)
     if blocking is not None and not blocking.is_dir():  # found now, not after sampling
         raise ValueError(f"--out {args.out}: {blocking} is a file, not a directory")
+    try:  # before the slow part: an unwritable --out must not cost the samples
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if args.out.exists():
+            open(args.out, "ab").close()
+        else:
+            tempfile.TemporaryFile(dir=args.out.parent).close()
+    except OSError as err:
+        raise OSError(f"cannot write --out {args.out}: {err.strerror}") from None
     device_error = check_device(args.device)
     if device_error:
         raise ValueError(device_error)
