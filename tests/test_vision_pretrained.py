@@ -226,3 +226,19 @@ def test_a_head_is_dropped_when_the_model_has_none(backbone):
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         assert (ours(x) - ref.forward_head(ref.forward_features(x), pre_logits=True)).abs().max() < 1e-5
+
+
+def test_the_config_names_the_grid_of_non_square_pretrained_weights(tmp_path):
+    """``pretrained_grid_size`` (a config key) is ``old_grid_size``: 2 x 8 weights resampled to
+    the 7 x 7 grid as 2 x 8 ones; without it they are read as a square 4 x 4 grid."""
+    from tx_suite.models.vit import VisionTransformer, load_timm_checkpoint
+
+    wide = timm_vit(img_size=(8, 32))
+    torch.save(wide.state_dict(), tmp_path / "wide.pth")
+    expected = VisionTransformer(img_size=28, patch_size=4, in_chans=1, num_classes=10, d_model=32,
+                                 n_layers=2, n_heads=4, mlp_ratio=2.0)
+    load_timm_checkpoint(expected, wide.state_dict(), old_grid_size=(2, 8))
+    ours = task(tmp_path / "wide.pth", pretrained_grid_size=[2, 8])
+    torch.testing.assert_close(ours.model.patch_embed.pos_embed, expected.patch_embed.pos_embed)
+    square = task(tmp_path / "wide.pth")
+    assert (square.model.patch_embed.pos_embed - expected.patch_embed.pos_embed).abs().max() > 1e-3

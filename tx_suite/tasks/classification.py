@@ -167,14 +167,16 @@ def _probe(host: str, timeout: float = 5.0) -> None:
         raise ConnectionError(f"cannot reach {host} ({e}); offline? pass a checkpoint file as pretrained") from e
 
 
-def load_pretrained(model: nn.Module, source: str, timm_model: str | None = None) -> None:
+def load_pretrained(model: nn.Module, source: str, timm_model: str | None = None,
+                    old_grid_size: tuple[int, int] | None = None) -> None:
     """Load timm ViT weights into ``model`` (ours or timm's), in place, for fine-tuning.
 
     ``source`` is a checkpoint / state_dict file, or ``"timm"``: timm downloads ``timm_model``'s
     pretrained weights (online only; fails within seconds when offline). The weights are fitted
     to the model's image size, patch size, channels and classes by
     :func:`tx_suite.models.vit.load_timm_checkpoint` (position embedding resampled, input conv
-    adapted, head of another size dropped).
+    adapted, head of another size dropped); ``old_grid_size`` is the checkpoint's patch grid
+    (default: square).
 
     Raises:
         FileNotFoundError, ValueError, ConnectionError: each names its cause.
@@ -188,7 +190,7 @@ def load_pretrained(model: nn.Module, source: str, timm_model: str | None = None
 
         _probe("huggingface.co")
         source = timm.create_model(timm_model, pretrained=True).state_dict()
-    load_timm_checkpoint(model, source)
+    load_timm_checkpoint(model, source, old_grid_size=old_grid_size)
 
 
 class ImageClassification(pl.LightningModule):
@@ -213,6 +215,9 @@ class ImageClassification(pl.LightningModule):
             to start from, or ``"timm"`` to let timm download ``timm_model``'s weights (online
             only). The head is re-initialised if ``num_classes`` differs and the position
             embedding is resampled to the new grid.
+        pretrained_grid_size: ``[rows, cols]`` patch grid of the ``pretrained`` weights, for
+            weights trained on non-square images (a state dict does not say its grid: by default
+            it is read as square, which pretrained timm ViTs are).
         lr, min_lr, warmup_lr: peak, final and initial learning rate.
         warmup_epochs: linear warm-up length in epochs (fractional allowed), as optimizer steps
             of the training loader's epoch, whether ``max_epochs`` or ``max_steps`` ends the run.
@@ -266,6 +271,7 @@ class ImageClassification(pl.LightningModule):
         stem_channels: list[int] | None = None,
         stem_strides: list[int] | None = None,
         pretrained: str | None = None,
+        pretrained_grid_size: list[int] | None = None,
         lr: float = 1e-3,
         min_lr: float = 1e-5,
         warmup_lr: float = 1e-6,
@@ -298,7 +304,8 @@ class ImageClassification(pl.LightningModule):
             **arch,
         )
         if pretrained:
-            load_pretrained(self.model, pretrained, timm_model=timm_model)
+            load_pretrained(self.model, pretrained, timm_model=timm_model,
+                            old_grid_size=tuple(pretrained_grid_size) if pretrained_grid_size else None)
         self.mixup_fn = None
         if mixup:
             from timm.data import Mixup
