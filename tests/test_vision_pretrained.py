@@ -242,3 +242,22 @@ def test_the_config_names_the_grid_of_non_square_pretrained_weights(tmp_path):
     torch.testing.assert_close(ours.model.patch_embed.pos_embed, expected.patch_embed.pos_embed)
     square = task(tmp_path / "wide.pth")
     assert (square.model.patch_embed.pos_embed - expected.patch_embed.pos_embed).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("backbone", ["tx", "timm"])
+@pytest.mark.parametrize("setting", [dict(patch_size=0), dict(n_heads=0), dict(n_layers=-1), dict(d_ff=0),
+                                     dict(img_size=-28), dict(d_model=30, n_heads=4)])
+def test_impossible_vit_sizes_are_config_errors(backbone, setting):
+    """patch_size 0 / n_heads 0 raised ZeroDivisionError, n_layers -1 built a zero-layer ViT."""
+    args = {**SIZE, "backbone": backbone, "img_size": 28, "in_chans": 1, "num_classes": 10, **setting}
+    with pytest.raises(ValueError, match=r"must be >= 1|not divisible"):
+        ImageClassification(**args)
+
+
+def test_label_smoothing_outside_zero_one_is_refused():
+    from tx_suite.tasks.translation import TranslationTask
+
+    with pytest.raises(ValueError, match=r"model.label_smoothing must be in \[0, 1\), got 2"):
+        ImageClassification(**SIZE, img_size=28, in_chans=1, num_classes=10, label_smoothing=2)
+    with pytest.raises(ValueError, match=r"model.label_smoothing must be in \[0, 1\), got -0.1"):
+        TranslationTask(vocab_size=100, d_model=16, n_heads=2, d_ff=32, label_smoothing=-0.1)

@@ -38,8 +38,8 @@ class TransformerConfig:
             does in training.
 
     Raises:
-        ValueError: ``n_heads`` does not divide ``d_model``, an unknown ``activation``, or a
-            dropout / drop-path rate outside [0, 1).
+        ValueError: a width or head count below 1, ``n_heads`` does not divide ``d_model``, an
+            unknown ``activation``, or a dropout / drop-path rate outside [0, 1).
     """
 
     d_model: int = 512
@@ -58,6 +58,9 @@ class TransformerConfig:
     skip_padding: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("d_model", "n_heads", "d_ff"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.activation not in ACTIVATIONS:

@@ -23,10 +23,15 @@ class Decoder(nn.Module):
             decoder-only (GPT-style) stack.
 
     Shapes: ``x`` ``(B, T, D)``, ``memory`` ``(B, S, D)`` -> ``(B, T, D)``.
+
+    Raises:
+        ValueError: ``n_layers`` < 0 (0 is allowed: no layers, only the final norm).
     """
 
     def __init__(self, cfg: TransformerConfig, n_layers: int = 6, cross_attention: bool = True) -> None:
         super().__init__()
+        if n_layers < 0:
+            raise ValueError(f"n_layers must be >= 0, got {n_layers}")
         self.cfg = cfg
         self.cross_attention = cross_attention
         rope = RotaryEmbedding(cfg.head_dim, cfg.rope_base) if cfg.rope else None

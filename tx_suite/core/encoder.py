@@ -20,10 +20,15 @@ class Encoder(nn.Module):
         n_layers: depth ``N``.
 
     Shapes: ``(B, S, D) -> (B, S, D)``.
+
+    Raises:
+        ValueError: ``n_layers`` < 0 (0 is allowed: no layers, only the final norm).
     """
 
     def __init__(self, cfg: TransformerConfig, n_layers: int = 6) -> None:
         super().__init__()
+        if n_layers < 0:
+            raise ValueError(f"n_layers must be >= 0, got {n_layers}")
         self.cfg = cfg
         rope = RotaryEmbedding(cfg.head_dim, cfg.rope_base) if cfg.rope else None
         self.layers = nn.ModuleList(

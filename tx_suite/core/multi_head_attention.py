@@ -47,6 +47,8 @@ class MultiHeadAttention(nn.Module):
         rope: RotaryEmbedding | None = None,
     ) -> None:
         super().__init__()
+        if d_model < 1 or n_heads < 1:
+            raise ValueError(f"d_model and n_heads must be >= 1, got d_model={d_model}, n_heads={n_heads}")
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         if rope is not None and cross_attention:

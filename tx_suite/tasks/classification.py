@@ -94,15 +94,22 @@ def build_backbone(
     ViT, Dosovitskiy et al. 2020 §3.1; see :class:`tx_suite.frontends.ConvStem`); ours only.
 
     Raises:
-        ValueError: unknown ``backbone`` or ``pool``, ``img_size`` not a multiple of ``patch_size``
+        ValueError: unknown ``backbone`` or ``pool``, a size below 1, ``img_size`` not a multiple of ``patch_size``
             (times the stem's stride), or a stem with ``backbone="timm"``.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    sizes = dict(img_size=img_size, in_chans=in_chans, num_classes=num_classes, patch_size=patch_size,
+                 d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff)
+    for name, value in sizes.items():  # (before the modulo below, which 0 would turn into a ZeroDivisionError)
+        if value < 1:
+            raise ValueError(f"model.{name} must be >= 1, got {value}")
     if img_size % patch_size:
         raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+    if d_model % n_heads:
+        raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
     if backbone == "timm" and (stem_channels or stem_strides):
         raise ValueError("stem_channels / stem_strides (a conv stem) are for backbone: tx; "
                          "timm's VisionTransformer has no conv stem")
@@ -287,6 +294,8 @@ class ImageClassification(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         check_sdpa_backend(sdpa_backend)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         arch = dict(patch_size=patch_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff)
         if timm_model:
             arch.update({k: v for k, v in timm_arch(timm_model).items() if k in arch})

@@ -98,6 +98,8 @@ class TranslationTask(pl.LightningModule):
                  bleu_every_n_epochs: int = 1, n_samples: int = 8, sdpa_backend: str | None = None):
         super().__init__()
         check_sdpa_backend(sdpa_backend)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         check_decoding(val_beam_size=val_beam_size, beam_size=beam_size, length_penalty=length_penalty,
                        max_len_a=max_len_a, max_len_b=max_len_b, bleu_every_n_epochs=bleu_every_n_epochs,
                        n_samples=n_samples)
