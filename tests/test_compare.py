@@ -226,10 +226,25 @@ def test_evaluation_runs_are_left_out_of_an_experiments_training_runs(runs, tmp_
     assert [r["run_id"] for r in json.loads(capsys.readouterr().out)["runs"]] == ["t"]
 
 
-def test_unknown_metric_is_named(runs, capsys):
+def test_unknown_metric_is_named(runs, capsys, tmp_path):
     assert main(["compare", str(runs["a"]), "--metrics", "val/acc,val/nope", "--no_plot"]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "no run logged val/nope; logged: " in err and "val/acc" in err.split("logged: ")[1]
+    assert "val/acc" in out and "val/nope" not in out  # the known one is shown, the unknown one dropped
+    # Only unknown names: an error, and no empty plot over an earlier report.
+    report = tmp_path / "cmp"
+    assert main(["compare", str(runs["a"]), "--metrics", "val/acc", "--out", str(report)]) == 0
+    before = (report / "curves.png").read_bytes()
+    capsys.readouterr()
+    assert main(["compare", str(runs["a"]), "--metrics", "val/nope,val/typo", "--out", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tx-suite compare: error: no run logged val/nope, val/typo; logged: ") and err.count("\n") == 1
+    assert (report / "curves.png").read_bytes() == before
+    assert main(["compare", str(runs["a"]), "--metrics", ",", "--no_plot"]) == 2
+    assert "--metrics names no metric" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["compare", str(runs["a"]), "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file; it names a directory" in capsys.readouterr().err
 
 
 def test_config_diff_leaves_out_values_that_name_the_run(tmp_path):

@@ -77,8 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         logged = {m for r in runs for m in r.series}
         unknown = [m for m in metrics if m not in logged]
         if unknown:
-            print(f"tx-suite compare: no run logged {', '.join(unknown)}; logged: "
+            known = len(unknown) < len(metrics)
+            # Some names right: show those. None: an error, before an empty plot replaces a report.
+            print(f"tx-suite compare: {'' if known else 'error: '}no run logged {', '.join(unknown)}; logged: "
                   f"{', '.join(sorted(m for m in logged if m.startswith(STAGES)))}", file=sys.stderr)
+            if not known:
+                return 2
+            metrics = [m for m in metrics if m in logged]
+        elif not metrics:
+            print("tx-suite compare: error: --metrics names no metric", file=sys.stderr)
+            return 2
     else:
         metrics = shared_metrics(runs)
         others = sorted({m for r in runs for m in r.series if m.startswith(STAGES)} - set(metrics))
@@ -89,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     files: dict[str, str] = {}
     if not args.no_plot:
         out = Path(args.out) if args.out else Path(args.runs_dir) / "_compare"
+        if out.exists() and not out.is_dir():
+            print(f"tx-suite compare: error: --out {out} is a file; it names a directory for "
+                  f"{PNG_NAME} and {HTML_NAME}", file=sys.stderr)
+            return 2
         out.mkdir(parents=True, exist_ok=True)
         curves = [m for m in metrics if any(len(r.series.get(m, [])) > 1 for r in runs)] or metrics
         png = figure_png(plot_curves(runs, curves))
