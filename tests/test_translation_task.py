@@ -185,7 +185,9 @@ def test_average_snapshots_of_a_checkpoint(run, tmp_path, capsys):
     capsys.readouterr()
     for args, says in (([str(epochs[-1]), str(epochs[-1]), str(epochs[-2])], "is also an input"),
                        ([str(epochs[-1]), str(epochs[-2])], "is a training checkpoint"),
-                       ([str(tmp_path / "new.ckpt"), str(epochs[-2])], "one checkpoint to average")):
+                       ([str(tmp_path / "new.ckpt"), str(epochs[-2])], "one checkpoint to average"),
+                       # a directory fell through to the rename: IsADirectoryError, exit 1
+                       ([str(tmp_path), str(epochs[-1]), str(epochs[-2])], "is a directory: give a file name")):
         assert cli_main(["average", *args]) == 2
         assert says in capsys.readouterr().err
     assert epochs[-1].read_bytes() == before and not (tmp_path / "new.ckpt").exists()
@@ -821,3 +823,12 @@ def test_attention_maps_default_to_the_first_validation_sources(run):
     trainer = SimpleNamespace(datamodule=dm)
     assert TranslationAttentionMaps(n_sentences=2)._sources(trainer) == de[:2]
     assert TranslationAttentionMaps(sentences=["Ein Hund."])._sources(trainer) == ["Ein Hund."]
+
+
+def test_average_names_both_kinds_of_checkpoint():
+    from tx_suite.tasks.callbacks.translation_averaging import _check_same_model
+
+    with pytest.raises(ValueError, match=r"^a.ckpt is a TranslationTask checkpoint and b.ckpt a checkpoint that "
+                                         r"names no task class: average checkpoints of one model$"):
+        _check_same_model([{"hyper_parameters": {"_class_path": "tx_suite.tasks.translation.TranslationTask"}}, {}],
+                          ["a.ckpt", "b.ckpt"])

@@ -103,8 +103,11 @@ def _check_same_model(ckpts: Sequence[dict], paths: Sequence[str | Path]) -> Non
     classes = [str(c.get("hyper_parameters", {}).get("_class_path", "")).rsplit(".", 1)[-1] for c in ckpts]
     for i, ckpt in enumerate(ckpts[:-1]):
         if classes[i] != classes[-1]:
-            raise ValueError(f"{paths[i]} is a {classes[i] or '?'} checkpoint and {paths[-1]} a "
-                             f"{classes[-1] or '?'} one: average checkpoints of one model")
+            def kind(c: str) -> str:
+                return f"a {c} checkpoint" if c else "a checkpoint that names no task class"
+
+            raise ValueError(f"{paths[i]} is {kind(classes[i])} and {paths[-1]} {kind(classes[-1])}: "
+                             "average checkpoints of one model")
         for key in MEANING_KEYS:
             if ckpt.get(key) != ckpts[-1].get(key):
                 raise ValueError(f"{paths[i]} and {paths[-1]} differ in {key!r} (another vocabulary, "
@@ -245,6 +248,8 @@ def _check_output(output: Path, inputs: Sequence[Path]) -> None:
     is replaced."""
     if not output.exists():
         return
+    if output.is_dir():
+        raise ValueError(f"{output} is a directory: give a file name for the averaged checkpoint")
     if any(p.exists() and output.samefile(p) for p in inputs):
         raise ValueError(f"{output} is also an input: write the average to another file")
     if output.is_file() and "optimizer_states" in load_checkpoint(output):
