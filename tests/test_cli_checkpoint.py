@@ -119,9 +119,12 @@ def test_cli_names_what_is_wrong_with_a_checkpoint(capsys, runs_dir, tmp_path):
     other = tmp_path / "translation.ckpt"
     torch.save(ckpt, other)
     capsys.readouterr()
-    assert main(["test", "--config", TINY, "--ckpt_path", str(other)]) == 2
+    # (a command-line value: its "--ckpt_path: the command line's model.lr over the checkpoint's"
+    # note came before the error, describing a load that never happened)
+    assert main(["test", "--config", TINY, "--ckpt_path", str(other), "--model.init_args.lr=0.5"]) == 2
     err = capsys.readouterr().err
     assert "holds a TranslationTask checkpoint, but the config's model is TinyMNISTClassifier" in err
+    assert "--ckpt_path: the command line" not in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in (runs_dir / "tiny_mnist").iterdir()) == ["r"]  # nothing left behind
 
 

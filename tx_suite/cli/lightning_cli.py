@@ -335,12 +335,15 @@ class TxSuiteCLI(LightningCLI):
         model_cfg = cfg.get("model")
         init_args = model_cfg.get("init_args") if isinstance(model_cfg, Namespace) else None
         model_class = _import_class(_class_path(model_cfg))
+        # Notes on what is taken from where wait until the checkpoint is known to be this task's:
+        # before an error saying it is another task's, they would describe a load that never happens.
+        notes: list[str] = []
         # Starting weights (a fine-tuning run's `pretrained`) are in the checkpoint's state_dict;
         # re-reading their source would fail once the file is gone or the machine is offline.
         for key in getattr(model_class, "WEIGHT_SOURCE_HPARAMS", ()):
             hparams.pop(key, None)
             if isinstance(init_args, Namespace) and init_args.get(key):
-                _log(f"--ckpt_path: not loading model.{key} ({init_args[key]}); the checkpoint holds the weights")
+                notes.append(f"--ckpt_path: not loading model.{key} ({init_args[key]}); the checkpoint holds the weights")
                 init_args[key] = None
         # The checkpoint's values override the config files (the architecture must match the
         # weights), but not a --model.* argument on the command line (a deliberate choice, e.g.
@@ -354,18 +357,20 @@ class TxSuiteCLI(LightningCLI):
             return isinstance(init_args, Namespace) and key in init_args and _plain(init_args[key]) != _plain(hparams[key])
 
         if explicit:
-            _log(f"--ckpt_path: the command line's model.{', model.'.join(explicit)} over the checkpoint's")
+            notes.append(f"--ckpt_path: the command line's model.{', model.'.join(explicit)} over the checkpoint's")
         changed = [k for k in runtime if differ(k)]
         if changed:
-            _log("--ckpt_path: the config's " + ", ".join(f"model.{k}={_plain(init_args[k])!r}" for k in changed)
+            notes.append("--ckpt_path: the config's " + ", ".join(f"model.{k}={_plain(init_args[k])!r}" for k in changed)
                  + " over the checkpoint's")
         for key in (*explicit, *runtime):
             hparams.pop(key)
         kept = sorted(k for k in set(hparams) & in_files if differ(k))
         if kept:
-            _log("--ckpt_path: the checkpoint's " + ", ".join(f"model.{k}={hparams[k]!r}" for k in kept)
+            notes.append("--ckpt_path: the checkpoint's " + ", ".join(f"model.{k}={hparams[k]!r}" for k in kept)
                  + " over the config's (the weights need them)")
         if not hparams:
+            for note in notes:
+                _log(note)
             return
         if "_class_path" in hparams:
             # Class names, not paths: a config may name the class by a shorter import path.
@@ -388,6 +393,8 @@ class TxSuiteCLI(LightningCLI):
                         f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}): a checkpoint of "
                         "another task? Pass the config it was trained with (its run's config.yaml)")
             hparams = {"class_path": _class_path(cfg.get("model")), "dict_kwargs": hparams}
+        for note in notes:
+            _log(note)
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         except SystemExit:
