@@ -312,6 +312,12 @@ def test_skipped_message_offers_naming_only_for_runs_that_naming_includes(tmp_pa
     (test_run / "metrics.csv").unlink()
     msg = skipped_message([test_run])
     assert "1 run(s) without metrics.csv" in msg and "include it" not in msg, msg
+    # A predict run logs no metrics by design: it was described as failed / fast_dev_run.
+    predict_run = tmp_path / "exp" / "p"
+    predict_run.mkdir()
+    (predict_run / "run_info.json").write_text(json.dumps({"subcommand": "predict"}))
+    msg = skipped_message([predict_run])
+    assert msg == "skipped 1 predict run(s) (predict logs no metrics): exp/p", msg
 
 
 def test_differing_keys_among_three_runs_and_best_by_the_checkpoints_own_mode(tmp_path):

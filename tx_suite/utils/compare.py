@@ -231,14 +231,15 @@ def _subcommand(path: Path) -> str | None:
 
 
 NO_METRICS_REASON = f"run(s) without {METRICS_FILE} (failed before logging, fast_dev_run or --trainer.logger=false)"
+PREDICT_REASON = "predict run(s) (predict logs no metrics)"
 
 
 def _skip_reason(path: Path) -> str:
     """Why :func:`find_runs` skipped ``path``: no ``metrics.csv`` (naming it is an error too), else
     the evaluation sub-command that made it (naming it includes it)."""
-    if not (path / METRICS_FILE).is_file():
-        return NO_METRICS_REASON
     sub = _subcommand(path)
+    if not (path / METRICS_FILE).is_file():
+        return PREDICT_REASON if sub == "predict" else NO_METRICS_REASON
     return f"{sub} run(s)" if sub and sub != "fit" else NO_METRICS_REASON
 
 
@@ -284,7 +285,7 @@ def skipped_message(skipped: Sequence[Path]) -> str:
     for p in skipped:
         groups.setdefault(_skip_reason(p), []).append(f"{p.parent.name}/{p.name}")
     parts = [f"{len(names)} {reason}: {', '.join(names)}" for reason, names in groups.items()]
-    kinds = [reason.split()[0] for reason in groups if reason != NO_METRICS_REASON]
+    kinds = [reason.split()[0] for reason in groups if reason not in (NO_METRICS_REASON, PREDICT_REASON)]
     hint = f" (name a {'/'.join(kinds)} run directory to include it)" if kinds else ""
     return f"skipped {'; '.join(parts)}{hint}"
 
