@@ -98,7 +98,7 @@ class CaptionedMNIST(Dataset):
             ``"test"`` (MNIST test digits 5000-9999).
         combos: ``"seen"``, ``"heldout"`` or ``"all"`` attribute combinations.
         size: number of scenes.
-        seed: scenes are a pure function of ``(seed, split, index)``.
+        seed: scenes are a pure function of ``(seed, split, combos, index)`` and ``heldout_pairs``.
         heldout_pairs: the (digit, colour) pairs never seen in training (see
             :func:`tx_suite.data.captions.split_combinations`).
         jitter: maximum position jitter in pixels.

@@ -61,8 +61,8 @@ class TextToImageTask(pl.LightningModule):
             ``torch.nn.attention.SDPBackend`` name in lower case: ``"math"``,
             ``"flash_attention"``, ``"efficient_attention"``, ``"cudnn_attention"``; None =
             PyTorch's choice; a CUDA-only kernel is not pinned off CUDA, with one warning). On CPU with
-            ``trainer.precision: bf16-mixed`` the math kernel is ~1.5x faster than the default
-            at these sequence lengths (see docs/generation.md).
+            ``trainer.precision: bf16-mixed`` the math kernel made a training step 1.22x as fast
+            as fp32, the default kernel 0.94x (a translation step, benchmarks/RESULTS.md).
         sample_captions: captions of the per-validation sample grid (``val/samples``).
         samples_per_caption, sample_temperature, sample_top_k, sample_top_p, sample_cfg_scale:
             options of that grid's sampling.
