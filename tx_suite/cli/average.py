@@ -1,6 +1,6 @@
 """``tx-suite average``: average the weights of checkpoints (fairseq's ``average_checkpoints``).
 
-    tx-suite average averaged.ckpt runs/<exp>/<run>/checkpoints/epoch-*.ckpt
+    tx-suite average averaged.ckpt IN1.ckpt IN2.ckpt ...   # e.g. the last.ckpt of several runs
     tx-suite average averaged.ckpt --snapshots runs/<exp>/<run>/checkpoints/last.ckpt --last 5
 
 The second form averages the epoch snapshots that ``CheckpointAveraging`` keeps inside a

@@ -9,10 +9,10 @@ learning curves as a PNG and a self-contained HTML report (table + inline PNG).
 Examples::
 
     tx-suite compare                                  # every run under runs/
-    tx-suite compare vit_mnist                        # the runs of one experiment (or runs/vit_mnist)
+    tx-suite compare mnist_vit                        # the runs of one experiment (or runs/mnist_vit)
     tx-suite compare runs/a/2025... runs/b/2025...    # chosen runs, from any experiments
-    tx-suite compare 'runs/vit_mnist/202511*' --metrics val/loss,val/acc --out /tmp/cmp
-    tx-suite compare vit_mnist --json                 # the same data as JSON
+    tx-suite compare 'runs/mnist_vit/202511*' --metrics val/loss,val/acc --out /tmp/cmp
+    tx-suite compare mnist_vit --json                 # the same data as JSON
 """
 
 from __future__ import annotations

@@ -267,7 +267,8 @@ class TxSuiteCLI(LightningCLI):
         parser.add_argument(
             "--experiment", type=Optional[str], default=self._default_experiment,
             help="Experiment name: groups runs under <runs_dir>/<experiment>/ and in W&B "
-                 "(default: the last --config file's name without .yaml).",
+                 "(default: the last --config file's name without .yaml, skipping files that set "
+                 "only trainer keys, such as experiments/scale/*.yaml).",
         )
         parser.add_argument(
             "--runs_dir", type=str, default=default_runs_dir(),
