@@ -1,6 +1,7 @@
 """TranslationTask end to end with Lightning on a Multi30k slice: fit, callbacks, averaging, test,
 checkpoint contents, and the translate command on awkward input."""
 
+import itertools
 import math
 import os
 import unicodedata
@@ -832,3 +833,40 @@ def test_average_names_both_kinds_of_checkpoint():
                                          r"names no task class: average checkpoints of one model$"):
         _check_same_model([{"hyper_parameters": {"_class_path": "tx_suite.tasks.translation.TranslationTask"}}, {}],
                           ["a.ckpt", "b.ckpt"])
+
+
+def test_data_parallel_gradients_are_normalised_by_the_global_token_count(run):
+    """Two ranks with batches of different token counts: the average of their gradients (what DDP
+    applies) must be the gradient of the summed loss / all tokens, as one process on both batches
+    computes it. Each rank used its own per-token mean, so the shorter batch's tokens counted more."""
+    import types
+
+    dm = _dm(run["cache"])
+    dm.setup("fit")
+    batches = list(itertools.islice(iter(dm.train_dataloader()), 8))
+    counts = [int((b["tgt_out"] != 0).sum()) for b in batches]
+    a, b = batches[counts.index(max(counts))], batches[counts.index(min(counts))]
+    assert max(counts) > 1.3 * min(counts)  # unequal enough for the test to mean something
+    torch.manual_seed(0)
+    task = TranslationTask(**{**TINY, "dropout": 0.0})
+    task.log = lambda *args, **kwargs: None
+    n_total = sum(int((x["tgt_out"] != 0).sum()) for x in (a, b))
+
+    def grads(batch, world):
+        task.zero_grad()
+        fake = types.SimpleNamespace(world_size=world, strategy=types.SimpleNamespace(
+            reduce=lambda t, reduce_op: torch.tensor(float(n_total)) if world > 1 else t))
+        task._trainer = fake
+        try:
+            task.training_step(batch, 0).backward()
+        finally:
+            task._trainer = None
+        return [p.grad.clone() for p in task.parameters() if p.grad is not None]
+
+    ddp = [(ga + gb) / 2 for ga, gb in zip(grads(a, 2), grads(b, 2))]  # DDP's all-reduce mean
+    task.zero_grad()
+    sums = [task._loss(x) for x in (a, b)]
+    ((sums[0][0] + sums[1][0]) / n_total).backward()
+    single = [p.grad.clone() for p in task.parameters() if p.grad is not None]
+    for g_ddp, g_one in zip(ddp, single):
+        torch.testing.assert_close(g_ddp, g_one, rtol=1e-4, atol=1e-7)

@@ -190,7 +190,22 @@ class TranslationTask(pl.LightningModule):
         loss = loss_sum / n
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log("train/nll", nll_sum / n, batch_size=n)
-        return loss
+        return loss * self._token_share(n, loss.device)
+
+    def _token_share(self, n: int, device: torch.device) -> float | Tensor:
+        """``W * n / N`` under data parallelism (``W`` ranks, ``N`` tokens over all of them), else 1.
+
+        DDP averages the ranks' gradients; scaling each rank's per-token mean by this makes that
+        average the gradient of the loss summed over every rank's tokens divided by ``N``, the
+        normalisation of one process on the whole batch (and of fairseq). Without it a rank with a
+        short batch gives each of its tokens more weight.
+        """
+        trainer = self._trainer
+        world = trainer.world_size if trainer is not None else 1
+        if world <= 1:
+            return 1.0
+        total = trainer.strategy.reduce(torch.tensor(float(n), device=device), reduce_op="sum")
+        return world * n / total
 
     def configure_optimizers(self):
         h = self.hparams
