@@ -189,3 +189,20 @@ def test_top_p_stops_at_the_token_that_reaches_it():
     assert filter_logits(logits, top_p=0.5).isfinite().tolist() == [[True, False, False]]
     assert filter_logits(logits, top_p=0.75).isfinite().tolist() == [[True, True, False]]
     assert filter_logits(logits, top_p=0.76).isfinite().tolist() == [[True, True, True]]
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_guidance_contrasts_the_caption_with_the_null_caption(model, use_cache):
+    """Greedy guided decoding equals a hand-written loop over uncond + s * (cond - uncond), where
+    uncond reads the null caption: a sampler that fed the caption twice passed the other tests."""
+    g = torch.Generator().manual_seed(1)
+    text = torch.randint(1, 40, (3, 8), generator=g)
+    null = torch.zeros(8, dtype=torch.long)
+    codes = text.new_zeros(3, 0)
+    for _ in range(model.num_image_tokens):
+        cond = model.next_image_logits(text, codes)
+        uncond = model.next_image_logits(null.expand_as(text), codes)
+        codes = torch.cat([codes, guided_logits(cond, uncond, 3.0).argmax(-1, keepdim=True)], dim=1)
+    got = sample_image_tokens(model, text, temperature=0.0, cfg_scale=3.0, null_text=null, use_cache=use_cache)
+    assert torch.equal(got, codes)
+    assert not torch.equal(got, sample_image_tokens(model, text, temperature=0.0, use_cache=use_cache))

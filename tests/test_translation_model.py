@@ -126,6 +126,11 @@ def test_inverse_sqrt_schedule():
     assert cos[0] == pytest.approx(0.1) and max(cos) == pytest.approx(1.0) and cos[10] == pytest.approx(1.0)
     assert cos[-1] == pytest.approx(0.1) and min(cos[10:]) == pytest.approx(0.1)  # ends at min_lr_ratio * lr
     assert cos[60] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 50 / 100)))
+    # the warm-up rises linearly from 1 / warmup_steps (LinearLR(start_factor=0.1) did), every step
+    assert cos[:11] == pytest.approx([1 / 10 + (1 - 1 / 10) * s / 10 for s in range(11)])
+    # past total_steps it stays at the floor (a periodic cosine would climb back to the peak)
+    past = lrs("cosine", 150, warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    assert past[110:] == pytest.approx([0.1] * 40)
     # Trained further (--ckpt_path last with a larger max_steps): Lightning restores the scheduler's
     # state into one built for the new length, which must then follow that length. torch's
     # SequentialLR(LinearLR, CosineAnnealingLR) restored the old T_max and its cosine rose back to

@@ -52,6 +52,13 @@ def test_feed_forward_dropout_is_on_the_inner_activations():
     ffn.dropout.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[-1]))
     y = ffn(torch.randn(64, 8))
     assert seen == [32] and (y != 0).all()
+    # ... and after the activation: with GELU, dropout before it would differ (with ReLU it commutes)
+    ffn = FeedForward(8, 32, dropout=0.5, activation="gelu").train()
+    x = torch.randn(64, 8)
+    inputs = []
+    ffn.dropout.register_forward_hook(lambda m, inp, out: inputs.append(inp[0]))
+    ffn(x)
+    torch.testing.assert_close(inputs[0], F.gelu(ffn.fc1(x)))
 
 
 @pytest.mark.parametrize("p", [0.25, 0.5])

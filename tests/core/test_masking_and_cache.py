@@ -105,9 +105,12 @@ def test_dropout_and_drop_path_are_off_in_eval_and_on_in_train():
     assert [layer.drop_path.p for layer in enc.layers] == pytest.approx([0.0, 0.1, 0.2])
 
 
-def test_kv_cache_appends_in_place_and_keeps_masks_and_order():
+@pytest.mark.parametrize("masked_steps", [0, 1])
+def test_kv_cache_appends_in_place_and_keeps_masks_and_order(masked_steps):
     """The cache grows by doubling (few reallocations, history never re-concatenated) and reads
-    back exactly what a concatenation would hold: keys, values, padding and beam reordering."""
+    back exactly what a concatenation would hold: keys, values, padding and beam reordering.
+    ``masked_steps`` 1: the first mask comes after unmasked steps, whose positions must read as
+    real keys (not padding) in the mask created then."""
     from tx_suite.core.kv_cache import KVCache
 
     g = torch.Generator().manual_seed(0)
@@ -115,12 +118,13 @@ def test_kv_cache_appends_in_place_and_keeps_masks_and_order():
     ks, vs, masks, buffers = [], [], [], set()
     for step, t_new in enumerate([5] + [1] * 40):  # a prefill, then one position per step
         k, v = torch.randn(3, 2, t_new, 4, generator=g), torch.randn(3, 2, t_new, 4, generator=g)
-        mask = torch.rand(3, t_new, generator=g) < 0.3 if step % 3 == 0 else None
+        mask = torch.rand(3, t_new, generator=g) < 0.3 if step % 3 == masked_steps else None
         k_all, v_all = cache.append(k, v, mask)
         ks.append(k), vs.append(v), masks.append(mask if mask is not None else torch.zeros(3, t_new, dtype=torch.bool))
         buffers.add(cache._k.data_ptr())
         assert torch.equal(k_all, torch.cat(ks, dim=2)) and torch.equal(v_all, torch.cat(vs, dim=2))
-        assert torch.equal(cache.key_padding_mask, torch.cat(masks, dim=1))
+        got, expected = cache.key_padding_mask, torch.cat(masks, dim=1)
+        assert (got is None and step < masked_steps) or torch.equal(got, expected)  # None: no mask given yet
     assert cache.length == 45
     assert len(buffers) <= 5  # 5 -> 10 -> 20 -> 40 -> 80: doubling, not one buffer per step
     index = torch.tensor([2, 0, 0])
