@@ -94,18 +94,21 @@ def build_backbone(
     ViT, Dosovitskiy et al. 2020 §3.1; see :class:`tx_suite.frontends.ConvStem`); ours only.
 
     Raises:
-        ValueError: unknown ``backbone`` or ``pool``, a size below 1, ``img_size`` not a multiple of ``patch_size``
-            (times the stem's stride), or a stem with ``backbone="timm"``.
+        ValueError: unknown ``backbone`` or ``pool``, a size below 1 (``num_classes`` below 0),
+            ``img_size`` not a multiple of ``patch_size`` (times the stem's stride), or a stem with
+            ``backbone="timm"``.
     """
     if backbone not in BACKBONES:
         raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-    sizes = dict(img_size=img_size, in_chans=in_chans, num_classes=num_classes, patch_size=patch_size,
+    sizes = dict(img_size=img_size, in_chans=in_chans, patch_size=patch_size,
                  d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff)
     for name, value in sizes.items():  # (before the modulo below, which 0 would turn into a ZeroDivisionError)
         if value < 1:
             raise ValueError(f"model.{name} must be >= 1, got {value}")
+    if num_classes < 0:  # 0: no head, the model returns its pooled features
+        raise ValueError(f"model.num_classes must be >= 0, got {num_classes}")
     if img_size % patch_size:
         raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
     if d_model % n_heads:
