@@ -60,3 +60,20 @@ def test_only_whole_file_write_modes_are_accepted(tmp_path, mode):
         with atomic_open(tmp_path / "out", mode):
             pass
     assert listing(tmp_path) == []
+
+
+def test_check_writable_probes_without_leaving_a_file(tmp_path):
+    from tx_suite.utils.atomic_write import check_writable
+
+    target = tmp_path / "new" / "dir" / "out.txt"
+    check_writable(target)
+    assert target.parent.is_dir() and list(target.parent.iterdir()) == []  # parents made, no empty file
+    kept = tmp_path / "kept.txt"
+    kept.write_text("old")
+    check_writable(kept)
+    assert kept.read_text() == "old"
+    with pytest.raises(IsADirectoryError):
+        check_writable(tmp_path)  # touch() would have accepted it
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):
+        check_writable(tmp_path / "file" / "out.txt")  # a parent that is a file

@@ -624,6 +624,30 @@ def test_a_stage2_file_in_a_shallow_checkpoints_folder_keeps_the_recorded_path(t
     assert _relocated_tokenizer(recorded, stage2) == str(moved)
 
 
+def test_generate_failed_save_keeps_the_previous_grid(trained, tmp_path, monkeypatch, capsys):
+    """The grid was written in place, so a save that failed half-way (a full disk) destroyed the old one."""
+    import errno
+
+    import torchvision.utils
+
+    def full_disk(tensor, fp, format=None):
+        if isinstance(fp, (str, Path)):
+            with open(fp, "wb") as f:
+                f.write(b"\x89PNG half")
+        else:
+            fp.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "grid.png"
+    out.write_bytes(b"the previous grid")
+    monkeypatch.setattr(torchvision.utils, "save_image", full_disk)
+    code = generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "top-left: tiny red 7", "--n", "1",
+                          "--out", str(out)])
+    assert code == 2 and "No space left on device" in capsys.readouterr().err
+    assert out.read_bytes() == b"the previous grid"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png"]  # no stray temporary file
+
+
 def test_generate_refuses_an_unwritable_out_before_sampling(trained, tmp_path, monkeypatch, capsys):
     """The grid used to be written after sampling, so an --out that cannot be written cost every sample."""
     def no_sampling(*args, **kwargs):

@@ -276,6 +276,23 @@ def test_translate_truncates_only_sources_longer_than_max_src_tokens(run):
     assert warnings == [f"line 1: {n} tokens, truncated to {n - 1}"]
 
 
+def test_translate_interrupted_leaves_outputs_as_they_were(run, tmp_path, monkeypatch):
+    """The writability probe used to create an empty -o file that an interrupted run left behind."""
+    import tx_suite.cli.translate as translate_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(translate_cli, "translate_lines", interrupted)
+    new, old = tmp_path / "new.txt", tmp_path / "old.txt"
+    old.write_text("an earlier translation\n")
+    for out in (new, old):
+        with pytest.raises(KeyboardInterrupt):
+            translate_main(["--ckpt_path", str(run["averaged"]), "-o", str(out), "Ein Hund."])
+    assert not new.exists() and old.read_text() == "an earlier translation\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.txt"]  # no stray temporary file
+
+
 def test_translate_ckpt_path_best_or_last_of_an_experiment(tmp_path):
     from tx_suite.cli.translate import TranslateError, _resolve_checkpoint
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from tx_suite.utils.atomic_write import atomic_open, check_writable
 from tx_suite.utils.runs import default_runs_dir
 
 PROG = "tx-suite generate"
@@ -104,11 +104,7 @@ def run(args: argparse.Namespace) -> dict:
     if blocking is not None and not blocking.is_dir():  # found now, not after sampling
         raise ValueError(f"--out {args.out}: {blocking} is a file, not a directory")
     try:  # before the slow part: an unwritable --out must not cost the samples
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        if args.out.exists():
-            open(args.out, "ab").close()
-        else:
-            tempfile.TemporaryFile(dir=args.out.parent).close()
+        check_writable(args.out)
     except OSError as err:
         raise OSError(f"cannot write --out {args.out}: {err.strerror}") from None
     device_error = check_device(args.device)
@@ -157,7 +153,9 @@ def run(args: argparse.Namespace) -> dict:
         scores = caption_scores(judge.to(args.device), images, [c for c in captions for _ in range(n_draw)])
         images = rerank(images, scores, n_draw, keep=args.n)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_image(make_grid(images.cpu(), nrow=args.n, padding=1, pad_value=0.5), args.out)
+    with atomic_open(args.out, "wb") as f:  # an interrupted save keeps the previous grid, not half a PNG
+        save_image(make_grid(images.cpu(), nrow=args.n, padding=1, pad_value=0.5), f,
+                   format="PNG" if args.out.suffix.lower() == ".png" else "JPEG")
     return {"out": str(args.out), "captions": len(captions), "images_sampled": len(captions) * n_draw,
             "seconds": round(seconds, 3), "images_per_s": round(len(captions) * n_draw / seconds, 2),
             "unknown_token_rate": round(unknown, 4), "truncated_captions": truncated, "reranked": args.judge is not None}

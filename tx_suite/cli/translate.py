@@ -32,6 +32,7 @@ from tx_suite.data.text_normalize import normalize_source, one_line, split_lines
 from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
+from tx_suite.utils.atomic_write import atomic_open, check_writable
 from tx_suite.utils.checkpoint import load_checkpoint, state_dict_mismatch
 from tx_suite.utils.runs import default_runs_dir, find_checkpoint, resolve_checkpoint
 
@@ -196,9 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.output:  # before the slow part: an unwritable output must not cost the translations
         try:
-            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-            # Opened, not touched: touch() succeeds on a directory and on a read-only file.
-            open(args.output, "a", encoding="utf-8").close()
+            check_writable(args.output)
         except OSError as e:
             print(f"{PROG}: error: cannot write {args.output}: {e.strerror}", file=sys.stderr)
             return 2
@@ -209,8 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_src_tokens=args.max_src_tokens, warn=lambda m: print(f"{PROG}: warning: {m}", file=sys.stderr),
         progress=True, lowercase=hp["lowercase"])
     text = "".join(h + "\n" for h in hyps)
-    if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+    if args.output:  # whole or not at all: a full disk must not leave half a file over the old one
+        with atomic_open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
     else:
         sys.stdout.write(text)
         sys.stdout.flush()

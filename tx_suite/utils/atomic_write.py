@@ -71,3 +71,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
             pass
         raise
     fsync_dir(path.parent)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now if ``path`` could not be written later: for commands that compute for minutes first.
+
+    Creates the missing parent directories. An existing ``path`` is opened for appending (which
+    refuses a directory and a read-only file, where ``touch`` would succeed); a new one is probed
+    with a temporary file in its directory, so that a run that fails later leaves no empty file.
+
+    Raises:
+        OSError: ``path`` or its directory cannot be written (its ``strerror`` says why).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        open(path, "ab").close()
+    else:
+        tempfile.TemporaryFile(dir=path.parent).close()
