@@ -319,3 +319,47 @@ def test_a_resume_with_worker_processes_continues_in_the_saved_epochs_order(tmp_
     resumed = Recorder()
     Trainer(max_epochs=2, **kw).fit(resumed, ckpt_path=tmp_path / "end.ckpt")
     assert [b for e, b in resumed.seen] == epoch1 != [b for e, b in whole.seen if e == 0]
+
+
+@pytest.mark.parametrize("sampler", ["resumable", "token_budget"])
+def test_a_checkpoint_at_an_epochs_last_batch_resumes_into_a_whole_next_epoch(tmp_path, sampler):
+    """Saved at the last batch (``every_n_train_steps`` dividing the epoch), the checkpoint's skip
+    of a whole epoch was applied to the next one, which the restored loop had already begun: the
+    resumed fit trained that epoch on no batches at all."""
+    from pytorch_lightning import Callback, LightningModule, Trainer
+    from torch.utils.data import TensorDataset
+
+    from tx_suite.data.bucketing import TokenBudgetBatchSampler
+
+    class Recorder(LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append((self.current_epoch, sorted(batch[0].tolist())))
+            return self.layer(batch[0].float()[:, None]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+        def train_dataloader(self):
+            data = TensorDataset(torch.arange(12))
+            if sampler == "resumable":
+                return ResumableDataLoader(data, batch_size=3, shuffle=True, seed=0)
+            return ResumableDataLoader(data, batch_sampler=TokenBudgetBatchSampler([1 + i % 3 for i in range(12)], 6,
+                                                                                    shuffle=True, seed=0))
+
+    class SaveAtLastBatch(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.current_epoch == 0 and batch_idx == trainer.num_training_batches - 1:
+                trainer.save_checkpoint(tmp_path / "last_batch.ckpt")
+
+    kw = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+              accelerator="cpu")
+    whole, resumed = Recorder(), Recorder()
+    Trainer(max_epochs=3, callbacks=[SaveAtLastBatch()], **kw).fit(whole)
+    Trainer(max_epochs=3, **kw).fit(resumed, ckpt_path=tmp_path / "last_batch.ckpt")
+    later = [b for e, b in whole.seen if e > 0]
+    assert len(later) >= 6 and [b for e, b in resumed.seen] == later

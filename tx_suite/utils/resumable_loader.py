@@ -114,19 +114,30 @@ class ResumableDataLoader(DataLoader):
             super().__init__(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kwargs)
         self._served = 0  # batches of the current epoch handed out (skipped ones included)
         self._resume_at = 0  # batches to skip on the next iter(), from load_state_dict
+        self._resume_epoch: int | None = None  # the epoch those batches belong to
 
     def __iter__(self) -> Iterator[Any]:
         # The skip is taken now (not in the generator): it belongs to the iterator created now,
         # even if no batch is ever drawn from it, and a stale skip never leaks into a later epoch.
         skip, self._resume_at = self._resume_at, 0
+        epoch, self._resume_epoch = self._resume_epoch, None
         self._served = skip
-        return self._batches(skip)
+        return self._batches(skip, epoch)
 
-    def _batches(self, skip: int) -> Iterator[Any]:
+    def _order(self) -> Any:
+        """The object that orders the epoch (has ``epoch`` and ``set_epoch``)."""
+        return self.sampler if isinstance(self.sampler, ResumableSampler) else self.batch_sampler
+
+    def _batches(self, skip: int, epoch: int | None = None) -> Iterator[Any]:
         # A generator: DataLoader's own iterator is made at the first next(). Lightning creates a
         # resumed fit's first iterator before it calls set_epoch, and worker processes
         # (num_workers > 0) draw their indices from the sampler as soon as their iterator exists:
         # made then, a fit resumed from an epoch end trained its next epoch in epoch 0's order.
+        if skip and epoch is not None and getattr(self._order(), "epoch", epoch) != epoch:
+            # Saved at the last batch of its epoch (every_n_train_steps dividing the epoch): the
+            # restored loop counts that epoch done and draws this iterator in the next one, whose
+            # batches are all still to come. Skipping there trained an epoch of nothing.
+            skip = self._served = 0
         if isinstance(self.sampler, ResumableSampler):
             self.sampler.start_index = skip * self.batch_size
         else:
@@ -150,5 +161,5 @@ class ResumableDataLoader(DataLoader):
         """
         self._resume_at = int(state.get("batches_served", 0))
         if "epoch" in state:
-            sampler = self.sampler if isinstance(self.sampler, ResumableSampler) else self.batch_sampler
-            sampler.set_epoch(int(state["epoch"]))
+            self._resume_epoch = int(state["epoch"])
+            self._order().set_epoch(self._resume_epoch)
