@@ -314,6 +314,35 @@ def test_a_fetch_that_is_not_gzip_is_refused_and_not_cached(tmp_path, monkeypatc
     assert not list(tmp_path.rglob("*.gz")) and not list(tmp_path.rglob("*.tmp"))
 
 
+def test_a_fetched_file_with_a_wrong_checksum_is_never_used(tmp_path, monkeypatch):
+    """A bundled split missing from data_dir was fetched and trained on unverified; only the next
+    run's checksum caught the substitute."""
+    import gzip
+    import io
+
+    monkeypatch.setattr(multi30k.urllib.request, "urlopen",
+                        lambda *a, **k: io.BytesIO(gzip.compress(b"Tampered line\n" * 3)))
+    with pytest.raises(Multi30kError, match="differs from the recorded"):
+        split_path("train", "de", data_dir=tmp_path)
+    assert not list(tmp_path.rglob("*.gz")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_only_http_404_is_called_a_missing_split(tmp_path, monkeypatch):
+    def unavailable(url, *args, **kwargs):
+        raise urllib.error.HTTPError(url, 503, "Service Unavailable", None, None)
+    monkeypatch.setattr(multi30k.urllib.request, "urlopen", unavailable)
+    with pytest.raises(Multi30kError, match="HTTP 503 Service Unavailable") as err:
+        split_path("test_2018_flickr", "de", cache_dir=tmp_path)
+    assert "does not exist" not in str(err.value)
+
+
+def test_a_relative_data_dir_is_the_repositorys_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./data here: "data" is the repository's, as for the vision data
+    dm = Multi30kDataModule(data_dir="data", download=False, cache_dir=str(tmp_path / "cache"))
+    assert (dm.data_dir / "multi30k" / "task1" / "raw" / "val.de.gz").is_file()
+    assert split_path("val", "de", data_dir="data", download=False) == dm.data_dir / "multi30k/task1/raw/val.de.gz"
+
+
 def test_split_files_of_different_lengths_are_refused(monkeypatch):
     """A line missing in one language would shift every later pair by one sentence."""
     lines = {"de": ["Ein Hund.", "Eine Katze.", "Ein Haus."], "en": ["A dog.", "A cat."]}

@@ -10,6 +10,7 @@ from the canonical repository into ``data/cache/multi30k/task1/raw`` on first us
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import re
 import threading
@@ -17,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tx_suite.data.checksums import verify
+from tx_suite.data.checksums import SHA256, resolve_data_dir, verify
 from tx_suite.utils.atomic_write import atomic_open
 
 LANGUAGES = ("en", "de", "fr", "cs")
@@ -60,15 +61,18 @@ def check_names(split: str, lang: str) -> None:
         raise ValueError(f"unknown Multi30k split {split!r}; official splits: {', '.join(OFFICIAL_SPLITS)}")
 
 
-def _fetch(url: str, dest: Path, timeout: float) -> None:
+def _fetch(url: str, dest: Path, timeout: float, expected_sha256: str | None = None) -> None:
     """Download ``url`` to ``dest`` atomically, giving up after ``timeout`` seconds in total.
+
+    With ``expected_sha256`` the downloaded bytes are checked before anything is written, so a
+    bad download is never trained on, not even once.
 
     ``urlopen(timeout=...)`` does not bound DNS resolution, so the request runs in a daemon thread
     and the caller stops waiting after ``timeout`` seconds whatever the thread is doing.
 
     Raises:
-        Multi30kError: HTTP error (e.g. 404 for a split/language pair that does not exist),
-            network error, or timeout.
+        Multi30kError: HTTP error (404: a split/language pair that does not exist), network
+            error, timeout, a response that is not gzip or does not match ``expected_sha256``.
     """
     result: dict[str, object] = {}
 
@@ -86,7 +90,9 @@ def _fetch(url: str, dest: Path, timeout: float) -> None:
         raise Multi30kError(f"timed out after {timeout:.0f} s downloading {url}")
     err = result.get("error")
     if isinstance(err, urllib.error.HTTPError):
-        raise Multi30kError(f"{url} answered HTTP {err.code}: this split/language pair does not exist")
+        if err.code == 404:
+            raise Multi30kError(f"{url} answered HTTP 404: this split/language pair does not exist")
+        raise Multi30kError(f"{url} answered HTTP {err.code} {err.reason}")
     if err is not None:
         raise Multi30kError(f"cannot download {url}: {getattr(err, 'reason', err)}")
     data = result["data"]
@@ -95,6 +101,10 @@ def _fetch(url: str, dest: Path, timeout: float) -> None:
         gzip.decompress(data)
     except OSError as e:
         raise Multi30kError(f"{url} did not return a gzip file ({e})") from e
+    actual = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise Multi30kError(f"{url} returned a file whose SHA-256 {actual[:12]}... differs from the recorded "
+                            f"{expected_sha256[:12]}... (not saved)")
     with atomic_open(dest, "wb") as f:
         f.write(data)
 
@@ -121,7 +131,7 @@ def split_path(split: str, lang: str, data_dir: str | Path | None = None, cache_
         Multi30kError: the file is missing and cannot be fetched (offline, not allowed, 404).
     """
     check_names(split, lang)
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    data_dir = resolve_data_dir(data_dir) if data_dir is not None else default_data_dir()
     cache_dir = Path(cache_dir) if cache_dir is not None else data_dir / "cache"
     rel = f"{RELDIR}/{split}.{lang}.gz"
     for root in (data_dir, cache_dir):
@@ -132,7 +142,7 @@ def split_path(split: str, lang: str, data_dir: str | Path | None = None, cache_
         raise Multi30kError(f"Multi30k {split}.{lang} is not bundled ({data_dir / rel} missing) and download=False; "
                             f"bundled {lang} splits: {_bundled(data_dir, lang)}")
     try:
-        _fetch(url, cache_dir / rel, timeout)
+        _fetch(url, cache_dir / rel, timeout, SHA256.get(rel))
     except Multi30kError as e:
         raise Multi30kError(f"Multi30k {split}.{lang} is not bundled and could not be fetched ({e}). "
                             f"Bundled {lang} splits: {_bundled(data_dir, lang)}; when offline use one of those.") from None

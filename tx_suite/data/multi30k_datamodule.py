@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from tx_suite.data.bpe import BOS_ID, EOS_ID, N_BYTES, PAD_ID, SPECIAL_TOKENS, UNK_ID, BPETokenizer
 from tx_suite.data.bucketing import TokenBudgetBatchSampler
+from tx_suite.data.checksums import resolve_data_dir
 from tx_suite.data.multi30k import check_names, default_data_dir, read_pair, split_path
 from tx_suite.data.translation_dataset import TranslationDataset, collate_translation
 from tx_suite.utils.resumable_loader import ResumableDataLoader
@@ -75,7 +76,8 @@ class Multi30kDataModule(pl.LightningDataModule):
         # logger=False: the CLI logs the whole config; Lightning refuses a key (vocab_size, text_len)
         # that both the model and the data save with different values, though they may differ
         self.save_hyperparameters(logger=False)
-        self.data_dir = Path(data_dir) if data_dir else default_data_dir()
+        # As the vision data: a relative "data" means the repository's data/ from any directory.
+        self.data_dir = resolve_data_dir(data_dir) if data_dir else default_data_dir()
         self.cache_dir = Path(cache_dir) if cache_dir else self.data_dir / "cache"
         self._tokenizer: BPETokenizer | None = None
         self.datasets: dict[tuple[str, bool], TranslationDataset] = {}  # by (split, as training pairs)
