@@ -187,3 +187,13 @@ def test_datamodule_splits_follow_combos_and_heldout_pairs():
     # evaluation batches come in dataset order (rows of logged samples line up with scenes)
     batch = next(iter(dm.val_dataloader()))
     assert batch["caption"] == [val.caption(i) for i in range(8)]
+
+
+@pytest.mark.parametrize("setting, message", [({"train_size": 0}, "train_size must be >= 1, got 0"),
+                                              ({"val_size": -5}, "val_size must be >= 0, got -5"),
+                                              ({"batch_size": 0}, "batch_size must be >= 1, got 0")])
+def test_datamodule_names_a_bad_size(setting, message):
+    """train_size 0 trained on no batches and exited 0; a negative size failed later with numpy's
+    "negative dimensions are not allowed"."""
+    with pytest.raises(ValueError, match=message):
+        CaptionedMNISTDataModule(**setting)

@@ -114,3 +114,17 @@ def test_bundled_data_is_found_from_any_working_directory(tmp_path, monkeypatch)
     assert len(load_records()) == here
     images, labels = load_mnist(train=False)
     assert images.shape == (10000, 28, 28) and labels.shape == (10000,)
+
+
+def test_bad_settings_are_named_at_construction():
+    """A repeated vendor silently doubled the training data; heldout_fraction 0 failed at setup
+    with "empty emoji selection"; batch_size 0 passed until the loader was built."""
+    import pytest
+
+    with pytest.raises(ValueError, match="vendors must not repeat"):
+        EmojiDataset(split="train", vendors=["twitter", "twitter"])
+    for fraction in (0.0, -0.2, 1.0):
+        with pytest.raises(ValueError, match="heldout_fraction must be in"):
+            EmojiDataset(split="train", heldout_fraction=fraction)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        EmojiDataModule(batch_size=0)

@@ -24,6 +24,17 @@ class CaptionedImagesDataModule(pl.LightningDataModule):
         super().__init__()
         self.datasets: dict[str, Dataset] = {}
 
+    @staticmethod
+    def check_sizes(**sizes: tuple[int, int]) -> None:
+        """Refuse a setting below its minimum, naming it: ``check_sizes(batch_size=(64, 1), ...)``.
+
+        Raises:
+            ValueError: ``value < minimum`` for some ``name=(value, minimum)``.
+        """
+        for name, (value, minimum) in sizes.items():
+            if value < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
     def collate(self, items: list[dict]) -> dict:
         batch = default_collate(items)
         batch["text"] = self.tokenizer.encode(batch["caption"])

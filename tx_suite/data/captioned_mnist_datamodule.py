@@ -30,6 +30,10 @@ class CaptionedMNISTDataModule(CaptionedImagesDataModule):
     Batches are dicts: ``image`` ``(B, 3, 32, 32)`` in [0, 1], ``text`` ``(B, text_len)`` long,
     ``digit``/``colour``/``size``/``position`` ``(B,)`` long, ``heldout`` ``(B,)`` bool,
     ``caption`` (list of str).
+
+    Raises:
+        ValueError: ``batch_size``, ``train_size`` or ``text_len`` below 1, or ``val_size``,
+            ``test_size`` or ``num_workers`` below 0 (named in the message).
     """
 
     def __init__(self, root: str = "data", batch_size: int = 64, train_size: int = 20000,
@@ -37,6 +41,9 @@ class CaptionedMNISTDataModule(CaptionedImagesDataModule):
                  heldout_pairs: Sequence[str] | None = None, train_combos: str = "seen",
                  eval_combos: str = "all", text_len: int = 16, num_workers: int = 0):
         super().__init__()
+        # train_size 0 trained on nothing and exited 0; negative sizes failed later, unnamed.
+        self.check_sizes(batch_size=(batch_size, 1), train_size=(train_size, 1), val_size=(val_size, 0),
+                         test_size=(test_size, 0), text_len=(text_len, 1), num_workers=(num_workers, 0))
         # logger=False: the CLI logs the whole config; Lightning refuses a key (vocab_size, text_len)
         # that both the model and the data save with different values, though they may differ
         self.save_hyperparameters(logger=False)

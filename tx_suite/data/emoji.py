@@ -129,7 +129,8 @@ class EmojiDataset(Dataset):
     ``vendor`` (long scalar, index into ``VENDORS``).
 
     Raises:
-        ValueError: unknown split or vendor, or an empty selection.
+        ValueError: unknown split or vendor, a vendor listed twice, ``heldout_fraction`` outside
+            (0, 1), or an empty selection.
     """
 
     def __init__(self, root: str = "data", split: str = "train",
@@ -137,6 +138,10 @@ class EmojiDataset(Dataset):
                  skin_tones: bool = True):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if len(set(vendors)) != len(vendors):  # each would add every image again
+            raise ValueError(f"emoji vendors must not repeat, got {list(vendors)!r}")
+        if not 0 < heldout_fraction < 1:  # 0 leaves val/test empty, 1 the training split
+            raise ValueError(f"emoji heldout_fraction must be in (0, 1), got {heldout_fraction}")
         records = [r for r in load_records(root) if skin_tones or r.caption == r.name]
         wanted = {"heldout": ("val", "test"), "all": ("train", "val", "test")}.get(split, (split,))
         records = [r for r in records if split_of(r.name, heldout_fraction, seed) in wanted]

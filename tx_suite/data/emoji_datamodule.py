@@ -28,6 +28,10 @@ class EmojiDataModule(CaptionedImagesDataModule):
 
     Batches are dicts: ``image`` ``(B, 3, 32, 32)`` in [0, 1], ``text`` ``(B, text_len)`` long,
     ``vendor`` ``(B,)`` long, ``caption`` (list of str).
+
+    Raises:
+        ValueError: ``batch_size``, ``vocab_size`` or ``text_len`` below 1, ``num_workers``
+            below 0, a vendor listed twice, or ``heldout_fraction`` outside (0, 1).
     """
 
     def __init__(self, root: str = "data", batch_size: int = 64,
@@ -36,6 +40,8 @@ class EmojiDataModule(CaptionedImagesDataModule):
                  tokenizer: str = "bpe", vocab_size: int = 1024, text_len: int = 24,
                  num_workers: int = 0):
         super().__init__()
+        self.check_sizes(batch_size=(batch_size, 1), vocab_size=(vocab_size, 1), text_len=(text_len, 1),
+                         num_workers=(num_workers, 0))
         # logger=False: the CLI logs the whole config; Lightning refuses a key (vocab_size, text_len)
         # that both the model and the data save with different values, though they may differ
         self.save_hyperparameters(logger=False)
