@@ -127,7 +127,14 @@ def test_augment_values_of_the_wrong_kind_name_their_key():
     for bad, message in [({"hflip": "yes_please"}, "augment.hflip must be a probability in [0, 1], got 'yes_please'"),
                          ({"hflip": True}, "augment.hflip must be a probability"),  # 1.0 would flip every image
                          ({"affine_scale": 0.9}, "augment.affine_scale must be a pair [min, max], got 0.9"),
-                         ({"random_crop_padding": -1}, "augment.random_crop_padding must be a number of pixels")]:
+                         ({"random_crop_padding": -1}, "augment.random_crop_padding must be a whole number of pixels"),
+                         # below: torchvision's or timm's error at setup, not naming the key (a bare
+                         # AssertionError, a traceback, for the timm strings)
+                         ({"random_crop_padding": 2.5}, "augment.random_crop_padding must be a whole number"),
+                         ({"affine_degrees": -10}, "augment.affine_degrees must be a number of degrees >= 0"),
+                         ({"affine_shear": -5}, "augment.affine_shear must be a number of degrees >= 0"),
+                         ({"auto_augment": "randaugment"}, "augment.auto_augment 'randaugment': timm cannot parse"),
+                         ({"auto_augment": "rand-m9-x3"}, "augment.auto_augment 'rand-m9-x3': timm cannot parse")]:
         with pytest.raises(ValueError) as err:
             check_augment(bad)
         assert str(err.value).startswith(message), err.value
@@ -180,3 +187,13 @@ def test_validation_is_never_augmented_and_limit_train_stays_in_the_train_split(
     x = aug.train_set[0][0]
     assert not torch.equal(x, aug.train_set[0][0])
     assert x.min().item() == pytest.approx(-0.1307 / 0.3081, abs=1e-4)
+
+
+@pytest.mark.parametrize("setting", [{"eval_batch_size": 0}, {"img_size": 0}, {"batch_size": 0}, {"num_workers": -1}])
+def test_a_size_below_its_minimum_is_named(setting):
+    """eval_batch_size 0 and img_size 0 were silently replaced by the defaults (`or`)."""
+    from tx_suite.data.mnist import MNISTDataModule
+
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=f"{name} must be >= "):
+        MNISTDataModule(**setting)

@@ -38,8 +38,9 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         limit_train: use only the first N images of the training split (quick runs and tests).
 
     Raises:
-        ValueError: ``val_size`` is negative or not smaller than the training set; ``limit_train``
-            below 1; bad ``augment``;
+        ValueError: ``val_size`` is negative or not smaller than the training set; ``limit_train``,
+            ``batch_size``, ``eval_batch_size`` or ``img_size`` below 1; ``num_workers`` below 0;
+            bad ``augment``;
             (``setup("fit")``) fewer training images (after ``limit_train``) than ``batch_size``.
     """
 
@@ -65,16 +66,22 @@ class ImageClassificationDataModule(pl.LightningDataModule):
         super().__init__()
         if val_size < 0:
             raise ValueError(f"val_size must be >= 0, got {val_size}")
+        # None means the default; 0 used to mean it too (`or`), and negatives failed late.
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size), ("img_size", img_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if limit_train is not None and limit_train < 1:  # 0 meant "all", -5 "all but the last 5"
             raise ValueError(f"limit_train must be >= 1 (or null for the whole split), got {limit_train}")
         self.data_dir = resolve_data_dir(data_dir)
         self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or 2 * batch_size
+        self.eval_batch_size = eval_batch_size if eval_batch_size is not None else 2 * batch_size
         self.num_workers = num_workers
         self.val_size = val_size
         self.seed = seed
         self.augment = check_augment(augment)
-        self.img_size = img_size or self.native_size
+        self.img_size = img_size if img_size is not None else self.native_size
         self.limit_train = limit_train
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None

@@ -53,13 +53,13 @@ def _is_number(value: object) -> bool:
 
 #: What each augment key takes (a check, and the wording of its error).
 _AUGMENT_TYPES = {
-    "random_crop_padding": ("a number of pixels >= 0", lambda v: _is_number(v) and v >= 0),
+    "random_crop_padding": ("a whole number of pixels >= 0", lambda v: _is_number(v) and v >= 0 and v == int(v)),
     "hflip": ("a probability in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1),
-    "affine_degrees": ("a number of degrees", _is_number),
+    "affine_degrees": ("a number of degrees >= 0", lambda v: _is_number(v) and v >= 0),
     "affine_translate": ("a fraction in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1),
     "affine_scale": ("a pair [min, max]", lambda v: isinstance(v, (list, tuple)) and len(v) == 2
                      and all(_is_number(x) and x > 0 for x in v)),
-    "affine_shear": ("a number of degrees", _is_number),
+    "affine_shear": ("a number of degrees >= 0", lambda v: _is_number(v) and v >= 0),
     "auto_augment": ("a policy name (string)", lambda v: isinstance(v, str)),
     "random_erasing": ("a probability in [0, 1]", lambda v: _is_number(v) and 0 <= v <= 1),
 }
@@ -70,7 +70,8 @@ def check_augment(augment: dict | None) -> dict:
 
     Raises:
         ValueError: a key is not one of :data:`AUGMENT_KEYS` (the message lists the valid ones), or
-            its value is not what the key takes (the message names the key); ``None`` = off.
+            its value is not what the key takes (the message names the key), or an
+            ``auto_augment`` string timm cannot parse; ``None`` = off.
     """
     augment = dict(augment or {})
     unknown = sorted(set(augment) - set(AUGMENT_KEYS))
@@ -80,6 +81,14 @@ def check_augment(augment: dict | None) -> dict:
         what, ok = _AUGMENT_TYPES[key]
         if value is not None and not ok(value):
             raise ValueError(f"augment.{key} must be {what}, got {value!r}")
+    if augment.get("auto_augment"):
+        try:  # now, not at setup: timm rejects a malformed string with a bare AssertionError
+            _policy(augment["auto_augment"], 32, (0.5,))
+        except (AssertionError, ValueError, KeyError, IndexError) as e:
+            if isinstance(e, ValueError):
+                raise ValueError(f"augment.auto_augment: {e}") from None
+            raise ValueError(f"augment.auto_augment {augment['auto_augment']!r}: timm cannot parse it "
+                             f"({str(e) or type(e).__name__}); {_POLICY_HINT}") from None
     return augment
 
 
@@ -103,6 +112,10 @@ def _zero_bit_posterize_ok(transform):
     return transform
 
 
+_POLICY_HINT = (f"use one of {sorted(TORCHVISION_POLICIES)} or a timm string such as 'rand-m9-mstd0.5-inc1', "
+                "'original-mstd0.5', 'augmix-m5-w4-d2'")
+
+
 def _policy(name: str, img_size: int, mean: Sequence[float]):
     """An AutoAugment-family transform on PIL images from a policy name or timm config string."""
     if name in TORCHVISION_POLICIES:
@@ -122,10 +135,7 @@ def _policy(name: str, img_size: int, mean: Sequence[float]):
         return _zero_bit_posterize_ok(augment_and_mix_transform(name, hparams))
     if name.split("-")[0] in ("v0", "v0r", "original", "originalr"):
         return _zero_bit_posterize_ok(auto_augment_transform(name, hparams))
-    raise ValueError(
-        f"unknown auto_augment {name!r}: use one of {sorted(TORCHVISION_POLICIES)} or a timm string "
-        "such as 'rand-m9-mstd0.5-inc1', 'original-mstd0.5', 'augmix-m5-w4-d2'"
-    )
+    raise ValueError(f"unknown auto_augment {name!r}: {_POLICY_HINT}")
 
 
 def build_train_transform(
