@@ -27,6 +27,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from tx_suite.utils.option_parser import OptionParser
 from tx_suite.utils.runs import default_runs_dir
 
 PROG = "tx-suite classify"
@@ -152,11 +153,11 @@ def expand_dirs(paths: Sequence[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p = OptionParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True,
                    help="Lightning checkpoint of an image-classification run: a file or EXPERIMENT:best|last")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or directories of them")
-    p.add_argument("--topk", type=int, default=3, help="labels to print per image (default 3)")
+    p.add_argument("--topk", "--top_k", type=int, default=3, help="labels to print per image (default 3)")
     p.add_argument("--no_resize", "--no-resize", dest="resize", action="store_false", help="error on a size mismatch")
     p.add_argument("--convert", action="store_true", help="convert images to the model's channel count")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")

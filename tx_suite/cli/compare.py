@@ -39,6 +39,7 @@ from tx_suite.utils.compare import (
     skipped_message,
     summarize,
 )
+from tx_suite.utils.option_parser import OptionParser
 from tx_suite.utils.runs import default_runs_dir
 
 PNG_NAME = "curves.png"
@@ -46,7 +47,7 @@ HTML_NAME = "report.html"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(
         prog="tx-suite compare", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )

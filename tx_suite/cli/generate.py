@@ -20,13 +20,14 @@ import time
 from pathlib import Path
 
 from tx_suite.utils.atomic_write import atomic_open, check_writable
+from tx_suite.utils.option_parser import OptionParser
 from tx_suite.utils.runs import default_runs_dir
 
 PROG = "tx-suite generate"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p = OptionParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="text-to-image checkpoint (file or EXPERIMENT:best|last)")
     p.add_argument("--tokenizer", default=None,
                    help="stage-1 VQ-VAE checkpoint (default: the one recorded in --ckpt)")

@@ -34,6 +34,7 @@ from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
 from tx_suite.utils.atomic_write import atomic_open, check_writable
 from tx_suite.utils.checkpoint import load_checkpoint, state_dict_mismatch
+from tx_suite.utils.option_parser import OptionParser
 from tx_suite.utils.runs import default_runs_dir, find_checkpoint, resolve_checkpoint
 
 PROG = "tx-suite translate"
@@ -119,7 +120,7 @@ def translate_lines(model: Seq2SeqTransformer, tok: BPETokenizer, lines: Sequenc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=PROG, description="Translate sentences with a trained translation checkpoint.")
+    ap = OptionParser(prog=PROG, description="Translate sentences with a trained translation checkpoint.")
     ap.add_argument("sentences", nargs="*", help="sentences to translate (none: read --input or stdin)")
     ap.add_argument("--ckpt_path", required=True,
                     help="checkpoint file, EXPERIMENT:last|best, or last/best with --experiment (the newest run's)")

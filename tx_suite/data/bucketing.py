@@ -23,7 +23,8 @@ class TokenBudgetBatchSampler(Sampler[list[int]]):
     A single pair longer than the budget still forms its own batch: nothing is dropped.
 
     Args:
-        sizes: per-example size in tokens (e.g. ``max(len(src), len(tgt)) + 2``).
+        sizes: per-example size in tokens (e.g. ``max(len(src), len(tgt)) + 1``: one BOS or EOS per
+            side, as ``TranslationDataset.sizes``).
         max_tokens: budget of padded tokens per batch.
         max_sentences: optional cap on the number of sentences per batch.
         shuffle: randomize ties within equal sizes and the order of batches, differently each

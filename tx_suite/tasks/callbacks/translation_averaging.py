@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from tx_suite.utils.checkpoint import atomic_save, load_checkpoint
+from tx_suite.utils.option_parser import OptionParser
 
 
 SNAPSHOT_STATE_KEY = "CheckpointAveraging"  # the callback's state key in a checkpoint's "callbacks"
@@ -258,7 +259,7 @@ def _check_output(output: Path, inputs: Sequence[Path]) -> None:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m tx_suite.tasks.callbacks.translation_averaging") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description="Average the weights of Lightning checkpoints.")
+    ap = OptionParser(prog=prog, description="Average the weights of Lightning checkpoints.")
     ap.add_argument("output", help="averaged checkpoint to write")
     ap.add_argument("inputs", nargs="*", help="checkpoints to average (e.g. the last 5 epochs)")
     ap.add_argument("--snapshots", metavar="CKPT",
