@@ -269,13 +269,10 @@ def test_resumable_sampler_skips_once_then_serves_whole_epochs():
     assert list(sampler) == full  # start_index applies to the next iter() only
 
 
-@pytest.mark.parametrize("sampler", ["resumable", "token_budget"])
-def test_a_resume_with_worker_processes_continues_in_the_saved_epochs_order(tmp_path, sampler):
-    """Lightning creates the resumed fit's first iterator before it calls set_epoch, and worker
-    processes take their first indices from the sampler right then: mid-epoch, the skip was
-    applied to epoch 0's order (3 of 12 samples trained twice in the resumed epoch, 3 never);
-    from an epoch end, the next epoch replayed epoch 0's order."""
-    from pytorch_lightning import Callback, LightningModule, Trainer
+def _recorder_class(sampler: str, **loader_kw):
+    """A LightningModule that records ``(epoch, sorted batch)`` of a 12-sample resumable loader
+    (``sampler``: ``"resumable"``, batches of 3, or ``"token_budget"``), learning nothing."""
+    from pytorch_lightning import LightningModule
     from torch.utils.data import TensorDataset
 
     from tx_suite.data.bucketing import TokenBudgetBatchSampler
@@ -294,11 +291,24 @@ def test_a_resume_with_worker_processes_continues_in_the_saved_epochs_order(tmp_
             return torch.optim.SGD(self.parameters(), lr=0.0)
 
         def train_dataloader(self):
-            data, kw = TensorDataset(torch.arange(12)), dict(num_workers=2, persistent_workers=True)
+            data = TensorDataset(torch.arange(12))
             if sampler == "resumable":
-                return ResumableDataLoader(data, batch_size=3, shuffle=True, seed=0, **kw)
+                return ResumableDataLoader(data, batch_size=3, shuffle=True, seed=0, **loader_kw)
             return ResumableDataLoader(data, batch_sampler=TokenBudgetBatchSampler([1 + i % 3 for i in range(12)], 6,
-                                                                                    shuffle=True, seed=0), **kw)
+                                                                                    shuffle=True, seed=0), **loader_kw)
+
+    return Recorder
+
+
+@pytest.mark.parametrize("sampler", ["resumable", "token_budget"])
+def test_a_resume_with_worker_processes_continues_in_the_saved_epochs_order(tmp_path, sampler):
+    """Lightning creates the resumed fit's first iterator before it calls set_epoch, and worker
+    processes take their first indices from the sampler right then: mid-epoch, the skip was
+    applied to epoch 0's order (3 of 12 samples trained twice in the resumed epoch, 3 never);
+    from an epoch end, the next epoch replayed epoch 0's order."""
+    from pytorch_lightning import Callback, Trainer
+
+    Recorder = _recorder_class(sampler, num_workers=2, persistent_workers=True)
 
     class SaveAt(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -326,30 +336,9 @@ def test_a_checkpoint_at_an_epochs_last_batch_resumes_into_a_whole_next_epoch(tm
     """Saved at the last batch (``every_n_train_steps`` dividing the epoch), the checkpoint's skip
     of a whole epoch was applied to the next one, which the restored loop had already begun: the
     resumed fit trained that epoch on no batches at all."""
-    from pytorch_lightning import Callback, LightningModule, Trainer
-    from torch.utils.data import TensorDataset
+    from pytorch_lightning import Callback, Trainer
 
-    from tx_suite.data.bucketing import TokenBudgetBatchSampler
-
-    class Recorder(LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.layer = torch.nn.Linear(1, 1)
-            self.seen = []
-
-        def training_step(self, batch, batch_idx):
-            self.seen.append((self.current_epoch, sorted(batch[0].tolist())))
-            return self.layer(batch[0].float()[:, None]).sum()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.0)
-
-        def train_dataloader(self):
-            data = TensorDataset(torch.arange(12))
-            if sampler == "resumable":
-                return ResumableDataLoader(data, batch_size=3, shuffle=True, seed=0)
-            return ResumableDataLoader(data, batch_sampler=TokenBudgetBatchSampler([1 + i % 3 for i in range(12)], 6,
-                                                                                    shuffle=True, seed=0))
+    Recorder = _recorder_class(sampler)
 
     class SaveAtLastBatch(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
