@@ -117,3 +117,15 @@ def test_a_max_steps_stop_between_validations_resumes_where_it_stopped(tmp_path)
     assert fit(tmp_path / "cut", 5) == whole[:5]
     assert load_checkpoint(tmp_path / "cut" / "last.ckpt")["global_step"] == 5
     assert fit(tmp_path / "cut", 16, ckpt_path=tmp_path / "cut" / "last.ckpt") == whole[5:]
+
+
+def test_keeping_several_checkpoints_under_one_fixed_name_is_refused(tmp_path):
+    """save_top_k 2 with the CLI's filename "best": both kept files were best.ckpt, so every epoch
+    overwrote it and --ckpt_path best tested the newest epoch, not the best."""
+    import pytest
+
+    for k in (2, -1):
+        with pytest.raises(ValueError, match=f"save_top_k {k} with the fixed filename 'best'"):
+            RunCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", save_top_k=k)
+    RunCheckpoint(dirpath=tmp_path, filename="{epoch}-{step}", monitor="val/loss", save_top_k=2)  # distinct files
+    RunCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", save_top_k=0)

@@ -150,6 +150,16 @@ def test_averaging_survives_resume(run, tmp_path):
     assert list(smaller.snapshots) == [last]
 
 
+def test_a_fast_dev_run_writes_no_averaged_checkpoint(run, tmp_path):
+    """The smoke run's averaged.ckpt made it the newest run of its experiment, which
+    --ckpt_path last|best then found without a last.ckpt."""
+    averaging = CheckpointAveraging(last_n=2)
+    trainer = pl.Trainer(fast_dev_run=True, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[averaging])
+    trainer.fit(TranslationTask(**TINY), _dm(run["cache"]))
+    assert averaging.path is None and not list(tmp_path.rglob("*.ckpt"))
+
+
 def test_average_snapshots_of_a_checkpoint(run, tmp_path, capsys):
     # The last epoch's checkpoint keeps the snapshots of epochs 2 and 3 (last_n=2): all of them
     # give the callback's averaged.ckpt, the newest one alone gives that epoch's own weights.

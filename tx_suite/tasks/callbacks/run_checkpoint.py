@@ -32,6 +32,11 @@ class RunCheckpoint(ModelCheckpoint):
             (:class:`tx_suite.utils.resumable_loader.ResumableDataLoader`).
         **kwargs: the arguments of :class:`~pytorch_lightning.callbacks.ModelCheckpoint`.
 
+    Raises:
+        ValueError: ``last_every_n_train_steps`` below 1; ``save_top_k`` other than 0 or 1 with a
+            fixed ``filename`` (no ``{...}`` field, as the CLI's ``best``): the k files would share
+            one path, each save overwrote the last, and ``best.ckpt`` ended as the newest epoch.
+
     ``last.ckpt`` is also written at every training epoch end that came without a save point
     (``val_check_interval`` that does not divide the epoch, ``check_val_every_n_epoch`` > 1,
     ``every_n_epochs`` > 1, whose cadence then applies to ``best.ckpt`` only, a ``max_steps`` stop
@@ -60,6 +65,10 @@ class RunCheckpoint(ModelCheckpoint):
 
     def __init__(self, *args: Any, last_every_n_train_steps: Optional[int] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.save_top_k not in (0, 1) and self.filename is not None and "{" not in self.filename:
+            raise ValueError(f"checkpoint.save_top_k {self.save_top_k} with the fixed filename {self.filename!r}: "
+                             "every kept checkpoint would be that one file (the newest epoch, not the best); "
+                             "use save_top_k 1, or a filename with fields such as '{epoch}-{step}'")
         if last_every_n_train_steps is not None and last_every_n_train_steps < 1:
             raise ValueError(f"last_every_n_train_steps must be >= 1 or None, got {last_every_n_train_steps}")
         self.last_every_n_train_steps = last_every_n_train_steps

@@ -229,7 +229,9 @@ class CheckpointAveraging(pl.Callback):
         self.snapshot_step = state_dict.get("snapshot_step")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.snapshots:
+        # A fast_dev_run writes no checkpoint (RunCheckpoint's rule): an averaged.ckpt would make
+        # the smoke run the one --ckpt_path last|best finds, and it has no last.ckpt.
+        if not self.snapshots or trainer.fast_dev_run:
             return
         ckpt_cb = trainer.checkpoint_callback
         folder = Path(ckpt_cb.dirpath) if ckpt_cb is not None and getattr(ckpt_cb, "dirpath", None) else (
