@@ -119,6 +119,15 @@ def test_summary_and_diff_api(runs, tmp_path):
     assert info_diff([a, c]) == {"run_info.git.commit": [a.info["git"]["commit"], "abc"],
                                  "run_info.versions.torch": [a.info["versions"]["torch"], "0.0.1"]}
     assert config_diff([a, c]) == {}  # paths naming the run itself are not differences
+    # 1 and 1.0 (one batch / all batches), 0 and false (seed 0 / no seed) compare equal in Python
+    d = load_run(moved)
+    a.config["trainer"]["limit_val_batches"], d.config["trainer"]["limit_val_batches"] = 1, 1.0
+    a.config["seed_everything"], d.config["seed_everything"] = 0, False
+    info["seed"] = False
+    (moved / "run_info.json").write_text(json.dumps(info))
+    assert config_diff([a, d]) == {"seed_everything": [0, False], "trainer.limit_val_batches": [1, 1.0]}
+    a.info["seed"] = 0
+    assert info_diff([a, load_run(moved)])["run_info.seed"] == [0, False]
     summary = summarize([a, b], ["val/loss", "lr-Adam"])
     assert summary["lr3e-3"]["lr-Adam"]["best"] is None  # direction unknown: no "best"
     values = [v for _, v in a.series["val/loss"]]

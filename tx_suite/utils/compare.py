@@ -404,9 +404,16 @@ def config_diff(runs: Sequence[Run]) -> dict[str, list[Any]]:
         values = [f.get(key, _MISSING) for f in flats]
         if all(v is not _MISSING and _run_specific(v, r) for v, r in zip(values, runs)):
             continue
-        if any(v != values[0] for v in values[1:]):
+        if any(not _same(v, values[0]) for v in values[1:]):
             out[key] = [None if v is _MISSING else v for v in values]
     return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as written in the config, not as Python compares: ``1 == 1.0 == True`` in Python, but
+    ``limit_val_batches: 1`` is one batch and ``1.0`` all of them, and ``seed_everything: false``
+    is no seed where ``0`` is seed 0."""
+    return json.dumps(a, sort_keys=True, default=repr) == json.dumps(b, sort_keys=True, default=repr)
 
 
 #: run_info.json fields whose differences :func:`info_diff` reports (reproducibility).
@@ -421,7 +428,7 @@ def info_diff(runs: Sequence[Run]) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for key in keys:
         values = [f.get(key) for f in flats]
-        if any(v != values[0] for v in values[1:]):
+        if any(not _same(v, values[0]) for v in values[1:]):
             out[f"run_info.{key}"] = values
     return out
 
