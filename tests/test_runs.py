@@ -426,6 +426,14 @@ def test_run_ids_sort_by_time_and_checkpoints_map_back_to_their_run(tmp_path):
     assert run_dir_of_checkpoint(tmp_path / "other" / "exp" / "r1" / "checkpoints" / "last.ckpt", runs) is None
     assert run_dir_of_checkpoint(runs / "exp" / "r1" / "averaged" / "last.ckpt", runs) is None  # not in checkpoints/
     assert run_dir_of_checkpoint(runs / "exp" / "checkpoints" / "last.ckpt", runs) is None
+    # checkpoints/ (or a run directory) linked to another disk: resolved, the file seemed to lie
+    # outside the runs and `fit --ckpt_path last` started a new run instead of resuming in place
+    elsewhere = tmp_path / "big_disk" / "r2-checkpoints"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "last.ckpt").touch()
+    (runs / "exp" / "r2").mkdir(parents=True)
+    (runs / "exp" / "r2" / "checkpoints").symlink_to(elsewhere)
+    assert run_dir_of_checkpoint(runs / "exp" / "r2" / "checkpoints" / "last.ckpt", runs) == runs / "exp" / "r2"
 
 
 def test_git_info_records_commit_and_whether_the_tree_is_dirty(tmp_path):

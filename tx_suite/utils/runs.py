@@ -152,12 +152,17 @@ def resolve_checkpoint(spec: str | Path, runs_dir: str | Path | None = None, kin
 
 
 def run_dir_of_checkpoint(ckpt_path: str | Path, runs_dir: str | Path) -> Path | None:
-    """The run directory holding ``ckpt_path`` if it is ``<runs_dir>/<exp>/<id>/checkpoints/*.ckpt``."""
-    ckpt = Path(ckpt_path).resolve()
+    """The run directory holding ``ckpt_path`` if it is ``<runs_dir>/<exp>/<id>/checkpoints/*.ckpt``.
+
+    The path is made absolute without following links (``checkpoints/`` or a run directory may be
+    a link to another disk: resolved, the checkpoint looked like one outside the runs, and the
+    resume went to a new run); only the runs root is compared with links resolved.
+    """
+    ckpt = Path(os.path.abspath(Path(ckpt_path).expanduser()))
     root = Path(runs_dir).expanduser().resolve()
     if ckpt.parent.name != CHECKPOINT_DIR:
         return None
     run_dir = ckpt.parent.parent
-    if run_dir.parent.parent != root:
+    if run_dir.parent.parent.resolve() != root:
         return None
     return run_dir
