@@ -72,10 +72,10 @@ class JudgeTask(pl.LightningModule):
             self.log(f"{stage}/acc_{k}", (pred == batch[k]).float().mean(), batch_size=n, sync_dist=True)
             for subset in SUBSETS:
                 mask = batch["heldout"] if subset == "heldout" else ~batch["heldout"]
-                if mask.any():
-                    metric = self.metrics[f"{stage}_{k}_{subset}"]
-                    metric.update(pred[mask], batch[k][mask])
-                    self.log(f"{stage}/acc_{k}_{subset}", metric, batch_size=int(mask.sum()))
+                # logged on every step, as TextToImageTask's subsets: a DDP sync needs every rank
+                metric = self.metrics[f"{stage}_{k}_{subset}"]
+                metric.update(pred[mask], batch[k][mask])
+                self.log(f"{stage}/acc_{k}_{subset}", metric, batch_size=max(int(mask.sum()), 1))
         self.log(f"{stage}/acc_all", correct_all.float().mean(), prog_bar=True, batch_size=n,
                  sync_dist=True)
 

@@ -68,7 +68,8 @@ class TextToImageTask(pl.LightningModule):
             options of that grid's sampling.
 
     Logged: ``{train,val}/loss``, ``{train,val}/text_loss``, ``{train,val}/image_loss`` (nats
-    per token), ``{val,test}/bits_per_image_token`` (= image CE / ln 2, without caption dropout)
+    per token; the val/test ``text_loss`` is the split's mean over text tokens, the others are
+    weighted by images, which for ``image_loss`` is the same: every image has N tokens), ``{val,test}/bits_per_image_token`` (= image CE / ln 2, without caption dropout)
     and, when batches carry a ``heldout`` flag, the same for ``_seen`` / ``_heldout`` captions.
     """
 
@@ -232,19 +233,24 @@ class TextToImageTask(pl.LightningModule):
         n = batch["text"].size(0)
         self.log(f"{stage}/loss", self._total(text_loss, image_loss), prog_bar=True, batch_size=n,
                  sync_dist=True)
-        self.log(f"{stage}/text_loss", text_loss, batch_size=n, sync_dist=True)
+        # Weighted by text tokens, so that the epoch value is the split's mean per token (as
+        # promised), not a mean of batch means weighted by images.
+        tokens = max(int((batch["text"][:, 1:] != self.model.pad_id).sum()), 1)
+        self.log(f"{stage}/text_loss", text_loss, batch_size=tokens, sync_dist=True)
         self.log(f"{stage}/image_loss", image_loss, batch_size=n, sync_dist=True)
         bits = image_ce.mean(1) / math.log(2)  # (B,) bits per image token of each image
         subsets = {"all": torch.ones_like(bits, dtype=torch.bool)}
         if "heldout" in batch:
             subsets.update(seen=~batch["heldout"], heldout=batch["heldout"])
+        # Every key on every step, an empty subset included: under DDP a metric is synced by a
+        # collective all ranks must join, and a rank whose shard had no held-out image never
+        # logged that key, so the ranks' gathers paired up wrongly (a rank died, values were off).
         for sub, mask in subsets.items():
-            if mask.any():
-                metric = self.bits[f"{stage}_{sub}"]
-                metric.update(bits[mask])
-                suffix = "" if sub == "all" else f"_{sub}"
-                self.log(f"{stage}/bits_per_image_token{suffix}", metric, batch_size=int(mask.sum()),
-                         prog_bar=sub == "all")
+            metric = self.bits[f"{stage}_{sub}"]
+            metric.update(bits[mask])
+            suffix = "" if sub == "all" else f"_{sub}"
+            self.log(f"{stage}/bits_per_image_token{suffix}", metric, batch_size=max(int(mask.sum()), 1),
+                     prog_bar=sub == "all")
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
