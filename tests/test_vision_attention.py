@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-from test_vision_helpers import mnist, tiny_task, trainer
+from test_vision_helpers import TINY, mnist, tiny_task, trainer
 from tx_suite.models import VisionTransformer, load_timm_state_dict
 from tx_suite.tasks.callbacks.vision_attention import AttentionMaps, attention_rollout, cls_maps, vit_attention
 from tx_suite.tasks.callbacks.vision_report import ClassificationReport
@@ -237,3 +237,18 @@ def test_attention_figures_show_the_raw_images_of_their_stage(tmp_path, monkeypa
         raw = source.data[index].float()[:, None] / 255
         torch.testing.assert_close(images, raw, atol=1e-5, rtol=0)
         assert [t.split(" -> ")[0] for t in titles] == [str(int(source.targets[i])) for i in index]
+
+
+@pytest.mark.parametrize("backbone", ["tx", "timm"])
+def test_a_layer_the_model_lacks_fails_before_training(tmp_path, backbone):
+    """AttentionMaps(layer=6) on a shallower model trained until its first due drawing (every 5
+    epochs in the vision base config) and then died with an IndexError; num_images=0 likewise."""
+    task = tiny_task(backbone, patch_size=4)
+    n = TINY["n_layers"]
+    tr = trainer(tmp_path, steps=1, callbacks=[AttentionMaps(num_images=2, layer=n)])
+    with pytest.raises(ValueError, match=f"layer {n} does not exist in the {n}-layer model"):
+        tr.fit(task, mnist(limit_train=64))
+    assert tr.global_step == 0
+    trainer(tmp_path, steps=1, callbacks=[AttentionMaps(num_images=2, layer=-n)])  # the first layer: fine
+    with pytest.raises(ValueError, match="num_images must be >= 1"):
+        AttentionMaps(num_images=0)

@@ -203,13 +203,30 @@ class AttentionMaps(pl.Callback):
         num_images: images drawn (the first of the validation set, the same every epoch).
         every_n_epochs: draw after every n-th validation epoch of a fit and its last (and always
             after `validate` and testing; see :func:`~tx_suite.tasks.callbacks.due.validation_due`).
-        layer: layer whose per-head CLS attention is drawn (-1 = last).
+        layer: layer whose per-head CLS attention is drawn (-1 = last; negative counts from the end).
+
+    Raises:
+        ValueError: ``num_images`` or ``every_n_epochs`` below 1; (in ``setup``, before any
+            training) ``layer`` outside ``[-n, n)`` for the model's ``n`` layers. Both used to
+            fail at the first due drawing, after epochs of training.
     """
 
     def __init__(self, num_images: int = 6, every_n_epochs: int = 1, layer: int = -1) -> None:
+        for name, value in (("num_images", num_images), ("every_n_epochs", every_n_epochs)):
+            if value < 1:
+                raise ValueError(f"AttentionMaps: {name} must be >= 1, got {value}")
         self.num_images = num_images
         self.every_n_epochs = every_n_epochs
         self.layer = layer
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        model = pl_module.model
+        # our ViT: encoder.layers; timm's: blocks
+        layers = getattr(getattr(model, "encoder", None), "layers", None)
+        n = len(layers if layers is not None else getattr(model, "blocks", []))
+        if n and not -n <= self.layer < n:
+            raise ValueError(f"AttentionMaps: layer {self.layer} does not exist in the {n}-layer model "
+                             f"(use {-n}..{n - 1})")
 
     def _images(self, trainer: pl.Trainer, stage: str) -> tuple[Tensor, Tensor] | None:
         dm = trainer.datamodule
