@@ -303,6 +303,18 @@ def test_translate_interrupted_leaves_outputs_as_they_were(run, tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.txt"]  # no stray temporary file
 
 
+def test_attention_map_sentences_are_read_as_translate_reads_them():
+    """Given sentences were encoded as typed: for a lowercase model "Ein Mann" became byte tokens
+    (<0x45>, 'in', ...) where translate feeds it "ein mann"; a tab or BOM reached the model too."""
+    from types import SimpleNamespace
+
+    maps = TranslationAttentionMaps(sentences=["\ufeffEin Mann\tschläft."])
+    lower = SimpleNamespace(datamodule=SimpleNamespace(hparams={"lowercase": True}))
+    cased = SimpleNamespace(datamodule=SimpleNamespace(hparams={"lowercase": False}))
+    assert maps._sources(lower) == ["ein mann schläft."]
+    assert maps._sources(cased) == ["Ein Mann schläft."]
+
+
 def test_translate_ckpt_path_best_or_last_of_an_experiment(tmp_path):
     from tx_suite.cli.translate import TranslateError, _resolve_checkpoint
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from tx_suite.core import record_attention
 from tx_suite.data.bpe import BOS_ID
+from tx_suite.data.text_normalize import normalize_source
 from tx_suite.data.translation_dataset import encode_source, pad_batch
 from tx_suite.tasks.callbacks.due import step_suffix, validation_due
 from tx_suite.tasks.callbacks.log_step import metrics_log_step
@@ -77,8 +78,9 @@ class TranslationAttentionMaps(pl.Callback):
     are saved as ``<run dir>/attention/epoch{E}_{kind}_layer{L}_s{i}.png``.
 
     Args:
-        sentences: source sentences to show (default: the first ``n_sentences`` of the
-            validation split).
+        sentences: source sentences to show, read as ``tx-suite translate`` reads its input
+            (normalized; lowercased when the datamodule's ``lowercase`` is set). Default: the
+            first ``n_sentences`` of the validation split.
         n_sentences: how many validation sentences when ``sentences`` is not given.
         layers: layer indices to draw (default: the last layer; negative counts from the end).
             Each must exist in both the encoder and the decoder, checked when the run starts.
@@ -122,9 +124,12 @@ class TranslationAttentionMaps(pl.Callback):
             self._layer_index(layer, n_dec, "decoder")
 
     def _sources(self, trainer: pl.Trainer) -> list[str]:
-        if self.sentences:
-            return list(self.sentences)
         dm = trainer.datamodule
+        if self.sentences:
+            # As `tx-suite translate` reads them: the form of the training text (lowercased for a
+            # model trained on lowercased text), or the maps show input the model never sees.
+            lowercase = bool((getattr(dm, "hparams", None) or {}).get("lowercase", False))
+            return [normalize_source(s.lower() if lowercase else s) for s in self.sentences]
         ds = dm.dataset(dm.hparams.val_split, train=False)
         return list(ds.src_text[: self.n_sentences])
 
