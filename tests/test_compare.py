@@ -126,6 +126,15 @@ def test_summary_and_diff_api(runs, tmp_path):
     info["seed"] = False
     (moved / "run_info.json").write_text(json.dumps(info))
     assert config_diff([a, d]) == {"seed_everything": [0, False], "trainer.limit_val_batches": [1, 1.0]}
+    # a run resumed in place records ckpt_path into its own checkpoints/; a fresh run has none:
+    # no difference (it was shown as a row against "-"); nor is null in one run and absent in another
+    a.config["ckpt_path"] = f"runs/{a.experiment}/{a.run_id}/checkpoints/last.ckpt"
+    d.config["ckpt_path"] = None
+    d.config["trainer"]["max_time"] = None
+    a.config["trainer"].pop("max_time", None)
+    assert config_diff([a, d]) == {"seed_everything": [0, False], "trainer.limit_val_batches": [1, 1.0]}
+    d.config["ckpt_path"] = "elsewhere/pretrained.ckpt"  # a checkpoint of another run is a difference
+    assert config_diff([a, d])["ckpt_path"] == [a.config["ckpt_path"], "elsewhere/pretrained.ckpt"]
     a.info["seed"] = 0
     assert info_diff([a, load_run(moved)])["run_info.seed"] == [0, False]
     summary = summarize([a, b], ["val/loss", "lr-Adam"])

@@ -50,7 +50,6 @@ STAGES = ("train/", "val/", "test/")
 HIGHER_IS_BETTER_FIRST = ("codebook",)
 LOWER_IS_BETTER = ("loss", "ppl", "perplexity", "err", "nll", "fid", "wer", "cer", "bpd", "bits", "mse", "mae")
 HIGHER_IS_BETTER = ("acc", "bleu", "chrf", "f1", "precision", "recall", "auc", "iou", "psnr", "ssim", "top")
-_MISSING = object()
 
 
 class NotARunError(FileNotFoundError):
@@ -394,18 +393,22 @@ def _run_specific(value: Any, run: Run) -> bool:
 def config_diff(runs: Sequence[Run]) -> dict[str, list[Any]]:
     """The flattened config keys whose values differ between runs: ``{key: [value per run]}``.
 
-    Keys that only hold run-specific values (the run directory, checkpoint directory, logger
-    ``save_dir``, W&B id) are left out. A key missing from a run's config shows as None.
+    Values that name the run itself (the run directory, checkpoint directory, logger ``save_dir``,
+    W&B id, a resumed run's ``ckpt_path`` into its own ``checkpoints/``) count as unset, as does a
+    key missing from a run's config, which shows as None: a run resumed in place differs from a
+    fresh one by nothing in its config, and a key null in one run and absent in another is no
+    difference either.
     """
     flats = [flatten(r.config) for r in runs]
     keys = sorted(set().union(*flats)) if flats else []
     out: dict[str, list[Any]] = {}
     for key in keys:
-        values = [f.get(key, _MISSING) for f in flats]
-        if all(v is not _MISSING and _run_specific(v, r) for v, r in zip(values, runs)):
+        values = [f.get(key) for f in flats]
+        if all(_same(v, values[0]) for v in values[1:]):  # a copied run: the same "own" path is no difference
             continue
-        if any(not _same(v, values[0]) for v in values[1:]):
-            out[key] = [None if v is _MISSING else v for v in values]
+        compared = [None if _run_specific(v, r) else v for v, r in zip(values, runs)]
+        if any(not _same(v, compared[0]) for v in compared[1:]):
+            out[key] = values
     return out
 
 
