@@ -206,3 +206,10 @@ def test_guidance_contrasts_the_caption_with_the_null_caption(model, use_cache):
     got = sample_image_tokens(model, text, temperature=0.0, cfg_scale=3.0, null_text=null, use_cache=use_cache)
     assert torch.equal(got, codes)
     assert not torch.equal(got, sample_image_tokens(model, text, temperature=0.0, use_cache=use_cache))
+
+
+def test_step_before_prefill_is_an_error(model):
+    """The codes were embedded at raster position -(prefix + 1), wrapped to the grid's end, and
+    logits came back as if nothing were wrong."""
+    with pytest.raises(ValueError, match=r"step\(\) before prefill\(\)"):
+        model.step(torch.zeros(2, 1, dtype=torch.long), model.new_cache())

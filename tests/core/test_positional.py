@@ -64,3 +64,23 @@ def test_encoder_without_positions_is_permutation_equivariant():
     emb = TokenEmbedding(50, 32, pos_encoding="sinusoidal").eval()
     tokens = torch.randint(0, 50, (2, 7))
     assert (enc(emb(tokens))[:, perm] - enc(emb(tokens[:, perm]))).abs().max() > 1e-3
+
+
+def test_a_negative_offset_is_refused_not_wrapped_around():
+    """Python's negative indexing made offset -2 the last rows of the table (or an empty result)."""
+    for pe in (Grid2DPositionalEmbedding(2, 3, 4), LearnedPositionalEmbedding(5, 4), SinusoidalPositionalEncoding(4, 16)):
+        with pytest.raises(IndexError, match="offset must be >= 0, got -2"):
+            pe(1, -2)
+    rope = RotaryEmbedding(8)
+    q = torch.randn(1, 2, 3, 8)
+    with pytest.raises(IndexError, match="offset must be >= 0"):
+        rope(q, q, offset=-1)
+
+
+def test_rotary_refuses_queries_and_keys_of_different_lengths():
+    """cos/sin were built from q's length: one query row broadcast a single angle over every key."""
+    rope = RotaryEmbedding(8)
+    with pytest.raises(ValueError, match="must hold the same new positions"):
+        rope(torch.randn(1, 2, 1, 8), torch.randn(1, 2, 5, 8))
+    with pytest.raises(ValueError, match="head dim 8"):
+        rope(torch.randn(1, 2, 3, 6), torch.randn(1, 2, 3, 6))

@@ -107,8 +107,15 @@ class TextToImageTransformer(nn.Module):
         return self.image_head(h[:, -1])
 
     def step(self, codes: Tensor, cache: DecoderCache) -> Tensor:
-        """Feed the newest image codes ``(B, 1)``; logits ``(B, K)`` of the next image token."""
+        """Feed the newest image codes ``(B, 1)``; logits ``(B, K)`` of the next image token.
+
+        Raises:
+            ValueError: the cache holds no prefix yet (call :meth:`prefill` first).
+        """
         offset = cache.length - self.sequence.prefix_len  # raster position of `codes`
+        if offset < 0:  # before prefill: the codes would be embedded at a wrapped-around position
+            raise ValueError(f"step() before prefill(): the cache holds {cache.length} positions, "
+                             f"the text prefix alone is {self.sequence.prefix_len}")
         h = self.decoder(self.sequence.embed_image(codes, offset), cache=cache)
         return self.image_head(h[:, -1])
 

@@ -28,7 +28,13 @@ class Grid2DPositionalEmbedding(nn.Module):
         self.col = nn.Parameter(nn.init.trunc_normal_(torch.empty(width, d_model), std=0.02))
 
     def forward(self, length: int, offset: int = 0) -> Tensor:
-        """Embeddings of raster positions ``offset .. offset + length - 1``: ``(length, D)``."""
+        """Embeddings of raster positions ``offset .. offset + length - 1``: ``(length, D)``.
+
+        Raises:
+            IndexError: ``offset`` < 0, or a position outside the grid.
+        """
+        if offset < 0:  # Python's negative indexing would wrap around to the table's end
+            raise IndexError(f"position offset must be >= 0, got {offset}")
         end = offset + length
         if end > self.height * self.width:
             raise IndexError(f"grid position {end - 1} is outside the {self.height}x{self.width} grid")

@@ -20,7 +20,13 @@ class LearnedPositionalEmbedding(nn.Module):
         self.weight = nn.Parameter(nn.init.trunc_normal_(torch.empty(max_len, d_model), std=0.02))
 
     def forward(self, length: int, offset: int = 0) -> Tensor:
-        """Embeddings of positions ``offset .. offset + length - 1``: ``(length, D)``."""
+        """Embeddings of positions ``offset .. offset + length - 1``: ``(length, D)``.
+
+        Raises:
+            IndexError: ``offset`` < 0, or a position beyond ``max_len``.
+        """
+        if offset < 0:  # Python's negative indexing would wrap around to the table's end
+            raise IndexError(f"position offset must be >= 0, got {offset}")
         end = offset + length
         if end > self.max_len:
             raise IndexError(f"position {end - 1} is beyond the learned table (max_len={self.max_len})")

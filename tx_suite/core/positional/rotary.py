@@ -52,6 +52,15 @@ class RotaryEmbedding(nn.Module):
 
         Both hold the same new positions ``offset .. offset + T - 1`` (``offset`` = number of
         positions already in the KV cache); cached keys were rotated when they were new.
+
+        Raises:
+            ValueError: ``q`` and ``k`` differ in length, or their last dimension is not ``Dh``
+                (one query row would otherwise broadcast one angle over every key).
         """
+        if q.size(-2) != k.size(-2) or q.size(-1) != self.head_dim or k.size(-1) != self.head_dim:
+            raise ValueError(f"RotaryEmbedding: q {tuple(q.shape)} and k {tuple(k.shape)} must hold the same new "
+                             f"positions with head dim {self.head_dim}")
+        if offset < 0:
+            raise IndexError(f"position offset must be >= 0, got {offset}")
         cos, sin = self._cos_sin(torch.arange(offset, offset + q.size(-2), device=q.device), q.dtype)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin

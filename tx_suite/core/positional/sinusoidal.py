@@ -38,7 +38,14 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.register_buffer("table", sinusoidal_table(max_len, d_model), persistent=False)
 
     def forward(self, length: int, offset: int = 0) -> Tensor:
-        """Encodings of positions ``offset .. offset + length - 1``: ``(length, D)``."""
+        """Encodings of positions ``offset .. offset + length - 1``: ``(length, D)`` (the table
+        grows past ``max_len`` as needed).
+
+        Raises:
+            IndexError: ``offset`` < 0.
+        """
+        if offset < 0:  # Python's negative indexing would wrap around to the table's end
+            raise IndexError(f"position offset must be >= 0, got {offset}")
         end = offset + length
         if end > self.table.size(0):
             self.table = sinusoidal_table(max(end, 2 * self.table.size(0)), self.d_model).to(self.table)
