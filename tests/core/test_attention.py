@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from reference_weights import randomize_norms_and_biases_
 from tx_suite.core import MultiHeadAttention, causal_mask, scaled_dot_product_attention
 from tx_suite.core.torch_conversion import convert_torch_mha
 
@@ -128,7 +129,7 @@ def test_weights_path_runs_on_the_meta_device():
 
 def _pair(d_model=32, n_heads=4, cross=False):
     torch.manual_seed(0)
-    ref = nn.MultiheadAttention(d_model, n_heads, batch_first=True).eval()
+    ref = randomize_norms_and_biases_(nn.MultiheadAttention(d_model, n_heads, batch_first=True).eval())
     ours = MultiHeadAttention(d_model, n_heads, cross_attention=cross).eval()
     ours.load_state_dict(convert_torch_mha(ref.state_dict(), cross_attention=cross))
     return ref, ours

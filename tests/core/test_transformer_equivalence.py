@@ -4,20 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from reference_weights import randomize_norms_and_biases_
 from tx_suite.core import EncoderDecoder, TransformerConfig, causal_mask
 from tx_suite.core.torch_conversion import convert_torch_transformer
-
-
-def randomize_layer_norms_(model: nn.Module) -> None:
-    """Distinct affine parameters in every LayerNorm: at their (1, 0) init all norms are the same
-    function, so a layer that used norm2 where norm1 belongs would still match the reference."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.copy_(1.0 + 0.5 * torch.randn(m.weight.shape, generator=g))
-                if m.bias is not None:
-                    m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=g))
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
@@ -27,7 +16,7 @@ def test_encoder_decoder_equals_torch_transformer(norm_first, activation):
     d, h, ff = 32, 4, 64
     ref = nn.Transformer(d, h, num_encoder_layers=2, num_decoder_layers=3, dim_feedforward=ff, dropout=0.1,
                          activation=activation, batch_first=True, norm_first=norm_first).eval()
-    randomize_layer_norms_(ref)
+    randomize_norms_and_biases_(ref)
     cfg = TransformerConfig(d_model=d, n_heads=h, d_ff=ff, activation=activation, norm_first=norm_first,
                             final_norm=True)  # nn.Transformer always ends both stacks with a LayerNorm
     ours = EncoderDecoder(cfg, n_encoder_layers=2, n_decoder_layers=3).eval()
@@ -52,7 +41,7 @@ def test_bias_free_transformer_loads_strictly():
     # torch's bias=False drops the LayerNorm biases too, so ours must have none to load strictly
     torch.manual_seed(0)
     ref = nn.Transformer(16, 4, 1, 1, 32, dropout=0.0, batch_first=True, bias=False).eval()
-    randomize_layer_norms_(ref)
+    randomize_norms_and_biases_(ref)
     ours = EncoderDecoder(TransformerConfig(d_model=16, n_heads=4, d_ff=32, bias=False, final_norm=True), 1, 1).eval()
     ours.load_state_dict(convert_torch_transformer(ref.state_dict()))
     src, tgt = torch.randn(2, 5, 16), torch.randn(2, 4, 16)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
+from reference_weights import randomize_norms_and_biases_
 from tx_suite.models import VisionTransformer, checkpoint_filter_fn, load_timm_state_dict
 from tx_suite.models.vit import load_timm_checkpoint
 
@@ -14,6 +15,7 @@ SMALL = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10)
 def test_vit_equals_timm(global_pool):
     torch.manual_seed(0)
     timm_vit = TimmViT(**SMALL, embed_dim=64, depth=3, num_heads=4, mlp_ratio=2.0, global_pool=global_pool).eval()
+    randomize_norms_and_biases_(timm_vit)  # at timm's init norm1 == norm2 and every block bias is 0
     ours = VisionTransformer(**SMALL, d_model=64, n_layers=3, n_heads=4, mlp_ratio=2.0,
                              global_pool=global_pool).eval()
     load_timm_state_dict(ours, timm_vit.state_dict())
