@@ -70,6 +70,18 @@ def test_test_scores_and_hypotheses(run):
     decoded = {i for b in list(dm.test_dataloader())[:2] for i in b["index"].tolist()}
     assert len(hyps) == len(dm.dataset(dm.hparams.test_split)) == 1000
     assert {i for i, h in enumerate(hyps) if h} <= decoded and sum(map(bool, hyps)) > 0.9 * len(decoded)
+    # the logged scores are sacreBLEU's on the written hypotheses against the raw references of
+    # the decoded sentences (only the keys were checked: BLEU of the references against
+    # themselves passed)
+    import sacrebleu
+
+    order = sorted(decoded)
+    refs = [dm.dataset(dm.hparams.test_split).tgt_text[i] for i in order]
+    sys_ = [hyps[i] for i in order]
+    assert m["test/bleu"] == pytest.approx(sacrebleu.corpus_bleu(sys_, [refs]).score, abs=1e-3)
+    assert m["test/bleu_lc"] == pytest.approx(sacrebleu.corpus_bleu(sys_, [refs], lowercase=True).score, abs=1e-3)
+    assert m["test/chrf"] == pytest.approx(sacrebleu.corpus_chrf(sys_, [refs]).score, abs=1e-3)
+    assert 0 < m["test/chrf"] < 100
 
 
 def test_checkpoint_holds_tokenizer_and_loads_weights_only(run):
