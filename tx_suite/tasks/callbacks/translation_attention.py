@@ -124,7 +124,7 @@ class TranslationAttentionMaps(pl.Callback):
             self._layer_index(layer, n_dec, "decoder")
 
     def _sources(self, trainer: pl.Trainer) -> list[str]:
-        dm = trainer.datamodule
+        dm = getattr(trainer, "datamodule", None)
         if self.sentences:
             # As `tx-suite translate` reads them: the form of the training text (lowercased for a
             # model trained on lowercased text), or the maps show input the model never sees.
