@@ -155,7 +155,9 @@ Transformer (Multi30k) and a ViT on MNIST, record the attention weights of every
 Checkpoints: `TX_SUITE_TRANSLATION_CKPT` / `TX_SUITE_VIT_CKPT` if set, else the newest `best.ckpt`
 of `runs/multi30k_de_en_quickstart` / `runs/mnist_vit` (under `$TX_SUITE_RUNS_DIR` if set; train
 them with `tx-suite fit --config experiments/...`), else a training run through the suite's own
-CLI (1500 translation steps and 1000 ViT steps: several minutes each on a CPU). With
+CLI (the translation quickstart for up to 1500 steps, which its 11-minute `max_time` may stop
+first, ~10 min on a 2-core CPU; 1000 ViT steps of `mnist_vit.yaml`, still inside its warm-up, plus
+~1 min of `torch.compile`: a few minutes, not timed). With
 `TX_SUITE_NOTEBOOK_SMALL=1` (the test suite) the models are tiny and train for 40 steps: the
 maps are then those of barely trained models, but every step is the real one.
 """),
@@ -270,7 +272,7 @@ data.setup("test")
 images = torch.stack([data.test_set[i][0] for i in range(4)])  # (4, 1, 28, 28), normalised
 labels = [int(data.test_set[i][1]) for i in range(4)]
 logits, attentions = vit_attention(vit, images)  # n_layers x (B, H, T, T)
-grid = (28 // task.hparams.patch_size,) * 2
+grid = tuple(vit.patch_embed.grid_size)  # not 28 // patch_size: a hybrid's conv stem downsamples first
 heads, rollout = cls_maps(attentions, grid)  # (B, H, 7, 7), (B, 7, 7), each scaled to [0, 1]
 probs = logits.softmax(-1)
 titles = [f"{y} -> {int(p.argmax())} ({float(p.max()):.2f})" for y, p in zip(labels, probs)]
