@@ -38,8 +38,12 @@ def main() -> int:
     task, batches = translation_setup(args.config, args.batches)
     model, eps = task.model, task.hparams.label_smoothing
 
+    from tx_suite.tasks.sdpa_backend import sdpa_backend_context
+
     def torch_ce(b):
-        logits = model(b["src"], b["tgt_in"], b["src_key_padding_mask"])  # (B, T, V)
+        # The task's attention kernel too (a config's sdpa_backend: math), so both do the same work.
+        with sdpa_backend_context(task.hparams.sdpa_backend, b["src"].device):
+            logits = model(b["src"], b["tgt_in"], b["src_key_padding_mask"])  # (B, T, V)
         n = int((b["tgt_out"] != PAD_ID).sum())
         return F.cross_entropy(logits.flatten(0, 1), b["tgt_out"].flatten(), ignore_index=PAD_ID,
                                label_smoothing=eps, reduction="sum"), n
