@@ -59,7 +59,9 @@ echo "rc=$rc after $(( $(date +%s) - t0 )) s"
 grep -E '^\{"epoch' "$OUT/translation.log" | tail -3 | cut -c1-200
 tail -6 "$OUT/translation.log"
 cp "$RUN_DIR/result.json" "$OUT/translation_result.json" 2>/dev/null
-cp "$RUN_DIR/metrics.csv" "$OUT/translation_metrics.csv" 2>/dev/null
+# The newest segment's metrics: a RESUME=1 segment logs to resumed_at_epoch_N/metrics.csv.
+metrics=$(ls -t "$RUN_DIR"/metrics.csv "$RUN_DIR"/resumed_at_epoch_*/metrics.csv 2>/dev/null | head -1)
+[[ -n $metrics ]] && cp "$metrics" "$OUT/translation_metrics.csv"
 # The scored weights and hypotheses come back too (a machine stays warm 30 s, so a second call
 # rarely finds $RUN_DIR): the BLEU figures can then be checked and the weights rescored on CPU.
 # One archive for the hypotheses: the device tool brings back at most 8 files from $OUT (7 here).

@@ -138,7 +138,11 @@ def main() -> int:
                            "length_penalty": task.hparams.length_penalty,
                            **({"val_bleu_by_length_penalty": val_bleu} if val_bleu else {}),
                            **{k.removeprefix("test/"): round(v, 2) for k, v in m.items()}})
+            # after every scored pass: a run stopped during a later one (a GPU session's time
+            # limit) keeps what was scored; the final write below adds the totals
+            (out / "result.json").write_text(json.dumps({**result, "test": scores, "scoring_complete": False}, indent=1))
     result["test"] = scores
+    result["scoring_complete"] = True
     result["total_wall_s"] = round(time.time() - t_start, 1)
     print(json.dumps(result, indent=1))
     print(f"\n{'weights':<9} {'beam':>4} {'lenpen':>6} {'BLEU':>6} {'BLEU lc':>7} {'chrF':>6} {'sent/s':>7}")

@@ -39,6 +39,7 @@ def main(argv=None) -> int:
         p.error(f"--steps ({args.steps}) must exceed --skip ({args.skip}): the first round keeps steps after the warm-up")
 
     import pytorch_lightning as pl
+    import torch
 
     cfg = load_config(args.config)
     pl.seed_everything(0, verbose=False)
@@ -50,10 +51,17 @@ def main(argv=None) -> int:
         def __init__(self):
             self.times: list[float] = []
 
+        @staticmethod
+        def _sync(module):  # CUDA runs asynchronously: read the clock after the step's kernels
+            if module.device.type == "cuda":
+                torch.cuda.synchronize(module.device)
+
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            self._sync(module)
             self.t0 = time.perf_counter()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self._sync(module)
             self.times.append(time.perf_counter() - self.t0)
 
     steps = {name: [] for name in tasks}

@@ -120,7 +120,8 @@ def main(argv=None) -> int:
             if not args.no_test_curve:
                 module.eval()
                 correct = total = 0
-                with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16,
+                # the module's device type: "cpu" hard-coded left a GPU run's curve in fp32
+                with torch.no_grad(), torch.autocast(module.device.type, dtype=torch.bfloat16,
                                                      enabled=str(trainer.precision).startswith("bf16")):
                     for x, y in test_loader:
                         pred = module(x.to(module.device)).argmax(-1).cpu()
