@@ -643,6 +643,40 @@ def test_every_eval_step_logs_every_subset_key(trained, monkeypatch):
     task.bits["val_all"].reset(), task.bits["val_seen"].reset(), task.bits["val_heldout"].reset()
 
 
+DDP_VALIDATE = """
+import sys, torch, pytorch_lightning as pl
+from test_generation import TINY_TF
+from tx_suite.data.captioned_mnist_datamodule import CaptionedMNISTDataModule
+from tx_suite.tasks.text_to_image import TextToImageTask
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    # 12 validation scenes, one of them held out: one rank's shard has no held-out scene
+    dm = CaptionedMNISTDataModule(batch_size=2, train_size=64, val_size=12, test_size=8)
+    task = TextToImageTask(sys.argv[1], **TINY_TF)
+    trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    m = trainer.validate(task, dm, verbose=False)[0]
+    print("rank", trainer.global_rank, sorted(k for k in m if "bits" in k), flush=True)
+"""
+
+
+def test_two_ranks_validate_with_a_shard_without_heldout_scenes(trained, tmp_path, subprocess_env):
+    """The held-out metric was logged only by the rank that had held-out scenes, so the ranks'
+    metric syncs paired up wrongly: rank 1 died (gloo: connection closed by peer) while the
+    launcher exited 0, and rank 0 reported no _heldout value."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_validate.py"
+    script.write_text(DDP_VALIDATE)
+    env = {**subprocess_env, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), str(trained["vq"])], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    keys = "['val/bits_per_image_token', 'val/bits_per_image_token_heldout', 'val/bits_per_image_token_seen']"
+    assert proc.stdout.count(keys) == 2, (proc.stdout, proc.stderr[-2000:])
+
+
 def test_val_text_loss_is_the_mean_over_text_tokens(trained):
     """It was a mean of batch means weighted by images (4.2981 against 4.2973 per token on a split
     of 32 + 32 + 6 captions), though documented as nats per token."""
