@@ -68,8 +68,9 @@ class TextToImageTask(pl.LightningModule):
             options of that grid's sampling.
 
     Logged: ``{train,val}/loss``, ``{train,val}/text_loss``, ``{train,val}/image_loss`` (nats
-    per token; the val/test ``text_loss`` is the split's mean over text tokens, the others are
-    weighted by images, which for ``image_loss`` is the same: every image has N tokens), ``{val,test}/bits_per_image_token`` (= image CE / ln 2, without caption dropout)
+    per token: train values per step, the batch's mean; val/test ``text_loss`` the split's mean
+    over text tokens, the others weighted by images, which for ``image_loss`` is the same, every
+    image having N tokens), ``{val,test}/bits_per_image_token`` (= image CE / ln 2, without caption dropout)
     and, when batches carry a ``heldout`` flag, the same for ``_seen`` / ``_heldout`` captions.
     """
 
