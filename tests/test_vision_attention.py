@@ -252,3 +252,8 @@ def test_a_layer_the_model_lacks_fails_before_training(tmp_path, backbone):
     trainer(tmp_path, steps=1, callbacks=[AttentionMaps(num_images=2, layer=-n)])  # the first layer: fine
     with pytest.raises(ValueError, match="num_images must be >= 1"):
         AttentionMaps(num_images=0)
+
+
+def test_rollout_of_no_layers_is_an_error():
+    with pytest.raises(ValueError, match="at least one layer"):
+        attention_rollout([])  # returned None, not the (B, T, T) its docstring promised

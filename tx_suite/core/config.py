@@ -27,7 +27,7 @@ class TransformerConfig:
         norm_eps: LayerNorm epsilon (1e-5 in torch, 1e-6 in timm's ViT).
         bias: biases in linear layers and LayerNorms (as ``torch.nn.Transformer(bias=False)``).
         drop_path: stochastic-depth rate of the last layer, rising linearly from 0 at the first
-            (Huang et al. 2016; DeiT).
+            (DeiT/timm; :func:`tx_suite.core.init.drop_path_rates`).
         final_norm: LayerNorm after the last layer; None means "iff ``norm_first``" (a pre-norm
             stack needs it; ``torch.nn.Transformer`` adds one to post-norm stacks as well).
         rope: rotary position embedding in self-attention (Su et al. 2021).

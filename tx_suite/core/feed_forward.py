@@ -43,6 +43,9 @@ class FeedForward(nn.Module):
         bias: use biases.
 
     Shapes: ``(..., D) -> (..., D)``.
+
+    Raises:
+        ValueError: unknown ``activation`` name; ``dropout`` outside [0, 1).
     """
 
     def __init__(

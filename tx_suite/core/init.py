@@ -24,8 +24,9 @@ def xavier_init_(module: nn.Module) -> None:
 
 
 def drop_path_rates(rate: float, n_layers: int) -> list[float]:
-    """Stochastic-depth rate per layer, linear from 0 to ``rate`` (Huang et al. 2016, §3, "linear
-    decay rule"; DeiT/timm)."""
+    """Stochastic-depth rate per layer: linear from 0 (first layer) to ``rate`` (last), as DeiT and
+    timm's ``linspace``; a single layer gets ``rate`` (timm gives it 0). Huang et al. 2016, §3's
+    "linear decay rule" would start at ``rate / L`` instead."""
     if n_layers == 1:
         return [rate]
     return [rate * i / (n_layers - 1) for i in range(n_layers)]

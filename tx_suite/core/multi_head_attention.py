@@ -34,7 +34,8 @@ class MultiHeadAttention(nn.Module):
         rope: a shared :class:`RotaryEmbedding` applied to queries and keys (self-attention only).
 
     Raises:
-        ValueError: ``d_model`` is not divisible by ``n_heads``; ``rope`` with cross-attention.
+        ValueError: ``d_model`` or ``n_heads`` below 1; ``d_model`` is not divisible by
+            ``n_heads``; ``rope`` with cross-attention.
     """
 
     def __init__(

@@ -53,11 +53,14 @@ def label_smoothed_nll_loss(logits: Tensor, target: Tensor, epsilon: float,
     ``tests/test_translation_model.py``; fairseq now spreads ``eps`` over the ``V - 1`` other tokens).
 
     Args:
-        logits: ``(..., V)``, e.g. ``(B, T, V)`` or only the non-padding rows ``(N, V)``;
-            target: ``(...)`` long, the same leading shape.
+        logits: ``(..., V)``, e.g. ``(B, T, V)`` or only the non-padding rows ``(N, V)``.
+        target: ``(...)`` long, the same leading shape.
+        epsilon: the smoothing ``eps`` in [0, 1) (0.1 in Vaswani et al. 2017, §5.4).
+        ignore_index: target id left out of both sums and of ``n_tokens`` (padding).
 
     Returns:
-        ``(loss_sum, nll_sum, n_tokens)``; the NLL gives the perplexity ``exp(nll_sum / n_tokens)``.
+        ``(loss_sum, nll_sum, n_tokens)``: scalar tensors in nats, summed over the kept tokens, and
+        their count; the NLL gives the perplexity ``exp(nll_sum / n_tokens)``.
     """
     keep = (target != ignore_index).reshape(-1)
     # Masking the per-token losses, not indexing the (..., V) logits, which would copy them.

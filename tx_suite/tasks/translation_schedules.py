@@ -15,8 +15,9 @@ def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
 
     Vaswani et al. 2017, §5.3, Eq. 3: ``lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)``,
     i.e. a linear rise for ``warmup_steps`` steps, then decay proportional to ``step^-0.5``. Written,
-    as in fairseq's ``inverse_sqrt``, relative to the peak reached at ``step = warmup_steps``:
-    ``min(step / warmup, sqrt(warmup / step))``. ``warmup_steps <= 0`` means no warm-up, as for
+    as in fairseq's ``inverse_sqrt``, relative to the peak, with ``s = step + 1`` (Eq. 3's
+    ``step_num`` counts from 1): ``min(s / warmup, sqrt(warmup / s))``, so ``1 / warmup`` at
+    ``step = 0`` and the peak 1.0 at ``step = warmup_steps - 1``. ``warmup_steps <= 0`` means no warm-up, as for
     the other schedules: the first update is at the peak and the decay starts from there (as 1).
     """
     s = step + 1  # the first update should not use lr = 0
@@ -25,9 +26,10 @@ def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
 
 
 def cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based): a linear rise from
-    ``1 / warmup`` to 1 over ``warmup_steps`` steps, then a cosine from 1 down to ``min_lr_ratio``
-    at ``total_steps``, flat after it.
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based): ``1 / warmup`` at
+    step 0, rising linearly to 1 at ``step = warmup_steps`` (one step later than
+    :func:`inverse_sqrt_factor`'s peak), then a cosine from 1 down to ``min_lr_ratio`` at
+    ``total_steps``, flat after it.
 
     The cosine is SGDR's (Loshchilov & Hutter 2017, Eq. 5) without restarts:
     ``eta_min + (eta_max - eta_min) * (1 + cos(pi * t / T)) / 2`` with ``t = step - warmup``,

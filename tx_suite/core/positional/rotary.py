@@ -56,6 +56,7 @@ class RotaryEmbedding(nn.Module):
         Raises:
             ValueError: ``q`` and ``k`` differ in length, or their last dimension is not ``Dh``
                 (one query row would otherwise broadcast one angle over every key).
+            IndexError: ``offset`` < 0.
         """
         if q.size(-2) != k.size(-2) or q.size(-1) != self.head_dim or k.size(-1) != self.head_dim:
             raise ValueError(f"RotaryEmbedding: q {tuple(q.shape)} and k {tuple(k.shape)} must hold the same new "

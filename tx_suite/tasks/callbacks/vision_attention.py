@@ -60,7 +60,7 @@ def vit_attention(model: nn.Module, images: Tensor) -> tuple[Tensor, list[Tensor
 
     Returns:
         ``(B, num_classes)`` logits and a list of ``n_layers`` tensors ``(B, H, T, T)``
-        (``T`` = 1 + number of patches; float32).
+        (``T`` = prefix tokens + number of patches: 1 + N with one CLS token; float32).
     """
     from tx_suite.core import record_attention
 
@@ -90,7 +90,12 @@ def attention_rollout(attentions: list[Tensor], residual: float = 0.5) -> Tensor
     Returns:
         ``R = A'_L @ ... @ A'_1``, ``A'_l = (1 - residual) * mean_h A_l + residual * I`` with
         rows renormalised; each row sums to 1. Row 0 is the CLS token's attention flow.
+
+    Raises:
+        ValueError: ``attentions`` is empty (no layer: no rollout).
     """
+    if not attentions:
+        raise ValueError("attention_rollout needs the weights of at least one layer")
     rollout = None
     for attn in attentions:
         a = attn.mean(dim=1)  # (B, H, T, T) -> (B, T, T)
@@ -104,7 +109,9 @@ def attention_rollout(attentions: list[Tensor], residual: float = 0.5) -> Tensor
 def cls_maps(attentions: list[Tensor], grid: tuple[int, int], layer: int = -1) -> tuple[Tensor, Tensor]:
     """CLS-to-patch maps: per head of ``layer`` ``(B, H, gh, gw)`` and rollout ``(B, gh, gw)``.
 
-    The CLS column is dropped and each map rescaled to [0, 1] for display.
+    The CLS column is dropped and each map rescaled to [0, 1] for display. Assumes exactly one
+    prefix token, the CLS token, at position 0 (as every ViT config here: ``class_token`` on, no
+    register tokens).
     """
     heads = attentions[layer][:, :, 0, 1:]  # (B, H, T, T) -> (B, H, N): CLS row, patch columns
     roll = attention_rollout(attentions)[:, 0, 1:]  # (B, N)
