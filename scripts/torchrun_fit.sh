@@ -15,9 +15,15 @@ set -euo pipefail
 
 NNODES="${NNODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"
-NPROC_PER_NODE="${NPROC_PER_NODE:-$(nvidia-smi -L 2>/dev/null | wc -l)}"
+# `|| true`: under `set -e -o pipefail` a missing nvidia-smi ended the script before its message below
+NPROC_PER_NODE="${NPROC_PER_NODE:-$( { nvidia-smi -L 2>/dev/null || true; } | grep -c '^GPU' || true)}"
 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 MASTER_PORT="${MASTER_PORT:-29500}"
+if [[ "${NNODES}" -gt 1 && -z "${RUN_ID:-}" ]]; then
+  # a default from the clock differs between nodes started seconds apart: no rendezvous
+  echo "torchrun_fit.sh: NNODES=${NNODES}: set RUN_ID, the same on every node" >&2
+  exit 2
+fi
 RUN_ID="${RUN_ID:-torchrun-$(date +%Y%m%d-%H%M%S)}"
 PYTHON="${PYTHON:-python}"
 if [[ "${NPROC_PER_NODE}" -lt 1 ]]; then
