@@ -269,6 +269,24 @@ def test_resumable_sampler_skips_once_then_serves_whole_epochs():
     assert list(sampler) == full  # start_index applies to the next iter() only
 
 
+_QUIET_TRAINER = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                      accelerator="cpu")
+
+
+def _save_at(path, epoch: int, batch: int):
+    """A callback that saves a checkpoint to ``path`` after batch ``batch`` of epoch ``epoch``
+    (``batch=-1``: the epoch's last batch)."""
+    from pytorch_lightning import Callback
+
+    class SaveAt(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch_, batch_idx):
+            last = trainer.num_training_batches - 1
+            if trainer.current_epoch == epoch and batch_idx == (last if batch == -1 else batch):
+                trainer.save_checkpoint(path)
+
+    return SaveAt()
+
+
 def _recorder_class(sampler: str, **loader_kw):
     """A LightningModule that records ``(epoch, sorted batch)`` of a 12-sample resumable loader
     (``sampler``: ``"resumable"``, batches of 3, or ``"token_budget"``), learning nothing."""
@@ -306,19 +324,12 @@ def test_a_resume_with_worker_processes_continues_in_the_saved_epochs_order(tmp_
     processes take their first indices from the sampler right then: mid-epoch, the skip was
     applied to epoch 0's order (3 of 12 samples trained twice in the resumed epoch, 3 never);
     from an epoch end, the next epoch replayed epoch 0's order."""
-    from pytorch_lightning import Callback, Trainer
+    from pytorch_lightning import Trainer
 
     Recorder = _recorder_class(sampler, num_workers=2, persistent_workers=True)
-
-    class SaveAt(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.current_epoch == 1 and batch_idx == 1:
-                trainer.save_checkpoint(tmp_path / "mid.ckpt")
-
-    kw = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-              accelerator="cpu")
+    kw = _QUIET_TRAINER
     whole, resumed = Recorder(), Recorder()
-    Trainer(max_epochs=2, callbacks=[SaveAt()], **kw).fit(whole)
+    Trainer(max_epochs=2, callbacks=[_save_at(tmp_path / "mid.ckpt", epoch=1, batch=1)], **kw).fit(whole)
     Trainer(max_epochs=2, **kw).fit(resumed, ckpt_path=tmp_path / "mid.ckpt")
     epoch1 = [b for e, b in whole.seen if e == 1]
     assert len(epoch1) >= 3 and [b for e, b in resumed.seen] == epoch1[2:]
@@ -336,19 +347,12 @@ def test_a_checkpoint_at_an_epochs_last_batch_resumes_into_a_whole_next_epoch(tm
     """Saved at the last batch (``every_n_train_steps`` dividing the epoch), the checkpoint's skip
     of a whole epoch was applied to the next one, which the restored loop had already begun: the
     resumed fit trained that epoch on no batches at all."""
-    from pytorch_lightning import Callback, Trainer
+    from pytorch_lightning import Trainer
 
     Recorder = _recorder_class(sampler)
-
-    class SaveAtLastBatch(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.current_epoch == 0 and batch_idx == trainer.num_training_batches - 1:
-                trainer.save_checkpoint(tmp_path / "last_batch.ckpt")
-
-    kw = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-              accelerator="cpu")
+    kw = _QUIET_TRAINER
     whole, resumed = Recorder(), Recorder()
-    Trainer(max_epochs=3, callbacks=[SaveAtLastBatch()], **kw).fit(whole)
+    Trainer(max_epochs=3, callbacks=[_save_at(tmp_path / "last_batch.ckpt", epoch=0, batch=-1)], **kw).fit(whole)
     Trainer(max_epochs=3, **kw).fit(resumed, ckpt_path=tmp_path / "last_batch.ckpt")
     later = [b for e, b in whole.seen if e > 0]
     assert len(later) >= 6 and [b for e, b in resumed.seen] == later

@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Lightning checkpoint of an image-classification run: a file or EXPERIMENT:best|last")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...) or directories of them")
     p.add_argument("--topk", "--top_k", type=int, default=3, help="labels to print per image (default 3)")
-    p.add_argument("--no_resize", "--no-resize", dest="resize", action="store_false", help="error on a size mismatch")
+    p.add_argument("--no_resize", dest="resize", action="store_false", help="error on a size mismatch")
     p.add_argument("--convert", action="store_true", help="convert images to the model's channel count")
     p.add_argument("--json", action="store_true", help="print one JSON object per image")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")

@@ -32,21 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None,
                    help="stage-1 VQ-VAE checkpoint (default: the one recorded in --ckpt)")
     p.add_argument("--caption", action="append", default=[], help="a caption (repeatable)")
-    p.add_argument("--captions_file", "--captions-file", type=Path, default=None, help="file with one caption a line ('-': standard input)")
+    p.add_argument("--captions_file", type=Path, default=None, help="file with one caption a line ('-': standard input)")
     p.add_argument("--out", type=Path, default=Path("samples.png"), help="output PNG grid (default samples.png)")
     p.add_argument("--n", type=int, default=8, help="images per caption, one grid row (default 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of image tokens (default 1)")
-    p.add_argument("--top_k", "--top-k", type=int, default=None, help="sample from the k most likely tokens (default: all)")
-    p.add_argument("--top_p", "--top-p", type=float, default=None,
+    p.add_argument("--top_k", type=int, default=None, help="sample from the k most likely tokens (default: all)")
+    p.add_argument("--top_p", type=float, default=None,
                    help="nucleus sampling: the smallest set of tokens with this probability mass (default: off)")
-    p.add_argument("--cfg_scale", "--cfg-scale", type=float, default=1.0,
+    p.add_argument("--cfg_scale", type=float, default=1.0,
                    help="classifier-free guidance scale (default 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="random seed: each image has its own generator from (seed, its row), so the same seed and caption at the same row give the same image whatever --batch_size (default 0)")
-    p.add_argument("--no_cache", "--no-cache", action="store_true", help="recompute the prefix at every step")
+    p.add_argument("--no_cache", action="store_true", help="recompute the prefix at every step")
     p.add_argument("--judge", default=None, help="re-rank with this Captioned MNIST judge checkpoint")
     p.add_argument("--candidates", type=int, default=None,
                    help="samples drawn per caption before re-ranking (default 4 x --n)")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=64, help="sequences sampled at once (default 64)")
+    p.add_argument("--batch_size", type=int, default=64, help="sequences sampled at once (default 64)")
     p.add_argument("--device", default="cpu", help="torch device to sample on, e.g. cpu or cuda (default cpu)")
     p.add_argument("--runs_dir", default=default_runs_dir(),
                    help="root of the run directories for EXPERIMENT:best (default: $TX_SUITE_RUNS_DIR or runs)")
