@@ -33,3 +33,21 @@ def test_tiny_config_is_the_published_recipe():
     assert (hp.d_model, hp.d_ff, hp.n_heads, hp.n_encoder_layers, hp.n_decoder_layers) == (128, 256, 4, 4, 4)
     assert (hp.dropout, hp.lr, hp.warmup_steps) == (0.3, 5e-3, 2000)
     assert cfg["data"]["init_args"]["max_tokens"] == 8192 and cfg["trainer"]["max_steps"] == 8000
+
+
+def test_fairseq_tiny_config_differs_from_the_bf16_one_in_ffn_dropout_and_averaging_only():
+    """The reference's fairseq model has no dropout inside the FFN and averages 10 epochs; the
+    configs behind the recorded tiny results keep torch.nn.Transformer's single rate."""
+    def flat(name):
+        cfg = load_config(EXPERIMENTS / name)
+        averaging = [c["init_args"] for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("CheckpointAveraging")]
+        return {**cfg["model"]["init_args"], "averaging": averaging, "trainer": cfg["trainer"],
+                "ffn_p": build(cfg["model"]).model.transformer.decoder.layers[0].ffn.dropout.p}
+
+    ours, ref = flat("multi30k_en_de_tiny_bf16.yaml"), flat("multi30k_en_de_tiny_fairseq.yaml")
+    assert (ours["ffn_p"], ref["ffn_p"]) == (0.3, 0.0)
+    assert (ours["averaging"], ref["averaging"]) == ([{"last_n": 5}], [{"last_n": 10}])
+    diff = {k for k in ours.keys() | ref.keys() if ours.get(k) != ref.get(k)} - {"trainer"}
+    assert diff == {"activation_dropout", "averaging", "ffn_p"}
+    assert {k: v for k, v in ours["trainer"].items() if k != "callbacks"} == \
+        {k: v for k, v in ref["trainer"].items() if k != "callbacks"}

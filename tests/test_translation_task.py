@@ -921,3 +921,19 @@ def test_data_parallel_gradients_are_normalised_by_the_global_token_count(run):
     single = [p.grad.clone() for p in task.parameters() if p.grad is not None]
     for g_ddp, g_one in zip(ddp, single):
         torch.testing.assert_close(g_ddp, g_one, rtol=1e-4, atol=1e-7)
+
+
+def test_activation_dropout_reaches_the_model_and_the_translate_command(run, tmp_path):
+    """The fairseq recipes' ``activation_dropout`` (0 there) must survive config -> task -> checkpoint
+    -> ``translate``; an older checkpoint without it keeps one rate for both (None)."""
+    layer = TranslationTask(**TINY, dropout=0.3, activation_dropout=0.0).model.transformer.encoder.layers[0]
+    assert (layer.dropout.p, layer.ffn.dropout.p) == (0.3, 0.0)
+    ckpt = torch.load(run["averaged"], map_location="cpu", weights_only=True)
+    assert "activation_dropout" in ckpt["hyper_parameters"]
+    old = {**ckpt, "hyper_parameters": {k: v for k, v in ckpt["hyper_parameters"].items()
+                                        if k != "activation_dropout"}}
+    for hp, expected in (({"dropout": 0.3, "activation_dropout": 0.0}, 0.0), ({"dropout": 0.3}, 0.3)):
+        path = tmp_path / "c.ckpt"
+        torch.save({**old, "hyper_parameters": {**old["hyper_parameters"], **hp}}, path)
+        model = load_translator(path)[0]
+        assert model.transformer.decoder.layers[0].ffn.dropout.p == expected

@@ -80,6 +80,29 @@ def test_attention_dropout_is_off_in_eval():
     assert not torch.equal(enc.train()(x), enc(x))
 
 
+@pytest.mark.parametrize("stack_cls", [Encoder, Decoder])
+def test_activation_dropout_is_separate_from_residual_dropout(stack_cls):
+    """fairseq's ``--dropout 0.3`` leaves the FFN's inner activations undropped
+    (``activation_dropout`` 0); None keeps torch.nn.Transformer's one rate for both."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+    cfg = {**CFG, "dropout": 0.5}
+    fairseq_like = stack_cls(TransformerConfig(**cfg, activation_dropout=0.0), 1).train()
+    torch_like = stack_cls(TransformerConfig(**cfg), 1).train()
+    for stack, rate in ((fairseq_like, 0.0), (torch_like, 0.5)):
+        layer = stack.layers[0]
+        assert layer.dropout.p == 0.5  # residual dropout unchanged
+        h = torch.relu(layer.ffn.fc1(x))
+        # the inner activations are dropped (zeros beyond ReLU's) only with a non-zero rate
+        inner = []
+        layer.ffn.fc2.register_forward_pre_hook(lambda m, args: inner.append(args[0]))
+        layer.ffn(x)
+        extra_zeros = ((inner[0] == 0) & (h != 0)).float().mean().item()
+        assert (extra_zeros > 0.1) == (rate > 0), (stack_cls, rate, extra_zeros)
+    with pytest.raises(ValueError, match="activation_dropout"):
+        TransformerConfig(**CFG, activation_dropout=1.0)
+
+
 def test_decoder_turns_packing_off_with_drop_path(monkeypatch):
     """As the encoder's test in test_packing: DropPath drops whole samples, packed rows would not be."""
     import tx_suite.core.decoder_layer as layer_module

@@ -18,9 +18,13 @@ class TransformerConfig:
         d_model: model width ``D``.
         n_heads: attention heads ``H`` (must divide ``d_model``).
         d_ff: feed-forward inner width.
-        dropout: residual dropout (§5.4) and dropout inside the feed-forward network.
+        dropout: residual dropout (§5.4), and dropout inside the feed-forward network unless
+            ``activation_dropout`` is set.
         attn_dropout: dropout on attention weights (``torch.nn.Transformer`` uses ``dropout``
             here too; fairseq and timm default to 0).
+        activation_dropout: dropout after the feed-forward activation; None means ``dropout``
+            (``torch.nn.Transformer``, timm). fairseq keeps it separate and defaults it to 0, so a
+            fairseq recipe's ``--dropout 0.3`` is ``dropout=0.3, activation_dropout=0``.
         activation: feed-forward activation, ``relu`` (paper), ``gelu`` (ViT), ``gelu_tanh``, ``silu``.
         norm_first: pre-norm ``x + f(LN(x))`` (Xiong et al. 2020; ViT) instead of the paper's
             post-norm ``LN(x + f(x))``.
@@ -47,6 +51,7 @@ class TransformerConfig:
     d_ff: int = 2048
     dropout: float = 0.1
     attn_dropout: float = 0.0
+    activation_dropout: float | None = None
     activation: str = "relu"
     norm_first: bool = False
     norm_eps: float = 1e-5
@@ -65,8 +70,8 @@ class TransformerConfig:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
-        for name in ("dropout", "attn_dropout", "drop_path"):
-            if not 0.0 <= getattr(self, name) < 1.0:
+        for name in ("dropout", "attn_dropout", "activation_dropout", "drop_path"):
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
     @property
@@ -81,6 +86,7 @@ class TransformerConfig:
         """Keyword arguments shared by :class:`EncoderLayer` and :class:`DecoderLayer`."""
         return dict(
             d_model=self.d_model, n_heads=self.n_heads, d_ff=self.d_ff, dropout=self.dropout,
-            attn_dropout=self.attn_dropout, activation=self.activation, norm_first=self.norm_first,
+            attn_dropout=self.attn_dropout, activation_dropout=self.activation_dropout,
+            activation=self.activation, norm_first=self.norm_first,
             norm_eps=self.norm_eps, bias=self.bias,
         )

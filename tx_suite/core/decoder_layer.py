@@ -39,6 +39,7 @@ class DecoderLayer(nn.Module):
         bias: bool = True,
         drop_path: float = 0.0,
         rope: RotaryEmbedding | None = None,
+        activation_dropout: float | None = None,
         cross_attention: bool = True,
     ) -> None:
         super().__init__()
@@ -49,7 +50,9 @@ class DecoderLayer(nn.Module):
         if cross_attention:
             self.cross_attn = MultiHeadAttention(d_model, n_heads, attn_dropout, bias=bias, cross_attention=True)
             self.norm2 = nn.LayerNorm(d_model, eps=norm_eps, bias=bias)
-        self.ffn = FeedForward(d_model, d_ff, dropout, activation, bias=bias)
+        # None: dropout inside the FFN too, as torch.nn.Transformer (fairseq separates the two).
+        ffn_dropout = dropout if activation_dropout is None else activation_dropout
+        self.ffn = FeedForward(d_model, d_ff, ffn_dropout, activation, bias=bias)
         self.norm3 = nn.LayerNorm(d_model, eps=norm_eps, bias=bias)
         self.dropout = Dropout(dropout)
         self.drop_path = DropPath(drop_path)

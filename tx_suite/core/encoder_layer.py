@@ -43,11 +43,14 @@ class EncoderLayer(nn.Module):
         bias: bool = True,
         drop_path: float = 0.0,
         rope: RotaryEmbedding | None = None,
+        activation_dropout: float | None = None,
     ) -> None:
         super().__init__()
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, n_heads, attn_dropout, bias=bias, rope=rope)
-        self.ffn = FeedForward(d_model, d_ff, dropout, activation, bias=bias)
+        # None: dropout inside the FFN too, as torch.nn.Transformer (fairseq separates the two).
+        ffn_dropout = dropout if activation_dropout is None else activation_dropout
+        self.ffn = FeedForward(d_model, d_ff, ffn_dropout, activation, bias=bias)
         self.norm1 = nn.LayerNorm(d_model, eps=norm_eps, bias=bias)
         self.norm2 = nn.LayerNorm(d_model, eps=norm_eps, bias=bias)
         self.dropout = Dropout(dropout)

@@ -20,8 +20,8 @@ class Seq2SeqTransformer(nn.Module):
     Args:
         vocab_size: size ``V`` of the (joint) vocabulary; with ``share_embeddings=False`` both
             sides still use ids below ``V``.
-        d_model, n_heads, d_ff, dropout, attn_dropout, activation, norm_first: see
-            :class:`tx_suite.core.TransformerConfig`.
+        d_model, n_heads, d_ff, dropout, attn_dropout, activation_dropout, activation, norm_first:
+            see :class:`tx_suite.core.TransformerConfig`.
         n_encoder_layers, n_decoder_layers: stack depths.
         pad_id: padding id (its embedding row starts at zero and gets no gradient from the lookup;
             with ``tie_output`` the output projection still trains it, harmless as padded keys are masked).
@@ -33,14 +33,16 @@ class Seq2SeqTransformer(nn.Module):
 
     def __init__(self, vocab_size: int, d_model: int = 512, n_heads: int = 8, d_ff: int = 2048,
                  n_encoder_layers: int = 6, n_decoder_layers: int = 6, dropout: float = 0.1,
-                 attn_dropout: float = 0.0, activation: str = "relu", norm_first: bool = False,
-                 pad_id: int = 0, share_embeddings: bool = True, tie_output: bool = True,
+                 attn_dropout: float = 0.0, activation_dropout: float | None = None,
+                 activation: str = "relu", norm_first: bool = False, pad_id: int = 0,
+                 share_embeddings: bool = True, tie_output: bool = True,
                  pos_encoding: str = "sinusoidal", max_len: int = 1024) -> None:
         super().__init__()
         self.pad_id = pad_id
         self.max_len = max_len
         cfg = TransformerConfig(d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout,
-                                attn_dropout=attn_dropout, activation=activation, norm_first=norm_first)
+                                attn_dropout=attn_dropout, activation_dropout=activation_dropout,
+                                activation=activation, norm_first=norm_first)
         def embedding() -> TokenEmbedding:
             return TokenEmbedding(vocab_size, d_model, pad_id=pad_id, pos_encoding=pos_encoding,
                                   max_len=max_len, dropout=dropout)

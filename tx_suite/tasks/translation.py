@@ -89,8 +89,9 @@ class TranslationTask(pl.LightningModule):
 
     def __init__(self, vocab_size: int = 8000, d_model: int = 256, n_heads: int = 4, d_ff: int = 1024,
                  n_encoder_layers: int = 3, n_decoder_layers: int = 3, dropout: float = 0.1,
-                 attn_dropout: float = 0.0, activation: str = "relu", norm_first: bool = False,
-                 share_embeddings: bool = True, tie_output: bool = True, label_smoothing: float = 0.1,
+                 attn_dropout: float = 0.0, activation_dropout: float | None = None,
+                 activation: str = "relu", norm_first: bool = False, share_embeddings: bool = True,
+                 tie_output: bool = True, label_smoothing: float = 0.1,
                  lr: float = 5e-4, beta1: float = 0.9, beta2: float = 0.98, adam_eps: float = 1e-8,
                  weight_decay: float = 0.0, lr_schedule: str = "inverse_sqrt", warmup_steps: int = 4000,
                  min_lr_ratio: float = 0.0, val_beam_size: int = 1, beam_size: int = 5,
@@ -107,8 +108,8 @@ class TranslationTask(pl.LightningModule):
         self.model = Seq2SeqTransformer(
             vocab_size, d_model=d_model, n_heads=n_heads, d_ff=d_ff, n_encoder_layers=n_encoder_layers,
             n_decoder_layers=n_decoder_layers, dropout=dropout, attn_dropout=attn_dropout,
-            activation=activation, norm_first=norm_first, pad_id=PAD_ID,
-            share_embeddings=share_embeddings, tie_output=tie_output)
+            activation_dropout=activation_dropout, activation=activation, norm_first=norm_first,
+            pad_id=PAD_ID, share_embeddings=share_embeddings, tie_output=tie_output)
         self.tokenizer: BPETokenizer | None = None
         self.val_samples: list[dict] = []
         self._eval: dict = {}
