@@ -11,7 +11,12 @@ Where this differs from the paper: every layer uses dense causal attention (DALL
 column and convolutional image-to-image masks are not implemented); padded caption positions are
 masked out of attention (DALL-E instead learns a padding token for each text position, which
 is attended to); and the text embedding is scaled by sqrt(d_model) as in Vaswani et al. Sec. 3.4,
-so at initialisation the learned text positions (std 0.02) are small next to it.
+so at initialisation the learned text positions (std 0.02) are small next to it. That scaling also
+puts text tokens into the residual stream ~50x larger than the image codes, ``<boi>`` and the
+row/column positions (all std 0.02, as GPT-style embeddings); the pre-norm layers normalise each
+token before every sub-layer, but an image token's own embedding is a small part of its stream
+after the first layer. The linear layers start Xavier-uniform (the core's init), not GPT-2's
+N(0, 0.02). Both were kept because every recorded text-to-image result was trained with them.
 
 The sampling interface (``new_cache``, ``prefill``, ``step``, ``next_image_logits``) is what
 :mod:`tx_suite.decoding.sampling` drives.

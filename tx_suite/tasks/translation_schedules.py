@@ -17,7 +17,8 @@ def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
     i.e. a linear rise for ``warmup_steps`` steps, then decay proportional to ``step^-0.5``. Written,
     as in fairseq's ``inverse_sqrt``, relative to the peak, with ``s = step + 1`` (Eq. 3's
     ``step_num`` counts from 1): ``min(s / warmup, sqrt(warmup / s))``, so ``1 / warmup`` at
-    ``step = 0`` and the peak 1.0 at ``step = warmup_steps - 1``. ``warmup_steps <= 0`` means no warm-up, as for
+    ``step = 0`` and the peak 1.0 at ``step = warmup_steps - 1``. (fairseq's warm-up starts at
+    ``--warmup-init-lr`` 1e-7 and uses ``step`` for ``s``, so it peaks one update later.) ``warmup_steps <= 0`` means no warm-up, as for
     the other schedules: the first update is at the peak and the decay starts from there (as 1).
     """
     s = step + 1  # the first update should not use lr = 0

@@ -15,6 +15,9 @@ def sinusoidal_table(n_positions: int, d_model: int, base: float = 10000.0) -> T
         PE(pos, 2i+1) = cos(pos / base^(2i / d_model))
 
     (Vaswani et al. 2017, §3.5; ``base`` = 10000). An odd ``d_model`` drops the last cosine.
+    fairseq and tensor2tensor lay the same waves out as ``[sin | cos]`` halves with exponent
+    ``i / (d_model/2 - 1)`` (fairseq from position ``pad_id + 1``): nearly a permutation of these
+    dimensions, not the paper's interleaving.
     """
     pos = torch.arange(n_positions, dtype=torch.float64)[:, None]
     div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(base) / d_model))
