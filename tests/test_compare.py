@@ -365,3 +365,20 @@ def test_best_direction_from_the_metric_name():
                 "val/codebook_perplexity": "max", "train/codebook_usage": "max", "val/psnr": "max",
                 "val/bits_per_image_token": "min", "test/bits_per_image_token_heldout": "min", "lr-AdamW": None}
     assert {m: best_mode(m) for m in expected} == expected
+
+
+def test_info_diff_sees_a_resume_under_another_commit_or_torch(runs, tmp_path):
+    """A run resumed after an upgrade was made of two versions; compared with a run made of the
+    first only, that is a difference (the top-level record alone hid it)."""
+    a = load_run(runs["a"])
+    resumed = tmp_path / "tiny_mnist" / "resumed"
+    shutil.copytree(runs["a"], resumed, ignore=shutil.ignore_patterns("checkpoints"))
+    info = json.loads((resumed / "run_info.json").read_text())
+    first = info["versions"]["torch"]
+    record = {**info, "versions": {**info["versions"], "torch": "9.9.9"}}
+    info["resumes"] = [{**record, "trained": False}]  # ended before training: not part of the run
+    (resumed / "run_info.json").write_text(json.dumps(info))
+    assert info_diff([a, load_run(resumed)]) == {}
+    info["resumes"].append(record)
+    (resumed / "run_info.json").write_text(json.dumps(info))
+    assert info_diff([a, load_run(resumed)]) == {"run_info.versions.torch": [first, [first, "9.9.9"]]}

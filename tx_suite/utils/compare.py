@@ -423,10 +423,24 @@ def _same(a: Any, b: Any) -> bool:
 INFO_KEYS = ("seed", "deterministic", "git.commit", "git.dirty", "versions.")
 
 
+def _info_values(run: Run) -> dict[str, Any]:
+    """The run's :data:`INFO_KEYS` values; where a resume that trained ran with another value
+    (a new commit, an upgraded torch), the list of the values in the order they were used."""
+    records = [run.info] + [r for r in run.info.get("resumes") or [] if r.get("trained", True)]
+    used: dict[str, list[Any]] = {}
+    for flat in map(flatten, records):
+        for key, value in flat.items():
+            if key.startswith(INFO_KEYS) and not any(_same(value, v) for v in used.setdefault(key, [])):
+                used[key].append(value)
+    return {k: v[0] if len(v) == 1 else v for k, v in used.items()}
+
+
 def info_diff(runs: Sequence[Run]) -> dict[str, list[Any]]:
     """Differences in what the runs were made of (``run_info.json``): seed, determinism, git commit
-    and dirty flag, package versions. ``{key: [value per run]}``, keys prefixed ``run_info.``."""
-    flats = [flatten(r.info) for r in runs]
+    and dirty flag, package versions. ``{key: [value per run]}``, keys prefixed ``run_info.``. A run
+    resumed under another value (``resumes`` in its ``run_info.json``) gives the list of its values,
+    first to last, so it differs from a run made with its first value only."""
+    flats = [_info_values(r) for r in runs]
     keys = sorted(k for k in set().union(*flats) if k.startswith(INFO_KEYS)) if flats else []
     out: dict[str, list[Any]] = {}
     for key in keys:
