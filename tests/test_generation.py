@@ -1,6 +1,7 @@
 """Text-to-image stage 2: loss goes down on real scenes, checkpoints, tokenizer checks, CLI."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -582,6 +583,32 @@ def test_judge_eval_step_scores_every_head_and_splits_seen_from_heldout():
     assert value["val/acc_all"] == 0.25 and value["val/acc_digit"] == 0.75 and value["val/acc_size"] == 0.5
     assert value["val/acc_digit_heldout"] == 1.0 and value["val/acc_digit_seen"] == 0.5
     assert value["val/acc_size_heldout"] == 0.5 and value["val/acc_size_seen"] == 0.5
+
+
+def test_judge_eval_step_takes_a_batch_without_one_subset():
+    """A batch of seen scenes only (a small last batch, a DDP shard, ``eval_combos: seen``) raised in
+    torchmetrics' MulticlassAccuracy on the empty held-out selection; every key is still logged, and
+    a subset never seen is NaN, not a made-up 0 %."""
+    from tx_suite.tasks.judge import CLASSES, JudgeTask
+
+    torch.manual_seed(0)
+    task = JudgeTask(width=8).eval()
+    logged = {}
+    task.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    for heldout in ([False, False, False, False], [False, False, False, True]):
+        batch = {"image": torch.rand(4, 3, 32, 32), "heldout": torch.tensor(heldout)}
+        batch |= {k: torch.randint(0, n, (4,)) for k, n in CLASSES.items()}
+        with torch.no_grad():
+            task._eval_step(batch, "val")
+    assert {f"val/acc_{k}_{s}" for k in CLASSES for s in ("seen", "heldout")} <= logged.keys()
+    assert 0.0 <= float(logged["val/acc_digit_seen"].compute()) <= 1.0
+    assert float(logged["val/acc_digit_heldout"].compute()) in (0.0, 1.0)  # one held-out image
+    fresh = JudgeTask(width=8)
+    batch["heldout"] = torch.zeros(4, dtype=torch.bool)
+    fresh.log = lambda name, value, **kw: logged.__setitem__(name, value)
+    with torch.no_grad():
+        fresh._eval_step(batch, "test")
+    assert math.isnan(float(logged["test/acc_digit_heldout"].compute()))
 
 
 def test_load_judge_restores_the_trained_weights_in_eval_mode(tmp_path):

@@ -6,7 +6,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MeanMetric
 from torchvision.transforms import v2
 
 from tx_suite.data.captions import COLOURS, POSITIONS, SIZES
@@ -29,7 +29,8 @@ class JudgeTask(pl.LightningModule):
             so the judge also reads the slightly soft images a VQ-VAE decoder produces.
 
     Logged: ``{stage}/loss``, ``{stage}/acc_{attribute}`` and ``{stage}/acc_all`` (every attribute
-    right), and on val/test the same split by ``_seen`` / ``_heldout`` (digit-colour) combinations.
+    right), and on val/test the same split by ``_seen`` / ``_heldout`` (digit-colour) combinations
+    (NaN for a subset the split does not contain, e.g. ``_heldout`` with ``eval_combos: seen``).
     """
 
     def __init__(self, width: int = 16, dropout: float = 0.2, lr: float = 3e-3,
@@ -38,9 +39,11 @@ class JudgeTask(pl.LightningModule):
         self.save_hyperparameters()
         self.model = SceneJudge(width=width, dropout=dropout, classes=CLASSES)
         self.blur = v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=blur_prob)
+        # Micro accuracy as the mean of per-image correctness: MeanMetric takes an empty batch (a
+        # step with no scene of the subset), torchmetrics' MulticlassAccuracy raises on one.
         self.metrics = nn.ModuleDict({
-            f"{stage}_{attr}_{subset}": MulticlassAccuracy(n, average="micro")
-            for stage in ("val", "test") for attr, n in CLASSES.items() for subset in SUBSETS
+            f"{stage}_{attr}_{subset}": MeanMetric()
+            for stage in ("val", "test") for attr in CLASSES for subset in SUBSETS
         })
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -74,7 +77,7 @@ class JudgeTask(pl.LightningModule):
                 mask = batch["heldout"] if subset == "heldout" else ~batch["heldout"]
                 # logged on every step, as TextToImageTask's subsets: a DDP sync needs every rank
                 metric = self.metrics[f"{stage}_{k}_{subset}"]
-                metric.update(pred[mask], batch[k][mask])
+                metric.update((pred[mask] == batch[k][mask]).float())
                 self.log(f"{stage}/acc_{k}_{subset}", metric, batch_size=max(int(mask.sum()), 1))
         self.log(f"{stage}/acc_all", correct_all.float().mean(), prog_bar=True, batch_size=n,
                  sync_dist=True)

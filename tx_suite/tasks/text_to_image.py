@@ -71,7 +71,8 @@ class TextToImageTask(pl.LightningModule):
     per token: train values per step, the batch's mean; val/test ``text_loss`` the split's mean
     over text tokens, the others weighted by images, which for ``image_loss`` is the same, every
     image having N tokens), ``{val,test}/bits_per_image_token`` (= image CE / ln 2, without caption dropout)
-    and, when batches carry a ``heldout`` flag, the same for ``_seen`` / ``_heldout`` captions.
+    and, when batches carry a ``heldout`` flag, the same for ``_seen`` / ``_heldout`` captions
+    (NaN for a subset the split does not contain, e.g. ``_heldout`` with ``eval_combos: seen``).
     """
 
     #: Arguments that do not shape the weights: with ``--ckpt_path`` a config file's value wins
