@@ -77,3 +77,29 @@ def test_check_writable_probes_without_leaving_a_file(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError):
         check_writable(tmp_path / "file" / "out.txt")  # a parent that is a file
+
+
+def test_a_symlink_is_followed_and_a_device_is_written_in_place(tmp_path):
+    """``translate -o out.txt`` through a symlink replaced the link by a regular file (the file it
+    pointed to kept its old text); ``-o /dev/null`` as root would have replaced the device node."""
+    import os
+    import stat
+
+    from tx_suite.utils.atomic_write import check_writable
+
+    real = tmp_path / "real" / "t.txt"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(real)
+    check_writable(link)
+    with atomic_open(link, "w") as f:
+        f.write("new\n")
+    assert link.is_symlink() and real.read_text() == "new\n"
+    null_link = tmp_path / "null"  # a link, so that a regression replaces the link, not /dev/null
+    null_link.symlink_to("/dev/null")
+    check_writable(null_link)
+    with atomic_open(null_link, "w") as f:
+        f.write("discarded\n")
+    assert null_link.is_symlink() and stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert not [p for p in tmp_path.rglob("*.tmp")]

@@ -11,6 +11,7 @@ error, ``KeyboardInterrupt``) the temporary file is removed and the target keeps
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     rename) raises, the temporary file is removed and the exception propagates: ``path`` keeps its
     previous content. A process killed mid-write leaves at most a stray ``.tmp`` file.
 
+    A symlink is followed (the file it points to is replaced, the link stays), and an existing
+    target that is not a regular file (``/dev/null``, ``/dev/stdout``, a FIFO) is written in
+    place: replacing it would swap the device for a regular file.
+
     Args:
         path: the target; its parent directories are created.
         mode: ``"wb"`` or ``"w"`` (text, then pass ``encoding``).
@@ -54,7 +59,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes a new file: mode must be 'w' or 'wb', got {mode!r}")
-    path = Path(path)
+    path = Path(os.path.realpath(path))
+    if _is_special(path):
+        with open(path, mode, encoding=encoding) as f:
+            yield f
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -73,19 +82,32 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     fsync_dir(path.parent)
 
 
+def _is_special(path: Path) -> bool:
+    """An existing target that is not a regular file (a device, a FIFO, a socket)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
 def check_writable(path: str | os.PathLike) -> None:
-    """Fail now if ``path`` could not be written later: for commands that compute for minutes first.
+    """Fail now if :func:`atomic_open` could not write ``path`` later: for commands that compute for
+    minutes first.
 
     Creates the missing parent directories. An existing ``path`` is opened for appending (which
-    refuses a directory and a read-only file, where ``touch`` would succeed); a new one is probed
-    with a temporary file in its directory, so that a run that fails later leaves no empty file.
+    refuses a directory and a read-only file, where ``touch`` would succeed); unless it is a device
+    or FIFO (written in place), its directory is also probed with a temporary file, since the new
+    content is renamed over it from there. A new file leaves nothing behind, so a run that fails
+    later leaves no empty file.
 
     Raises:
         OSError: ``path`` or its directory cannot be written (its ``strerror`` says why).
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         open(path, "ab").close()
-    else:
-        tempfile.TemporaryFile(dir=path.parent).close()
+        if _is_special(path):
+            return
+    tempfile.TemporaryFile(dir=path.parent).close()
