@@ -133,6 +133,8 @@ def test_augment_values_of_the_wrong_kind_name_their_key():
                          ({"random_crop_padding": 2.5}, "augment.random_crop_padding must be a whole number"),
                          ({"affine_degrees": -10}, "augment.affine_degrees must be a number of degrees >= 0"),
                          ({"affine_shear": -5}, "augment.affine_shear must be a number of degrees >= 0"),
+                         ({"random_crop_padding": float("inf")}, "augment.random_crop_padding must be a whole"),
+                         ({"affine_degrees": float("inf")}, "augment.affine_degrees must be a number of degrees"),
                          ({"auto_augment": "randaugment"}, "augment.auto_augment 'randaugment': timm cannot parse"),
                          ({"auto_augment": "rand-m9-x3"}, "augment.auto_augment 'rand-m9-x3': timm cannot parse")]:
         with pytest.raises(ValueError) as err:

@@ -25,6 +25,8 @@ Mixup / CutMix act on batches and labels, so they live in the task
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 from PIL import ImageOps
@@ -48,7 +50,8 @@ TORCHVISION_POLICIES = {
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (``.inf`` in YAML is a float; ``int(inf)`` raises OverflowError)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 #: What each augment key takes (a check, and the wording of its error).
