@@ -205,15 +205,23 @@ def test_average_snapshots_of_a_checkpoint(run, tmp_path, capsys):
     # what average must not overwrite: an input, a training checkpoint (its optimizer state is
     # what a resume needs), nor average a single file (`average a.ckpt b.ckpt` meant as "a and b")
     before = epochs[-1].read_bytes()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not to be lost\n")
     capsys.readouterr()
     for args, says in (([str(epochs[-1]), str(epochs[-1]), str(epochs[-2])], "is also an input"),
                        ([str(epochs[-1]), str(epochs[-2])], "is a training checkpoint"),
                        ([str(tmp_path / "new.ckpt"), str(epochs[-2])], "one checkpoint to average"),
+                       # a stray file was called "not a valid checkpoint", as if it were an input
+                       ([str(notes), str(epochs[-1]), str(epochs[-2])], "notes.txt exists and is not a checkpoint"),
                        # a directory fell through to the rename: IsADirectoryError, exit 1
                        ([str(tmp_path), str(epochs[-1]), str(epochs[-2])], "is a directory: give a file name")):
         assert cli_main(["average", *args]) == 2
         assert says in capsys.readouterr().err
     assert epochs[-1].read_bytes() == before and not (tmp_path / "new.ckpt").exists()
+    assert notes.read_text() == "not to be lost\n"
+    empty = tmp_path / "empty.ckpt"  # mktemp's placeholder is replaced
+    empty.touch()
+    assert cli_main(["average", str(empty), str(epochs[-1]), str(epochs[-2])]) == 0 and empty.stat().st_size > 0
     assert cli_main(["average", str(tmp_path / "avg2.ckpt"), str(epochs[-1]), str(epochs[-2])]) == 0  # an average is replaced
 
 

@@ -28,7 +28,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from tx_suite.utils.checkpoint import atomic_save, load_checkpoint
+from tx_suite.utils.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from tx_suite.utils.option_parser import OptionParser
 
 
@@ -247,15 +247,22 @@ class CheckpointAveraging(pl.Callback):
 
 def _check_output(output: Path, inputs: Sequence[Path]) -> None:
     """Refuse an output that would destroy what the user has: one of the inputs, or a training
-    checkpoint (its optimizer state, needed to resume, is not in an average). An earlier average
-    is replaced."""
+    checkpoint (its optimizer state, needed to resume, is not in an average), or a non-empty file
+    that is no checkpoint. An earlier average, and an empty file (``mktemp``), are replaced."""
     if not output.exists():
         return
     if output.is_dir():
         raise ValueError(f"{output} is a directory: give a file name for the averaged checkpoint")
     if any(p.exists() and output.samefile(p) for p in inputs):
         raise ValueError(f"{output} is also an input: write the average to another file")
-    if output.is_file() and "optimizer_states" in load_checkpoint(output):
+    if not output.is_file() or output.stat().st_size == 0:
+        return
+    try:
+        training = "optimizer_states" in load_checkpoint(output)
+    except CheckpointError:
+        raise ValueError(f"{output} exists and is not a checkpoint: remove it or choose another output "
+                         "file") from None
+    if training:
         raise ValueError(f"{output} is a training checkpoint (it holds optimizer state to resume from): "
                          "write the average to another file")
 
