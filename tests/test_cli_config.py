@@ -280,6 +280,9 @@ def test_seed_everything_true_is_shared_by_ranks_that_torchrun_or_slurm_started(
         monkeypatch.delenv(var, raising=False)
     assert random_seed("a") != random_seed("a")  # one process: drawn afresh (equal with p = 2**-32)
     monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # one process in an allocation, as Lightning sees it
+    assert random_seed(None) != random_seed(None)
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
     assert random_seed("a") == random_seed("a") != random_seed("b")
     assert 0 <= random_seed("a") < 2**32
     monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # a rank Lightning's launcher started: rank 0's seed

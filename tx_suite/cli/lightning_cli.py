@@ -87,11 +87,20 @@ RUN_ID_ENV = "TX_SUITE_RUN_ID"
 WANDB_DATA_DIR_ENV = "WANDB_DATA_DIR"
 
 
+def _launcher_vars(*names: str) -> list[str]:
+    """``names`` without the SLURM ones when Lightning ignores SLURM: a job named ``bash`` or
+    ``interactive`` (``salloc``, ``srun --job-name=interactive``) launches its processes by other
+    means (Lightning's ``SLURMEnvironment.detect``), though ``SLURM_NTASKS`` is set."""
+    if os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return [n for n in names if not n.startswith("SLURM_")]
+    return list(names)
+
+
 def launcher_rank() -> int:
     """This process's global rank as its launcher announced it (torchrun, SLURM, Lightning's DDP
     launcher), known before the Trainer exists; 0 for a single process. Only rank 0 writes the run
     directory, run_info.json and the W&B run; Lightning keeps checkpoints and loggers on rank 0."""
-    for var in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+    for var in _launcher_vars("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         if os.environ.get(var, "").strip().isdigit():
             return int(os.environ[var])
     local, node = (int(os.environ.get(v, "0") or 0) for v in ("LOCAL_RANK", "NODE_RANK"))
@@ -101,7 +110,7 @@ def launcher_rank() -> int:
 def launcher_world_size() -> int:
     """Number of processes that torchrun, SLURM or jsrun started for this job; 1 otherwise (also
     under Lightning's own launcher, which starts its other ranks later, from rank 0)."""
-    for var in ("WORLD_SIZE", "SLURM_NTASKS", "JSM_NAMESPACE_SIZE"):
+    for var in _launcher_vars("WORLD_SIZE", "SLURM_NTASKS", "JSM_NAMESPACE_SIZE"):
         if os.environ.get(var, "").strip().isdigit():
             return int(os.environ[var])
     return 1
