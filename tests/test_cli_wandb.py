@@ -62,6 +62,22 @@ def test_netrc_entry_counts_as_key(tmp_path):
     assert not has_api_key({"NETRC": str(netrc), "WANDB_BASE_URL": "https://wandb.example.org"})
 
 
+def test_netrc_entry_of_a_local_server_is_named_host_and_port(tmp_path, monkeypatch):
+    """``wandb login --host http://localhost:8080`` writes ``machine localhost:8080``: such a user
+    with WANDB_MODE=online was sent offline for "no API key". Also wandb's ~/_netrc fallback."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine localhost:8080\n  login user\n  password " + "k" * 40 + "\n")
+    netrc.chmod(0o600)
+    env = {"NETRC": str(netrc), "WANDB_BASE_URL": "http://localhost:8080", "WANDB_MODE": "online"}
+    assert has_api_key(env)
+    assert resolve_wandb_mode(env, probe=lambda url: True) == ("online", None)
+    assert not has_api_key({**env, "WANDB_BASE_URL": "http://localhost:9090"})
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "_netrc").write_text(netrc.read_text())
+    (tmp_path / "_netrc").chmod(0o600)
+    assert has_api_key({"WANDB_BASE_URL": "http://localhost:8080"})
+
+
 def test_identity_token_file_counts_as_key(tmp_path):
     # wandb logs in with an OIDC token file instead of a key; such a user must not be sent offline
     env = {"NETRC": str(tmp_path / "none"), "WANDB_IDENTITY_TOKEN_FILE": str(tmp_path / "token.jwt")}

@@ -34,17 +34,30 @@ def wandb_host(environ: Mapping[str, str] = os.environ) -> tuple[str, int]:
 
 def has_api_key(environ: Mapping[str, str] = os.environ) -> bool:
     """True when W&B has credentials: ``WANDB_API_KEY``, ``WANDB_IDENTITY_TOKEN_FILE`` (the
-    OIDC token login wandb accepts instead of a key) or a netrc entry for the W&B host."""
+    OIDC token login wandb accepts instead of a key) or a netrc entry for the W&B host.
+
+    As wandb reads it: ``$NETRC``, else ``~/.netrc`` or ``~/_netrc``; the entry is named by the
+    server's ``host:port`` when its URL has a port (``wandb login`` writes it so), else by the host.
+    """
     if environ.get("WANDB_API_KEY") or environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    netrc_path = Path(environ.get("NETRC") or Path.home() / ".netrc")
-    if not netrc_path.is_file():
+    if environ.get("NETRC"):
+        candidates = [Path(environ["NETRC"]).expanduser()]
+    else:
+        candidates = [Path.home() / ".netrc", Path.home() / "_netrc"]
+    netrc_path = next((p for p in candidates if p.is_file()), None)
+    if netrc_path is None:
         return False
+    url = urlparse(environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
     try:
-        auth = netrc.netrc(str(netrc_path)).authenticators(wandb_host(environ)[0])
+        entries = netrc.netrc(str(netrc_path))
     except (netrc.NetrcParseError, OSError):
         return False
-    return bool(auth and auth[2])
+    for machine in dict.fromkeys((url.netloc, wandb_host(environ)[0])):
+        auth = entries.authenticators(machine)
+        if auth and auth[2]:
+            return True
+    return False
 
 
 def can_reach(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
