@@ -129,3 +129,36 @@ def test_keeping_several_checkpoints_under_one_fixed_name_is_refused(tmp_path):
             RunCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", save_top_k=k)
     RunCheckpoint(dirpath=tmp_path, filename="{epoch}-{step}", monitor="val/loss", save_top_k=2)  # distinct files
     RunCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", save_top_k=0)
+
+
+def test_no_validation_keeps_one_latest_file_and_a_resume_keeps_the_ranked_best(tmp_path):
+    """Without validation the latest epoch stands in for best: Lightning's monitor=None path removed
+    older files only for save_top_k 1 (k 2 kept every epoch), and a run resumed without validation
+    overwrote the best.ckpt its validated epochs had chosen."""
+    import warnings
+
+    data = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=1)
+
+    def run(dirpath, epochs, limit_val, ckpt_path=None, **kw):
+        ck = RunCheckpoint(dirpath=dirpath, monitor="val/loss", mode="min", save_last=True, **kw)
+        trainer = pl.Trainer(max_epochs=epochs, limit_val_batches=limit_val, callbacks=[ck], logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(Improving(), data, data, ckpt_path=ckpt_path)
+
+    run(tmp_path / "k2", 4, 0, filename="{epoch}", save_top_k=2)
+    assert sorted(p.name for p in (tmp_path / "k2").glob("epoch=*.ckpt")) == ["epoch=3.ckpt"]
+
+    class GettingWorse(Improving):
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", float(self.global_step))  # the first validated epoch is the best
+
+    ck = RunCheckpoint(dirpath=tmp_path / "r", filename="best", monitor="val/loss", mode="min", save_last=True)
+    trainer = pl.Trainer(max_epochs=2, limit_val_batches=1, callbacks=[ck], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(GettingWorse(), data, data)
+    assert load_checkpoint(tmp_path / "r" / "best.ckpt")["epoch"] == 0
+    run(tmp_path / "r", 4, 0, ckpt_path=str(tmp_path / "r" / "last.ckpt"), filename="best", save_top_k=1)
+    assert load_checkpoint(tmp_path / "r" / "last.ckpt")["epoch"] == 3
+    assert load_checkpoint(tmp_path / "r" / "best.ckpt")["epoch"] == 0

@@ -50,8 +50,10 @@ class RunCheckpoint(ModelCheckpoint):
     ``TranslationTask(bleu_every_n_epochs=N)``'s ``val/bleu``) keeps ``best.ckpt`` as it is and
     still rewrites ``last.ckpt``; ModelCheckpoint would raise instead. A run with no validation
     batches at all (``val_size=0``, ``limit_val_batches=0``) can never log it: there ``best.ckpt``
-    is the latest epoch, as with ``monitor=None``, and one warning says so, because without a
-    ``best.ckpt`` ``--ckpt_path best`` would resolve to an older run of the experiment.
+    is the latest epoch, as with ``monitor=None`` (with ``save_top_k`` > 1, only the latest file
+    is kept), and one warning says so, because without a ``best.ckpt`` ``--ckpt_path best`` would
+    resolve to an older run of the experiment. A run resumed without validation after earlier
+    epochs were ranked keeps their ``best.ckpt``.
 
     Resuming from an epoch-end checkpoint with ``max_steps`` set (iteration-based training),
     Lightning 2.6 replays that epoch's end. The replay is not a new save point (nothing trained
@@ -79,15 +81,22 @@ class RunCheckpoint(ModelCheckpoint):
     def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
         if self.monitor is None or self.monitor in monitor_candidates:
             super()._save_topk_checkpoint(trainer, monitor_candidates)
-        elif self.save_top_k and _runs_no_validation(trainer):
+        elif self.save_top_k and _runs_no_validation(trainer) and self.best_model_score is None:
             # Nothing will ever log the key. Without a best.ckpt, `--ckpt_path best` would quietly
             # pick an older run of the experiment, so the latest epoch stands in, as with monitor=None.
+            # (A run resumed without validation after it had ranked epochs keeps its best.ckpt.)
             if not self._warned_missing:
                 self._warned_missing = True
                 rank_zero_warn(f"RunCheckpoint(monitor={self.monitor!r}): this run has no validation batches "
                                "(val_size 0, limit_val_batches 0 or no val loader), so best.ckpt is the latest "
                                "epoch, as with checkpoint.monitor: null")
+            previous = self.best_model_path
             self._save_none_monitor_checkpoint(trainer, monitor_candidates)
+            # Lightning removes the previous file only for save_top_k 1 (monitor=None refuses other
+            # k); unranked epochs are not a top k, so only the latest is kept unless k is -1 (all).
+            if (self.save_top_k > 1 and previous and previous != self.best_model_path
+                    and self._should_remove_checkpoint(trainer, previous, self.best_model_path)):
+                self._remove_checkpoint(trainer, previous)
         elif not self._warned_missing:
             self._warned_missing = True
             rank_zero_warn(f"RunCheckpoint(monitor={self.monitor!r}): the key is missing at step "
