@@ -148,6 +148,11 @@ def test_pretrained_timm_offline_fails_fast(monkeypatch):
     with pytest.raises(ConnectionError, match="cannot reach huggingface.co"):
         ImageClassification(backbone="tx", timm_model="vit_tiny_patch16_224", pretrained="timm", img_size=224,
                             in_chans=3, num_classes=10)
+    # a hybrid (conv stem) cannot take timm ViT weights: said before any download is tried, so
+    # an offline user sees the real reason, not the network error
+    with pytest.raises(ValueError, match="conv stem"):
+        ImageClassification(backbone="tx", timm_model="vit_tiny_patch16_224", pretrained="timm", img_size=224,
+                            in_chans=3, num_classes=10, stem_channels=[8])
 
 
 def test_fine_tuned_checkpoint_needs_no_pretrained_file(tmp_path, runs_dir, capsys):

@@ -232,7 +232,7 @@ def checkpoint_filter_fn(
             (timm ``no_embed_class``, DeiT III), or one that is not square and has no ``old_grid_size``.
             A ``model`` with a conv stem (timm ViT weights have none).
     """
-    _refuse_stem(model)
+    refuse_stem(model)
     for wrapper in ("state_dict", "model"):
         if wrapper in state_dict and isinstance(state_dict[wrapper], dict):
             state_dict = state_dict[wrapper]
@@ -310,7 +310,7 @@ def read_timm_checkpoint(path: str | Path) -> dict[str, Tensor]:
     return sd
 
 
-def _refuse_stem(model: nn.Module) -> None:
+def refuse_stem(model: nn.Module) -> None:
     """Raise ValueError for a hybrid ViT: timm's plain ViT weights have no conv stem to fill it."""
     if getattr(getattr(model, "patch_embed", None), "stem", None) is not None:
         raise ValueError("this ViT has a conv stem (stem_channels) and timm ViT weights have none: "
@@ -325,7 +325,7 @@ def timm_twin(model: VisionTransformer) -> nn.Module:
     """
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-    _refuse_stem(model)
+    refuse_stem(model)
     layer = model.encoder.layers[0]
     d_model = model.patch_embed.proj.out_features
     with torch.device("meta"):
@@ -491,7 +491,7 @@ def load_timm_checkpoint(
         FileNotFoundError, ValueError: the file is missing / unreadable, or a tensor does not fit;
             ValueError for a ``model`` with a conv stem (hybrid), which timm ViT weights cannot fill.
     """
-    _refuse_stem(model)
+    refuse_stem(model)
     sd = source if isinstance(source, dict) else read_timm_checkpoint(source)
     ours = isinstance(model, VisionTransformer)
     sd = fit_timm_state_dict(sd, timm_twin(model) if ours else model, old_grid_size)

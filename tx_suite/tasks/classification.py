@@ -191,8 +191,9 @@ def load_pretrained(model: nn.Module, source: str, timm_model: str | None = None
     Raises:
         FileNotFoundError, ValueError, ConnectionError: each names its cause.
     """
-    from tx_suite.models.vit import load_timm_checkpoint
+    from tx_suite.models.vit import load_timm_checkpoint, refuse_stem
 
+    refuse_stem(model)  # before a download that could take minutes, or fail offline first
     if source == "timm":
         if not timm_model:
             raise ValueError("pretrained: timm needs timm_model (e.g. vit_tiny_patch16_224)")
