@@ -54,18 +54,28 @@ def main(argv=None) -> int:
     for path in args.ckpt:
         if not path.is_file():
             p.error(f"--ckpt: no file at {path}")
+    if args.out and not args.out.parent.is_dir():
+        p.error(f"--out: no directory {args.out.parent}")
 
     datamodule = build(load_config(args.config)["data"])
     datamodule.prepare_data()
     datamodule.setup("test")
     loader = datamodule.test_dataloader()
-    members, total, wrong = [], None, None
+    # Every member is loaded and checked before any is evaluated, so that a bad one stops the run
+    # with one line before minutes of evaluation, not after.
+    models = []
     for path in args.ckpt:
-        model = load_classifier(path).eval()
+        try:
+            model = load_classifier(path).eval()
+        except ValueError as e:  # CheckpointError included: corrupt, unsafe or not a classifier
+            p.error(f"--ckpt {path}: {e}")
         hp, dm = model.hparams, datamodule
         if (hp.num_classes, hp.in_chans, hp.img_size) != (dm.num_classes, dm.in_chans, dm.img_size):
             p.error(f"{path} classifies {hp.num_classes} classes of {hp.in_chans}x{hp.img_size}x{hp.img_size} "
                     f"images, {args.config}'s data has {dm.num_classes} of {dm.in_chans}x{dm.img_size}x{dm.img_size}")
+        models.append(model)
+    members, total, wrong = [], None, None
+    for path, model in zip(args.ckpt, models):
         probs, labels = predict_probabilities(model, loader)
         total = probs if total is None else total + probs
         miss = (probs.argmax(-1) != labels).long()  # (N,) 1 where this member is wrong

@@ -74,3 +74,18 @@ def test_a_checkpoint_of_other_data_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         vision_ensemble.main(["--ckpt", str(ckpt)])
     assert e.value.code == 2 and "classifies 10 classes of 3x32x32 images" in capsys.readouterr().err
+
+
+def test_a_bad_member_or_out_dir_stops_before_any_evaluation(ckpts, tmp_path, capsys, monkeypatch):
+    """A corrupt second member was found only after the first had been evaluated on the whole
+    test set (a traceback), and a missing --out directory after all of them (the table lost)."""
+    evaluated = []
+    monkeypatch.setattr(vision_ensemble, "predict_probabilities", lambda *a: evaluated.append(1) or 1 / 0)
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    for args, says in ((["--ckpt", str(ckpts[0]), "--ckpt", str(bad)], f"--ckpt {bad}: "),
+                       (["--ckpt", str(ckpts[0]), "--out", str(tmp_path / "nodir" / "r.json")], "--out: no directory")):
+        with pytest.raises(SystemExit) as e:
+            vision_ensemble.main(args)
+        assert e.value.code == 2 and says in capsys.readouterr().err
+    assert not evaluated
