@@ -101,6 +101,41 @@ def test_gray_weights_into_rgb_model(tmp_path, backbone):
         assert (ours(gray.expand(-1, 3, -1, -1)) - ref(gray)).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("old, new", [(3, 1), (1, 3), (3, 4), (4, 2), (2, 2)])
+def test_channel_adaptation_equals_timms_with_base_chans(old, new):
+    """Ours, because timm before base_chans (allowed by timm>=1.0) raised TypeError on the keyword
+    (and NotImplementedError for gray -> RGB); where timm has it, the two must agree."""
+    import inspect
+
+    from timm.models import adapt_input_conv
+
+    from tx_suite.models.vit import adapt_input_channels
+
+    if "base_chans" not in inspect.signature(adapt_input_conv).parameters:
+        pytest.skip("this timm has no base_chans")
+    w = torch.randn(8, old, 4, 4)
+    torch.testing.assert_close(adapt_input_channels(w, new), adapt_input_conv(new, w, base_chans=old))
+
+
+def test_channel_adaptation_needs_no_recent_timm(tmp_path, monkeypatch):
+    """timm 1.0's adapt_input_conv(in_chans, conv_weight) has no base_chans: loading RGB weights
+    into the gray MNIST ViT raised TypeError with it."""
+    import timm.models
+
+    def old_timm(in_chans, conv_weight):
+        raise AssertionError("timm's adapt_input_conv must not be needed")
+
+    monkeypatch.setattr(timm.models, "adapt_input_conv", old_timm)
+    ref = timm_vit(in_chans=3)
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    ours = task(tmp_path / "w.pth", in_chans=1)
+    gray = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        feats = ours.model.forward_head(ours.model.forward_features(gray), pre_logits=True)
+        ref_feats = ref.forward_head(ref.forward_features(gray.expand(-1, 3, -1, -1)), pre_logits=True)
+    assert (feats - ref_feats).abs().max() < 1e-5
+
+
 def test_bad_weights_are_named(tmp_path):
     torch.save(timm_vit(embed_dim=48, num_heads=4).state_dict(), tmp_path / "wide.pth")
     with pytest.raises(ValueError, match=r"pretrained .* has shape .*48.*needs.*32"):

@@ -404,6 +404,30 @@ def _check_token_layout(
             "non-square grid, give old_grid_size=(rows, cols)")
 
 
+def adapt_input_channels(weight: Tensor, in_chans: int) -> Tensor:
+    """Patch-projection kernel ``(O, I, P, P)`` refitted to ``in_chans`` input channels.
+
+    As timm's ``adapt_input_conv(in_chans, weight, base_chans=I)`` (only recent timm has
+    ``base_chans``; the default 3 would leave gray weights unchanged for an RGB model): one channel
+    sums the kernels; more repeat them cyclically, scaled by ``I / in_chans`` so that an image with
+    equal channels gives the same projection.
+
+    Raises:
+        ValueError: ``in_chans`` below 1, or ``weight`` not 4-D.
+    """
+    if in_chans < 1 or weight.ndim != 4:
+        raise ValueError(f"cannot adapt a patch kernel of shape {tuple(weight.shape)} to {in_chans} channels")
+    chans = weight.shape[1]
+    if in_chans == chans:
+        return weight
+    w = weight.float()  # half-precision weights: sum in float32
+    if in_chans == 1:
+        w = w.sum(1, keepdim=True)
+    else:
+        w = w.repeat(1, math.ceil(in_chans / chans), 1, 1)[:, :in_chans] * (chans / in_chans)
+    return w.to(weight.dtype)
+
+
 def fit_timm_state_dict(
     state_dict: dict[str, Tensor], timm_vit: nn.Module, old_grid_size: tuple[int, int] | None = None,
 ) -> dict[str, Tensor]:
@@ -425,7 +449,6 @@ def fit_timm_state_dict(
             layout (timm ``no_embed_class``), or a tensor that does not fit or is missing; the
             message names it.
     """
-    from timm.models import adapt_input_conv
     from timm.models.vision_transformer import checkpoint_filter_fn as timm_filter
 
     want = timm_vit.state_dict()
@@ -435,9 +458,7 @@ def fit_timm_state_dict(
             state_dict = state_dict[wrapper]
     sd = dict(state_dict)
     if key in sd and sd[key].ndim == 4 and sd[key].shape[1] != want[key].shape[1]:
-        # base_chans: the checkpoint's own count (timm's default, 3, would leave gray weights
-        # unchanged for an RGB model); a kernel repeated over the channels is scaled by old/new.
-        sd[key] = adapt_input_conv(want[key].shape[1], sd[key], base_chans=sd[key].shape[1])
+        sd[key] = adapt_input_channels(sd[key], want[key].shape[1])
     depth = sum(1 for k in want if re.fullmatch(r"blocks\.\d+\.norm1\.weight", k))
     have = sum(1 for k in sd if re.fullmatch(r"blocks\.\d+\.norm1\.weight", k))
     if have > depth:  # dropping blocks silently would fine-tune a different network than the one named
