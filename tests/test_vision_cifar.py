@@ -126,6 +126,14 @@ def test_a_corrupt_test_batch_is_found_and_download_offline_fails_fast(tmp_path,
     (tmp_path / "fake-python.tar.gz").unlink()
     with pytest.raises(FileNotFoundError, match="incomplete or corrupt"):
         dm_cls(data_dir=str(tmp_path), val_size=2, batch_size=4).prepare_data()
+    # and the class-name file: without it the folder passed, and setup failed in torchvision
+    # ("use download=True") even with download set
+    dm_cls2, folder2 = _fake_cifar(tmp_path / "meta")
+    dm_cls2(data_dir=str(tmp_path / "meta"), val_size=2, batch_size=4).setup("fit")
+    (folder2 / "batches.meta").unlink()
+    (tmp_path / "meta" / "fake-python.tar.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="incomplete or corrupt"):
+        dm_cls2(data_dir=str(tmp_path / "meta"), val_size=2, batch_size=4).prepare_data()
     # download: true without a network: a ConnectionError that says so, before torchvision tries
     with pytest.raises(ConnectionError, match="cannot reach www.cs.toronto.edu.*are you offline"):
         dm_cls(data_dir=str(tmp_path), download=True, val_size=2, batch_size=4).prepare_data()

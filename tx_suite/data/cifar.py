@@ -79,9 +79,11 @@ class CIFAR10DataModule(ImageClassificationDataModule):
         return self.data_dir / self.dataset_cls.base_folder
 
     def _folder_intact(self) -> bool:
-        """Every batch file present with its MD5 (torchvision's list; reads all 170 MB)."""
+        """Every batch file and the metadata file (class names) present with its MD5 (torchvision's
+        lists; reads all 170 MB)."""
         cls = self.dataset_cls
-        return all(check_integrity(str(self.folder / name), md5) for name, md5 in cls.train_list + cls.test_list)
+        files = cls.train_list + cls.test_list + [[cls.meta["filename"], cls.meta["md5"]]]
+        return all(check_integrity(str(self.folder / name), md5) for name, md5 in files)
 
     def prepare_data(self) -> None:
         cls = self.dataset_cls
