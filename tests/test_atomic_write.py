@@ -24,6 +24,21 @@ def test_the_file_appears_only_when_the_block_ends(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() makes it, not mkstemp's 0600
 
 
+def test_the_umask_is_applied_by_the_kernel_not_read_by_setting_it(tmp_path, monkeypatch):
+    """Reading the umask means os.umask(0) then restoring it: process-wide, so a file another thread
+    created in between came out world-writable (0666). The temporary file is created with 0666 and
+    the kernel applies the umask instead."""
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda *a: pytest.fail("os.umask called"))
+        with atomic_open(tmp_path / "out.bin") as f:
+            f.write(b"x")
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert (tmp_path / "out.bin").stat().st_mode & 0o777 == 0o640
+
+
 def test_an_error_in_the_block_keeps_the_old_file_and_removes_the_temporary(tmp_path):
     path = tmp_path / "out.bin"
     path.write_bytes(b"old")

@@ -11,6 +11,7 @@ error, ``KeyboardInterrupt``) the temporary file is removed and the target keeps
 from __future__ import annotations
 
 import os
+import secrets
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +19,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from tx_suite.utils.file_mode import match_umask
+
+
+def _create_temp(directory: Path, name: str) -> tuple[int, str]:
+    """Open a new ``.<name>.<random>.tmp`` in ``directory`` with mode ``0666 & ~umask``, as
+    ``open()`` would create it (``mkstemp`` makes it 0600, and reading the umask means setting
+    it, process-wide, which races with other threads creating files)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name} in {directory}")
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -39,8 +53,8 @@ def fsync_dir(directory: str | os.PathLike) -> None:
 def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """Open ``path`` for writing so that it is replaced whole when the ``with`` block ends, or not at all.
 
-    The block writes to ``.<name>.<random>.tmp`` next to ``path``; on a normal exit the file is
-    flushed, fsynced, given the mode ``open()`` would give it (``0666 & ~umask``) and
+    The block writes to ``.<name>.<random>.tmp`` next to ``path``, created with the mode ``open()``
+    would give it (``0666 & ~umask``); on a normal exit the file is flushed, fsynced and
     ``os.replace``-d over ``path``, then the directory is fsynced. If the block (or the fsync or the
     rename) raises, the temporary file is removed and the exception propagates: ``path`` keeps its
     previous content. A process killed mid-write leaves at most a stray ``.tmp`` file.
@@ -65,10 +79,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
             yield f
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:
-            match_umask(f.fileno())
             yield f
             f.flush()
             os.fsync(f.fileno())
