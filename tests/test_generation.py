@@ -433,6 +433,10 @@ def test_judge_scores_and_generate_reranks(trained, tmp_path, capsys, monkeypatc
     assert generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "top-left: tiny red 7", "--n", "2",
                           "--judge", str(tmp_path / "judge.ckpt"), "--candidates", "0", "--out", str(out)]) == 2
     assert "--candidates (0) must be >= --n (2)" in capsys.readouterr().err
+    # an argument check, made before any checkpoint is read (it came after loading all three)
+    assert generate_main(["--ckpt", str(tmp_path / "none.ckpt"), "--caption", "top-left: tiny red 7", "--n", "2",
+                          "--judge", str(tmp_path / "none_judge.ckpt"), "--candidates", "1", "--out", str(out)]) == 2
+    assert "--candidates (1) must be >= --n (2)" in capsys.readouterr().err
     # an emoji model's images are not what the Captioned MNIST judge was trained on
     ckpt = torch.load(trained["ckpt"], weights_only=True)
     assert ckpt["tx_suite_data_class"] == "tx_suite.data.captioned_mnist_datamodule.CaptionedMNISTDataModule"

@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.candidates is not None and args.judge is None:
         raise ValueError("--candidates needs --judge (the judge re-ranks the candidates)")
+    if args.candidates is not None and args.candidates < args.n:
+        raise ValueError(f"--candidates ({args.candidates}) must be >= --n ({args.n})")
     if args.out.is_dir() or args.out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise ValueError(f"--out must be an image file name ending in .png or .jpg, got {args.out}")
     blocking = next((p for p in args.out.parents if p.exists()), None)
@@ -141,8 +143,6 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{PROG}: note: {unknown:.0%} of the caption tokens are unknown to this model's vocabulary "
               "(another dataset's captions, or not text?)", file=sys.stderr)
     n_draw = args.n if judge is None else (4 * args.n if args.candidates is None else args.candidates)
-    if n_draw < args.n:
-        raise ValueError(f"--candidates ({n_draw}) must be >= --n ({args.n})")
     start = time.perf_counter()
     images = task.generate(captions, n_draw, temperature=args.temperature, top_k=args.top_k,
                            top_p=args.top_p, cfg_scale=args.cfg_scale, use_cache=not args.no_cache,
