@@ -207,6 +207,16 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(runs_dir, capsys
     assert "nothing to train" not in capsys.readouterr().err
 
 
+def test_resuming_a_run_whose_max_time_is_used_up_says_so(runs_dir, capsys):
+    """It said "already at trainer.max_epochs/max_steps; raise them", which cannot help: Lightning
+    restores the Timer's elapsed time, so the resumed fit stops at once whatever max_epochs is."""
+    assert fit("--trainer.max_epochs=1000", "--trainer.max_time=00:00:00:01") == 0
+    capsys.readouterr()
+    assert fit("--trainer.max_epochs=1000", "--trainer.max_time=00:00:00:01", "--ckpt_path", "last") == 0
+    err = capsys.readouterr().err
+    assert "trainer.max_time is used up" in err and "max_epochs/max_steps" not in err, err
+
+
 def test_fast_dev_run_leaves_no_checkpoint_for_last_to_find(runs_dir, capsys):
     """Lightning documents that fast_dev_run saves no checkpoint, yet wrote last.ckpt at train end:
     the next `--ckpt_path last` resumed that 1-step smoke test instead of the real run."""

@@ -39,6 +39,7 @@ from typing import Any, Optional
 
 from jsonargparse import Namespace
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
+from pytorch_lightning.callbacks import Timer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 
@@ -562,9 +563,22 @@ class TxSuiteCLI(LightningCLI):
     def after_fit(self) -> None:
         """Say so when a resumed fit had nothing left to train (it would otherwise end silently)."""
         start = self._ckpt_global_step
-        if start is not None and self.trainer.global_step == start and self.trainer.is_global_zero:
-            _log(f"nothing to train: the checkpoint is at step {start}, epoch {self.trainer.current_epoch}, "
-                 "already at trainer.max_epochs/max_steps; raise them to train further")
+        trainer = self.trainer
+        if start is None or trainer.global_step != start or not trainer.is_global_zero:
+            return
+        at = f"the checkpoint is at step {start}, epoch {trainer.current_epoch}"
+        max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
+        if (max_steps is not None and 0 <= max_steps <= start) or (
+                max_epochs is not None and 0 <= max_epochs <= trainer.current_epoch):
+            _log(f"nothing to train: {at}, already at trainer.max_epochs/max_steps; raise them to train further")
+            return
+        timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+        if timer is not None and (timer.time_remaining() or 0) <= 0:
+            # Lightning restores the Timer's elapsed time with the checkpoint.
+            _log(f"nothing to train: {at}, and the run's trainer.max_time is used up (the time already "
+                 "trained is restored from the checkpoint); raise --trainer.max_time to train further")
+            return
+        _log(f"nothing to train: {at}; the fit stopped before its first step")
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand is None or not self.state.get("rank_zero", True):
