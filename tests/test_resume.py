@@ -356,3 +356,18 @@ def test_a_checkpoint_at_an_epochs_last_batch_resumes_into_a_whole_next_epoch(tm
     Trainer(max_epochs=3, **kw).fit(resumed, ckpt_path=tmp_path / "last_batch.ckpt")
     later = [b for e, b in whole.seen if e > 0]
     assert len(later) >= 6 and [b for e, b in resumed.seen] == later
+
+
+def test_overfit_batches_rebuilds_the_resumable_loader_in_order(runs_dir, capsys):
+    """Lightning's overfit_batches re-creates the training loader with a SequentialSampler; the
+    loader refused any sampler, so `--trainer.overfit_batches` failed on every vision and
+    generation config. Other samplers are still refused, with their name."""
+    from torch.utils.data import RandomSampler, SequentialSampler
+
+    data = list(range(10))
+    loader = ResumableDataLoader(data, batch_size=4, shuffle=True, seed=0, sampler=SequentialSampler(data))
+    assert [b.tolist() for b in loader] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    with pytest.raises(TypeError, match="got RandomSampler"):
+        ResumableDataLoader(data, sampler=RandomSampler(data))
+    assert main(["fit", "--config", str(TINY), "--trainer.overfit_batches=1", "--trainer.max_epochs=1",
+                 "--trainer.logger=false", "--trainer.enable_progress_bar=false"]) == 0

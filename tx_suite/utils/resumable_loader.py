@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
 
 
 def _default_seed() -> int:
@@ -92,16 +92,21 @@ class ResumableDataLoader(DataLoader):
         batch_sampler: a resumable batch sampler (see above) instead of the built-in sampler; then
             ``batch_size``, ``shuffle`` and ``drop_last`` must stay at their defaults.
         **kwargs: other ``DataLoader`` arguments (``num_workers``, ``collate_fn``, ``pin_memory``,
-            ...); ``sampler`` is not accepted.
+            ...); ``sampler`` is not accepted, except a ``SequentialSampler``, which means
+            ``shuffle=False`` (Lightning's ``overfit_batches`` passes one).
 
     Raises:
-        TypeError: ``sampler`` was given, or a ``batch_sampler`` without ``start_batch``.
+        TypeError: another ``sampler`` was given, or a ``batch_sampler`` without ``start_batch``.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int = 1, shuffle: bool = False, seed: int | None = None,
                  drop_last: bool = False, batch_sampler: Any = None, **kwargs: Any) -> None:
-        if kwargs.pop("sampler", None) is not None:
-            raise TypeError("ResumableDataLoader builds its own sampler; do not pass sampler")
+        sampler = kwargs.pop("sampler", None)
+        if isinstance(sampler, SequentialSampler) and batch_sampler is None:
+            shuffle = False  # Lightning's overfit_batches rebuilds the loader to read the data in order
+        elif sampler is not None:
+            raise TypeError("ResumableDataLoader builds its own sampler (sharded over the ranks itself); "
+                            f"do not pass sampler (got {type(sampler).__name__})")
         if batch_sampler is not None:
             if not hasattr(batch_sampler, "start_batch"):
                 raise TypeError(f"{type(batch_sampler).__name__} cannot resume mid-epoch: it has no `start_batch`")
