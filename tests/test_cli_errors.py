@@ -84,6 +84,20 @@ def test_gpu_config_on_a_machine_without_one(capsys, runs_dir, monkeypatch, acce
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
 
+def test_the_cpu_fix_for_ddp_yaml_names_devices_and_works(capsys, runs_dir, monkeypatch):
+    """ddp.yaml sets devices: -1; the suggested `--trainer.accelerator=cpu` alone then failed with
+    Lightning's "`devices` selected with `CPUAccelerator` should be an int > 0"."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    ddp = str(Path(__file__).resolve().parents[1] / "experiments" / "scale" / "ddp.yaml")
+    code, line = run_error(capsys, ["fit", "--config", TINY, "--config", ddp])
+    assert code == 2 and "add --trainer.accelerator=cpu --trainer.devices=N" in line, line
+    assert main(["fit", "--config", TINY, "--config", ddp, "--trainer.accelerator=cpu", "--trainer.devices=1",
+                 "--trainer.fast_dev_run=true", "--trainer.logger=false"]) == 0
+
+
 def test_missing_config_names_the_runs_own_config(capsys, runs_dir, tmp_path):
     run = tmp_path / "runs" / "exp" / "r1"
     (run / "checkpoints").mkdir(parents=True)

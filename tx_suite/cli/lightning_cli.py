@@ -214,11 +214,14 @@ def _is(entry: Any, *names: str) -> bool:
     return (_class_path(entry) or "").rsplit(".", 1)[-1] in names
 
 
-def check_accelerator(accelerator: Any, strategy: Any = None) -> None:
+def check_accelerator(accelerator: Any, strategy: Any = None, devices: Any = None) -> None:
     """Fail early, with the fix, when a config asks for a GPU this machine does not have.
 
     Lightning's own error ("No supported gpu backend found!") names neither the setting nor the
     way out; GPU configs (``experiments/vision/cifar10_vit.yaml``) set ``trainer.accelerator: gpu``.
+
+    The suggested fix also names ``--trainer.devices`` when the config asks for every device
+    (``devices: -1``, as ``experiments/scale/ddp.yaml``), which the CPU accelerator refuses.
 
     Raises:
         ValueError: ``accelerator`` is ``"gpu"``, ``"cuda"`` or ``"mps"`` and no such device is
@@ -232,12 +235,17 @@ def check_accelerator(accelerator: Any, strategy: Any = None) -> None:
     cuda = torch.cuda.is_available()
     mps = torch.backends.mps.is_available()
     if (name == "gpu" and not (cuda or mps)) or (name == "cuda" and not cuda) or (name == "mps" and not mps):
+        # devices -1 ("all") and "auto" mean something to a GPU accelerator; the CPU one needs a count
+        all_devices = str(devices).strip() in ("-1", "auto")
         if "fsdp" in (_class_path(strategy) or str(strategy or "")).lower():
             raise ValueError(f"trainer.accelerator={accelerator} but this machine has no such device; the FSDP "
                              "strategy (experiments/scale/fsdp.yaml) runs on CUDA GPUs only: drop it to run on "
-                             "the CPU, e.g. with experiments/scale/ddp.yaml --trainer.accelerator=cpu")
+                             "the CPU, e.g. with experiments/scale/ddp.yaml --trainer.accelerator=cpu "
+                             "--trainer.devices=2")
+        fix = "--trainer.accelerator=cpu --trainer.devices=N (N processes)" if all_devices else \
+            "--trainer.accelerator=cpu"
         raise ValueError(f"trainer.accelerator={accelerator} but this machine has no such device "
-                         f"(torch.cuda.is_available() is {cuda}); add --trainer.accelerator=cpu to "
+                         f"(torch.cuda.is_available() is {cuda}); add {fix} to "
                          "run on the CPU (slow for GPU-sized configs)")
 
 
@@ -444,7 +452,7 @@ class TxSuiteCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         subcommand = self.subcommand
         cfg = self.config[subcommand]
-        check_accelerator(cfg.trainer.get("accelerator"), cfg.trainer.get("strategy"))
+        check_accelerator(cfg.trainer.get("accelerator"), cfg.trainer.get("strategy"), cfg.trainer.get("devices"))
         experiment = validate_name(cfg.experiment or self._default_experiment)
         cfg.experiment = experiment
         # Lightning expands `~` in its own paths; without this a run would be split over ./~ and $HOME.
