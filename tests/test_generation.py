@@ -216,6 +216,10 @@ def test_generate_command_writes_a_grid_and_reports_errors(trained, tmp_path, ca
     assert code == 2 and "is not a torch device" in capsys.readouterr().err
     code = generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "x", "--out", str(tmp_path)])
     assert code == 2 and "--out must be an image file name" in capsys.readouterr().err  # before sampling
+    # any common raster format PIL writes (only .png/.jpg were accepted, though save_image takes more)
+    assert generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "x", "--out", str(tmp_path / "g.bmp")]) == 0
+    assert Image.open(tmp_path / "g.bmp").format == "BMP"
+    capsys.readouterr()
     code = generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "x", "--out", str(out / "sub" / "g.png")])
     assert code == 2 and f"{out} is a file, not a directory" in capsys.readouterr().err  # before sampling
     code = generate_main(["--ckpt", str(trained["ckpt"]), "--caption", "x", "--candidates", "4", "--out", str(out)])

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage-1 VQ-VAE checkpoint (default: the one recorded in --ckpt)")
     p.add_argument("--caption", action="append", default=[], help="a caption (repeatable)")
     p.add_argument("--captions_file", type=Path, default=None, help="file with one caption a line ('-': standard input)")
-    p.add_argument("--out", type=Path, default=Path("samples.png"), help="output PNG grid (default samples.png)")
+    p.add_argument("--out", type=Path, default=Path("samples.png"), help="output image grid; its suffix picks the format (.png, .jpg, .webp, .bmp, .gif, .tif; "
+                   "default samples.png)")
     p.add_argument("--n", type=int, default=8, help="images per caption, one grid row (default 8)")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of image tokens (default 1)")
     p.add_argument("--top_k", type=int, default=None, help="sample from the k most likely tokens (default: all)")
@@ -83,6 +84,10 @@ def read_captions(args: argparse.Namespace) -> list[str]:
     return captions
 
 
+#: Image formats ``--out`` may name (the file name's suffix picks the format, as in PIL).
+OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
 def run(args: argparse.Namespace) -> dict:
     import torch
     from torchvision.utils import make_grid, save_image
@@ -101,8 +106,13 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError("--candidates needs --judge (the judge re-ranks the candidates)")
     if args.candidates is not None and args.candidates < args.n:
         raise ValueError(f"--candidates ({args.candidates}) must be >= --n ({args.n})")
-    if args.out.is_dir() or args.out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise ValueError(f"--out must be an image file name ending in .png or .jpg, got {args.out}")
+    if args.out.is_dir() or args.out.suffix.lower() not in OUT_SUFFIXES:
+        raise ValueError(f"--out must be an image file name ending in {', '.join(OUT_SUFFIXES)}, got {args.out}")
+    if args.out.suffix.lower() == ".webp":
+        from PIL import features
+
+        if not features.check("webp"):
+            raise ValueError(f"--out {args.out}: this Pillow was built without WebP; use .png")
     blocking = next((p for p in args.out.parents if p.exists()), None)
     if blocking is not None and not blocking.is_dir():  # found now, not after sampling
         raise ValueError(f"--out {args.out}: {blocking} is a file, not a directory")
@@ -155,8 +165,12 @@ def run(args: argparse.Namespace) -> dict:
         images = rerank(images, scores, n_draw, keep=args.n)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(args.out, "wb") as f:  # an interrupted save keeps the previous grid, not half a PNG
+        # A file object carries no name for PIL to read the format from: name it from the suffix.
+        from PIL import Image
+
+        Image.init()
         save_image(make_grid(images.cpu(), nrow=args.n, padding=1, pad_value=0.5), f,
-                   format="PNG" if args.out.suffix.lower() == ".png" else "JPEG")
+                   format=Image.registered_extensions()[args.out.suffix.lower()])
     return {"out": str(args.out), "captions": len(captions), "images_sampled": len(captions) * n_draw,
             "seconds": round(seconds, 3), "images_per_s": round(len(captions) * n_draw / seconds, 2),
             "unknown_token_rate": round(unknown, 4), "truncated_captions": truncated, "reranked": args.judge is not None}
