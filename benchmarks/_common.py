@@ -26,6 +26,15 @@ def build(spec: dict, **extra):
     return getattr(importlib.import_module(module), name)(**{**(spec.get("init_args") or {}), **extra})
 
 
+def safe_fit_kwargs() -> dict:
+    """``weights_only=True`` for ``Trainer.fit`` and ``load_from_checkpoint`` where this Lightning
+    has it (2.6+; pyproject allows 2.5, whose ``fit`` refuses the keyword and whose
+    ``load_from_checkpoint`` would pass it to the model's ``__init__``)."""
+    import inspect
+
+    return {"weights_only": True} if "weights_only" in inspect.signature(pl.Trainer.fit).parameters else {}
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (0 batches or steps would only fail later, in a division)."""
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("WANDB_MODE", "disabled")  # before Lightning is imported
 
 from _common import (ROOT, StopBeforeDeadline, build, finite_floats, git_commit, positive_ints,  # noqa: E402
-                     segment_logger)
+                     safe_fit_kwargs, segment_logger)
 
 sys.path.insert(0, str(ROOT))
 
@@ -110,7 +110,7 @@ def main() -> int:
         trainer = pl.Trainer(**trainer_cfg, default_root_dir=out, callbacks=callbacks,
                              logger=segment_logger(out, result["epochs_before_resume"]),
                              enable_progress_bar=False, enable_model_summary=False)
-        trainer.fit(task, build(data_spec), ckpt_path=resume, weights_only=True)
+        trainer.fit(task, build(data_spec), ckpt_path=resume, **safe_fit_kwargs())
         result["fit_wall_s"] = round(time.time() - t_start, 1)
         result["epochs"] = trainer.current_epoch
     ckpts = {"last": out / "checkpoints" / "last.ckpt", "averaged": out / "checkpoints" / "averaged.ckpt"}
@@ -123,13 +123,13 @@ def main() -> int:
             overrides, val_bleu = {}, {}
             if args.tune_lenpen and beam > 1:
                 for lp in args.tune_lenpen:
-                    task = TranslationTask.load_from_checkpoint(path, weights_only=True, val_beam_size=beam,
+                    task = TranslationTask.load_from_checkpoint(path, **safe_fit_kwargs(), val_beam_size=beam,
                                                                 length_penalty=lp, bleu_every_n_epochs=1)
                     tester = pl.Trainer(default_root_dir=out / f"val_{name}_beam{beam}", logger=False,
                                         enable_progress_bar=False, enable_model_summary=False)
                     val_bleu[lp] = round(tester.validate(task, build(data_spec), verbose=False)[0]["val/bleu"], 2)
                 overrides["length_penalty"] = max(val_bleu, key=val_bleu.get)
-            task = TranslationTask.load_from_checkpoint(path, weights_only=True, beam_size=beam, **overrides)
+            task = TranslationTask.load_from_checkpoint(path, **safe_fit_kwargs(), beam_size=beam, **overrides)
             t0 = time.time()
             tester = pl.Trainer(default_root_dir=out / f"test_{name}_beam{beam}", logger=False,
                                 enable_progress_bar=False, enable_model_summary=False)

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, StopBeforeDeadline, build, git_commit, machine, segment_logger
+from _common import ROOT, StopBeforeDeadline, build, git_commit, machine, safe_fit_kwargs, segment_logger
 
 sys.path.insert(0, str(ROOT))
 
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     # The code that trains is the code at the start: commits made while the run goes on do not count.
     commit, started = git_commit(), time.strftime("%Y-%m-%d %H:%M")
     start = time.perf_counter()
-    trainer.fit(model, datamodule, ckpt_path=resume, weights_only=True)
+    trainer.fit(model, datamodule, ckpt_path=resume, **safe_fit_kwargs())
     fit_s = time.perf_counter() - start
     test = trainer.test(model, datamodule, verbose=False)[0]
     result = {
