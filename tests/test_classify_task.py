@@ -2,6 +2,7 @@
 
 import math
 import re
+import sys
 
 import pytest
 import pytorch_lightning as pl
@@ -182,6 +183,12 @@ def test_compile_without_a_cxx_compiler_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler.*compile: false"):
         trainer(tmp_path, steps=1).fit(tiny_task("tx", compile=True), mnist(limit_train=64))
+    # Inductor on Linux tries $CXX or g++ only: a clang++ or c++ on the PATH passed the check, then
+    # the first compiled step failed in a long traceback
+    if sys.platform != "darwin":
+        monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}" if name in ("clang++", "c++") else None)
+        with pytest.raises(RuntimeError, match="g\\+\\+ not found"):
+            trainer(tmp_path, steps=1).fit(tiny_task("tx", compile=True), mnist(limit_train=64))
 
 
 def test_predict_writes_top_class_per_image_in_dataset_order(tmp_path):

@@ -157,11 +157,16 @@ def build_backbone(
 
 
 def _check_cxx_compiler() -> None:
-    """Raise RuntimeError unless TorchInductor can find a C++ compiler (it builds CPU kernels with one)."""
+    """Raise RuntimeError unless TorchInductor can find a C++ compiler (it builds CPU kernels with one).
+
+    The name Inductor itself tries (``torch._inductor.config.cpp.cxx``): ``$CXX``, else ``g++``
+    (``clang++`` on macOS); a ``clang++`` or ``c++`` elsewhere on the PATH does not help it.
+    """
     import os
     import shutil
+    import sys
 
-    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["clang++" if sys.platform == "darwin" else "g++"]
     if not any(shutil.which(n) for n in names):
         raise RuntimeError(f"compile: true on CPU needs a C++ compiler for TorchInductor ({' / '.join(names)} not "
                            "found); install one or set model.init_args.compile: false")
