@@ -287,6 +287,21 @@ def test_a_cuda_only_sdpa_backend_warns_once_per_name_and_device(monkeypatch):
     assert [str(w.message).split(" has")[0] for w in caught] == ["sdpa_backend='efficient'", "sdpa_backend='cudnn'"]
 
 
+def test_flash_on_cpu_trains_with_attention_dropout():
+    """The CPU flash kernel has no dropout: with flash pinned, a training step with attn_dropout > 0
+    failed with "No available kernel" (evaluation passed), so the sanity check hid it."""
+    import torch.nn.functional as F
+
+    from tx_suite.tasks.sdpa_backend import sdpa_backend_context
+
+    q = torch.randn(2, 2, 5, 8, requires_grad=True)
+    with sdpa_backend_context("flash", "cpu"):
+        F.scaled_dot_product_attention(q, q, q, dropout_p=0.1).sum().backward()
+        out = F.scaled_dot_product_attention(q, q, q)  # no dropout: flash itself runs
+    with sdpa_backend_context("math", "cpu"):
+        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, q, q))
+
+
 def test_sizes_the_models_cannot_take_are_refused():
     """A 30x30 image came back as a 28x28 reconstruction (the loss then failed on the shapes), and
     a transposed code grid was flattened into the wrong 2-D positions without a word."""

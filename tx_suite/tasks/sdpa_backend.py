@@ -51,7 +51,10 @@ def sdpa_backend_context(name: str | None, device: torch.device | str | None = N
         name: one of :data:`SDPA_BACKENDS` or ``None``.
         device: where the attention runs. On a non-CUDA device a CUDA-only kernel (``"efficient"``,
             ``"cudnn"``) is not pinned: PyTorch chooses, and a warning says so once per name and
-            device type. ``None`` pins as asked.
+            device type. ``"flash"`` off CUDA keeps the math kernel as a fallback: the CPU flash
+            kernel has no attention dropout, and a training step with ``attn_dropout > 0`` would
+            fail with "No available kernel" (its evaluation, without dropout, passes). ``None``
+            pins as asked.
 
     Raises:
         ValueError: ``name`` is unknown.
@@ -69,4 +72,7 @@ def sdpa_backend_context(name: str | None, device: torch.device | str | None = N
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    return sdpa_kernel([getattr(SDPBackend, member)])
+    kernels = [getattr(SDPBackend, member)]
+    if member == "FLASH_ATTENTION" and device_type is not None and device_type != "cuda":
+        kernels.append(SDPBackend.MATH)  # taken only where flash cannot run (dropout on CPU)
+    return sdpa_kernel(kernels)
