@@ -398,3 +398,11 @@ def test_the_mlp_has_exactly_d_ff_units(backbone):
         twin = build_backbone("timm", num_classes=10, img_size=28, in_chans=1, patch_size=7, d_model=56,
                               n_layers=1, n_heads=4, d_ff=115)
         load_timm_checkpoint(model, twin.state_dict())
+
+
+def test_a_run_without_a_length_names_the_setting_the_cosine_needs(tmp_path):
+    """max_epochs -1 and no max_steps: a bare OverflowError (int(inf)) at configure_optimizers."""
+    tr = pl.Trainer(max_epochs=-1, max_time={"seconds": 30}, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="set trainer.max_steps or trainer.max_epochs"):
+        tr.fit(tiny_task("tx"), mnist(limit_train=64))

@@ -945,3 +945,18 @@ def test_activation_dropout_reaches_the_model_and_the_translate_command(run, tmp
         torch.save({**old, "hyper_parameters": {**old["hyper_parameters"], **hp}}, path)
         model = load_translator(path)[0]
         assert model.transformer.decoder.layers[0].ffn.dropout.p == expected
+
+
+def test_a_run_bounded_by_max_time_alone_trains_with_inverse_sqrt_and_cosine_asks_for_a_length(run, tmp_path):
+    """max_epochs -1 (stop on max_time only): Lightning's step estimate is infinite, and int() of it
+    stopped every task at configure_optimizers with a bare OverflowError. inverse_sqrt never needs
+    the total; a cosine schedule cannot decay over an unknown length and says so."""
+    def fit(**hp):
+        trainer = pl.Trainer(max_epochs=-1, max_time={"seconds": 3}, limit_val_batches=0, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(TranslationTask(**{**TINY, **hp}), _dm(run["cache"]))
+        return trainer
+
+    assert fit().global_step > 0
+    with pytest.raises(ValueError, match="cosine learning-rate schedule .* has no length"):
+        fit(lr_schedule="cosine")

@@ -28,6 +28,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from tx_suite.tasks import epoch_tallies
+from tx_suite.tasks.run_length import total_training_steps
 from tx_suite.tasks.sdpa_backend import check_sdpa_backend, sdpa_backend_context
 
 BACKBONES = ("tx", "timm")
@@ -521,7 +522,7 @@ class ImageClassification(pl.LightningModule):
         # timm reads model.no_weight_decay() and skips 1-D params: no decay on norms, biases,
         # position embedding and CLS token (DeiT / timm recipe).
         optimizer = create_optimizer_v2(self.model, opt=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay)
-        total = int(self.trainer.estimated_stepping_batches)
+        total = total_training_steps(self.trainer, "cosine")
         warmup = min(self._warmup_steps(total), max(total - 1, 0))
         # warmup_prefix: the cosine starts at the peak when the warm-up ends and reaches lr_min
         # after the last step (timm's default would start it mid-way, at cos(pi * warmup / total)).

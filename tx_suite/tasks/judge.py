@@ -12,6 +12,7 @@ from torchvision.transforms import v2
 from tx_suite.data.captions import COLOURS, POSITIONS, SIZES
 from tx_suite.models.judge import SceneJudge
 from tx_suite.tasks.one_cycle import one_cycle
+from tx_suite.tasks.run_length import total_training_steps
 from tx_suite.tasks.vqvae import read_checkpoint
 
 CLASSES = {"digit": 10, "colour": len(COLOURS), "size": len(SIZES), "position": len(POSITIONS)}
@@ -91,7 +92,7 @@ class JudgeTask(pl.LightningModule):
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr,
                                 weight_decay=self.hparams.weight_decay)
-        sched = one_cycle(opt, self.hparams.lr, self.trainer.estimated_stepping_batches)
+        sched = one_cycle(opt, self.hparams.lr, total_training_steps(self.trainer, "one-cycle"))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

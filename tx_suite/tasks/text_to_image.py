@@ -18,6 +18,7 @@ from tx_suite.decoding.sampling import check_sampling, sample_image_tokens
 from tx_suite.models.text_to_image import TextToImageTransformer
 from tx_suite.models.vqvae import VQVAE
 from tx_suite.tasks.callbacks.generation_images import SampleGrid
+from tx_suite.tasks.run_length import total_training_steps
 from tx_suite.tasks.sdpa_backend import check_sdpa_backend, sdpa_backend_context
 from tx_suite.tasks.vqvae import (codebook_fingerprint, load_vqvae, read_checkpoint, resolve_checkpoint, vqvae_from_state,
                                   vqvae_state)
@@ -288,7 +289,7 @@ class TextToImageTask(pl.LightningModule):
         no_decay = [p for n, p in params if not decays(n, p)]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=h.lr, betas=(0.9, 0.95))
-        total = max(int(self.trainer.estimated_stepping_batches), h.warmup_steps + 1)
+        total = max(total_training_steps(self.trainer, "cosine"), h.warmup_steps + 1)
 
         def schedule(step: int) -> float:
             # Linear warm-up, then cosine decay to 10% (as GPT-3, Brown et al. 2020, App. B).

@@ -18,6 +18,7 @@ from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
 from tx_suite.tasks.callbacks.due import validation_due
+from tx_suite.tasks.run_length import total_training_steps
 from tx_suite.tasks.sdpa_backend import check_sdpa_backend, sdpa_backend_context
 from tx_suite.tasks.translation_loss import label_smoothed_nll_loss
 from tx_suite.tasks.translation_metrics import signatures, translation_scores
@@ -213,7 +214,8 @@ class TranslationTask(pl.LightningModule):
         opt_cls = torch.optim.AdamW if h.weight_decay > 0 else torch.optim.Adam
         opt = opt_cls(self.parameters(), lr=h.lr, betas=(h.beta1, h.beta2), eps=h.adam_eps,
                       weight_decay=h.weight_decay)
-        total = int(self.trainer.estimated_stepping_batches)
+        # inverse_sqrt and constant never reach an end: a run stopped by max_time alone is fine
+        total = total_training_steps(self.trainer, h.lr_schedule) if h.lr_schedule == "cosine" else 0
         sched = build_scheduler(opt, h.lr_schedule, h.warmup_steps, total, h.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -15,6 +15,7 @@ from tx_suite.models.vqvae import VQVAE
 from tx_suite.tasks import epoch_tallies
 from tx_suite.tasks.callbacks.generation_images import ReconstructionGrid
 from tx_suite.tasks.one_cycle import one_cycle
+from tx_suite.tasks.run_length import total_training_steps
 from tx_suite.utils.checkpoint import state_dict_mismatch
 from tx_suite.utils.runs import resolve_checkpoint as _resolve_checkpoint
 
@@ -169,7 +170,7 @@ class VQVAETask(pl.LightningModule):
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr,
                                 weight_decay=self.hparams.weight_decay)
-        sched = one_cycle(opt, self.hparams.lr, self.trainer.estimated_stepping_batches, pct_start=0.1)
+        sched = one_cycle(opt, self.hparams.lr, total_training_steps(self.trainer, "one-cycle"), pct_start=0.1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
