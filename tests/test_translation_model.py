@@ -362,3 +362,21 @@ def test_a_budget_of_zero_tokens_still_ends_each_output_with_eos():
         for b in (0, -5):
             out = decode(_PrefersSpecialTokens(), src, mask, max_len_a=0.0, max_len_b=b, use_cache=False, **SPECIAL)
             assert out.tolist() == [[EOS_ID], [EOS_ID]]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_output_budget_stays_within_a_learned_position_table(beam):
+    """With learned positions (a hard max_len) a sentence that never chose EOS decoded one position
+    past the table and the whole batch failed with IndexError; it now ends with a forced EOS at
+    the table's end, as fairseq caps at max_decoder_positions."""
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(12, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1,
+                               pos_encoding="learned", max_len=16).eval()
+    with torch.no_grad():
+        model.lm_head.weight[EOS_ID] = -10.0  # tied: EOS is never the likeliest token
+    src = torch.randint(4, 12, (2, 10))
+    mask = torch.zeros_like(src, dtype=torch.bool)
+    with torch.no_grad():
+        out = (greedy_search(model, src, mask, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID) if beam == 1 else
+               beam_search(model, src, mask, beam_size=beam, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID))
+    assert out.shape[1] == 16 and (out[:, -1] == EOS_ID).all()  # budget 1.2 * 10 + 10 = 22, capped

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tx_suite.decoding.greedy import Seq2SeqModel, max_lengths, step_logits
+from tx_suite.decoding.greedy import Seq2SeqModel, output_limits, step_logits
 
 
 @torch.no_grad()
@@ -49,7 +49,7 @@ def beam_search(model: Seq2SeqModel, src: Tensor, src_key_padding_mask: Tensor, 
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     k = beam_size
     b, device = src.size(0), src.device
-    limit = max_lengths(src_key_padding_mask, max_len_a, max_len_b).clamp(min=1)
+    limit = output_limits(model, src_key_padding_mask, max_len_a, max_len_b)
     memory = model.encode(src, src_key_padding_mask).repeat_interleave(k, dim=0)  # (B, S, D) -> (B*K, S, D)
     mem_mask = src_key_padding_mask.repeat_interleave(k, dim=0)
     cache = model.new_cache() if use_cache else None

@@ -25,6 +25,15 @@ class Seq2SeqModel(Protocol):
 MAX_BUDGET = 1 << 16
 
 
+def output_limits(model: Seq2SeqModel, src_key_padding_mask: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
+    """:func:`max_lengths`, at least 1, and at most the model's ``max_positions`` attribute if it has
+    one that is not None (a learned position table; fairseq caps at ``max_decoder_positions`` alike): the decoder embeds positions
+    ``0 .. limit - 1``, and one past its table raised IndexError for the whole batch mid-decoding."""
+    limit = max_lengths(src_key_padding_mask, max_len_a, max_len_b).clamp(min=1)
+    cap = getattr(model, "max_positions", None)
+    return limit if cap is None else limit.clamp(max=cap)
+
+
 def max_lengths(src_key_padding_mask: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
     """Per-sentence output budget ``floor(a * source_length) + b`` tokens, EOS included (as
     fairseq's ``--max-len-a/--max-len-b``), at most :data:`MAX_BUDGET`. ``(B, S)`` mask -> ``(B,)`` long."""
@@ -72,7 +81,7 @@ def greedy_search(model: Seq2SeqModel, src: Tensor, src_key_padding_mask: Tensor
     device = src.device
     memory = model.encode(src, src_key_padding_mask)
     mem_mask = src_key_padding_mask
-    limit = max_lengths(src_key_padding_mask, max_len_a, max_len_b).clamp(min=1)
+    limit = output_limits(model, src_key_padding_mask, max_len_a, max_len_b)
     cache = model.new_cache() if use_cache else None
     active = torch.arange(b, device=device)  # batch rows still decoding
     tokens = torch.full((b, 1), bos_id, dtype=torch.long, device=device)

@@ -40,6 +40,8 @@ class Seq2SeqTransformer(nn.Module):
         super().__init__()
         self.pad_id = pad_id
         self.max_len = max_len
+        #: Target positions a learned table can embed; sinusoidal positions grow on demand (None).
+        self.max_positions = max_len if pos_encoding == "learned" else None
         cfg = TransformerConfig(d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout,
                                 attn_dropout=attn_dropout, activation_dropout=activation_dropout,
                                 activation=activation, norm_first=norm_first)
