@@ -149,3 +149,17 @@ def test_a_zero_layer_decoder_still_advances_the_cached_position():
     steps = [model.decode(tgt[:, t:t + 1], memory, cache=cache) for t in range(6)]
     assert cache.length == 6
     assert (torch.cat(steps, 1) - full).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float32])
+def test_a_non_bool_padding_mask_is_refused_with_or_without_a_cache(dtype):
+    """Without a cache an int/float key_padding_mask raised TypeError (0/1 is ambiguous: HF masks
+    mark real tokens with 1); with a cache it was cast to bool and read as True = padding."""
+    torch.manual_seed(0)
+    dec = DecoderOnly(TransformerConfig(d_model=16, n_heads=2, d_ff=32, dropout=0.0), 1).eval()
+    x = torch.randn(2, 5, 16)
+    pad = torch.zeros(2, 5, dtype=torch.bool)
+    pad[1, 3:] = True
+    for cache in (None, dec.new_cache()):
+        with pytest.raises(TypeError, match="key_padding_mask must be bool"):
+            dec(x, key_padding_mask=pad.to(dtype), cache=cache)

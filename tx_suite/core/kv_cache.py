@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .masks import check_key_padding_mask
+
 
 class KVCache:
     """Keys and values of one attention module, ``(B, H, T, Dh)`` each.
@@ -57,7 +59,12 @@ class KVCache:
         return out
 
     def append(self, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Append ``(B, H, Tnew, Dh)`` keys/values; return all cached ``(B, H, T, Dh)``."""
+        """Append ``(B, H, Tnew, Dh)`` keys/values; return all cached ``(B, H, T, Dh)``.
+
+        Raises:
+            TypeError: ``key_padding_mask`` is not bool (as without a cache; storing would cast it).
+        """
+        check_key_padding_mask(key_padding_mask)
         prev, t_new = self._length, k.size(-2)
         end = prev + t_new
         if self._k is None:
@@ -78,7 +85,12 @@ class KVCache:
         return self.k, self.v
 
     def set(self, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None) -> None:
-        """Store keys/values computed once (cross-attention memory)."""
+        """Store keys/values computed once (cross-attention memory).
+
+        Raises:
+            TypeError: ``key_padding_mask`` is not bool.
+        """
+        check_key_padding_mask(key_padding_mask)
         self._k, self._v, self._mask, self._length = k, v, key_padding_mask, k.size(-2)
 
     def reorder(self, index: Tensor) -> None:

@@ -35,14 +35,20 @@ def causal_mask(q_len: int, k_len: int | None = None, device: torch.device | Non
     return torch.ones(q_len, k_len, dtype=torch.bool, device=device).tril(diagonal=k_len - q_len)
 
 
+def check_key_padding_mask(key_padding_mask: Tensor | None) -> None:
+    """Raise TypeError unless ``key_padding_mask`` is None or bool: a 0/1 integer or float mask is
+    ambiguous (HF's attention_mask has 1 = real token, ours True = padding)."""
+    if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+        raise TypeError(f"key_padding_mask must be bool (True = padding), got {key_padding_mask.dtype}")
+
+
 def padding_to_attn_mask(key_padding_mask: Tensor) -> Tensor:
     """``(B, Tk)`` key padding mask (True = pad) -> ``(B, 1, 1, Tk)`` bool attn mask (True = attend).
 
     Raises:
         TypeError: ``key_padding_mask`` is not bool (a 0/1 integer mask is ambiguous).
     """
-    if key_padding_mask.dtype != torch.bool:
-        raise TypeError(f"key_padding_mask must be bool (True = padding), got {key_padding_mask.dtype}")
+    check_key_padding_mask(key_padding_mask)
     return ~key_padding_mask[:, None, None, :]
 
 

@@ -17,13 +17,20 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .masks import check_key_padding_mask
+
 
 def real_token_index(key_padding_mask: Tensor | None, min_pad_fraction: float = 0.05) -> Tensor | None:
     """Flat indices ``(N,)`` of the real tokens of a ``(B, T)`` mask (True = pad), or None when
     there is no mask or less than ``min_pad_fraction`` padding (gathering would cost more than
-    it saves)."""
+    it saves).
+
+    Raises:
+        TypeError: ``key_padding_mask`` is not bool (checked here, the first place that reads it).
+    """
     if key_padding_mask is None:
         return None
+    check_key_padding_mask(key_padding_mask)
     real = ~key_padding_mask.reshape(-1)
     # One host sync per forward pass (not per layer): the count decides whether packing pays.
     n_real = int(real.sum())
