@@ -55,6 +55,12 @@ def test_guidance_formula_and_rerank():
     cond, uncond = torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 1.0]])
     assert torch.equal(guided_logits(cond, uncond, 1.0), cond)
     assert torch.equal(guided_logits(cond, uncond, 3.0), torch.tensor([[4.0, -2.0]]))
+    # masked logits: -inf - -inf and 0 * -inf were NaN, which no sampler can draw from
+    inf = float("inf")
+    cond, uncond = torch.tensor([[-inf, 1.0, 2.0]]), torch.tensor([[-inf, 0.0, -inf]])
+    for scale in (0.0, 1.0, 3.0):
+        out = guided_logits(cond, uncond, scale)
+        assert not out.isnan().any() and out[0, 0] == -inf and out[0, 2] == 2.0, (scale, out)
     cands = torch.arange(6)
     assert rerank(cands, torch.tensor([0.0, 2, 1, 5, 3, 4]), 3, keep=2).tolist() == [1, 2, 3, 5]
 

@@ -77,8 +77,13 @@ def guided_logits(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
     (Gafni et al. 2022) and Parti (Yu et al. 2022, Sec. 2.4). ``cond``, ``uncond``: ``(B, K)``
     logits of the same rows with and without the caption -> ``(B, K)``. ``scale = 1`` is plain
     conditional sampling; ``scale > 1`` trades diversity for caption fidelity.
+
+    Masked logits (``-inf``) stay masked where the conditional logit is ``-inf``, and a token only
+    the unconditional pass masks keeps its conditional logit: the formula would give NaN there
+    (``-inf - -inf``, ``0 * -inf``), which sampling cannot draw from.
     """
-    return uncond + scale * (cond - uncond)
+    guided = uncond + scale * (cond - uncond)
+    return torch.where(torch.isneginf(cond) | torch.isneginf(uncond), cond, guided)
 
 
 def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
