@@ -1,6 +1,7 @@
 """TranslationTask end to end with Lightning on a Multi30k slice: fit, callbacks, averaging, test,
 checkpoint contents, and the translate command on awkward input."""
 
+import codecs
 import itertools
 import math
 import os
@@ -960,3 +961,24 @@ def test_a_run_bounded_by_max_time_alone_trains_with_inverse_sqrt_and_cosine_ask
     assert fit().global_step > 0
     with pytest.raises(ValueError, match="cosine learning-rate schedule .* has no length"):
         fit(lr_schedule="cosine")
+
+
+def test_translate_reads_utf16_files_and_notes_undecodable_bytes(run, tmp_path, capsys):
+    """A UTF-16 file (Windows Notepad's "Unicode") was read as UTF-8: umlauts lost, NULs dropped
+    silently, and its final newline added an output line. Latin-1 bytes are still read (as U+FFFD),
+    now with a note."""
+    text = "Ein Mädchen läuft.\r\nZwei Hunde spielen.\r\n"
+    outs = {}
+    for name, data in (("utf8", text.encode()), ("utf16", text.encode("utf-16")),
+                       ("utf16be", codecs.BOM_UTF16_BE + text.encode("utf-16-be"))):
+        (tmp_path / name).write_bytes(data)
+        assert translate_main(["--ckpt_path", str(run["averaged"]), "-i", str(tmp_path / name), "-o",
+                               str(tmp_path / f"{name}.out"), "--beam_size", "1"]) == 0
+        outs[name] = (tmp_path / f"{name}.out").read_text()
+        assert "note:" not in capsys.readouterr().err
+    assert outs["utf16"] == outs["utf16be"] == outs["utf8"] and outs["utf8"].count("\n") == 2
+    (tmp_path / "latin1").write_bytes(text.encode("latin-1"))
+    assert translate_main(["--ckpt_path", str(run["averaged"]), "-i", str(tmp_path / "latin1"), "-o",
+                           str(tmp_path / "latin1.out"), "--beam_size", "1"]) == 0
+    assert "is not valid UTF-8" in capsys.readouterr().err
+    assert (tmp_path / "latin1.out").read_text().count("\n") == 2

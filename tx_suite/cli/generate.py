@@ -63,7 +63,7 @@ def read_captions(args: argparse.Namespace) -> list[str]:
         FileNotFoundError: the captions file does not exist. IsADirectoryError: it is a directory.
         ValueError: no captions, or an empty ``--caption``.
     """
-    from tx_suite.data.text_normalize import normalize_source, split_lines
+    from tx_suite.data.text_normalize import has_undecodable_bytes, input_encoding, normalize_source, split_lines
 
     captions = [normalize_source(c) for c in args.caption]
     if any(not c for c in captions):  # a file's blank lines are skipped; an explicit one is a mistake
@@ -71,13 +71,17 @@ def read_captions(args: argparse.Namespace) -> list[str]:
                          "input that guidance subtracts, not a caption")
     if args.captions_file is not None:
         if str(args.captions_file) == "-":
-            lines = split_lines(sys.stdin.buffer.read())
+            data = sys.stdin.buffer.read()
         elif args.captions_file.is_dir():
             raise IsADirectoryError(f"captions file is a directory: {args.captions_file}")
         elif not args.captions_file.is_file():
             raise FileNotFoundError(f"captions file not found: {args.captions_file}")
         else:
-            lines = split_lines(args.captions_file.read_bytes())
+            data = args.captions_file.read_bytes()
+        if has_undecodable_bytes(data):
+            print(f"{PROG}: note: {args.captions_file} is not valid {input_encoding(data).upper()}: its "
+                  "undecodable bytes were read as U+FFFD (save it as UTF-8)", file=sys.stderr)
+        lines = split_lines(data)
         captions += [c for c in map(normalize_source, lines) if c]
     if not captions:
         raise ValueError("no captions: give --caption TEXT (repeatable) or --captions_file FILE")

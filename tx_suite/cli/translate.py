@@ -28,7 +28,7 @@ from tqdm import tqdm
 from tx_suite.cli.devices import check_device
 from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer
 from tx_suite.data.translation_dataset import encode_source, pad_batch
-from tx_suite.data.text_normalize import normalize_source, one_line, split_lines
+from tx_suite.data.text_normalize import has_undecodable_bytes, input_encoding, normalize_source, one_line, split_lines
 from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
@@ -177,14 +177,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.sentences:
         lines = list(args.sentences)
-    elif args.input and args.input != "-":
-        try:
-            lines = split_lines(Path(args.input).read_bytes())
-        except OSError as e:
-            print(f"{PROG}: error: cannot read {args.input}: {e.strerror}", file=sys.stderr)
-            return 2
     else:
-        lines = split_lines(sys.stdin.buffer.read())
+        if args.input and args.input != "-":
+            try:
+                data = Path(args.input).read_bytes()
+            except OSError as e:
+                print(f"{PROG}: error: cannot read {args.input}: {e.strerror}", file=sys.stderr)
+                return 2
+        else:
+            data = sys.stdin.buffer.read()
+        if has_undecodable_bytes(data):
+            print(f"{PROG}: note: {args.input or 'standard input'} is not valid {input_encoding(data).upper()}: "
+                  "its undecodable bytes were read as U+FFFD (save it as UTF-8)", file=sys.stderr)
+        lines = split_lines(data)
 
     def pick(name: str, default):
         value = getattr(args, name)

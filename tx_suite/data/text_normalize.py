@@ -13,6 +13,7 @@ test_2016_flickr has none.)
 
 from __future__ import annotations
 
+import codecs
 import functools
 import re
 import unicodedata
@@ -56,11 +57,34 @@ def normalize_source(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
+#: Byte-order marks of the encodings read besides UTF-8 (UTF-32 first: its LE mark starts with UTF-16's).
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def input_encoding(data: bytes) -> str:
+    """``utf-16``/``utf-32`` when ``data`` starts with that byte-order mark (Windows Notepad's
+    "Unicode" files), else ``utf-8`` (whose own BOM :func:`normalize_source` removes)."""
+    return next((encoding for bom, encoding in _BOMS if data.startswith(bom)), "utf-8")
+
+
+def has_undecodable_bytes(data: bytes) -> bool:
+    """True if ``data`` is not valid text in :func:`input_encoding` (Latin-1, a truncated file):
+    :func:`split_lines` then replaces those bytes with U+FFFD, and the caller should say so."""
+    try:
+        data.decode(input_encoding(data))
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 def split_lines(data: bytes) -> list[str]:
-    """Lines of ``data`` (UTF-8, bad bytes replaced), split on ``\\n`` only (``str.splitlines``
-    would also split on form feeds, U+2028 and others, and line n out would not be line n in);
-    ``\\r\\n`` endings are stripped, and a final newline ends the last line."""
-    text = data.decode("utf-8", errors="replace")
+    """Lines of ``data`` (UTF-8, or UTF-16/32 with a byte-order mark; bad bytes replaced), split on
+    ``\\n`` only (``str.splitlines`` would also split on form feeds, U+2028 and others, and line n
+    out would not be line n in); ``\\r\\n`` endings are stripped, and a final newline ends the
+    last line. (Read as UTF-8, a UTF-16 file's NUL bytes vanished in :func:`normalize_source`, its
+    umlauts became U+FFFD, and its final ``\\n\\x00`` added a line.)"""
+    text = data.decode(input_encoding(data), errors="replace")
     if text.endswith("\n"):
         text = text[:-1]
     return [line.removesuffix("\r") for line in text.split("\n")] if text or data else []
