@@ -40,9 +40,27 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """Undo what a test left in ``os.environ`` (``pl.seed_everything`` sets ``PL_GLOBAL_SEED``, an
+    in-process DDP setup ``MASTER_PORT``), so no later test or subprocess inherits it."""
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+#: Variables a launcher or an earlier in-process run sets that would change what a subprocess does
+#: (an inherited PL_GLOBAL_SEED is taken as rank 0's seed; MASTER_PORT/RANK make it join a group).
+_LAUNCH_VARS = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK",
+                "LOCAL_RANK", "NODE_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
+
+
 @pytest.fixture
 def subprocess_env(runs_dir) -> dict[str, str]:
-    """Environment for ``python -m tx_suite`` subprocesses: this checkout and tests/ on the path."""
-    env = dict(os.environ)
+    """Environment for ``python -m tx_suite`` subprocesses: this checkout and tests/ on the path,
+    without launcher or seed variables of this process (or of the CI machine: SLURM_*)."""
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith("SLURM_")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env

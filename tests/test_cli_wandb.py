@@ -17,6 +17,14 @@ from tx_suite.utils.wandb_mode import can_reach, has_api_key, resolve_wandb_mode
 TINY = str(Path(__file__).resolve().parent / "configs" / "tiny_mnist.yaml")
 
 
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    """urllib would send the probes of 127.0.0.1 through a configured proxy, whose 502 counts as
+    "reachable": these tests are about the direct connection."""
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

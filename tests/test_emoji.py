@@ -111,6 +111,7 @@ def test_bundled_data_is_found_from_any_working_directory(tmp_path, monkeypatch)
 
     here = len(load_records())
     monkeypatch.chdir(tmp_path)
+    load_records.cache_clear(), load_mnist.cache_clear()  # cached results would pass whatever the root
     assert len(load_records()) == here
     images, labels = load_mnist(train=False)
     assert images.shape == (10000, 28, 28) and labels.shape == (10000,)

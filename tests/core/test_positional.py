@@ -42,6 +42,7 @@ def test_learned_and_grid_positions():
 
 
 def test_rope_scores_depend_only_on_relative_position():
+    torch.manual_seed(0)  # the inequality below has a margin a rare draw could miss
     rope = RotaryEmbedding(8)
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
 
