@@ -2,6 +2,7 @@
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,18 @@ def test_a_symlink_is_followed_and_a_device_is_written_in_place(tmp_path):
         f.write("discarded\n")
     assert null_link.is_symlink() and stat.S_ISCHR(os.stat("/dev/null").st_mode)
     assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_dev_stdout_on_a_pipe_is_written_in_place(tmp_path):
+    """`translate -o /dev/stdout | ...`: realpath of /dev/stdout on a pipe is /proc/<pid>/fd/pipe:[N],
+    which does not exist, so the checks refused it and the temp file was made in /proc."""
+    import subprocess
+    import sys
+
+    code = ("from tx_suite.utils.atomic_write import atomic_open, check_writable\n"
+            "check_writable('/dev/stdout')\n"
+            "with atomic_open('/dev/stdout', 'w') as f:\n"
+            "    f.write('through the pipe\\n')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and proc.stdout == "through the pipe\n", proc.stderr[-500:]

@@ -73,11 +73,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes a new file: mode must be 'w' or 'wb', got {mode!r}")
-    path = Path(os.path.realpath(path))
-    if _is_special(path):
+    # Before resolving: /dev/stdout on a pipe resolves to a /proc/<pid>/fd/pipe:[N] name that does
+    # not exist, while stat() of the unresolved path follows the link to the pipe itself.
+    if _is_special(Path(path)):
         with open(path, mode, encoding=encoding) as f:
             yield f
         return
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_temp(path.parent, path.name)
     try:
@@ -117,10 +119,11 @@ def check_writable(path: str | os.PathLike) -> None:
     Raises:
         OSError: ``path`` or its directory cannot be written (its ``strerror`` says why).
     """
+    if _is_special(Path(path)):  # before resolving, as atomic_open
+        open(path, "ab").close()
+        return
     path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         open(path, "ab").close()
-        if _is_special(path):
-            return
     tempfile.TemporaryFile(dir=path.parent).close()
