@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import IO, Any
 
 
-
 def _create_temp(directory: Path, name: str) -> tuple[int, str]:
     """Open a new ``.<name>.<random>.tmp`` in ``directory`` with mode ``0666 & ~umask``, as
     ``open()`` would create it (``mkstemp`` makes it 0600, and reading the umask means setting
