@@ -46,6 +46,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (``nan`` minutes never ran out)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def positive_ints(text: str) -> list[int]:
     """argparse type: comma-separated integers >= 1 (``"1,5"``)."""
     return [positive_int(part) for part in text.split(",")]
@@ -141,8 +163,8 @@ class StopBeforeDeadline(pl.Callback):
     """
 
     def __init__(self, minutes: float):
-        if minutes <= 0:
-            raise ValueError(f"max minutes must be > 0, got {minutes}")
+        if not math.isfinite(minutes) or minutes <= 0:
+            raise ValueError(f"max minutes must be a finite number > 0, got {minutes}")
         self.deadline = time.time() + 60 * minutes
         self.t_epoch = time.time()
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import finite_floats, nonnegative_int, positive_int, positive_ints
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -65,13 +66,13 @@ def main() -> int:
     ap.add_argument("--split", default="test_2016_flickr")
     ap.add_argument("--src_lang", default=None, help="default: the checkpoint's data module's")
     ap.add_argument("--tgt_lang", default=None)
-    ap.add_argument("--batch_size", type=int, default=64)
-    ap.add_argument("--beams", default="1,5")
-    ap.add_argument("--uncached_n", type=int, default=200,
+    ap.add_argument("--batch_size", type=positive_int, default=64)
+    ap.add_argument("--beams", type=positive_ints, default=[1, 5], help="comma-separated beam sizes (1,5)")
+    ap.add_argument("--uncached_n", type=nonnegative_int, default=200,
                     help="sentences for the (slow) uncached comparison; 0 skips it")
-    ap.add_argument("--length_penalties", default=None,
+    ap.add_argument("--length_penalties", type=finite_floats, default=None,
                     help="comma-separated length penalties to compare (default: the checkpoint's)")
-    ap.add_argument("--threads", type=int, default=None,
+    ap.add_argument("--threads", type=positive_int, default=None,
                     help="torch CPU threads (1 is far faster when other processes share the cores)")
     args = ap.parse_args()
     if args.threads:
@@ -86,15 +87,15 @@ def main() -> int:
     # kernel selection), which lowered beam's speed_vs_greedy in the runs recorded before 12-06.
     decode_all(model, tok, src[: args.batch_size], 1, True, args.batch_size, lp, a, b)
     rows = []
-    lps = [float(x) for x in args.length_penalties.split(",")] if args.length_penalties else [lp]
-    for beam in [int(x) for x in args.beams.split(",")]:
+    lps = args.length_penalties or [lp]
+    for beam in args.beams:
         for pen in lps if beam > 1 else [lp]:
             hyp, dt = decode_all(model, tok, src, beam, True, args.batch_size, pen, a, b)
             scores = translation_scores(tok.decode_batch(hyp), ref)
             row = {"beam": beam, "length_penalty": pen, "sentences": len(src), "sent_per_s": round(len(src) / dt, 1),
                    "bleu": round(scores["bleu"], 2), "bleu_lc": round(scores["bleu_lc"], 2),
                    "chrf": round(scores["chrf"], 2)}
-            n = args.uncached_n
+            n = min(args.uncached_n, len(src))  # the rates divide by the sentences decoded
             if n > 0:
                 sub_c, dt_c = decode_all(model, tok, src[:n], beam, True, args.batch_size, pen, a, b)
                 sub_u, dt_u = decode_all(model, tok, src[:n], beam, False, args.batch_size, pen, a, b)

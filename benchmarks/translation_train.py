@@ -21,8 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")  # before Lightning is imported
 
-from _common import (ROOT, StopBeforeDeadline, build, finite_floats, git_commit, positive_ints,  # noqa: E402
-                     safe_fit_kwargs, segment_logger)
+from _common import (ROOT, StopBeforeDeadline, build, finite_floats, git_commit, positive_float,  # noqa: E402
+                     positive_int, positive_ints, safe_fit_kwargs, segment_logger)
 
 sys.path.insert(0, str(ROOT))
 
@@ -33,8 +33,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--max_epochs", type=int, default=None)
-    ap.add_argument("--train_limit", type=int, default=None, help="first N training pairs only (smoke runs)")
+    ap.add_argument("--max_epochs", type=positive_int, default=None)
+    ap.add_argument("--train_limit", type=positive_int, default=None, help="first N training pairs only (smoke runs)")
     ap.add_argument("--test_beams", type=positive_ints, default=[1, 5], help="comma-separated beam sizes (1,5)")
     ap.add_argument("--tune_lenpen", type=finite_floats, default=None,
                     help="comma-separated length penalties: for each checkpoint and beam > 1, test with the one "
@@ -42,11 +42,11 @@ def main() -> int:
     ap.add_argument("--skip_fit", action="store_true", help="only score the checkpoints already in --out")
     ap.add_argument("--resume", action="store_true",
                     help="continue an interrupted run from <out>/checkpoints/last.ckpt (same config)")
-    ap.add_argument("--max_minutes", type=float, default=None,
+    ap.add_argument("--max_minutes", type=positive_float, default=None,
                     help="stop at the first epoch end after which one more epoch would pass this many minutes "
                          "of this process; the checkpoint is then at an epoch boundary, for a later --resume "
                          "(unlike trainer.max_time, whose clock a resumed run carries on)")
-    ap.add_argument("--threads", type=int, default=None,
+    ap.add_argument("--threads", type=positive_int, default=None,
                     help="torch CPU threads (1 is far faster when other processes share the cores)")
     args = ap.parse_args()
 
@@ -66,7 +66,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.get("seed_everything", 1234))
     data_spec = copy.deepcopy(cfg["data"])
-    if args.train_limit:
+    if args.train_limit is not None:
         data_spec.setdefault("init_args", {})["train_limit"] = args.train_limit
     trainer_cfg = {k: v for k, v in (cfg.get("trainer") or {}).items() if k not in ("logger", "callbacks")}
     if args.max_epochs is not None:

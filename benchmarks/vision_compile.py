@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, build, git_commit, machine
+from _common import ROOT, build, git_commit, machine, nonnegative_int, positive_int
 
 sys.path.insert(0, str(ROOT))
 
@@ -30,9 +30,9 @@ from tx_suite.utils.config import load_config  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path, default=ROOT / "experiments/vision/mnist_vit.yaml")
-    p.add_argument("--steps", type=int, default=60, help="training steps per variant and round")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--skip", type=int, default=5, help="warm-up steps left out of the first round")
+    p.add_argument("--steps", type=positive_int, default=60, help="training steps per variant and round")
+    p.add_argument("--rounds", type=positive_int, default=3)
+    p.add_argument("--skip", type=nonnegative_int, default=5, help="warm-up steps left out of the first round")
     p.add_argument("--precision", help="override trainer.precision (e.g. 32-true)")
     args = p.parse_args(argv)
     if args.steps <= args.skip:

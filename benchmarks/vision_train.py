@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, StopBeforeDeadline, build, git_commit, machine, safe_fit_kwargs, segment_logger
+from _common import (ROOT, StopBeforeDeadline, build, git_commit, machine, positive_float, positive_int, safe_fit_kwargs,
+                     segment_logger)
 
 sys.path.insert(0, str(ROOT))
 
@@ -44,8 +45,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--max-epochs", type=int, help="override trainer.max_epochs")
-    p.add_argument("--max-minutes", type=float,
+    p.add_argument("--max-epochs", type=positive_int, help="override trainer.max_epochs")
+    p.add_argument("--max-minutes", type=positive_float,
                    help="stop at the first epoch end after which one more epoch would pass this many minutes of "
                         "this process (an epoch boundary, so --resume can continue the run later)")
     p.add_argument("--resume", action="store_true",
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
                         "cosine schedule); the curve and wall time carry on")
     p.add_argument("--seed", type=int, help="override the config's seed_everything (e.g. members of an ensemble, "
                                            "benchmarks/vision_ensemble.py); the train/val split keeps data.seed")
-    p.add_argument("--limit-train", type=int, help="train on the first N images (smoke runs)")
+    p.add_argument("--limit-train", type=positive_int, help="train on the first N images (smoke runs)")
     p.add_argument("--no-test-curve", action="store_true", help="test only at the end")
     args = p.parse_args(argv)
 
@@ -82,10 +83,10 @@ def main(argv=None) -> int:
     callbacks = [build(c) for c in trainer_cfg.pop("callbacks", []) or []
                  if not c["class_path"].endswith(("TQDMProgressBar", "RichProgressBar"))]
     trainer_cfg.pop("logger", None)
-    if args.max_epochs:
+    if args.max_epochs is not None:
         trainer_cfg["max_epochs"] = args.max_epochs
     data_spec = copy.deepcopy(cfg["data"])
-    if args.limit_train:
+    if args.limit_train is not None:
         data_spec.setdefault("init_args", {})["limit_train"] = args.limit_train
     datamodule = build(data_spec)
     model = build(cfg["model"])
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
     # As the CLI does: a resumed segment draws the shuffles and dropout masks of an uninterrupted run.
     callbacks.append(RNGStateCallback())
     callbacks.append(RestoreLoaderState())  # as tx-suite fit: a mid-epoch resume continues the epoch
-    if args.max_minutes:
+    if args.max_minutes is not None:
         callbacks.append(StopBeforeDeadline(args.max_minutes))
     trainer = pl.Trainer(logger=segment_logger(args.out, epochs_before), default_root_dir=str(args.out),
                          callbacks=[*callbacks, Curve()], enable_progress_bar=False, **trainer_cfg)

@@ -21,3 +21,20 @@ def test_weights_only_is_passed_only_where_lightning_takes_it(monkeypatch):
 
     monkeypatch.setattr(pl.Trainer, "fit", fit_25)
     assert _common.safe_fit_kwargs() == {}
+
+
+def test_benchmark_arguments_refuse_values_that_meant_no_limit_or_never_stop():
+    """`--limit-train 0` trained on the whole set (0 read as "no limit"), `--max_minutes nan` never
+    stopped, `--beams 1,0` failed only after the greedy pass, `--rounds 0` ended in a traceback."""
+    import argparse
+    import math
+
+    import pytest
+
+    for parse, bad in ((_common.positive_int, "0"), (_common.positive_float, "nan"), (_common.positive_float, "0"),
+                       (_common.positive_float, "inf"), (_common.nonnegative_int, "-1"), (_common.positive_ints, "1,0")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(bad)
+    assert _common.positive_float("2.5") == 2.5 and _common.nonnegative_int("0") == 0
+    with pytest.raises(ValueError, match="finite number > 0"):
+        _common.StopBeforeDeadline(math.nan)
