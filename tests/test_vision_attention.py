@@ -257,3 +257,21 @@ def test_a_layer_the_model_lacks_fails_before_training(tmp_path, backbone):
 def test_rollout_of_no_layers_is_an_error():
     with pytest.raises(ValueError, match="at least one layer"):
         attention_rollout([])  # returned None, not the (B, T, T) its docstring promised
+
+
+def test_step_based_validation_names_its_files_by_step():
+    """check_val_every_n_epoch null with val_check_interval >= the epoch: a max_time or early stop
+    mid-epoch adds a validation to the epoch's scheduled one, and both wrote e.g.
+    attention_val_e001.png (the first set lost)."""
+    from types import SimpleNamespace
+
+    from tx_suite.tasks.callbacks.due import step_suffix
+
+    def trainer(**kw):
+        base = dict(state=SimpleNamespace(fn="fit"), val_check_batch=5, num_training_batches=4,
+                    check_val_every_n_epoch=1, global_step=7, _val_check_time_interval=None)
+        return SimpleNamespace(**{**base, **kw})
+
+    assert step_suffix(trainer()) == ""  # one validation per epoch: short names kept
+    assert step_suffix(trainer(check_val_every_n_epoch=None)) == "_step000007"
+    assert step_suffix(trainer(val_check_batch=2)) == "_step000007"

@@ -27,13 +27,16 @@ def validation_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
 
 
 def step_suffix(trainer: pl.Trainer) -> str:
-    """``"_step000120"`` (the global step) for the file names of a fit that validates more than once
-    per training epoch (``val_check_interval`` shorter than the epoch, or a time interval), where
-    names by epoch alone would overwrite each other; ``""`` otherwise, so that the usual one
-    validation per epoch keeps its short names."""
+    """``"_step000120"`` (the global step) for the file names of a fit that can validate more than
+    once per training epoch (``val_check_interval`` shorter than the epoch, a time interval, or
+    step-based validation, ``check_val_every_n_epoch: null``, where a stop mid-epoch by ``max_time``
+    or early stopping adds a validation to the epoch's scheduled one), where names by epoch alone
+    would overwrite each other; ``""`` otherwise, so that the usual one validation per epoch keeps
+    its short names."""
     if trainer.state.fn != "fit":
         return ""
     every = getattr(trainer, "val_check_batch", None)  # None before the fit sets it up
     timed = getattr(trainer, "_val_check_time_interval", None) is not None  # Lightning >= 2.6
-    several = timed or (every is not None and every < trainer.num_training_batches)
+    by_steps = getattr(trainer, "check_val_every_n_epoch", 1) is None
+    several = timed or by_steps or (every is not None and every < trainer.num_training_batches)
     return f"_step{trainer.global_step:06d}" if several else ""
