@@ -76,16 +76,21 @@ def test_weights_of_a_non_square_grid_with_a_square_patch_count_load_with_their_
     torch.testing.assert_close(model.patch_embed.pos_embed, wide.pos_embed)
 
 
+def assert_gray_matches_rgb(ours, ref):
+    """RGB -> gray sums the kernels over channels: ``ours`` on a gray image gives the features of
+    the RGB model ``ref`` on that image repeated over its channels."""
+    gray = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        feats = ours.model.forward_head(ours.model.forward_features(gray), pre_logits=True)
+        ref_feats = ref.forward_head(ref.forward_features(gray.expand(-1, 3, -1, -1)), pre_logits=True)
+    assert (feats - ref_feats).abs().max() < 1e-5
+
+
 def test_rgb_weights_into_gray_model_and_new_head(tmp_path):
     ref = timm_vit(in_chans=3, num_classes=1000)
     torch.save(ref.state_dict(), tmp_path / "w.pth")
     ours = task(tmp_path / "w.pth", num_classes=10)
-    gray = torch.randn(2, 1, 28, 28)
-    with torch.no_grad():
-        # RGB -> gray sums the kernels over channels: same as the RGB model on a gray image
-        feats = ours.model.forward_head(ours.model.forward_features(gray), pre_logits=True)
-        ref_feats = ref.forward_head(ref.forward_features(gray.expand(-1, 3, -1, -1)), pre_logits=True)
-    assert (feats - ref_feats).abs().max() < 1e-5
+    assert_gray_matches_rgb(ours, ref)
     assert ours.model.head.weight.shape == (10, 32)
 
 
@@ -129,11 +134,7 @@ def test_channel_adaptation_needs_no_recent_timm(tmp_path, monkeypatch):
     ref = timm_vit(in_chans=3)
     torch.save(ref.state_dict(), tmp_path / "w.pth")
     ours = task(tmp_path / "w.pth", in_chans=1)
-    gray = torch.randn(2, 1, 28, 28)
-    with torch.no_grad():
-        feats = ours.model.forward_head(ours.model.forward_features(gray), pre_logits=True)
-        ref_feats = ref.forward_head(ref.forward_features(gray.expand(-1, 3, -1, -1)), pre_logits=True)
-    assert (feats - ref_feats).abs().max() < 1e-5
+    assert_gray_matches_rgb(ours, ref)
 
 
 def test_bad_weights_are_named(tmp_path):
