@@ -119,6 +119,21 @@ def translation_setup(config: str, n_batches: int):
     return build(cfg["model"]), batches
 
 
+def config_precision(config: str) -> str:
+    """``trainer.precision`` of an experiment config (``_base_`` merged), ``"32-true"`` if unset."""
+    from tx_suite.utils.config import load_config
+
+    return str((load_config(Path(config)).get("trainer") or {}).get("precision", "32-true"))
+
+
+def cpu_autocast(precision: str):
+    """A context manager for a step as ``Trainer(precision=precision)`` runs it on the CPU: bf16
+    autocast for ``bf16-mixed``, none otherwise."""
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,

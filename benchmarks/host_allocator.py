@@ -15,17 +15,25 @@ and a table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
 import subprocess
 import sys
-from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from _common import ROOT, git_commit, machine, positive_int, repo_path, translation_pass, translation_setup  # noqa: E402
+from _common import (
+    ROOT,
+    config_precision,
+    cpu_autocast,
+    git_commit,
+    machine,
+    positive_int,
+    repo_path,
+    translation_pass,
+    translation_setup,
+)
 
 sys.path.insert(0, str(ROOT))
 
@@ -35,20 +43,17 @@ VARIANTS = ("default", "kept")
 def child(variant: str, config: str, n_batches: int, repeats: int) -> dict:
     import torch
 
-    from tx_suite.utils.config import load_config
     from tx_suite.utils.host_allocator import keep_freed_memory
 
     if variant == "kept" and not keep_freed_memory():
         raise SystemExit("keep_freed_memory() had no effect here (not glibc, or TX_SUITE_MALLOC / MALLOC_* set)")
-    precision = str((load_config(Path(config)).get("trainer") or {}).get("precision", "32-true"))
+    precision = config_precision(config)
     task, batches = translation_setup(config, n_batches)
     task.model.train()
     opt = torch.optim.Adam(task.model.parameters(), lr=1e-4, betas=(0.9, 0.98))
 
     def context():
-        if precision.startswith("bf16"):
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return cpu_autocast(precision)
 
     translation_pass(task, batches, opt, context)  # warm-up: thread pool, bf16 casts, and the heap's first growth
     times, faults = [], []
@@ -77,7 +82,7 @@ def main() -> int:
         for variant in VARIANTS:
             out = subprocess.run([sys.executable, __file__, "--child", variant, "--config", args.config,
                                   "--batches", str(args.batches), "--repeats", str(args.repeats)],
-                                 env=env, capture_output=True, text=True)
+                                 env=env, capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 print(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"child failed: {variant}",
                       file=sys.stderr)

@@ -16,10 +16,19 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
-from _common import ROOT, alternate, git_commit, machine, step_benchmark_args, translation_pass, translation_setup
+from _common import (
+    ROOT,
+    alternate,
+    config_precision,
+    cpu_autocast,
+    git_commit,
+    machine,
+    step_benchmark_args,
+    translation_pass,
+    translation_setup,
+)
 
 sys.path.insert(0, str(ROOT))
 
@@ -29,9 +38,7 @@ def main() -> int:
         __doc__.split("\n")[0], config="experiments/translation/multi30k_en_de_tiny_bf16.yaml",
         flags={"--no-skip-padding": "run the layers on padded batches (one graph, no host sync)"})
     skip_padding = not args.no_skip_padding
-    from tx_suite.utils.config import load_config
-
-    precision = str((load_config(Path(args.config)).get("trainer") or {}).get("precision", "32-true"))
+    precision = config_precision(args.config)
     task, batches = translation_setup(args.config, args.batches)
     task.model.train()
     for m in task.model.modules():
@@ -40,7 +47,7 @@ def main() -> int:
             cfg.skip_padding = skip_padding
 
     def context():
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
+        return cpu_autocast(precision)
 
     eager = task.model.forward_features
     compiled = torch.compile(eager, dynamic=True)
