@@ -38,3 +38,19 @@ def test_benchmark_arguments_refuse_values_that_meant_no_limit_or_never_stop():
     assert _common.positive_float("2.5") == 2.5 and _common.nonnegative_int("0") == 0
     with pytest.raises(ValueError, match="finite number > 0"):
         _common.StopBeforeDeadline(math.nan)
+
+
+def test_step_benchmarks_run_under_the_configs_precision():
+    """The step benchmarks time a bf16 config under bf16 autocast (its `_base_` chain sets it) and
+    an fp32 config without autocast."""
+    import torch
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments" / "translation"
+    bf16 = _common.config_precision(str(experiments / "multi30k_en_de_tiny_fairseq.yaml"))
+    fp32 = _common.config_precision(str(experiments / "multi30k_en_de_tiny.yaml"))
+    assert (bf16, fp32) == ("bf16-mixed", "32-true")
+    x = torch.ones(2, 2)
+    with _common.cpu_autocast(bf16):
+        assert (x @ x).dtype == torch.bfloat16
+    with _common.cpu_autocast(fp32):
+        assert (x @ x).dtype == torch.float32
