@@ -12,7 +12,7 @@ from tx_suite.data.multi30k_datamodule import Multi30kDataModule
 from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
 from tx_suite.models.seq2seq import Seq2SeqTransformer
-from tx_suite.tasks.translation_loss import label_smoothed_nll_loss
+from tx_suite.tasks.translation_loss import label_smoothed_nll_loss, linear_label_smoothed_nll_loss
 from tx_suite.tasks.translation_metrics import translation_scores
 from tx_suite.tasks.translation_schedules import build_scheduler, inverse_sqrt_factor
 
@@ -88,6 +88,67 @@ def test_label_smoothed_loss_gradient_matches_torch():
     torch.testing.assert_close(mine, expected)
     assert mine[1, 2:].abs().max() == 0
     assert torch.autograd.gradcheck(lambda x: label_smoothed_nll_loss(x, target, 0.1)[0], (logits,))
+
+
+def _projection_case(dtype=torch.float64):
+    torch.manual_seed(0)
+    hidden = torch.randn(23, 7, dtype=dtype, requires_grad=True)
+    weight = (torch.randn(19, 7, dtype=dtype) * 0.5).requires_grad_()
+    target = torch.randint(4, 19, (23,))
+    target[[2, 11, 12]] = PAD_ID
+    return hidden, weight, target
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 5, 23, 64])
+def test_fused_projection_loss_equals_the_unfused_one(chunk_rows):
+    # Chunks of 1 row, a remainder (23 = 4 x 5 + 3), exactly one, and one larger than the batch.
+    hidden, weight, target = _projection_case()
+    loss, nll, n = linear_label_smoothed_nll_loss(hidden, weight, target, 0.1, chunk_rows=chunk_rows)
+    ref_loss, ref_nll, ref_n = label_smoothed_nll_loss(F.linear(hidden, weight), target, 0.1)
+    assert n == ref_n == 20
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(nll, ref_nll)
+    mine = torch.autograd.grad(loss * 3.0, (hidden, weight))
+    ref = torch.autograd.grad(ref_loss * 3.0, (hidden, weight))
+    torch.testing.assert_close(mine, ref)
+    assert mine[0][[2, 11, 12]].abs().max() == 0  # padding rows get no gradient
+
+
+def test_fused_projection_loss_gradcheck_and_tied_weights():
+    hidden, weight, target = _projection_case()
+    assert torch.autograd.gradcheck(
+        lambda h, w: linear_label_smoothed_nll_loss(h, w, target, 0.1, chunk_rows=5)[0], (hidden, weight))
+    # A weight shared with an embedding (tied lm_head) gets both gradients summed.
+    def embedded():
+        return (F.embedding(target, weight) ** 2).sum()
+
+    loss = linear_label_smoothed_nll_loss(hidden, weight, target, 0.1, chunk_rows=5)[0]
+    ref = label_smoothed_nll_loss(F.linear(hidden, weight), target, 0.1)[0]
+    torch.testing.assert_close(torch.autograd.grad(loss + embedded(), weight),
+                               torch.autograd.grad(ref + embedded(), weight))
+
+
+def test_fused_projection_loss_under_bf16_autocast_and_without_grad():
+    hidden, weight, target = (t.detach().float() if t.is_floating_point() else t for t in _projection_case())
+    hidden.requires_grad_(), weight.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, nll, _ = linear_label_smoothed_nll_loss(hidden, weight, target, 0.1, chunk_rows=5)
+        ref_loss, ref_nll, _ = label_smoothed_nll_loss(F.linear(hidden, weight), target, 0.1)
+    assert loss.dtype == torch.float32  # scored in float32 from bf16 products, as the unfused path
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)  # the same bf16 products
+    mine, ref = torch.autograd.grad(loss, (hidden, weight)), torch.autograd.grad(ref_loss, (hidden, weight))
+    assert (mine[0].dtype, mine[1].dtype) == (torch.float32, torch.float32)
+    for a, b in zip(mine, ref):  # bf16 rounding of the gradient products, summed in another order
+        assert (a - b).norm() < 1e-2 * b.norm()
+    with torch.no_grad():  # validation: the value only, without the gradient work
+        value = linear_label_smoothed_nll_loss(hidden, weight, target, 0.1, chunk_rows=5)[0]
+        expected = label_smoothed_nll_loss(F.linear(hidden, weight), target, 0.1)[0]
+    assert not value.requires_grad
+    torch.testing.assert_close(value, expected)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        linear_label_smoothed_nll_loss(hidden, weight, target, 0.1, chunk_rows=0)
+    with pytest.raises(ValueError, match="disagree"):
+        linear_label_smoothed_nll_loss(hidden, weight, target[:-1], 0.1)
 
 
 def test_shared_and_tied_embeddings():

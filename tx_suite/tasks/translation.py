@@ -20,7 +20,7 @@ from tx_suite.models.seq2seq import Seq2SeqTransformer
 from tx_suite.tasks.callbacks.due import validation_due
 from tx_suite.tasks.run_length import total_training_steps
 from tx_suite.tasks.sdpa_backend import check_sdpa_backend, sdpa_backend_context
-from tx_suite.tasks.translation_loss import label_smoothed_nll_loss
+from tx_suite.tasks.translation_loss import linear_label_smoothed_nll_loss
 from tx_suite.tasks.translation_metrics import signatures, translation_scores
 from tx_suite.tasks.translation_schedules import build_scheduler, upgrade_scheduler_state
 
@@ -170,9 +170,10 @@ class TranslationTask(pl.LightningModule):
         with sdpa_backend_context(self.hparams.sdpa_backend, batch["src"].device):
             h = self.model.forward_features(batch["src"], batch["tgt_in"], batch["src_key_padding_mask"])
         keep = batch["tgt_out"] != PAD_ID
-        # Project only the real target positions: (B, T, D) -> (N, D) -> logits (N, V).
-        logits = self.model.lm_head(h[keep])
-        return label_smoothed_nll_loss(logits, batch["tgt_out"][keep], self.hparams.label_smoothing)
+        # Only the real target positions, (B, T, D) -> (N, D), projected and scored chunk by chunk:
+        # the (N, V) logits are never built whole.
+        return linear_label_smoothed_nll_loss(h[keep], self.model.lm_head.weight, batch["tgt_out"][keep],
+                                              self.hparams.label_smoothing)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         self._t_batch = time.perf_counter()
