@@ -143,11 +143,8 @@ def git_commit() -> str:
 
 
 def machine() -> dict:
-    """CPU model, core count, torch version and threads, OMP wait policy, whether freed host memory
-    is kept (``tx_suite.utils.host_allocator``): what a RESULTS row needs."""
+    """CPU model, core count, torch version and threads, OMP wait policy: what a RESULTS row needs."""
     import torch
-
-    from tx_suite.utils.host_allocator import freed_memory_kept
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -157,7 +154,7 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "malloc_keeps_freed": freed_memory_kept()}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def segment_logger(out: Path, epochs_before: int):

@@ -50,10 +50,6 @@ def main() -> int:
                     help="torch CPU threads (1 is far faster when other processes share the cores)")
     args = ap.parse_args()
 
-    from tx_suite.utils.host_allocator import keep_freed_memory
-
-    keep_freed_memory()  # as `tx-suite fit` does: the steps reuse their large buffers (TX_SUITE_MALLOC=default: off)
-
     import pytorch_lightning as pl
     import torch
 

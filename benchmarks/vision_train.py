@@ -58,10 +58,6 @@ def main(argv=None) -> int:
     p.add_argument("--no-test-curve", action="store_true", help="test only at the end")
     args = p.parse_args(argv)
 
-    from tx_suite.utils.host_allocator import keep_freed_memory
-
-    keep_freed_memory()  # as `tx-suite fit` does: the steps reuse their large buffers (TX_SUITE_MALLOC=default: off)
-
     import pytorch_lightning as pl
     import torch
 

@@ -206,9 +206,6 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _run_lightning(args: list[str], from_sys_argv: bool) -> int:
     from tx_suite.cli.lightning_cli import run_cli
-    from tx_suite.utils.host_allocator import keep_freed_memory
-
-    keep_freed_memory()  # CPU training steps reuse their large buffers (TX_SUITE_MALLOC=default: off)
 
     return run_cli(args, from_sys_argv=from_sys_argv)
 
