@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID
 from tx_suite.data.multi30k_datamodule import Multi30kDataModule
@@ -90,6 +91,19 @@ def test_label_smoothed_loss_gradient_matches_torch():
     assert torch.autograd.gradcheck(lambda x: label_smoothed_nll_loss(x, target, 0.1)[0], (logits,))
 
 
+class _CountMatmuls(TorchDispatchMode):
+    """Counts the aten matrix products run inside it (below autograd, so inside Functions too)."""
+
+    def __enter__(self):
+        self.n = 0
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # inference_mode sees aten.matmul itself; elsewhere it arrives decomposed into mm
+        self.n += func.overloadpacket in (torch.ops.aten.matmul, torch.ops.aten.mm, torch.ops.aten.bmm, torch.ops.aten.addmm)
+        return func(*args, **(kwargs or {}))
+
+
 def _projection_case(dtype=torch.float64):
     torch.manual_seed(0)
     hidden = torch.randn(23, 7, dtype=dtype, requires_grad=True)
@@ -112,6 +126,18 @@ def test_fused_projection_loss_equals_the_unfused_one(chunk_rows):
     ref = torch.autograd.grad(ref_loss * 3.0, (hidden, weight))
     torch.testing.assert_close(mine, ref)
     assert mine[0][[2, 11, 12]].abs().max() == 0  # padding rows get no gradient
+
+
+def test_fused_projection_loss_without_smoothing_and_without_rows():
+    hidden, weight, target = _projection_case()
+    loss = linear_label_smoothed_nll_loss(hidden, weight, target, 0.0, chunk_rows=5)
+    ref = label_smoothed_nll_loss(F.linear(hidden, weight), target, 0.0)
+    torch.testing.assert_close(loss[0], ref[0])
+    torch.testing.assert_close(loss[0], loss[1])  # eps = 0: the loss is the NLL
+    torch.testing.assert_close(torch.autograd.grad(loss[0], weight), torch.autograd.grad(ref[0], weight))
+    empty = linear_label_smoothed_nll_loss(hidden[:0], weight, target[:0], 0.1)  # a batch of padding only
+    assert empty[2] == 0 and float(empty[0].detach()) == 0.0
+    assert torch.autograd.grad(empty[0], weight)[0].abs().max() == 0
 
 
 def test_fused_projection_loss_gradcheck_and_tied_weights():
@@ -140,11 +166,17 @@ def test_fused_projection_loss_under_bf16_autocast_and_without_grad():
     assert (mine[0].dtype, mine[1].dtype) == (torch.float32, torch.float32)
     for a, b in zip(mine, ref):  # bf16 rounding of the gradient products, summed in another order
         assert (a - b).norm() < 1e-2 * b.norm()
-    with torch.no_grad():  # validation: the value only, without the gradient work
-        value = linear_label_smoothed_nll_loss(hidden, weight, target, 0.1, chunk_rows=5)[0]
-        expected = label_smoothed_nll_loss(F.linear(hidden, weight), target, 0.1)[0]
-    assert not value.requires_grad
-    torch.testing.assert_close(value, expected)
+    expected = label_smoothed_nll_loss(F.linear(hidden.detach(), weight.detach()), target, 0.1)[0]
+    # Validation runs under inference_mode with parameters that require grad: the value only, one
+    # projection per chunk and none of the two gradient products (5 chunks of 23 rows).
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode(), _CountMatmuls() as count:
+            value = linear_label_smoothed_nll_loss(hidden, weight, target, 0.1, chunk_rows=5)[0]
+        assert not value.requires_grad and count.n == 5, (mode, count.n)
+        torch.testing.assert_close(value, expected)
+    with _CountMatmuls() as count:
+        linear_label_smoothed_nll_loss(hidden, weight, target, 0.1, chunk_rows=5)
+    assert count.n == 15  # training: projection, d hidden and d weight per chunk
     with pytest.raises(ValueError, match="chunk_rows"):
         linear_label_smoothed_nll_loss(hidden, weight, target, 0.1, chunk_rows=0)
     with pytest.raises(ValueError, match="disagree"):

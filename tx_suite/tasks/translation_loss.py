@@ -85,11 +85,14 @@ class _LinearLabelSmoothedCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float, ignore_index: int,
-                chunk_rows: int) -> tuple[Tensor, Tensor]:
+                chunk_rows: int, grad_enabled: bool) -> tuple[Tensor, Tensor]:
         device = hidden.device.type
         compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         wide = torch.float64 if compute == torch.float64 else torch.float32
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # needs_input_grad follows requires_grad only: under no_grad/inference_mode (validation) a
+        # parameter weight would still ask for its gradient. Grad mode is off inside forward, so
+        # the caller passes it in.
+        need_h, need_w = grad_enabled and ctx.needs_input_grad[0], grad_enabled and ctx.needs_input_grad[1]
         n_vocab = weight.shape[0]
         with torch.autocast(device, enabled=False):
             h, w = hidden.to(compute), weight.to(compute)
@@ -127,7 +130,7 @@ class _LinearLabelSmoothedCE(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         h_dtype, w_dtype = ctx.dtypes
         return (None if grad_h is None else (grad_h * grad_loss).to(h_dtype),
-                None if grad_w is None else (grad_w * grad_loss).to(w_dtype), None, None, None, None)
+                None if grad_w is None else (grad_w * grad_loss).to(w_dtype), None, None, None, None, None)
 
 
 def linear_label_smoothed_nll_loss(hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float,
@@ -163,7 +166,7 @@ def linear_label_smoothed_nll_loss(hidden: Tensor, weight: Tensor, target: Tenso
         raise ValueError(f"hidden {tuple(hidden.shape)} and target {tuple(target.shape)} disagree")
     flat_target = target.reshape(-1)
     loss, nll = _LinearLabelSmoothedCE.apply(hidden.reshape(-1, hidden.shape[-1]), weight, flat_target, epsilon,
-                                             ignore_index, chunk_rows)
+                                             ignore_index, chunk_rows, torch.is_grad_enabled())
     return loss, nll, int((flat_target != ignore_index).sum())
 
 
