@@ -19,6 +19,11 @@ import sys
 import time
 from pathlib import Path
 
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
+
 os.environ.setdefault("WANDB_MODE", "disabled")  # before Lightning is imported
 
 from _common import (ROOT, StopBeforeDeadline, build, finite_floats, git_commit, positive_float,  # noqa: E402
@@ -112,6 +117,8 @@ def main() -> int:
                              enable_progress_bar=False, enable_model_summary=False)
         trainer.fit(task, build(data_spec), ckpt_path=resume, **safe_fit_kwargs())
         result["fit_wall_s"] = round(time.time() - t_start, 1)
+        if resource is not None:  # peak resident memory of this process (Linux: ru_maxrss in KiB)
+            result["fit_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         result["epochs"] = trainer.current_epoch
     ckpts = {"last": out / "checkpoints" / "last.ckpt", "averaged": out / "checkpoints" / "averaged.ckpt"}
     ckpts = {name: path for name, path in ckpts.items() if path.is_file()}
