@@ -110,8 +110,9 @@ def main() -> int:
         resume = out / "checkpoints" / "last.ckpt" if args.resume else None
         if resume is not None and not resume.is_file():
             ap.error(f"--resume: no checkpoint at {resume}")
-        result["epochs_before_resume"] = (torch.load(resume, map_location="cpu", weights_only=True)["epoch"] + 1
-                                        if resume else None)
+        # mmap: only the "epoch" entry is read, not the whole checkpoint (snapshots included) into the heap
+        result["epochs_before_resume"] = (
+            torch.load(resume, map_location="cpu", weights_only=True, mmap=True)["epoch"] + 1 if resume else None)
         trainer = pl.Trainer(**trainer_cfg, default_root_dir=out, callbacks=callbacks,
                              logger=segment_logger(out, result["epochs_before_resume"]),
                              enable_progress_bar=False, enable_model_summary=False)
