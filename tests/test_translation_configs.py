@@ -51,3 +51,13 @@ def test_fairseq_tiny_config_differs_from_the_bf16_one_in_ffn_dropout_and_averag
     assert diff == {"activation_dropout", "averaging", "ffn_p"}
     assert {k: v for k, v in ours["trainer"].items() if k != "callbacks"} == \
         {k: v for k, v in ref["trainer"].items() if k != "callbacks"}
+
+
+def test_fairseq_lc_config_differs_from_the_fairseq_one_in_lowercasing_only():
+    lc, cased = (load_config(EXPERIMENTS / n) for n in ("multi30k_en_de_tiny_fairseq_lc.yaml",
+                                                        "multi30k_en_de_tiny_fairseq.yaml"))
+    assert build(lc["data"]).hparams.lowercase is True
+    assert lc["data"]["init_args"].pop("lowercase") is True
+    assert cased["data"]["init_args"].get("lowercase", False) is False
+    cased["data"]["init_args"].pop("lowercase", None)
+    assert (lc["data"], lc["model"], lc["trainer"]) == (cased["data"], cased["model"], cased["trainer"])
