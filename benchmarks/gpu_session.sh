@@ -61,15 +61,20 @@ rc=$?; (( rc )) && status=1
 echo "rc=$rc after $(( $(date +%s) - t0 )) s"
 grep -E '^\{"epoch' "$OUT/translation.log" | tail -3 | cut -c1-200
 tail -6 "$OUT/translation.log"
-cp "$RUN_DIR/result.json" "$OUT/translation_result.json" 2>/dev/null
+# Only what this call wrote (newer than machine.txt): a RESUME=1 or SCORE_ONLY=1 call that fails
+# before scoring must not bring back the previous call's result or weights as its own.
+fresh() { [[ -f $1 && $1 -nt "$OUT/machine.txt" ]]; }
+fresh "$RUN_DIR/result.json" && cp "$RUN_DIR/result.json" "$OUT/translation_result.json"
 # The newest segment's metrics: a RESUME=1 segment logs to resumed_at_epoch_N/metrics.csv.
 metrics=$(ls -t "$RUN_DIR"/metrics.csv "$RUN_DIR"/resumed_at_epoch_*/metrics.csv 2>/dev/null | head -1)
 [[ -n $metrics ]] && cp "$metrics" "$OUT/translation_metrics.csv"
 # The scored weights and hypotheses come back too (a machine stays warm 30 s, so a second call
 # rarely finds $RUN_DIR): the BLEU figures can then be checked and the weights rescored on CPU.
 # One archive for the hypotheses: the device tool brings back at most 8 files from $OUT (7 here).
-cp "$RUN_DIR/checkpoints/averaged.ckpt" "$OUT/translation_averaged.ckpt" 2>/dev/null
-(cd "$RUN_DIR" && tar czf - test_*/test_hypotheses.txt 2>/dev/null) > "$OUT/translation_hypotheses.tgz"
+fresh "$RUN_DIR/checkpoints/averaged.ckpt" && cp "$RUN_DIR/checkpoints/averaged.ckpt" "$OUT/translation_averaged.ckpt"
+hyps=()
+for f in "$RUN_DIR"/test_*/test_hypotheses.txt; do fresh "$f" && hyps+=("${f#"$RUN_DIR"/}"); done
+(( ${#hyps[@]} )) && (cd "$RUN_DIR" && tar czf - "${hyps[@]}") > "$OUT/translation_hypotheses.tgz"
 
 left=$(( BUDGET - ($(date +%s) - t0) ))
 echo "== 2. core throughput (${left} s left)"
