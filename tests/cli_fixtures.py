@@ -75,9 +75,11 @@ class TinyMNISTDataModule(pl.LightningDataModule):
 
 
 class TinyMNISTClassifier(pl.LightningModule):
-    """784 -> hidden -> 10 MLP trained with Adam; ``nan_at_step >= 0`` poisons that step's loss."""
+    """784 -> hidden -> 10 MLP trained with Adam; ``nan_at_step >= 0`` poisons that step's loss
+    (on global rank ``nan_rank`` only when it is >= 0, as one GPU's overflow would)."""
 
-    def __init__(self, hidden: int = 32, lr: float = 3e-3, dropout: float = 0.1, nan_at_step: int = -1) -> None:
+    def __init__(self, hidden: int = 32, lr: float = 3e-3, dropout: float = 0.1, nan_at_step: int = -1,
+                 nan_rank: int = -1) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(784, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 10))
@@ -88,7 +90,7 @@ class TinyMNISTClassifier(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.cross_entropy(self(x), y)
-        if self.global_step == self.hparams.nan_at_step:
+        if self.global_step == self.hparams.nan_at_step and self.hparams.nan_rank in (-1, self.global_rank):
             loss = loss * float("nan")
         self.log("train/loss", loss)
         return loss

@@ -166,3 +166,23 @@ def test_translation_config_trains_under_ddp(runs_dir, subprocess_env, tmp_path)
     assert "GLOBAL_RANK: 1" in proc.stderr
     ckpt = load_checkpoint(runs_dir / "multi30k_de_en_quickstart" / "t1" / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 3
+
+
+def test_non_finite_loss_on_one_rank_stops_every_rank_with_the_same_error(runs_dir, subprocess_env):
+    """A NaN loss on rank 1 alone: every rank must stop at that step with NonFiniteLossError (the
+    ranks agree on the check), instead of rank 0 going on into the gradient all-reduce alone."""
+    env = {**subprocess_env, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    nan_step = 8 + 3  # epoch 1, batch 3
+    proc = subprocess.run(
+        [sys.executable, "-m", "tx_suite", *COMMON, *TWO_RANKS, "--trainer.devices=2", "--trainer.max_epochs=2",
+         f"--model.init_args.nan_at_step={nan_step}", "--model.init_args.nan_rank=1", "--run_id", "nan"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    run = runs_dir / "tiny_mnist" / "nan"
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["status"] == "failed"
+    assert info["error"].startswith("NonFiniteLossError: ") and f"global step {nan_step}" in info["error"], info["error"]
+    assert "(on another rank)" in info["error"]  # rank 0's own loss was finite
+    last = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 8  # the epoch-0 checkpoint, not the NaN state

@@ -19,6 +19,8 @@ class StopOnNonFiniteLoss(pl.Callback):
     the weights stay those of the last good step, and raising (rather than ``trainer.should_stop``)
     skips the end-of-training checkpoint: ``last.ckpt``/``best.ckpt`` keep the last good state.
     A second check on the step output covers tasks whose loss never goes through ``backward``.
+    Under DDP/FSDP the ranks reduce the check (any rank's non-finite loss stops all of them at the
+    same step), which costs one small all-reduce per check.
     """
 
     def __init__(self) -> None:
@@ -28,9 +30,16 @@ class StopOnNonFiniteLoss(pl.Callback):
         self._batch_idx = batch_idx
 
     def _check(self, trainer: pl.Trainer, loss: Any) -> None:
-        if not isinstance(loss, torch.Tensor) or bool(torch.isfinite(loss.detach()).all()):
+        local = isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all())
+        # All ranks decide together: a rank that raised alone would leave the others in the next
+        # gradient all-reduce (gloo: "Connection closed by peer" as the run's error; NCCL: a hang
+        # until its timeout). Single-process strategies return `local` unchanged.
+        if not trainer.strategy.reduce_boolean_decision(local, all=False):
             return
-        value = loss.detach().float().flatten()[0].item() if loss.numel() else float("nan")
+        if local:
+            value = str(loss.detach().float().flatten()[0].item()) if loss.numel() else "nan"
+        else:
+            value = "on another rank"
         ckpt_cb = trainer.checkpoint_callback
         last = getattr(ckpt_cb, "last_model_path", "") or getattr(ckpt_cb, "best_model_path", "")
         kept = f"; last good checkpoint kept: {last}" if last else "; no checkpoint had been saved yet"
