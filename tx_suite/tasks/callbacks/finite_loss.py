@@ -32,8 +32,9 @@ class StopOnNonFiniteLoss(pl.Callback):
     def _check(self, trainer: pl.Trainer, loss: Any) -> None:
         local = isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss.detach()).all())
         # All ranks decide together: a rank that raised alone would leave the others in the next
-        # gradient all-reduce (gloo: "Connection closed by peer" as the run's error; NCCL: a hang
-        # until its timeout). Single-process strategies return `local` unchanged.
+        # gradient all-reduce (gloo on CPU: "Connection closed by peer" became the run's error;
+        # NCCL is expected to wait for its timeout, not tried). Single-process strategies return
+        # `local` unchanged.
         if not trainer.strategy.reduce_boolean_decision(local, all=False):
             return
         if local:
