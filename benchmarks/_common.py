@@ -189,6 +189,38 @@ class StopBeforeDeadline(pl.Callback):
         self.t_epoch = now
 
 
+def rss_mb() -> float:
+    """Resident memory of this process in MiB (Linux ``/proc/self/status`` VmRSS)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+class TrimHeapEachEpoch(pl.Callback):
+    """After each training epoch, glibc's ``malloc_trim(0)`` (free heap pages back to the system),
+    with this process's RSS before and after appended to ``path`` as a JSON line.
+
+    A diagnostic for the RSS growth of long CPU runs (RESULTS.md, *the fused loss*): it tells freed
+    heap that glibc keeps from memory still in use.
+
+    Raises:
+        OSError: not Linux with glibc (no ``/proc/self/status`` or no ``malloc_trim``).
+    """
+
+    def __init__(self, path: Path):
+        import ctypes
+
+        self.malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        rss_mb()  # fail here, not after the first epoch
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        before = rss_mb()
+        self.malloc_trim(0)
+        line = {"epoch": trainer.current_epoch, "rss_mb_before": round(before), "rss_mb_after": round(rss_mb())}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
 def translation_pass(task, batches, opt, context) -> float:
     """Mean seconds per training step of ``task`` over ``batches``: forward and loss inside
     ``context()``, backward, gradient clipping at 1.0, ``opt.step()`` (the step-timing benchmarks)."""

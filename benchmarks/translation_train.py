@@ -26,8 +26,8 @@ except ImportError:  # Windows
 
 os.environ.setdefault("WANDB_MODE", "disabled")  # before Lightning is imported
 
-from _common import (ROOT, StopBeforeDeadline, build, finite_floats, git_commit, positive_float,  # noqa: E402
-                     positive_int, positive_ints, safe_fit_kwargs, segment_logger)
+from _common import (ROOT, StopBeforeDeadline, TrimHeapEachEpoch, build, finite_floats, git_commit,  # noqa: E402
+                     positive_float, positive_int, positive_ints, safe_fit_kwargs, segment_logger)
 
 sys.path.insert(0, str(ROOT))
 
@@ -53,6 +53,9 @@ def main() -> int:
                          "(unlike trainer.max_time, whose clock a resumed run carries on)")
     ap.add_argument("--threads", type=positive_int, default=None,
                     help="torch CPU threads (1 is far faster when other processes share the cores)")
+    ap.add_argument("--trim_heap", action="store_true",
+                    help="glibc malloc_trim(0) after every training epoch, RSS before/after in "
+                         "<out>/trim_heap.jsonl (a diagnostic of the RSS growth; Linux only)")
     args = ap.parse_args()
 
     import pytorch_lightning as pl
@@ -102,6 +105,8 @@ def main() -> int:
     callbacks.append(EpochPrinter())
     if args.max_minutes is not None:
         callbacks.append(StopBeforeDeadline(args.max_minutes))
+    if args.trim_heap:
+        callbacks.append(TrimHeapEachEpoch(out / "trim_heap.jsonl"))
     result = {"config": args.config, "commit": git_commit(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
     t_start = time.time()
