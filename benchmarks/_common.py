@@ -209,8 +209,11 @@ class TrimHeapEachEpoch(pl.Callback):
     def __init__(self, path: Path):
         import ctypes
 
-        self.malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        rss_mb()  # fail here, not after the first epoch
+        try:
+            self.malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+            rss_mb()  # fail here, not after the first epoch
+        except (OSError, AttributeError) as e:
+            raise OSError(f"heap trimming needs Linux with glibc (malloc_trim, /proc/self/status): {e}") from e
         self.path = Path(path)
 
     def on_train_epoch_end(self, trainer, pl_module):
