@@ -72,4 +72,4 @@ def test_trim_heap_gives_back_freed_heap_pages_and_logs_rss(tmp_path):
     line = json.loads((tmp_path / "trim.jsonl").read_text())
     assert line["epoch"] == 3 and set(line) == {"epoch", "rss_mb_before", "rss_mb_after"}
     assert line["rss_mb_before"] - line["rss_mb_after"] > 100, line  # ~230 MB of holes
-    assert len(kept) == 400
+    del kept  # alive until after the trim, so the freed blocks were holes, not the heap's top
