@@ -61,3 +61,16 @@ def test_fairseq_lc_config_differs_from_the_fairseq_one_in_lowercasing_only():
     assert cased["data"]["init_args"].get("lowercase", False) is False
     cased["data"]["init_args"].pop("lowercase", None)
     assert (lc["data"], lc["model"], lc["trainer"]) == (cased["data"], cased["model"], cased["trainer"])
+
+
+def test_patience_config_adds_fairseqs_early_stop_on_validation_loss_and_nothing_else():
+    """fairseq's `--patience 10`: stop when the validation loss has not improved for 10 validations."""
+    pat, lc = (load_config(EXPERIMENTS / n) for n in ("multi30k_en_de_tiny_fairseq_lc_patience.yaml",
+                                                      "multi30k_en_de_tiny_fairseq_lc.yaml"))
+    added = [c for c in pat["trainer"]["callbacks"] if c not in lc["trainer"]["callbacks"]]
+    assert [c["class_path"] for c in added] == ["pytorch_lightning.callbacks.EarlyStopping"]
+    stop = build(added[0])
+    assert (stop.monitor, stop.patience, stop.mode, stop.min_delta) == ("val/loss", 10, "min", 0)
+    assert pat["trainer"].get("check_val_every_n_epoch", 1) == 1  # patience counts epochs, as fairseq's
+    pat["trainer"]["callbacks"].remove(added[0])
+    assert (pat["data"], pat["model"], pat["trainer"]) == (lc["data"], lc["model"], lc["trainer"])
