@@ -224,6 +224,62 @@ class TrimHeapEachEpoch(pl.Callback):
             f.write(json.dumps(line) + "\n")
 
 
+class AverageAtPatience(pl.Callback):
+    """Save the running last-N average at the epoch where fairseq's ``--patience P`` would stop
+    training, and train on.
+
+    fairseq stops once the validation loss has not improved on its best for ``patience``
+    validations in a row (``should_stop_early`` in its ``train.py``); the reference's
+    ``evaluate.sh`` then averages the last 10 epoch checkpoints. At the first such validation this
+    callback saves the average of the :class:`CheckpointAveraging` snapshots (the last N epoch
+    ends, this epoch included) as ``filename`` and records the epoch in ``stop_epoch``, without
+    stopping: one run then gives the average at the stop and at the end of its schedule from the
+    same random stream. Its state survives a resume.
+
+    Args:
+        patience: validations without a new best (strictly lower ``monitor``) before the stop.
+        monitor: the logged metric; lower is better.
+        filename: the averaged checkpoint, next to ``last.ckpt``.
+
+    Raises:
+        ValueError: ``patience`` < 1.
+        RuntimeError: (at the stop) the trainer has no ``CheckpointAveraging`` callback.
+    """
+
+    def __init__(self, patience: int, monitor: str = "val/loss", filename: str = "averaged_patience.ckpt"):
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        self.patience, self.monitor, self.filename = patience, monitor, filename
+        self.best: float | None = None
+        self.wait = 0
+        self.stop_epoch: int | None = None
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or self.stop_epoch is not None or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        if self.best is None or value < self.best:
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            from tx_suite.tasks.callbacks.translation_averaging import CheckpointAveraging
+
+            averaging = next((c for c in trainer.callbacks if isinstance(c, CheckpointAveraging)), None)
+            if averaging is None:
+                raise RuntimeError("AverageAtPatience needs a CheckpointAveraging callback (the config's last_n)")
+            averaging.save_average(trainer, pl_module, self.filename)
+            self.stop_epoch = trainer.current_epoch
+            print(json.dumps({"patience_stop": self.stop_epoch, "best": self.best, "averaged": len(averaging.snapshots)}),
+                  flush=True)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "wait": self.wait, "stop_epoch": self.stop_epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best, self.wait, self.stop_epoch = state_dict["best"], state_dict["wait"], state_dict["stop_epoch"]
+
+
 def translation_pass(task, batches, opt, context) -> float:
     """Mean seconds per training step of ``task`` over ``batches``: forward and loss inside
     ``context()``, backward, gradient clipping at 1.0, ``opt.step()`` (the step-timing benchmarks)."""

@@ -26,7 +26,7 @@ except ImportError:  # Windows
 
 os.environ.setdefault("WANDB_MODE", "disabled")  # before Lightning is imported
 
-from _common import (ROOT, StopBeforeDeadline, TrimHeapEachEpoch, build, finite_floats, git_commit,  # noqa: E402
+from _common import (ROOT, AverageAtPatience, StopBeforeDeadline, TrimHeapEachEpoch, build, finite_floats, git_commit,  # noqa: E402
                      positive_float, positive_int, positive_ints, safe_fit_kwargs, segment_logger)
 
 sys.path.insert(0, str(ROOT))
@@ -56,6 +56,10 @@ def main() -> int:
     ap.add_argument("--trim_heap", action="store_true",
                     help="glibc malloc_trim(0) after every training epoch, RSS before/after in "
                          "<out>/trim_heap.jsonl (a diagnostic of the RSS growth; Linux only)")
+    ap.add_argument("--patience_average", type=positive_int, default=None, metavar="P",
+                    help="also save (and score) the config's last-N average at the epoch where fairseq's "
+                         "--patience P would stop (P validations without a lower val/loss), and train on; "
+                         "validate every epoch for fairseq's count")
     args = ap.parse_args()
 
     import pytorch_lightning as pl
@@ -107,6 +111,9 @@ def main() -> int:
         callbacks.append(StopBeforeDeadline(args.max_minutes))
     if args.trim_heap:
         callbacks.append(TrimHeapEachEpoch(out / "trim_heap.jsonl"))
+    patience = AverageAtPatience(args.patience_average) if args.patience_average else None
+    if patience is not None:
+        callbacks.append(patience)
     result = {"config": args.config, "commit": git_commit(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M")}
     t_start = time.time()
@@ -126,7 +133,11 @@ def main() -> int:
         if resource is not None:  # peak resident memory of this process (Linux: ru_maxrss in KiB)
             result["fit_max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         result["epochs"] = trainer.current_epoch
-    ckpts = {"last": out / "checkpoints" / "last.ckpt", "averaged": out / "checkpoints" / "averaged.ckpt"}
+        if patience is not None:
+            result["patience"] = {"patience": patience.patience, "stop_epoch": patience.stop_epoch,
+                                  "best_val_loss": patience.best}
+    ckpts = {"last": out / "checkpoints" / "last.ckpt", "averaged": out / "checkpoints" / "averaged.ckpt",
+             "averaged_patience": out / "checkpoints" / "averaged_patience.ckpt"}
     ckpts = {name: path for name, path in ckpts.items() if path.is_file()}
     if not ckpts:  # --skip_fit on an empty --out reported success with nothing scored
         ap.error(f"no checkpoint to score: neither {out}/checkpoints/last.ckpt nor averaged.ckpt exists")
@@ -158,9 +169,9 @@ def main() -> int:
     result["scoring_complete"] = True
     result["total_wall_s"] = round(time.time() - t_start, 1)
     print(json.dumps(result, indent=1))
-    print(f"\n{'weights':<9} {'beam':>4} {'lenpen':>6} {'BLEU':>6} {'BLEU lc':>7} {'chrF':>6} {'sent/s':>7}")
+    print(f"\n{'weights':<17} {'beam':>4} {'lenpen':>6} {'BLEU':>6} {'BLEU lc':>7} {'chrF':>6} {'sent/s':>7}")
     for s in scores:
-        print(f"{s['weights']:<9} {s['beam']:>4} {s['length_penalty']:>6} {s['bleu']:>6.2f} {s['bleu_lc']:>7.2f} "
+        print(f"{s['weights']:<17} {s['beam']:>4} {s['length_penalty']:>6} {s['bleu']:>6.2f} {s['bleu_lc']:>7.2f} "
               f"{s['chrf']:>6.2f} {s['sent_per_s']:>7.1f}")
     (out / "result.json").write_text(json.dumps(result, indent=1))
     if "epochs" in result:  # one file per segment of a resumed run too

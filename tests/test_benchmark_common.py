@@ -73,3 +73,43 @@ def test_trim_heap_gives_back_freed_heap_pages_and_logs_rss(tmp_path):
     assert line["epoch"] == 3 and set(line) == {"epoch", "rss_mb_before", "rss_mb_after"}
     assert line["rss_mb_before"] - line["rss_mb_after"] > 100, line  # ~230 MB of holes
     del kept  # alive until after the trim, so the freed blocks were holes, not the heap's top
+
+
+def test_average_at_patience_saves_the_snapshot_average_where_fairseq_would_stop(tmp_path):
+    """fairseq's `--patience 3`: a tie is no improvement, the third validation in a row without a
+    lower loss stops. The file must hold the average of the epoch snapshots, and training goes on
+    with the model's own weights; a resumed run keeps the count."""
+    import types
+
+    import torch
+
+    from tx_suite.tasks.callbacks.translation_averaging import CheckpointAveraging
+
+    module = torch.nn.Linear(2, 1)
+    averaging = CheckpointAveraging(last_n=2)
+    saved = {}
+
+    def save_checkpoint(path, weights_only):
+        saved[path.name] = {k: v.clone() for k, v in module.state_dict().items()}
+
+    trainer = types.SimpleNamespace(sanity_checking=False, callback_metrics={}, callbacks=[averaging],
+                                    checkpoint_callback=None, default_root_dir=str(tmp_path), is_global_zero=True,
+                                    save_checkpoint=save_checkpoint, current_epoch=0)
+    cb = _common.AverageAtPatience(3)
+    fired = []
+    for epoch, loss in enumerate([3.0, 2.0, 2.5, 2.0, 2.1, 1.0]):
+        trainer.current_epoch = epoch
+        with torch.no_grad():
+            module.weight.fill_(epoch)
+        averaging.snapshots.append({k: v.clone() for k, v in module.state_dict().items()})
+        trainer.callback_metrics = {"val/loss": torch.tensor(loss)}
+        cb.on_validation_end(trainer, module)
+        fired.append(cb.stop_epoch)
+        if epoch == 2:  # a resume between two validations
+            cb, state = _common.AverageAtPatience(3), cb.state_dict()
+            cb.load_state_dict(state)
+    assert fired == [None, None, None, None, 4, 4]  # once, at the third validation after the best (2.0)
+    assert list(saved) == ["averaged_patience.ckpt"]
+    assert torch.equal(saved["averaged_patience.ckpt"]["weight"], torch.full((1, 2), 3.5))  # epochs 3 and 4
+    assert torch.equal(module.weight, torch.full((1, 2), 5.0))
+    assert cb.best == 2.0

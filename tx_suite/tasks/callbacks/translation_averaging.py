@@ -233,16 +233,30 @@ class CheckpointAveraging(pl.Callback):
         # the smoke run the one --ckpt_path last|best finds, and it has no last.ckpt.
         if not self.snapshots or trainer.fast_dev_run:
             return
+        self.path = self.save_average(trainer, pl_module, self.filename)
+
+    def save_average(self, trainer: pl.Trainer, pl_module: pl.LightningModule, filename: str) -> Path:
+        """Save the average of the snapshots held now as ``filename`` in the checkpoint folder
+        (weights only); the model keeps its current weights. Also usable during ``fit``.
+
+        Raises:
+            RuntimeError: no snapshot taken yet.
+        """
+        if not self.snapshots:
+            raise RuntimeError("no epoch snapshot to average yet")
         ckpt_cb = trainer.checkpoint_callback
         folder = Path(ckpt_cb.dirpath) if ckpt_cb is not None and getattr(ckpt_cb, "dirpath", None) else (
             Path(trainer.default_root_dir) / "checkpoints")
         current = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
         pl_module.load_state_dict(average_state_dicts(list(self.snapshots)))
-        self.path = folder / self.filename
-        trainer.save_checkpoint(self.path, weights_only=True)
-        pl_module.load_state_dict(current)
+        path = folder / filename
+        try:
+            trainer.save_checkpoint(path, weights_only=True)
+        finally:
+            pl_module.load_state_dict(current)
         if trainer.is_global_zero:
-            print(f"averaged the last {len(self.snapshots)} epoch weights into {self.path}", file=sys.stderr)
+            print(f"averaged the last {len(self.snapshots)} epoch weights into {path}", file=sys.stderr)
+        return path
 
 
 def _check_output(output: Path, inputs: Sequence[Path]) -> None:
