@@ -6,6 +6,7 @@ import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from tx_suite.data.captions_tokenizer import CaptionTokenizer
+from tx_suite.utils.eval_loader import eval_loader
 from tx_suite.utils.resumable_loader import ResumableDataLoader
 
 
@@ -42,7 +43,7 @@ class CaptionedImagesDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, with_index: bool = False) -> DataLoader:
         # The (shuffled) training loader resumes mid-epoch where a checkpoint left it.
-        loader_cls = ResumableDataLoader if shuffle else DataLoader
+        loader_cls = ResumableDataLoader if shuffle else eval_loader
         dataset = WithIndex(self.datasets[split]) if with_index else self.datasets[split]
         return loader_cls(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle,
                           num_workers=self.hparams.num_workers, collate_fn=self.collate,

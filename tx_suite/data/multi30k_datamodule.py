@@ -13,6 +13,7 @@ from tx_suite.data.bucketing import TokenBudgetBatchSampler
 from tx_suite.data.checksums import resolve_data_dir
 from tx_suite.data.multi30k import check_names, default_data_dir, read_pair, split_path
 from tx_suite.data.translation_dataset import TranslationDataset, collate_translation
+from tx_suite.utils.eval_loader import eval_loader
 from tx_suite.utils.resumable_loader import ResumableDataLoader
 
 log = logging.getLogger(__name__)
@@ -165,7 +166,7 @@ class Multi30kDataModule(pl.LightningDataModule):
         # and PredictionWriter gathers predictions.
         sampler = TokenBudgetBatchSampler(ds.sizes(), budget, shuffle=train, seed=self.hparams.seed)
         # The training loader resumes mid-epoch where a checkpoint left it (--ckpt_path last).
-        loader_cls = ResumableDataLoader if train else DataLoader
+        loader_cls = ResumableDataLoader if train else eval_loader
         return loader_cls(ds, batch_sampler=sampler, collate_fn=collate_translation,
                           num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from tx_suite.data.checksums import resolve_data_dir  # noqa: F401 (re-exported)
 from tx_suite.data.vision_transforms import build_eval_transform, build_train_transform, check_augment
+from tx_suite.utils.eval_loader import eval_loader
 from tx_suite.utils.resumable_loader import ResumableDataLoader
 
 
@@ -154,7 +155,7 @@ class ImageClassificationDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         # The (shuffled) training loader resumes mid-epoch where a checkpoint left it, and orders
         # data by seed + epoch, the same on 1 or N processes.
-        loader_cls = ResumableDataLoader if shuffle else DataLoader
+        loader_cls = ResumableDataLoader if shuffle else eval_loader
         return loader_cls(
             dataset,
             batch_size=batch_size,

@@ -1,0 +1,21 @@
+"""Evaluation data loaders that draw nothing from torch's global random generator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+def eval_loader(dataset: Dataset, **kwargs: Any) -> DataLoader:
+    """``DataLoader(dataset, **kwargs)`` for validation, test and predict, with a generator of its own.
+
+    Every ``iter()`` of a ``DataLoader`` without a ``generator`` draws its workers' base seed from
+    torch's global generator, so each validation shifted the dropout masks and shuffles of every
+    training step after it: two runs that differ only in how often they validate
+    (``check_val_every_n_epoch``, ``bleu_every_n_epochs`` aside) parted from the first validation
+    on. An evaluation loader does not shuffle, so its own generator changes nothing else.
+    """
+    kwargs.setdefault("generator", torch.Generator())
+    return DataLoader(dataset, **kwargs)
