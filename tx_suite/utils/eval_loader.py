@@ -13,9 +13,10 @@ def eval_loader(dataset: Dataset, **kwargs: Any) -> DataLoader:
 
     Every ``iter()`` of a ``DataLoader`` without a ``generator`` draws its workers' base seed from
     torch's global generator, so each validation shifted the dropout masks and shuffles of every
-    training step after it: two runs that differ only in how often they validate
-    (``check_val_every_n_epoch``, ``bleu_every_n_epochs`` aside) parted from the first validation
-    on. An evaluation loader does not shuffle, so its own generator changes nothing else.
+    training step after it: two runs that differed only in how often they validate
+    (``check_val_every_n_epoch``) parted at the first validation. An evaluation loader does not
+    shuffle, so its own generator only seeds its workers (the same at every pass; evaluation
+    transforms are deterministic).
     """
     kwargs.setdefault("generator", torch.Generator())
     return DataLoader(dataset, **kwargs)
