@@ -74,3 +74,14 @@ def test_patience_config_adds_fairseqs_early_stop_on_validation_loss_and_nothing
     assert pat["trainer"].get("check_val_every_n_epoch", 1) == 1  # patience counts epochs, as fairseq's
     pat["trainer"]["callbacks"].remove(added[0])
     assert (pat["data"], pat["model"], pat["trainer"]) == (lc["data"], lc["model"], lc["trainer"])
+
+
+def test_fairseq_init_config_changes_the_sinusoids_and_cross_attention_init_only():
+    init, lc = (load_config(EXPERIMENTS / n) for n in ("multi30k_en_de_tiny_fairseq_lc_init.yaml",
+                                                       "multi30k_en_de_tiny_fairseq_lc.yaml"))
+    model = build(init["model"]).model
+    assert (model.src_embed.pos.layout, model.src_embed.pos.start) == ("fairseq", 2)
+    assert model.transformer.decoder.cfg.cross_attn_init == "fused"
+    assert {k: v for k, v in init["model"]["init_args"].items() if lc["model"]["init_args"].get(k) != v} == \
+        {"pos_encoding": "sinusoidal_fairseq", "cross_attn_init": "fused"}
+    assert (init["data"], init["trainer"]) == (lc["data"], lc["trainer"])

@@ -35,6 +35,25 @@ def test_linear_layers_start_xavier_uniform_with_zero_bias():
         assert m.weight.abs().max() <= bound and m.weight.abs().max() > 0.8 * bound
 
 
+def test_cross_attention_init_split_or_fused():
+    """"split": q_proj (D, D) and kv_proj (2D, D) each get their own Xavier bound; "fused": the
+    bound of torch.nn.MultiheadAttention's (3D, D) in_proj_weight (fairseq's gain 1/sqrt(2))."""
+    d = 64
+    fused_bound = math.sqrt(6.0 / (d + 3 * d))
+    for mode, q_bound, kv_bound in (("split", math.sqrt(6.0 / (2 * d)), math.sqrt(6.0 / (3 * d))),
+                                    ("fused", fused_bound, fused_bound)):
+        torch.manual_seed(0)
+        dec = Decoder(TransformerConfig(d_model=d, n_heads=4, d_ff=128, cross_attn_init=mode), 2)
+        for layer in dec.layers:
+            for w, bound in ((layer.cross_attn.q_proj.weight, q_bound), (layer.cross_attn.kv_proj.weight, kv_bound)):
+                assert 0.95 * bound < w.abs().max() <= bound, mode
+            assert not layer.cross_attn.q_proj.bias.any() and not layer.cross_attn.kv_proj.bias.any()
+            # self-attention is fused either way: the same bound as torch's in_proj_weight
+            assert 0.95 * fused_bound < layer.self_attn.qkv_proj.weight.abs().max() <= fused_bound
+    with pytest.raises(ValueError, match="cross_attn_init"):
+        TransformerConfig(cross_attn_init="xavier")
+
+
 def test_activations_are_the_named_functions():
     x = torch.linspace(-4, 4, 101)
     refs = {"relu": F.relu(x), "gelu": F.gelu(x), "gelu_tanh": F.gelu(x, approximate="tanh"), "silu": x * torch.sigmoid(x)}

@@ -20,6 +20,32 @@ def test_sinusoidal_matches_the_paper_formula():
             assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
 
 
+def test_fairseq_sinusoid_layout_matches_fairseqs_formula():
+    """fairseq's ``get_embedding``: ``[sin | cos]`` halves, exponent ``i / (h - 1)``, an odd width
+    padded with a zero column; tokens numbered from ``padding_idx + 1`` = 2."""
+    for d in (16, 9):
+        h = d // 2
+        table = sinusoidal_table(50, d, layout="fairseq")
+        for pos in (0, 1, 7, 49):
+            for i in range(h):
+                angle = pos * math.exp(-i * math.log(10000) / (h - 1))
+                assert table[pos, i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+                assert table[pos, h + i].item() == pytest.approx(math.cos(angle), abs=1e-6)
+        assert table.shape == (50, d) and (d % 2 == 0 or table[:, -1].abs().max() == 0)
+    # the lowest frequency is exactly 1/10000 (the paper's stops at 10000^(-7/8) for d = 16)
+    assert sinusoidal_table(2, 16, layout="fairseq")[1, 7].item() == pytest.approx(math.sin(1e-4), rel=1e-5)
+    pe = SinusoidalPositionalEncoding(16, max_len=4, layout="fairseq", start=2)
+    assert torch.equal(pe(3), sinusoidal_table(5, 16, layout="fairseq")[2:])
+    assert torch.equal(pe(3, offset=10), sinusoidal_table(15, 16, layout="fairseq")[12:])  # grows past max_len
+    emb = TokenEmbedding(50, 16, pos_encoding="sinusoidal_fairseq")
+    tokens = torch.tensor([[3, 4, 5]])
+    torch.testing.assert_close(emb(tokens), emb.weight[tokens] * 4 + sinusoidal_table(5, 16, layout="fairseq")[2:])
+    with pytest.raises(ValueError, match="layout"):
+        sinusoidal_table(4, 16, layout="interleaved")
+    with pytest.raises(ValueError, match="d_model >= 4"):
+        sinusoidal_table(4, 2, layout="fairseq")
+
+
 def test_sinusoidal_module_offsets_and_grows():
     pe = SinusoidalPositionalEncoding(8, max_len=4)
     assert torch.equal(pe(3, offset=10), sinusoidal_table(13, 8)[10:])

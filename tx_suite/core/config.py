@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .feed_forward import ACTIVATIONS
+from .init import CROSS_ATTN_INITS
 
 
 @dataclass
@@ -36,6 +37,11 @@ class TransformerConfig:
             stack needs it; ``torch.nn.Transformer`` adds one to post-norm stacks as well).
         rope: rotary position embedding in self-attention (Su et al. 2021).
         rope_base: RoPE wavelength base.
+        cross_attn_init: Xavier bound of cross-attention's ``q_proj`` ``(D, D)`` and ``kv_proj``
+            ``(2D, D)``: ``"split"``, each matrix its own (what every recorded translation run
+            used), or ``"fused"``, that of the ``(3D, D)`` matrix they split from, as
+            ``torch.nn.Transformer``'s ``in_proj_weight`` and fairseq's per-matrix gain
+            ``1/sqrt(2)`` (:func:`tx_suite.core.init.xavier_init_`).
         skip_padding: with a key padding mask of >= 5 % padding, run the projections and
             feed-forward blocks on the real tokens only (:mod:`tx_suite.core.packing`): same
             real-token outputs, less work. Off: every row is computed, as ``torch.nn.Transformer``
@@ -43,7 +49,7 @@ class TransformerConfig:
 
     Raises:
         ValueError: a width or head count below 1, ``n_heads`` does not divide ``d_model``, an
-            unknown ``activation``, or a dropout / drop-path rate outside [0, 1).
+            unknown ``activation`` or ``cross_attn_init``, or a dropout / drop-path rate outside [0, 1).
     """
 
     d_model: int = 512
@@ -61,6 +67,7 @@ class TransformerConfig:
     rope: bool = False
     rope_base: float = 10000.0
     skip_padding: bool = True
+    cross_attn_init: str = "split"
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_heads", "d_ff"):
@@ -70,6 +77,8 @@ class TransformerConfig:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        if self.cross_attn_init not in CROSS_ATTN_INITS:
+            raise ValueError(f"unknown cross_attn_init {self.cross_attn_init!r}; choose one of {CROSS_ATTN_INITS}")
         for name in ("dropout", "attn_dropout", "activation_dropout", "drop_path"):
             if getattr(self, name) is not None and not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")

@@ -40,7 +40,7 @@ class Decoder(nn.Module):
             for p in drop_path_rates(cfg.drop_path, n_layers)
         )
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias) if cfg.use_final_norm else nn.Identity()
-        xavier_init_(self)
+        xavier_init_(self, cfg.cross_attn_init)
 
     def new_cache(self) -> DecoderCache:
         """An empty cache for incremental decoding with this stack."""

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ..core.dropout import Dropout
 from ..core.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
-POS_ENCODINGS = ("sinusoidal", "learned", "none")
+POS_ENCODINGS = ("sinusoidal", "sinusoidal_fairseq", "learned", "none")
 
 
 class TokenEmbedding(nn.Module):
@@ -27,8 +27,10 @@ class TokenEmbedding(nn.Module):
         d_model: width ``D``.
         pad_id: padding id, or None. Its row starts at zero and gets no gradient from the lookup;
             a tied output projection still trains it, which is harmless (padded keys are masked).
-        pos_encoding: ``"sinusoidal"`` (§3.5), ``"learned"`` or ``"none"`` (e.g. with rotary
-            embeddings inside attention).
+        pos_encoding: ``"sinusoidal"`` (§3.5), ``"sinusoidal_fairseq"`` (fairseq's table and
+            positions from 2: :class:`SinusoidalPositionalEncoding` with ``layout="fairseq",
+            start=2``, to reproduce fairseq recipes), ``"learned"`` or ``"none"`` (e.g. with
+            rotary embeddings inside attention).
         max_len: learned table size / sinusoidal rows precomputed.
         dropout: dropout on the sum.
         scale: multiply by ``sqrt(d_model)``.
@@ -59,6 +61,7 @@ class TokenEmbedding(nn.Module):
         self.scale = math.sqrt(d_model) if scale else 1.0
         self.pos: nn.Module | None = {
             "sinusoidal": lambda: SinusoidalPositionalEncoding(d_model, max_len),
+            "sinusoidal_fairseq": lambda: SinusoidalPositionalEncoding(d_model, max_len, layout="fairseq", start=2),
             "learned": lambda: LearnedPositionalEmbedding(max_len, d_model),
             "none": lambda: None,
         }[pos_encoding]()

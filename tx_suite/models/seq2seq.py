@@ -27,7 +27,9 @@ class Seq2SeqTransformer(nn.Module):
             with ``tie_output`` the output projection still trains it, harmless as padded keys are masked).
         share_embeddings: one embedding matrix for source and target.
         tie_output: output projection weight = target embedding matrix.
-        pos_encoding: ``"sinusoidal"`` or ``"learned"``.
+        pos_encoding: ``"sinusoidal"``, ``"sinusoidal_fairseq"`` or ``"learned"`` (see
+            :class:`TokenEmbedding`).
+        cross_attn_init: see :class:`tx_suite.core.TransformerConfig`.
         max_len: positions precomputed (sinusoidal grows on demand; learned is a hard limit).
     """
 
@@ -36,7 +38,8 @@ class Seq2SeqTransformer(nn.Module):
                  attn_dropout: float = 0.0, activation_dropout: float | None = None,
                  activation: str = "relu", norm_first: bool = False, pad_id: int = 0,
                  share_embeddings: bool = True, tie_output: bool = True,
-                 pos_encoding: str = "sinusoidal", max_len: int = 1024) -> None:
+                 pos_encoding: str = "sinusoidal", max_len: int = 1024,
+                 cross_attn_init: str = "split") -> None:
         super().__init__()
         self.pad_id = pad_id
         self.max_len = max_len
@@ -44,7 +47,8 @@ class Seq2SeqTransformer(nn.Module):
         self.max_positions = max_len if pos_encoding == "learned" else None
         cfg = TransformerConfig(d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout,
                                 attn_dropout=attn_dropout, activation_dropout=activation_dropout,
-                                activation=activation, norm_first=norm_first)
+                                activation=activation, norm_first=norm_first,
+                                cross_attn_init=cross_attn_init)
         def embedding() -> TokenEmbedding:
             return TokenEmbedding(vocab_size, d_model, pad_id=pad_id, pos_encoding=pos_encoding,
                                   max_len=max_len, dropout=dropout)

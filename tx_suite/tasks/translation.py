@@ -56,7 +56,9 @@ class TranslationTask(pl.LightningModule):
     ``limit_test_batches`` the sentences not decoded are empty lines).
 
     Args:
-        vocab_size ... tie_output: the model (see :class:`Seq2SeqTransformer`).
+        vocab_size ... tie_output, pos_encoding, cross_attn_init: the model (see
+            :class:`Seq2SeqTransformer`); the last two reproduce fairseq's sinusoids and
+            initialisation (``multi30k_en_de_tiny_fairseq_lc_init.yaml``).
         label_smoothing: epsilon of :func:`label_smoothed_nll_loss`.
         lr: peak learning rate of Adam (Kingma & Ba 2015); ``beta1``, ``beta2`` (0.98 as §5.3),
             ``adam_eps``; ``weight_decay`` > 0 switches to AdamW (Loshchilov & Hutter 2019).
@@ -97,7 +99,8 @@ class TranslationTask(pl.LightningModule):
                  weight_decay: float = 0.0, lr_schedule: str = "inverse_sqrt", warmup_steps: int = 4000,
                  min_lr_ratio: float = 0.0, val_beam_size: int = 1, beam_size: int = 5,
                  length_penalty: float = 1.0, max_len_a: float = 1.2, max_len_b: int = 10,
-                 bleu_every_n_epochs: int = 1, n_samples: int = 8, sdpa_backend: str | None = None):
+                 bleu_every_n_epochs: int = 1, n_samples: int = 8, sdpa_backend: str | None = None,
+                 pos_encoding: str = "sinusoidal", cross_attn_init: str = "split"):
         super().__init__()
         check_sdpa_backend(sdpa_backend)
         if not 0.0 <= label_smoothing < 1.0:
@@ -110,7 +113,8 @@ class TranslationTask(pl.LightningModule):
             vocab_size, d_model=d_model, n_heads=n_heads, d_ff=d_ff, n_encoder_layers=n_encoder_layers,
             n_decoder_layers=n_decoder_layers, dropout=dropout, attn_dropout=attn_dropout,
             activation_dropout=activation_dropout, activation=activation, norm_first=norm_first,
-            pad_id=PAD_ID, share_embeddings=share_embeddings, tie_output=tie_output)
+            pad_id=PAD_ID, share_embeddings=share_embeddings, tie_output=tie_output,
+            pos_encoding=pos_encoding, cross_attn_init=cross_attn_init)
         self.tokenizer: BPETokenizer | None = None
         self.val_samples: list[dict] = []
         self._eval: dict = {}
