@@ -85,3 +85,12 @@ def test_fairseq_init_config_changes_the_sinusoids_and_cross_attention_init_only
     assert {k: v for k, v in init["model"]["init_args"].items() if lc["model"]["init_args"].get(k) != v} == \
         {"pos_encoding": "sinusoidal_fairseq", "cross_attn_init": "fused"}
     assert (init["data"], init["trainer"]) == (lc["data"], lc["trainer"])
+
+
+def test_bpe10k_config_changes_the_vocabulary_size_only():
+    big, init = (load_config(EXPERIMENTS / n) for n in ("multi30k_en_de_tiny_fairseq_lc_init_bpe10k.yaml",
+                                                        "multi30k_en_de_tiny_fairseq_lc_init.yaml"))
+    assert big["model"]["init_args"].pop("vocab_size") == big["data"]["init_args"].pop("vocab_size") == 10000
+    init["model"]["init_args"].pop("vocab_size")
+    init["data"]["init_args"].pop("vocab_size")
+    assert (big["data"], big["model"], big["trainer"]) == (init["data"], init["model"], init["trainer"])
