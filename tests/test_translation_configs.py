@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from cli_fixtures import build
+from tx_suite.data.bpe import EOS_ID
 from tx_suite.utils.config import load_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "translation"
@@ -76,20 +77,22 @@ def test_patience_config_adds_fairseqs_early_stop_on_validation_loss_and_nothing
     assert (pat["data"], pat["model"], pat["trainer"]) == (lc["data"], lc["model"], lc["trainer"])
 
 
-def test_fairseq_init_config_changes_the_sinusoids_and_cross_attention_init_only():
-    init, lc = (load_config(EXPERIMENTS / n) for n in ("multi30k_en_de_tiny_fairseq_lc_init.yaml",
+def test_fairseq_model_config_changes_sinusoids_cross_attention_init_and_decoder_start_only():
+    init, lc = (load_config(EXPERIMENTS / n) for n in ("multi30k_en_de_tiny_fairseq_lc_model.yaml",
                                                        "multi30k_en_de_tiny_fairseq_lc.yaml"))
-    model = build(init["model"]).model
+    task = build(init["model"])
+    model = task.model
     assert (model.src_embed.pos.layout, model.src_embed.pos.start) == ("fairseq", 2)
     assert model.transformer.decoder.cfg.cross_attn_init == "fused"
+    assert task.start_id == EOS_ID
     assert {k: v for k, v in init["model"]["init_args"].items() if lc["model"]["init_args"].get(k) != v} == \
-        {"pos_encoding": "sinusoidal_fairseq", "cross_attn_init": "fused"}
+        {"pos_encoding": "sinusoidal_fairseq", "cross_attn_init": "fused", "decoder_start": "eos"}
     assert (init["data"], init["trainer"]) == (lc["data"], lc["trainer"])
 
 
 def test_bpe10k_config_changes_the_vocabulary_size_only():
-    big, init = (load_config(EXPERIMENTS / n) for n in ("multi30k_en_de_tiny_fairseq_lc_init_bpe10k.yaml",
-                                                        "multi30k_en_de_tiny_fairseq_lc_init.yaml"))
+    big, init = (load_config(EXPERIMENTS / n) for n in ("multi30k_en_de_tiny_fairseq_lc_model_bpe10k.yaml",
+                                                        "multi30k_en_de_tiny_fairseq_lc_model.yaml"))
     assert big["model"]["init_args"].pop("vocab_size") == big["data"]["init_args"].pop("vocab_size") == 10000
     init["model"]["init_args"].pop("vocab_size")
     init["data"]["init_args"].pop("vocab_size")

@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID
 from tx_suite.data.multi30k_datamodule import Multi30kDataModule
 from tx_suite.decoding.beam_search import beam_search
-from tx_suite.decoding.greedy import greedy_search
+from tx_suite.decoding.greedy import greedy_search, never_produced
 from tx_suite.models.seq2seq import Seq2SeqTransformer
 from tx_suite.tasks.translation_loss import label_smoothed_nll_loss, linear_label_smoothed_nll_loss
 from tx_suite.tasks.translation_metrics import translation_scores
@@ -444,6 +444,28 @@ def test_decoders_never_produce_pad_or_bos():
     assert greedy.tolist() == [[5, 5, EOS_ID]]
     beam = beam_search(_PrefersSpecialTokens(), src, mask, beam_size=2, use_cache=False, **SPECIAL)
     assert beam.tolist() == [[5, 5, EOS_ID]]
+
+
+def test_decoders_started_with_eos_as_fairseq():
+    """bos_id=EOS_ID (fairseq's decoder start): every prefix begins with EOS, EOS still ends the
+    output, PAD is still never produced; BOS, no longer the start token, is an ordinary id."""
+    firsts = []
+
+    class Recording(_PrefersSpecialTokens):
+        def decode(self, tgt, memory, memory_key_padding_mask=None, cache=None):
+            firsts.extend(tgt[:, 0].tolist())
+            logits = super().decode(tgt, memory, memory_key_padding_mask, cache)
+            logits[..., BOS_ID] = 0.5  # below word 5, so the outputs equal the BOS-started ones
+            return logits
+
+    src = torch.tensor([[5, 6, EOS_ID]])
+    mask = torch.zeros_like(src, dtype=torch.bool)
+    special = {**SPECIAL, "bos_id": EOS_ID}
+    assert greedy_search(Recording(), src, mask, use_cache=False, **special).tolist() == [[5, 5, EOS_ID]]
+    assert beam_search(Recording(), src, mask, beam_size=2, use_cache=False, **special).tolist() == [[5, 5, EOS_ID]]
+    assert firsts and set(firsts) == {EOS_ID}
+    assert never_produced(EOS_ID, EOS_ID, PAD_ID) == (PAD_ID,)
+    assert never_produced(BOS_ID, EOS_ID, PAD_ID) == (PAD_ID, BOS_ID)
 
 
 def test_a_budget_of_zero_tokens_still_ends_each_output_with_eos():

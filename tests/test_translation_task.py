@@ -985,3 +985,40 @@ def test_translate_reads_utf16_files_and_notes_undecodable_bytes(run, tmp_path, 
                            str(tmp_path / "latin1.out"), "--beam_size", "1"]) == 0
     assert "is not valid UTF-8" in capsys.readouterr().err
     assert (tmp_path / "latin1.out").read_text().count("\n") == 2
+
+
+def test_decoder_start_eos_reaches_training_decoding_and_translate(run, tmp_path, monkeypatch):
+    """``decoder_start="eos"`` (fairseq's ``prev_output_tokens``): the teacher-forced input starts
+    with EOS, decoding starts with it, and ``translate`` reads it from the checkpoint; checkpoints
+    without the setting start with BOS."""
+    import tx_suite.tasks.translation as translation
+    from tx_suite.cli.translate import TranslateError
+    from tx_suite.data.bpe import BOS_ID
+
+    dm = _dm(run["cache"])
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    for start, first in (("bos", BOS_ID), ("eos", EOS_ID)):
+        task = TranslationTask(**TINY, decoder_start=start)
+        seen = []
+        forward_features = task.model.forward_features
+        monkeypatch.setattr(task.model, "forward_features", lambda s, t, m: seen.append(t) or forward_features(s, t, m))
+        task._loss(batch)
+        assert (seen[0][:, 0] == first).all() and torch.equal(seen[0][:, 1:], batch["tgt_in"][:, 1:])
+        calls = []
+        monkeypatch.setattr(translation, "beam_search", lambda *a, **kw: calls.append(kw))
+        task.generate(batch["src"][:1], batch["src_key_padding_mask"][:1])
+        assert calls[0]["bos_id"] == first and calls[0]["eos_id"] == EOS_ID
+    with pytest.raises(ValueError, match="decoder_start"):
+        TranslationTask(**TINY, decoder_start="sep")
+    ckpt = torch.load(run["averaged"], map_location="cpu", weights_only=True)
+    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if k != "decoder_start"}
+    for extra, expected in (({}, BOS_ID), ({"decoder_start": "eos"}, EOS_ID), ({"decoder_start": "sep"}, None)):
+        path = tmp_path / "c.ckpt"
+        torch.save({**ckpt, "hyper_parameters": {**hp, **extra}}, path)
+        if expected is None:
+            with pytest.raises(TranslateError, match="decoder_start"):
+                load_translator(path)
+        else:
+            assert load_translator(path)[2]["bos_id"] == expected

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from tx_suite.cli.devices import check_device
-from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer
+from tx_suite.data.bpe import BOS_ID, DECODER_STARTS, EOS_ID, PAD_ID, BPETokenizer
 from tx_suite.data.translation_dataset import encode_source, pad_batch
 from tx_suite.data.text_normalize import has_undecodable_bytes, input_encoding, normalize_source, one_line, split_lines
 from tx_suite.decoding.beam_search import beam_search
@@ -62,6 +62,10 @@ def load_translator(path: str | Path, device: str = "cpu") -> tuple[Seq2SeqTrans
         raise TranslateError(f"{path} has no model hyper-parameters (vocab_size, d_model, ...) to build the model from")
     # A model trained on lowercased text (Multi30kDataModule(lowercase=True)) reads lowercased input.
     hparams["lowercase"] = bool((ckpt.get("datamodule_hyper_parameters") or {}).get("lowercase", False))
+    start = hparams.get("decoder_start", "bos")  # checkpoints from before the option started with BOS
+    if start not in DECODER_STARTS:
+        raise TranslateError(f"{path}: unknown decoder_start {start!r} in its hyper-parameters")
+    hparams["bos_id"] = DECODER_STARTS[start]
     names = set(inspect.signature(Seq2SeqTransformer).parameters)
     model = Seq2SeqTransformer(**{k: v for k, v in hparams.items() if k in names})
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
@@ -81,7 +85,7 @@ def load_translator(path: str | Path, device: str = "cpu") -> tuple[Seq2SeqTrans
 def translate_lines(model: Seq2SeqTransformer, tok: BPETokenizer, lines: Sequence[str], beam_size: int = 5,
                     length_penalty: float = 1.0, max_len_a: float = 1.2, max_len_b: int = 10,
                     batch_size: int = 64, max_src_tokens: int = 256, warn=None, progress: bool = False,
-                    lowercase: bool = False) -> list[str]:
+                    lowercase: bool = False, bos_id: int = BOS_ID) -> list[str]:
     """One translation per input line (same order, same count).
 
     Lines are normalized first (:func:`~tx_suite.data.text_normalize.normalize_source`: NFC, no
@@ -90,6 +94,8 @@ def translate_lines(model: Seq2SeqTransformer, tok: BPETokenizer, lines: Sequenc
     lines give ``""`` without running the model. Sentences are batched by length; sources above
     ``max_src_tokens`` tokens are truncated and reported through ``warn(message)``.
     ``progress``: a tqdm bar of sentences on stderr (shown only when stderr is a terminal).
+    ``bos_id``: the decoder's first input the model was trained with (:func:`load_translator`'s
+    ``hparams["bos_id"]``).
     """
     device = next(model.parameters()).device
     out = [""] * len(lines)
@@ -107,7 +113,7 @@ def translate_lines(model: Seq2SeqTransformer, tok: BPETokenizer, lines: Sequenc
         idx = order[start: start + batch_size]
         src, mask = pad_batch([srcs[i] for i in idx])
         src, mask = src.to(device), mask.to(device)
-        kw = dict(bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, max_len_a=max_len_a, max_len_b=max_len_b)
+        kw = dict(bos_id=bos_id, eos_id=EOS_ID, pad_id=PAD_ID, max_len_a=max_len_a, max_len_b=max_len_b)
         if beam_size == 1:
             hyp = greedy_search(model, src, mask, **kw)
         else:
@@ -212,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, tok, lines, beam_size=pick("beam_size", 5), length_penalty=pick("length_penalty", 1.0),
         max_len_a=pick("max_len_a", 1.2), max_len_b=pick("max_len_b", 10), batch_size=args.batch_size,
         max_src_tokens=args.max_src_tokens, warn=lambda m: print(f"{PROG}: warning: {m}", file=sys.stderr),
-        progress=True, lowercase=hp["lowercase"])
+        progress=True, lowercase=hp["lowercase"], bos_id=hp["bos_id"])
     text = "".join(h + "\n" for h in hyps)
     if args.output:  # whole or not at all: a full disk must not leave half a file over the old one
         with atomic_open(args.output, "w", encoding="utf-8") as f:

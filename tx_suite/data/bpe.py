@@ -23,6 +23,8 @@ from tx_suite.utils.atomic_write import atomic_open
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+#: The decoder's first input by name: ``<s>``, or ``</s>`` as fairseq's ``prev_output_tokens``.
+DECODER_STARTS = {"bos": BOS_ID, "eos": EOS_ID}
 N_BYTES = 256
 #: Bump when the tokenizer recipe changes, so cached models keyed on the old recipe are not reused.
 RECIPE_VERSION = 1

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tx_suite.decoding.greedy import Seq2SeqModel, output_limits, step_logits
+from tx_suite.decoding.greedy import Seq2SeqModel, never_produced, output_limits, step_logits
 
 
 @torch.no_grad()
@@ -32,7 +32,8 @@ def beam_search(model: Seq2SeqModel, src: Tensor, src_key_padding_mask: Tensor, 
     Args:
         model: see :class:`tx_suite.decoding.greedy.Seq2SeqModel`, in eval mode.
         src: ``(B, S)`` source ids; ``src_key_padding_mask`` ``(B, S)`` bool, True = padding.
-        bos_id, eos_id, pad_id: special ids (PAD and BOS are never produced).
+        bos_id, eos_id, pad_id: special ids; ``bos_id`` is the decoder's first input and may be
+            ``eos_id``, as fairseq's (:func:`~tx_suite.decoding.greedy.never_produced`).
         beam_size: hypotheses kept per sentence (1 = greedy search).
         length_penalty: exponent ``alpha`` of the length normalization above.
         max_len_a, max_len_b: output budget ``a * source_length + b`` tokens, EOS included.
@@ -62,7 +63,7 @@ def beam_search(model: Seq2SeqModel, src: Tensor, src_key_padding_mask: Tensor, 
 
     for t in range(int(limit.max())):
         n = active.numel()
-        lprobs = torch.log_softmax(step_logits(model, tokens, memory, mem_mask, cache, (pad_id, bos_id)), -1)
+        lprobs = torch.log_softmax(step_logits(model, tokens, memory, mem_mask, cache, never_produced(bos_id, eos_id, pad_id)), -1)
         vocab = lprobs.size(-1)
         lprobs = lprobs.view(n, k, vocab)
         out_of_budget = limit[active] <= t + 1

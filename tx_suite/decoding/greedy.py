@@ -58,6 +58,11 @@ def step_logits(model: Seq2SeqModel, tokens: Tensor, memory: Tensor, memory_key_
     return logits
 
 
+def never_produced(bos_id: int, eos_id: int, pad_id: int) -> tuple[int, ...]:
+    """Ids a decoder must not output: PAD, and the start token unless it is EOS (fairseq's start)."""
+    return (pad_id,) if bos_id == eos_id else (pad_id, bos_id)
+
+
 @torch.no_grad()
 def greedy_search(model: Seq2SeqModel, src: Tensor, src_key_padding_mask: Tensor, bos_id: int, eos_id: int,
                   pad_id: int, max_len_a: float = 1.2, max_len_b: int = 10, use_cache: bool = True) -> Tensor:
@@ -69,7 +74,8 @@ def greedy_search(model: Seq2SeqModel, src: Tensor, src_key_padding_mask: Tensor
     Args:
         model: see :class:`Seq2SeqModel`, in eval mode.
         src: ``(B, S)`` source ids; ``src_key_padding_mask`` ``(B, S)`` bool, True = padding.
-        bos_id, eos_id, pad_id: special ids.
+        bos_id, eos_id, pad_id: special ids; ``bos_id`` is the decoder's first input and may be
+            ``eos_id`` (fairseq starts the decoder with EOS); see :func:`never_produced`.
         max_len_a, max_len_b: output budget ``a * source_length + b`` tokens (EOS included);
             a sentence reaching it ends with a forced EOS.
         use_cache: incremental decoding with the core's KV cache (False recomputes every prefix).
@@ -87,7 +93,7 @@ def greedy_search(model: Seq2SeqModel, src: Tensor, src_key_padding_mask: Tensor
     tokens = torch.full((b, 1), bos_id, dtype=torch.long, device=device)
     out = torch.full((b, int(limit.max())), pad_id, dtype=torch.long, device=device)
     for t in range(int(limit.max())):
-        logits = step_logits(model, tokens, memory, mem_mask, cache, (pad_id, bos_id))
+        logits = step_logits(model, tokens, memory, mem_mask, cache, never_produced(bos_id, eos_id, pad_id))
         nxt = logits.argmax(-1)
         nxt = torch.where(limit[active] <= t + 1, torch.full_like(nxt, eos_id), nxt)  # budget spent
         out[active, t] = nxt

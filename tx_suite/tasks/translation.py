@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from tx_suite.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer
+from tx_suite.data.bpe import BOS_ID, DECODER_STARTS, EOS_ID, PAD_ID, BPETokenizer
 from tx_suite.data.text_normalize import one_line
 from tx_suite.decoding.beam_search import beam_search
 from tx_suite.decoding.greedy import greedy_search
@@ -58,7 +58,10 @@ class TranslationTask(pl.LightningModule):
     Args:
         vocab_size ... tie_output, pos_encoding, cross_attn_init: the model (see
             :class:`Seq2SeqTransformer`); the last two reproduce fairseq's sinusoids and
-            initialisation (``multi30k_en_de_tiny_fairseq_lc_init.yaml``).
+            initialisation (``multi30k_en_de_tiny_fairseq_lc_model.yaml``).
+        decoder_start: the decoder's first input in training and decoding: ``"bos"`` (``<s>``)
+            or ``"eos"`` (``</s>``, as fairseq's ``prev_output_tokens``). The datamodule's
+            ``tgt_in`` starts with BOS either way; the task swaps it.
         label_smoothing: epsilon of :func:`label_smoothed_nll_loss`.
         lr: peak learning rate of Adam (Kingma & Ba 2015); ``beta1``, ``beta2`` (0.98 as §5.3),
             ``adam_eps``; ``weight_decay`` > 0 switches to AdamW (Loshchilov & Hutter 2019).
@@ -100,9 +103,11 @@ class TranslationTask(pl.LightningModule):
                  min_lr_ratio: float = 0.0, val_beam_size: int = 1, beam_size: int = 5,
                  length_penalty: float = 1.0, max_len_a: float = 1.2, max_len_b: int = 10,
                  bleu_every_n_epochs: int = 1, n_samples: int = 8, sdpa_backend: str | None = None,
-                 pos_encoding: str = "sinusoidal", cross_attn_init: str = "split"):
+                 pos_encoding: str = "sinusoidal", cross_attn_init: str = "split", decoder_start: str = "bos"):
         super().__init__()
         check_sdpa_backend(sdpa_backend)
+        if decoder_start not in DECODER_STARTS:
+            raise ValueError(f"model.decoder_start must be one of {tuple(DECODER_STARTS)}, got {decoder_start!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
         check_decoding(val_beam_size=val_beam_size, beam_size=beam_size, length_penalty=length_penalty,
@@ -170,9 +175,21 @@ class TranslationTask(pl.LightningModule):
     def forward(self, src: Tensor, tgt_in: Tensor, src_key_padding_mask: Tensor) -> Tensor:
         return self.model(src, tgt_in, src_key_padding_mask)
 
+    @property
+    def start_id(self) -> int:
+        """Id of the decoder's first input (``decoder_start``)."""
+        return DECODER_STARTS[self.hparams.get("decoder_start", "bos")]
+
+    def _decoder_input(self, tgt_in: Tensor) -> Tensor:
+        """The batch's ``tgt_in`` ``(B, T)`` (BOS-prefixed by the datamodule) with ``start_id`` first."""
+        if self.start_id == BOS_ID:
+            return tgt_in
+        return torch.cat([torch.full_like(tgt_in[:, :1], self.start_id), tgt_in[:, 1:]], dim=1)
+
     def _loss(self, batch: dict) -> tuple[Tensor, Tensor, int]:
         with sdpa_backend_context(self.hparams.sdpa_backend, batch["src"].device):
-            h = self.model.forward_features(batch["src"], batch["tgt_in"], batch["src_key_padding_mask"])
+            h = self.model.forward_features(batch["src"], self._decoder_input(batch["tgt_in"]),
+                                            batch["src_key_padding_mask"])
         keep = batch["tgt_out"] != PAD_ID
         # Only the real target positions, (B, T, D) -> (N, D), projected and scored chunk by chunk:
         # the (N, V) logits are never built whole.
@@ -231,7 +248,7 @@ class TranslationTask(pl.LightningModule):
         """Output ids ``(B, T)`` (ending with EOS, right-padded) for a source batch ``(B, S)``."""
         h = self.hparams
         beam = h.beam_size if beam_size is None else beam_size
-        kw = dict(bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID, max_len_a=h.max_len_a, max_len_b=h.max_len_b,
+        kw = dict(bos_id=self.start_id, eos_id=EOS_ID, pad_id=PAD_ID, max_len_a=h.max_len_a, max_len_b=h.max_len_b,
                   use_cache=use_cache)
         with sdpa_backend_context(h.sdpa_backend, src.device):
             if beam == 1:

@@ -16,7 +16,6 @@ from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
 from tx_suite.core import record_attention
-from tx_suite.data.bpe import BOS_ID
 from tx_suite.data.text_normalize import normalize_source
 from tx_suite.data.translation_dataset import encode_source, pad_batch
 from tx_suite.tasks.callbacks.due import step_suffix, validation_due
@@ -149,7 +148,7 @@ class TranslationAttentionMaps(pl.Callback):
                 src_ids, src_mask = src_ids.to(device), src_mask.to(device)
                 hyp = pl_module.generate(src_ids, src_mask, beam_size=1)[0]
                 hyp = hyp[hyp != tok.pad_id]
-                tgt_in = torch.cat([torch.tensor([BOS_ID], device=device), hyp[:-1]])[None]
+                tgt_in = torch.cat([torch.tensor([pl_module.start_id], device=device), hyp[:-1]])[None]
                 with record_attention(model) as maps:
                     model(src_ids, tgt_in, src_mask)
                 # Row i of the decoder maps is the query that predicted output token i: label rows by output.
