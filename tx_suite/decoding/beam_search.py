@@ -61,9 +61,10 @@ def beam_search(model: Seq2SeqModel, src: Tensor, src_key_padding_mask: Tensor, 
     scores[:, 0] = 0.0
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
 
+    forbidden = never_produced(bos_id, eos_id, pad_id)
     for t in range(int(limit.max())):
         n = active.numel()
-        lprobs = torch.log_softmax(step_logits(model, tokens, memory, mem_mask, cache, never_produced(bos_id, eos_id, pad_id)), -1)
+        lprobs = torch.log_softmax(step_logits(model, tokens, memory, mem_mask, cache, forbidden), -1)
         vocab = lprobs.size(-1)
         lprobs = lprobs.view(n, k, vocab)
         out_of_budget = limit[active] <= t + 1

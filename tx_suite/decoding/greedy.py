@@ -92,8 +92,9 @@ def greedy_search(model: Seq2SeqModel, src: Tensor, src_key_padding_mask: Tensor
     active = torch.arange(b, device=device)  # batch rows still decoding
     tokens = torch.full((b, 1), bos_id, dtype=torch.long, device=device)
     out = torch.full((b, int(limit.max())), pad_id, dtype=torch.long, device=device)
+    forbidden = never_produced(bos_id, eos_id, pad_id)
     for t in range(int(limit.max())):
-        logits = step_logits(model, tokens, memory, mem_mask, cache, never_produced(bos_id, eos_id, pad_id))
+        logits = step_logits(model, tokens, memory, mem_mask, cache, forbidden)
         nxt = logits.argmax(-1)
         nxt = torch.where(limit[active] <= t + 1, torch.full_like(nxt, eos_id), nxt)  # budget spent
         out[active, t] = nxt
