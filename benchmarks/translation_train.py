@@ -111,6 +111,10 @@ def main() -> int:
         callbacks.append(StopBeforeDeadline(args.max_minutes))
     if args.trim_heap:
         callbacks.append(TrimHeapEachEpoch(out / "trim_heap.jsonl"))
+    if args.patience_average and trainer_cfg.get("check_val_every_n_epoch", 1) != 1:
+        # fairseq validates every epoch, so its patience counts epochs; a sparser schedule would stretch it
+        ap.error("--patience_average needs trainer.check_val_every_n_epoch: 1 (the validation loss every epoch, "
+                 "as fairseq's --patience counts); thin out the BLEU with model.init_args.bleu_every_n_epochs")
     patience = AverageAtPatience(args.patience_average) if args.patience_average else None
     if patience is not None:
         callbacks.append(patience)

@@ -113,3 +113,20 @@ def test_average_at_patience_saves_the_snapshot_average_where_fairseq_would_stop
     assert torch.equal(saved["averaged_patience.ckpt"]["weight"], torch.full((1, 2), 3.5))  # epochs 3 and 4
     assert torch.equal(module.weight, torch.full((1, 2), 5.0))
     assert cb.best == 2.0
+
+
+def test_patience_average_refuses_a_sparser_validation_schedule(tmp_path):
+    """fairseq's patience counts epochs: with a validation every 5th epoch `--patience_average 10`
+    would wait 50 epochs, so the script stops with a usage error before any training."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tmp_path / "val5.yaml"
+    cfg.write_text(f"_base_: [{root}/experiments/translation/multi30k_en_de_tiny_fairseq_lc.yaml]\n"
+                   "trainer:\n  check_val_every_n_epoch: 5\n")
+    res = subprocess.run([sys.executable, str(root / "benchmarks" / "translation_train.py"), "--config", str(cfg),
+                          "--out", str(tmp_path / "out"), "--patience_average", "10"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert res.returncode == 2 and "check_val_every_n_epoch: 1" in res.stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()
