@@ -1022,3 +1022,11 @@ def test_decoder_start_eos_reaches_training_decoding_and_translate(run, tmp_path
                 load_translator(path)
         else:
             assert load_translator(path)[2]["bos_id"] == expected
+    # ... and translate_lines hands it to the decoder
+    import tx_suite.cli.translate as translate_cli
+    model, tok, _ = load_translator(run["averaged"])
+    calls = []
+    monkeypatch.setattr(translate_cli, "beam_search",
+                        lambda *a, **kw: calls.append(kw) or torch.full((a[1].size(0), 1), EOS_ID))
+    translate_lines(model, tok, ["A dog runs."], beam_size=2, bos_id=EOS_ID)
+    assert calls and calls[0]["bos_id"] == EOS_ID
