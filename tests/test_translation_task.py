@@ -351,7 +351,7 @@ def test_translate_ckpt_path_best_or_last_of_an_experiment(tmp_path):
             _resolve_checkpoint(which, None, str(tmp_path))
 
 
-def test_translate_errors_are_one_line(run, tmp_path, capsys):
+def test_translate_errors_are_one_line(run, tmp_path, capsys, monkeypatch):
     nested = tmp_path / "new" / "dir" / "out.txt"  # made for the output
     assert translate_main(["--ckpt_path", str(run["averaged"]), "-o", str(nested), "Ein Hund."]) == 0
     assert nested.read_text().count("\n") == 1
@@ -396,9 +396,13 @@ def test_translate_errors_are_one_line(run, tmp_path, capsys):
         assert translate_main(["--ckpt_path", str(tmp_path / f"{name}.ckpt"), "x"]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
-    # a budget past int64 wrapped around to an empty line; now it is capped and decodes
+    # a budget past int64 wrapped around to an empty line; now it is capped and decodes. The cap is
+    # lowered because this barely trained model rarely emits EOS: 65536 steps took a minute of CI.
+    monkeypatch.setattr("tx_suite.decoding.greedy.MAX_BUDGET", 40)
     assert translate_main(["--ckpt_path", str(run["averaged"]), "--max_len_a", "1e300", "Ein Hund."]) == 0
-    assert capsys.readouterr().out.strip()
+    out = capsys.readouterr().out.strip()
+    assert out and len(out.split()) < 40
+    monkeypatch.undo()
     bare = torch.load(run["averaged"], weights_only=True)
     del bare["hyper_parameters"]
     torch.save(bare, tmp_path / "bare.ckpt")  # raised TypeError "missing ... 'vocab_size'", exit 1
