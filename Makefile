@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+# pytest-xdist workers: the suite is mostly single-threaded Python (CLI subprocesses, small models),
+# so two workers on a 2-core machine take ~0.55x the serial time. PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= 2
 # W&B: offline unless the caller says otherwise (no API key needed; `wandb sync` uploads later).
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
@@ -32,7 +35,7 @@ quickstart: install
 	$(BIN)/tx-suite test --config experiments/translation/multi30k_de_en_quickstart.yaml --ckpt_path last
 
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # Generated output only; `distclean` also removes the environment.
 clean:
